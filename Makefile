@@ -1,0 +1,45 @@
+# clazzify: `make demo` runs the whole pipeline locally, `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOME_DIR ?= .clazzify
+DEMO_DATA ?= $(HOME_DIR)/demo-data
+DEMO_SET ?= image_size=64 architecture=compact epochs=8 batch_size=32 learning_rate=0.003 min_accuracy=0.7 patience=3
+PYTEST_ARGS ?=
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install demo test lint compile serve mlflow-ui bench clean help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/clazzify: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[cpu,test]'
+	@touch $@
+
+install: $(BIN)/clazzify ## Create .venv and install the project with its test extras
+
+demo: $(BIN)/clazzify ## Draw the synthetic demo set and run the whole pipeline locally
+	$(BIN)/clazzify demo-data $(DEMO_DATA) --per-class 100
+	$(BIN)/python pipelines/train.py run --local --source $(DEMO_DATA) --home $(HOME_DIR) \
+		$(foreach kv,$(DEMO_SET),--set $(kv))
+	@echo
+	@echo "MLflow UI:     make mlflow-ui   (then open http://127.0.0.1:5000)"
+	@echo "Model:         models:/clazzify@champion in sqlite:///$(abspath $(HOME_DIR))/mlflow.db"
+
+test: $(BIN)/clazzify ## Run every test tier (unit, components, integration)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(BIN)/clazzify ## Ruff
+	$(BIN)/ruff check src components pipelines tests
+
+compile: $(BIN)/clazzify ## Compile the pipeline to train.yaml
+	$(BIN)/python pipelines/train.py compile -o train.yaml
+
+mlflow-ui: $(BIN)/clazzify ## Open the MLflow UI on the local store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(HOME_DIR))/mlflow.db --host 127.0.0.1 --port 5000
+
+clean: ## Remove local state (MLflow store, KFP outputs, demo data)
+	rm -rf $(HOME_DIR)

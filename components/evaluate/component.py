@@ -1,0 +1,37 @@
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.images import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def evaluate(
+    model: Input[Model],
+    train_data: Input[Dataset],
+    run_id: str,
+    model_name: str,
+    min_accuracy: float,
+    max_regression: float,
+    min_class_recall: float,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    metrics: Output[Metrics],
+    gate_report: Output[Markdown],
+    evaluation: Output[Artifact],
+) -> str:
+    """Evaluate on the test split against the champion; returns the gate verdict."""
+    from pathlib import Path
+
+    from clazzify.evaluate import evaluate_and_gate, gate_markdown
+    from clazzify.gate import GateConfig
+    from clazzify.tracking import TrackingConfig
+
+    gate = GateConfig(min_accuracy=min_accuracy, max_regression=max_regression, min_class_recall=min_class_recall)
+    result, decision = evaluate_and_gate(
+        Path(model.path) / "bundle", Path(train_data.path), Path(evaluation.path), gate,
+        model_name=model_name, tracking=TrackingConfig(mlflow_tracking_uri, mlflow_experiment, run_id=run_id),
+    )
+    for name, value in result.flat().items():
+        metrics.log_metric(name, value)
+    Path(gate_report.path).write_text(gate_markdown(decision, result))
+    return decision.verdict

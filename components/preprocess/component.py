@@ -1,0 +1,23 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from components.images import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def preprocess(
+    manifest: Input[Dataset],
+    image_size: int,
+    augment_copies: int,
+    seed: int,
+    min_side: int,
+    train_data: Output[Dataset],
+):
+    """Decode, resize and crop every image into train/val/test HDF5 files."""
+    from pathlib import Path
+
+    from clazzify.preprocess import PreprocessConfig, build_hdf5
+
+    cfg = PreprocessConfig(image_size=image_size, augment_copies=augment_copies, seed=seed, min_side=min_side)
+    paths = build_hdf5(Path(manifest.path), Path(train_data.path), cfg, progress=False)
+    train_data.metadata.update({"splits": sorted(paths), "image_size": image_size})

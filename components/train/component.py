@@ -1,0 +1,43 @@
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, HTML, Input, Model, Output
+
+from components.images import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def train(
+    train_data: Input[Dataset],
+    architecture: str,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    patience: int,
+    init_weights: str,
+    seed: int,
+    mlflow_tracking_uri: str,
+    mlflow_experiment: str,
+    model: Output[Model],
+    learning_curve: Output[HTML],
+) -> NamedTuple("TrainOutputs", [("run_id", str), ("best_val_accuracy", float)]):
+    """Train the model and export the bundle; logs the run to MLflow."""
+    import base64
+    from collections import namedtuple
+    from pathlib import Path
+
+    from clazzify.tracking import TrackingConfig
+    from clazzify.train import TrainConfig, train_model
+
+    cfg = TrainConfig(
+        architecture=architecture, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+        patience=patience, init_weights=init_weights or None, seed=seed,
+    )
+    out = Path(model.path)
+    result = train_model(
+        Path(train_data.path), out, cfg, tracking=TrackingConfig(mlflow_tracking_uri, mlflow_experiment)
+    )
+    png = base64.b64encode((out / "learning_curve.png").read_bytes()).decode()
+    Path(learning_curve.path).write_text(f'<img src="data:image/png;base64,{png}"/>')
+    model.metadata.update({"architecture": architecture, "mlflow_run_id": result.run_id})
+    return namedtuple("TrainOutputs", ["run_id", "best_val_accuracy"])(result.run_id, result.best_val_accuracy)

@@ -1,0 +1,138 @@
+"""The model bundle: one folder that training writes and everything else reads.
+
+::
+
+    model.keras      the Keras model (uint8 RGB in, class probabilities out)
+    model.onnx       the same model as ONNX, for ONNX Runtime serving
+    clazzify.json    class_names, image_size, architecture, dataset fingerprint, code version
+
+Predictors load a bundle and map uint8 ``[B, S, S, 3]`` to float32 ``[B, C]``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clazzify.errors import DataError
+
+META_FILE = "clazzify.json"
+KERAS_FILE = "model.keras"
+ONNX_FILE = "model.onnx"
+ENGINES = ("onnx", "keras")
+
+
+@dataclass(frozen=True)
+class BundleMeta:
+    """What a model bundle was trained on and how to feed it."""
+
+    class_names: list[str]
+    image_size: int
+    architecture: str
+    fingerprint: str
+    code_version: str
+
+    def save(self, bundle_dir: Path) -> None:
+        (bundle_dir / META_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, bundle_dir: Path) -> BundleMeta:
+        path = bundle_dir / META_FILE
+        try:
+            raw = json.loads(path.read_text())
+            return cls(**raw)
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise DataError(f"{bundle_dir} is not a clazzify model bundle ({path}: {e})") from e
+
+
+def find_bundle(root: Path) -> Path:
+    """The folder below ``root`` (or ``root`` itself) that holds ``clazzify.json``."""
+    if (root / META_FILE).is_file():
+        return root
+    hits = sorted(root.rglob(META_FILE))
+    if not hits:
+        raise DataError(f"no {META_FILE} under {root}: not a clazzify model")
+    return hits[0].parent
+
+
+def export_bundle(model, meta: BundleMeta, bundle_dir: Path, *, onnx: bool = True) -> Path:
+    """Save ``model`` as .keras (and ONNX) plus metadata into ``bundle_dir``."""
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    from clazzify.models import inference_model
+
+    model.save(bundle_dir / KERAS_FILE)
+    if onnx:
+        twin = inference_model(model)
+        twin(np.zeros((1, meta.image_size, meta.image_size, 3), dtype=np.uint8))  # export needs a call
+        twin.export(str(bundle_dir / ONNX_FILE), format="onnx", verbose=False)
+    meta.save(bundle_dir)
+    return bundle_dir
+
+
+class Predictor:
+    """Class probabilities for uint8 image batches, from a bundle."""
+
+    engine: str
+
+    def __init__(self, bundle_dir: Path) -> None:
+        self.bundle_dir = find_bundle(Path(bundle_dir))
+        self.meta = BundleMeta.load(self.bundle_dir)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OnnxPredictor(Predictor):
+    engine = "onnx"
+
+    def __init__(self, bundle_dir: Path, *, threads: int = 0) -> None:
+        super().__init__(bundle_dir)
+        import onnxruntime as ort
+
+        path = self.bundle_dir / ONNX_FILE
+        if not path.is_file():
+            raise DataError(f"{path} is missing: export the bundle with ONNX or use engine='keras'")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self._session = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        self._input = self._session.get_inputs()[0].name
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: np.ascontiguousarray(images, dtype=np.uint8)})[0]
+
+
+class KerasPredictor(Predictor):
+    engine = "keras"
+
+    def __init__(self, bundle_dir: Path) -> None:
+        super().__init__(bundle_dir)
+        import keras
+
+        self._model = keras.models.load_model(self.bundle_dir / KERAS_FILE, compile=False)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        out = self._model(np.asarray(images, dtype=np.uint8), training=False)
+        return np.asarray(out, dtype=np.float32)
+
+
+def load_predictor(bundle_dir: Path, engine: str = "onnx") -> Predictor:
+    """Load a predictor with ``engine`` ('onnx' or 'keras')."""
+    if engine == "onnx":
+        return OnnxPredictor(bundle_dir)
+    if engine == "keras":
+        return KerasPredictor(bundle_dir)
+    raise DataError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+
+
+def predict_batches(predictor: Predictor, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Predict a large array in batches."""
+    outs = [predictor.predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    if not outs:
+        return np.zeros((0, len(predictor.meta.class_names)), dtype=np.float32)
+    return np.concatenate(outs)

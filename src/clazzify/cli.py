@@ -1,0 +1,139 @@
+"""The ``clazzify`` command: every pipeline step, runnable by hand."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from clazzify.errors import ClazzifyError
+
+
+def _fail(e: Exception) -> None:
+    raise click.ClickException(str(e)) from e
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.version_option(package_name="clazzify")
+def main(verbose: bool) -> None:
+    """clazzify: sort photos into content classes (food, ambiance, menu, human, ...).
+
+    The training pipeline runs with `python pipelines/train.py run --local --source DIR`;
+    these subcommands run its steps one by one.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command("demo-data")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--per-class", default=40, show_default=True, help="Images per class.")
+@click.option("--size", default=96, show_default=True, help="Nominal image side in pixels.")
+@click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
+@click.option("--bad-files/--no-bad-files", default=True, show_default=True,
+              help="Add a truncated, a non-image, a tiny and a duplicate file.")
+def demo_data(out_dir: Path, per_class: int, size: int, seed: int, bad_files: bool) -> None:
+    """Write the SYNTHETIC 4-class demo set to OUT_DIR/<class>/."""
+    from clazzify.demo_data import write_demo_data
+
+    try:
+        counts = write_demo_data(out_dir, per_class, size=size, seed=seed, bad_files=bad_files)
+    except ClazzifyError as e:
+        _fail(e)
+    click.echo(f"wrote {sum(counts.values())} synthetic files to {out_dir}: {counts}")
+
+
+@main.command("ingest")
+@click.argument("source")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for manifest.csv, quarantine.csv and the reports.")
+@click.option("--val-fraction", default=0.15, show_default=True)
+@click.option("--test-fraction", default=0.15, show_default=True)
+@click.option("--seed", default=42, show_default=True)
+@click.option("--min-side", default=32, show_default=True, help="Quarantine smaller images.")
+def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: float, seed: int,
+               min_side: int) -> None:
+    """Validate, de-duplicate and split SOURCE (class folders, s3:// prefix or CSV/JSONL manifest)."""
+    from clazzify.ingest import IngestConfig, ingest_images
+
+    try:
+        cfg = IngestConfig(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                           min_side=min_side)
+        report = ingest_images(source, out_dir / "manifest.csv", out_dir, cfg)
+    except ClazzifyError as e:
+        _fail(e)
+    click.echo(report.to_markdown())
+
+
+@main.command("preprocess")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for train.h5, val.h5, test.h5.")
+@click.option("--image-size", default=227, show_default=True)
+@click.option("--augment-copies", default=0, show_default=True,
+              help="Augmented variants written per training image.")
+@click.option("--workers", default=0, show_default=True, help="Processes (0 = one per core).")
+@click.option("--seed", default=42, show_default=True)
+def preprocess_cmd(manifest: Path, out_dir: Path, image_size: int, augment_copies: int, workers: int,
+                   seed: int) -> None:
+    """Build the HDF5 split files from an ingest MANIFEST."""
+    from clazzify.preprocess import PreprocessConfig, build_hdf5
+
+    try:
+        cfg = PreprocessConfig(image_size=image_size, augment_copies=augment_copies, workers=workers,
+                               seed=seed)
+        paths = build_hdf5(manifest, out_dir, cfg)
+    except ClazzifyError as e:
+        _fail(e)
+    click.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+
+
+@main.command("train")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--architecture", default="alexnet", show_default=True,
+              help="alexnet, compact, mobilenet_v2, efficientnet_b0 or resnet50.")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--learning-rate", default=1e-3, show_default=True)
+@click.option("--init-weights", default=None, help="'imagenet' or a .weights.h5 file.")
+@click.option("--track/--no-track", default=True, show_default=True, help="Log the run to MLflow.")
+def train_cmd(data_dir: Path, out_dir: Path, architecture: str, epochs: int, batch_size: int,
+              learning_rate: float, init_weights: str | None, track: bool) -> None:
+    """Train on DATA_DIR/{train,val}.h5 and write a model bundle."""
+    from clazzify.tracking import TrackingConfig, default_tracking_uri
+    from clazzify.train import TrainConfig, train_model
+
+    try:
+        cfg = TrainConfig(architecture=architecture, epochs=epochs, batch_size=batch_size,
+                          learning_rate=learning_rate, init_weights=init_weights)
+        tracking = TrackingConfig(default_tracking_uri()) if track else None
+        result = train_model(data_dir, out_dir, cfg, tracking=tracking)
+    except ClazzifyError as e:
+        _fail(e)
+    click.echo(f"bundle: {result.bundle_dir}  best val accuracy {result.best_val_accuracy:.4f} "
+               f"(epoch {result.best_epoch})  run {result.run_id}")
+
+
+@main.command("evaluate")
+@click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("test_h5", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--engine", type=click.Choice(["onnx", "keras"]), default="onnx", show_default=True)
+def evaluate_cmd(bundle_dir: Path, test_h5: Path, out_dir: Path, engine: str) -> None:
+    """Evaluate a model bundle on an HDF5 split; writes metrics and plots."""
+    from clazzify.evaluate import evaluate_model
+
+    try:
+        metrics = evaluate_model(bundle_dir, test_h5, out_dir, engine=engine)
+    except ClazzifyError as e:
+        _fail(e)
+    click.echo(metrics.to_json())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
