@@ -1,7 +1,7 @@
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Dataset, HTML, Input, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Model, Output
 
 from components.images import PIPELINE_IMAGE
 

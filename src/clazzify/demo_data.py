@@ -34,7 +34,8 @@ def draw_food(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     for _ in range(int(rng.integers(4, 9))):  # the food on the plate
         fr = r * rng.uniform(0.15, 0.35)
         fx, fy = cx + rng.uniform(-0.5, 0.5) * r, cy + rng.uniform(-0.5, 0.5) * r
-        colour = _jitter(rng, [(200, 60, 30), (230, 170, 40), (60, 150, 50), (150, 80, 40)][int(rng.integers(4))], 30)
+        palette = [(200, 60, 30), (230, 170, 40), (60, 150, 50), (150, 80, 40)]
+        colour = _jitter(rng, palette[int(rng.integers(4))], 30)
         d.ellipse((fx - fr, fy - fr, fx + fr, fy + fr * rng.uniform(0.6, 1.0)), fill=colour)
     return img
 
@@ -72,7 +73,8 @@ def draw_menu(rng: np.random.Generator, w: int, h: int) -> Image.Image:
         d.rectangle((x0, y, x1, y + 1.5), fill=ink)  # dish name
         d.rectangle((w - mx - 14, y, w - mx - 5, y + 1.5), fill=ink)  # price
         y += rng.uniform(4.5, 7.0)
-    return img.rotate(float(rng.uniform(-6, 6)), resample=Image.Resampling.BILINEAR, fillcolor=_jitter(rng, (70, 70, 70), 20))
+    tilt = float(rng.uniform(-6, 6))
+    return img.rotate(tilt, resample=Image.Resampling.BILINEAR, fillcolor=_jitter(rng, (70, 70, 70), 20))
 
 
 def draw_human(rng: np.random.Generator, w: int, h: int) -> Image.Image:
@@ -83,7 +85,8 @@ def draw_human(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     fw, fh = min(w, h) * rng.uniform(0.18, 0.26), min(w, h) * rng.uniform(0.24, 0.32)
     d.ellipse((cx - 2 * fw, cy + fh * 0.9, cx + 2 * fw, h + fh), fill=_rgb(rng, 20, 200))  # shoulders
     d.ellipse((cx - fw, cy - fh, cx + fw, cy + fh), fill=skin)
-    d.chord((cx - fw * 1.05, cy - fh * 1.1, cx + fw * 1.05, cy + fh * 0.2), 180, 360, fill=_jitter(rng, (40, 30, 25), 30))
+    hair = _jitter(rng, (40, 30, 25), 30)
+    d.chord((cx - fw * 1.05, cy - fh * 1.1, cx + fw * 1.05, cy + fh * 0.2), 180, 360, fill=hair)
     for ex in (cx - fw * 0.4, cx + fw * 0.4):  # eyes
         d.ellipse((ex - 2, cy - 1, ex + 2, cy + 2), fill=(30, 30, 30))
     d.line((cx - fw * 0.35, cy + fh * 0.5, cx + fw * 0.35, cy + fh * 0.5), fill=(150, 60, 60), width=2)

@@ -199,7 +199,6 @@ def evaluate_and_gate(
     champion_metrics = None
     if tracking:
         import mlflow
-
         from clazzify.registry import download_champion
 
         activate(tracking)

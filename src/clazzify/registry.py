@@ -24,8 +24,9 @@ class Champion:
 
 def champion_version(model_name: str):  # -> mlflow.entities.model_registry.ModelVersion | None
     """The ModelVersion behind ``model_name@champion``, or None."""
-    import mlflow
     from mlflow.exceptions import MlflowException
+
+    import mlflow
 
     client = mlflow.MlflowClient()
     try:
@@ -60,10 +61,10 @@ def register_bundle(
     Returns:
         the new model version.
     """
-    import mlflow
     import numpy as np
     from mlflow.models import infer_signature
 
+    import mlflow
     from clazzify.pyfunc import ClazzifyModel
 
     meta = BundleMeta.load(bundle_dir)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -143,6 +144,7 @@ def train_model(
     *,
     tracking: TrackingConfig | None = None,
     checkpoint_dir: Path | None = None,
+    callbacks: Sequence = (),
     verbose: int = 2,
 ) -> TrainResult:
     """Train on ``data_dir/{train,val}.h5`` and write a bundle to ``out_dir/bundle``.
@@ -153,6 +155,7 @@ def train_model(
         cfg: training settings.
         tracking: log to this MLflow experiment/run; None logs nothing.
         checkpoint_dir: per-epoch backup for resuming; default ``out_dir/backup``.
+        callbacks: extra Keras callbacks.
         verbose: Keras verbosity (2 = one line per epoch).
 
     Raises:
@@ -195,6 +198,7 @@ def train_model(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     best_path = out_dir / "best.weights.h5"
+    extra = list(callbacks)
     callbacks = [
         keras.callbacks.ModelCheckpoint(
             best_path, monitor="val_accuracy", save_best_only=True, save_weights_only=True
@@ -222,10 +226,12 @@ def train_model(
         mlflow.log_dict(counts, "data/class_counts.json")
         mlflow.set_tags({"clazzify.version": clazzify.__version__, "dataset.fingerprint": fingerprint})
         callbacks.append(epoch_logger())
+    callbacks += extra  # after the backup, so a failing extra callback leaves a backup
     try:
         start = time.perf_counter()
         fit = model.fit(
-            train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose
+            train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose,
+            shuffle=False,  # tf.data shuffles blocks and rows itself
         )
         seconds = time.perf_counter() - start
         history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}

@@ -1,0 +1,100 @@
+"""Component wiring and the whole pipeline on the real KFP local runner."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.images import PIPELINE_IMAGE
+from pipelines.train import parse_overrides, run_local, train_pipeline
+
+pytestmark = pytest.mark.components
+
+TINY = {"image_size": 32, "architecture": "compact", "epochs": 1, "batch_size": 16, "patience": 0}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict:
+    from kfp import compiler
+
+    path = tmp_path_factory.mktemp("yaml") / "train.yaml"
+    compiler.Compiler().compile(train_pipeline, str(path))
+    return yaml.safe_load(path.read_text())
+
+
+def test_every_component_runs_in_the_project_image_without_installs(compiled):
+    executors = compiled["deploymentSpec"]["executors"]
+    assert len(executors) >= 5
+    for spec in executors.values():
+        container = spec["container"]
+        assert container["image"] == PIPELINE_IMAGE
+        assert "pip install" not in " ".join(container.get("command", []) + container.get("args", []))
+
+
+def test_register_runs_only_inside_the_gate(compiled):
+    tasks = compiled["root"]["dag"]["tasks"]
+    assert {"ingest", "preprocess", "train", "evaluate"} <= set(tasks)
+    assert "register" not in tasks
+    condition = next(t for name, t in tasks.items() if name.startswith("condition"))
+    assert "pass" in condition["triggerPolicy"]["condition"]
+    inner = compiled["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
+    assert "register" in inner
+
+
+def test_every_tunable_is_a_typed_parameter(compiled):
+    params = compiled["root"]["inputDefinitions"]["parameters"]
+    for name in ("source", "image_size", "architecture", "epochs", "batch_size", "learning_rate",
+                 "augment_copies", "min_accuracy", "max_regression", "model_name", "seed"):
+        assert name in params
+    assert params["epochs"]["parameterType"] == "NUMBER_INTEGER"
+    assert params["learning_rate"]["parameterType"] == "NUMBER_DOUBLE"
+
+
+def test_overrides_are_typed_and_checked():
+    assert parse_overrides(("epochs=3", "learning_rate=0.01", "model_name=x")) == {
+        "epochs": 3, "learning_rate": 0.01, "model_name": "x"}
+    import click
+
+    with pytest.raises(click.BadParameter, match="unknown parameter"):
+        parse_overrides(("epoch=3",))
+    with pytest.raises(click.BadParameter, match="not a valid int"):
+        parse_overrides(("epochs=many",))
+
+
+def test_cli_help_for_every_command():
+    for args in (["compile"], ["run"], ["submit"]):
+        out = subprocess.run([sys.executable, "pipelines/train.py", *args, "--help"], capture_output=True,
+                             text=True, cwd=Path(__file__).parents[2], check=True)
+        assert "Usage" in out.stdout
+
+
+def test_local_run_registers_then_gate_blocks(demo_dir: Path, tmp_path: Path):
+    import mlflow
+    from clazzify.registry import champion_version
+    from clazzify.tracking import TrackingConfig, activate
+
+    first = run_local(str(demo_dir), {**TINY, "epochs": 2, "min_accuracy": 0.0}, tmp_path)
+    assert first["champion_version"] is not None
+    activate(TrackingConfig(first["tracking_uri"]))
+    mv = champion_version("clazzify")
+    assert mv.tags["image_size"] == "32" and mv.tags["class_names"] == "ambiance,food,human,menu"
+    assert mv.tags["dataset_fingerprint"] and mv.tags["gate_accuracy"]
+    run = mlflow.get_run(mv.run_id)
+    assert run.data.tags["gate"] == "passed"
+    assert "test_accuracy" in run.data.metrics and "val_accuracy" in run.data.metrics
+    assert run.data.params["train.architecture"] == "compact"
+    history = mlflow.MlflowClient().get_metric_history(mv.run_id, "loss")
+    assert len(history) == 2
+
+    second = run_local(str(demo_dir), {**TINY, "min_accuracy": 1.0}, tmp_path)
+    assert second["champion_version"] == first["champion_version"]  # the champion did not move
+    activate(TrackingConfig(first["tracking_uri"]))
+    runs = mlflow.search_runs(experiment_names=["clazzify"], order_by=["start_time DESC"])
+    latest = runs.iloc[0]
+    assert latest["tags.gate"] == "failed"
+    assert "min_accuracy" in latest["tags.gate.reasons"]
+    assert "champion" in latest["tags.gate.reasons"]  # it was compared with the champion

@@ -1,0 +1,53 @@
+import pytest
+
+from clazzify.errors import ConfigError
+from clazzify.gate import GateConfig, passes_gate
+
+pytestmark = pytest.mark.unit
+
+RECALL = {"food": 0.9, "menu": 0.8}
+
+CASES = [
+    # (accuracy, recall, config, champion accuracy, expected pass)
+    (0.80, RECALL, GateConfig(min_accuracy=0.7), None, True),
+    (0.60, RECALL, GateConfig(min_accuracy=0.7), None, False),
+    (0.70, RECALL, GateConfig(min_accuracy=0.7), None, True),  # the floor itself passes
+    (0.80, RECALL, GateConfig(min_accuracy=0.7), 0.85, False),  # worse than champion
+    (0.80, RECALL, GateConfig(min_accuracy=0.7, max_regression=0.05), 0.85, True),
+    (0.80, RECALL, GateConfig(min_accuracy=0.7, max_regression=0.04), 0.85, False),
+    (0.90, RECALL, GateConfig(min_accuracy=0.7), 0.85, True),
+    (0.90, RECALL, GateConfig(min_class_recall=0.85), None, False),  # menu 0.8 < 0.85
+    (0.90, RECALL, GateConfig(class_recall={"menu": 0.75}), None, True),
+    (0.90, RECALL, GateConfig(min_class_recall=0.85, class_recall={"menu": 0.75}), None, True),
+    (0.90, RECALL, GateConfig(min_accuracy=0.95), 0.5, False),  # absolute floor still applies
+]
+
+
+@pytest.mark.parametrize(("acc", "recall", "cfg", "champion", "expected"), CASES)
+def test_gate_table(acc, recall, cfg, champion, expected):
+    decision = passes_gate(acc, recall, cfg, champion_accuracy=champion, champion_version="3")
+    assert decision.passed is expected
+    assert decision.verdict == ("pass" if expected else "fail")
+    assert decision.reasons  # every decision explains itself
+    if champion is None:
+        assert any("no champion" in r for r in decision.reasons)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_accuracy": 1.5},
+        {"min_accuracy": -0.1},
+        {"max_regression": 2.0},
+        {"min_class_recall": -1.0},
+        {"class_recall": {"food": 1.2}},
+    ],
+)
+def test_mis_set_gate_fails_loudly(kwargs):
+    with pytest.raises(ConfigError):
+        GateConfig(**kwargs)
+
+
+def test_unknown_class_fails_loudly():
+    with pytest.raises(ConfigError, match="unknown class"):
+        passes_gate(0.9, RECALL, GateConfig(class_recall={"pizza": 0.5}))

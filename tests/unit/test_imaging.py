@@ -1,0 +1,96 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clazzify.errors import ConfigError, ImageError
+from clazzify.imaging import ImageLimits, content_hash, decode_image, fit_square, image_to_array
+
+pytestmark = pytest.mark.unit
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def gradient(w: int = 80, h: int = 60) -> Image.Image:
+    x = np.linspace(0, 255, w, dtype=np.uint8)[None, :, None].repeat(h, 0)
+    y = np.linspace(0, 255, h, dtype=np.uint8)[:, None, None].repeat(w, 1)
+    return Image.fromarray(np.concatenate([x, y, 255 - x], axis=2))
+
+
+def test_exif_orientation_is_applied():
+    img = gradient(80, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    out = decode_image(encode(img, "JPEG", exif=exif))
+    assert out.size == (40, 80)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["L", "CMYK", "P", "RGBA", "LA", "I;16", "1"],
+)
+def test_every_mode_becomes_8bit_rgb(mode):
+    img = gradient().convert(mode) if mode != "I;16" else Image.fromarray(
+        (np.arange(80 * 60).reshape(60, 80) * 13 % 65535).astype(np.uint16)
+    )
+    fmt = "TIFF" if mode in ("CMYK",) else "PNG"
+    out = decode_image(encode(img, fmt))
+    assert out.mode == "RGB" and out.size == (80, 60)
+
+
+def test_transparency_is_flattened_on_white():
+    img = Image.new("RGBA", (40, 40), (255, 0, 0, 0))
+    out = np.asarray(decode_image(encode(img)))
+    assert (out == 255).all()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"hello, not an image", "not_an_image"),
+    ],
+)
+def test_bad_bytes_raise_with_reason(data, reason):
+    with pytest.raises(ImageError) as err:
+        decode_image(data)
+    assert err.value.reason == reason
+
+
+def test_truncated_jpeg_is_corrupt():
+    data = encode(gradient(200, 200), "JPEG")
+    with pytest.raises(ImageError) as err:
+        decode_image(data[: len(data) // 2])
+    assert err.value.reason == "corrupt"
+
+
+def test_limits():
+    with pytest.raises(ImageError) as err:
+        decode_image(encode(gradient(20, 50)), ImageLimits(min_side=32))
+    assert err.value.reason == "too_small"
+    with pytest.raises(ImageError) as err:
+        decode_image(encode(gradient(100, 100)), ImageLimits(min_side=1, max_pixels=9999))
+    assert err.value.reason == "too_large"
+    with pytest.raises(ConfigError):
+        ImageLimits(min_side=64, max_pixels=100)
+
+
+def test_fit_square_centre_crops():
+    img = Image.new("RGB", (300, 100), (0, 0, 255))
+    img.paste((255, 0, 0), (100, 0, 200, 100))  # red centre third
+    arr = fit_square(img, 50)
+    assert arr.shape == (50, 50, 3) and arr.dtype == np.uint8
+    assert (arr[:, :, 0] > 200).all()  # only the red centre survives
+
+
+def test_image_to_array_is_deterministic_and_sized():
+    data = encode(gradient(500, 300), "JPEG")
+    a, b = image_to_array(data, 64), image_to_array(data, 64)
+    assert a.shape == (64, 64, 3)
+    np.testing.assert_array_equal(a, b)
+    assert content_hash(data) == content_hash(bytes(data)) != content_hash(data + b"x")

@@ -1,0 +1,148 @@
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clazzify.errors import ConfigError, DataError
+from clazzify.ingest import (
+    IngestConfig,
+    Record,
+    assign_splits,
+    ingest_images,
+    read_manifest,
+    read_split_manifest,
+    remove_duplicates,
+    split_counts,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def write_img(path: Path, seed: int, size=(48, 40)) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture()
+def source(tmp_path: Path) -> Path:
+    root = tmp_path / "src"
+    for c, label in enumerate(("cats", "dogs")):
+        for i in range(10):
+            write_img(root / label / f"{i}.png", seed=c * 100 + i)
+    (root / "cats" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (root / "cats" / "empty.jpg").write_bytes(b"")
+    write_img(root / "dogs" / "tiny.png", seed=999, size=(10, 10))
+    (root / "dogs" / "copy-of-3.png").write_bytes((root / "dogs" / "3.png").read_bytes())
+    (root / "dogs" / "cat-as-dog.png").write_bytes((root / "cats" / "0.png").read_bytes())
+    return root
+
+
+def test_ingest_quarantines_dedupes_and_splits(source: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    report = ingest_images(str(source), out / "manifest.csv", out, IngestConfig(seed=1), progress=False)
+    assert report.listed == 25
+    assert report.quarantined == {"corrupt": 1, "empty": 1, "too_small": 1, "conflicting_labels": 2}
+    assert report.duplicates_removed == 1
+    rows = read_split_manifest(out / "manifest.csv")
+    assert len(rows) == report.accepted == 19  # 9 cats (one copy quarantined) + 10 dogs
+    assert len({r.sha256 for r in rows}) == len(rows)  # no bytes twice
+    assert {r.split for r in rows} == {"train", "val", "test"}
+    for label in ("cats", "dogs"):
+        per = [r for r in rows if r.label == label]
+        assert sum(r.split != "train" for r in per) >= 2  # every class reaches val and test
+    quarantine = list(csv.DictReader((out / "quarantine.csv").open()))
+    assert {q["reason"] for q in quarantine} == set(report.quarantined)
+    assert all(q["detail"] for q in quarantine)
+    assert json.loads((out / "report.json").read_text())["accepted"] == 19
+    assert "| cats |" in (out / "report.md").read_text()
+    # The source is read-only to ingest: nothing is lost.
+    assert (source / "cats" / "broken.png").exists()
+
+
+def test_split_is_seeded(source: Path, tmp_path: Path):
+    def run(seed, name):
+        ingest_images(str(source), tmp_path / name / "m.csv", tmp_path / name, IngestConfig(seed=seed), progress=False)
+        return [(r.uri, r.split) for r in read_split_manifest(tmp_path / name / "m.csv")]
+
+    assert run(5, "a") == run(5, "b")
+    assert run(5, "a") != run(6, "c")
+
+
+def test_manifest_sources(tmp_path: Path):
+    for i in range(6):
+        write_img(tmp_path / "imgs" / f"{i}.png", seed=i)
+    with (tmp_path / "m.csv").open("w") as f:
+        f.write("uri,label,extra\n" + "".join(f"imgs/{i}.png,{'ab'[i % 2]},x\n" for i in range(6)))
+    items = read_manifest(str(tmp_path / "m.csv"))
+    assert [i.label for i in items] == ["a", "b"] * 3
+    assert items[0].uri == str(tmp_path / "imgs" / "0.png")
+    (tmp_path / "m.jsonl").write_text(
+        "\n".join(json.dumps({"uri": f"imgs/{i}.png", "label": "ab"[i % 2]}) for i in range(6))
+    )
+    assert read_manifest(str(tmp_path / "m.jsonl")) == items
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("bad.csv", "path,class\nx.png,a\n", "uri,label"),
+        ("bad.jsonl", '{"uri": "x.png"}\n', "line 1"),
+        ("empty-label.csv", "uri,label\nx.png, \n", "empty label"),
+    ],
+)
+def test_bad_manifests_name_the_problem(tmp_path: Path, name, text, match):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=match):
+        read_manifest(str(tmp_path / name))
+
+
+def test_missing_or_flat_source(tmp_path: Path):
+    with pytest.raises(Exception, match="does not exist"):
+        ingest_images(str(tmp_path / "nope"), tmp_path / "m.csv", tmp_path, progress=False)
+    write_img(tmp_path / "flat" / "a.png", 1)
+    with pytest.raises(DataError, match="no class sub-folders"):
+        ingest_images(str(tmp_path / "flat"), tmp_path / "m.csv", tmp_path, progress=False)
+
+
+def rec(uri, label, sha, group=None):
+    return Record(uri, label, sha, 50, 50, group or sha)
+
+
+def test_remove_duplicates_keeps_first_and_quarantines_conflicts():
+    kept, conflicts, groups = remove_duplicates(
+        [rec("b", "x", "h1"), rec("a", "x", "h1"), rec("c", "x", "h2"), rec("d", "y", "h2"), rec("e", "y", "h3")]
+    )
+    assert [r.uri for r in kept] == ["a", "e"]
+    assert sorted(c.uri for c in conflicts) == ["c", "d"]
+    assert sorted(map(sorted, groups)) == [["a", "b"], ["c", "d"]]
+
+
+def test_groups_never_span_splits():
+    records = [rec(f"{g}-{k}", "x", f"{g}-{k}", group=f"g{g}") for g in range(20) for k in range(3)]
+    out = assign_splits(records, IngestConfig(seed=0))
+    by_group: dict[str, set[str]] = {}
+    for r in out:
+        by_group.setdefault(r.group, set()).add(r.split)
+    assert all(len(s) == 1 for s in by_group.values())
+
+
+def test_split_counts_and_too_small_class():
+    assert split_counts(10, 0.1, 0.1) == (8, 1, 1)
+    assert split_counts(3, 0.01, 0.01) == (1, 1, 1)  # each non-zero share gets one
+    assert split_counts(100, 0.1, 0.2) == (70, 10, 20)
+    with pytest.raises(DataError, match="only 2 distinct"):
+        assign_splits([rec("a", "x", "1"), rec("b", "x", "2")], IngestConfig())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"val_fraction": 1.0}, {"test_fraction": -0.1}, {"val_fraction": 0.5, "test_fraction": 0.5}, {"min_side": 0}],
+)
+def test_bad_config(kwargs):
+    with pytest.raises(ConfigError):
+        IngestConfig(**kwargs)

@@ -1,0 +1,83 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from clazzify import storage
+from clazzify.data import block_index
+from clazzify.errors import ConfigError
+from clazzify.imaging import image_to_array
+from clazzify.ingest import IngestConfig, ingest_images, read_split_manifest
+from clazzify.preprocess import PreprocessConfig, augment_variant, build_hdf5, read_attrs
+
+pytestmark = pytest.mark.unit
+
+
+def test_hdf5_layout_and_parity(hdf5_dir):
+    attrs = read_attrs(hdf5_dir / "train.h5")
+    assert attrs["class_names"] == ["ambiance", "food", "human", "menu"]
+    assert attrs["image_size"] == 32 and attrs["fingerprint"]
+    total = 0
+    for split in ("train", "val", "test"):
+        with h5py.File(hdf5_dir / f"{split}.h5") as f:
+            images, labels, uris = f["images"], f["labels"][:], f["uris"].asstr()[:]
+            assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3)
+            assert images.chunks[0] <= 32 and len(labels) == len(uris) == images.shape[0]
+            assert set(labels) == {0, 1, 2, 3}
+            total += len(labels)
+            # Parity: each row is exactly what the shared decode path makes of the file.
+            for i in (0, len(uris) - 1):
+                np.testing.assert_array_equal(images[i], image_to_array(storage.read_bytes(uris[i]), 32))
+    assert total == 24 * 4  # the bad files and the duplicate are not there
+    summary = json.loads((hdf5_dir / "summary.json").read_text())
+    assert sum(summary["counts"].values()) == total
+
+
+def test_training_rows_are_mixed(hdf5_dir):
+    with h5py.File(hdf5_dir / "train.h5") as f:
+        labels = f["labels"][:]
+    # a label-sorted file would make every contiguous batch one class
+    assert len(set(labels[:16])) > 1
+
+
+def test_augment_copies_and_parallel_build(demo_dir, tmp_path):
+    ingest_images(str(demo_dir), tmp_path / "m.csv", tmp_path, IngestConfig(seed=3), progress=False)
+    cfg = PreprocessConfig(image_size=32, augment_copies=2, workers=2, task_size=8, chunk_rows=8)
+    paths = build_hdf5(tmp_path / "m.csv", tmp_path / "data", cfg, progress=False)
+    n_train = sum(r.split == "train" for r in read_split_manifest(tmp_path / "m.csv"))
+    with h5py.File(paths["train"]) as f:
+        assert f["images"].shape[0] == n_train * 3
+        variant = f["variant"][:]
+        assert (np.bincount(variant) == n_train).all()
+        uris = f["uris"].asstr()[:]
+        originals = np.flatnonzero(variant == 0)
+        i = originals[0]
+        np.testing.assert_array_equal(f["images"][i], image_to_array(storage.read_bytes(uris[i]), 32))
+        assert not np.array_equal(f["images"][i], f["images"][i + 1])  # a real variant
+        assert uris[i] == uris[i + 1]
+    with h5py.File(paths["val"]) as f:
+        assert (f["variant"][:] == 0).all()  # only training data is augmented
+
+
+def test_augment_variant_is_seeded():
+    from PIL import Image
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8))
+    a = augment_variant(img, 32, np.random.default_rng(7))
+    b = augment_variant(img, 32, np.random.default_rng(7))
+    assert a.shape == (32, 32, 3)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs", [{"image_size": 8}, {"augment_copies": -1}, {"task_size": 0}, {"workers": -2}])
+def test_bad_config(kwargs):
+    with pytest.raises(ConfigError):
+        PreprocessConfig(**kwargs)
+
+
+@pytest.mark.parametrize(("rows", "block"), [([10], 4), ([3, 0, 7], 3), ([64], 32)])
+def test_block_index_covers_every_row_once(rows, block):
+    blocks = block_index(rows, block)
+    seen = [(f, r) for f, start, stop in blocks for r in range(start, stop)]
+    assert sorted(seen) == [(f, r) for f, n in enumerate(rows) for r in range(n)]

@@ -1,0 +1,51 @@
+import pytest
+
+from clazzify import storage
+from clazzify.errors import StorageError
+from clazzify.storage import S3Settings
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("env", "endpoint", "secure"),
+    [
+        ({"AWS_ENDPOINT_URL": "http://minio:9000"}, "minio:9000", False),
+        ({"AWS_ENDPOINT_URL": "https://s3.example.com"}, "s3.example.com", True),
+        ({"MINIO_ENDPOINT": "minio:9000"}, "minio:9000", False),
+        ({"MINIO_ENDPOINT": "minio:9000", "MINIO_SECURE": "true"}, "minio:9000", True),
+        ({"AWS_ENDPOINT_URL": "https://m:9000", "MINIO_SECURE": "false"}, "m:9000", False),
+    ],
+)
+def test_settings_from_env(env, endpoint, secure):
+    s = S3Settings.from_env({**env, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"})
+    assert (s.endpoint, s.secure, s.access_key, s.secret_key) == (endpoint, secure, "k", "s")
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [({}, "AWS_ENDPOINT_URL"), ({"MINIO_ENDPOINT": "m:9000", "MINIO_SECURE": "maybe"}, "not a boolean")],
+)
+def test_bad_settings_say_what_to_set(env, match):
+    with pytest.raises(StorageError, match=match):
+        S3Settings.from_env(env)
+
+
+def test_uri_helpers(tmp_path):
+    assert storage.split_s3("s3://bucket/a/b.jpg") == ("bucket", "a/b.jpg")
+    assert storage.join("s3://b/p/", "x", "/y") == "s3://b/p/x/y"
+    assert storage.local_path(f"file://{tmp_path}/a b") == tmp_path / "a b"
+    with pytest.raises(StorageError, match="unsupported URI scheme"):
+        storage.local_path("gs://bucket/x")
+    with pytest.raises(StorageError):
+        storage.split_s3("s3:///nobucket")
+
+
+def test_local_round_trip(tmp_path):
+    uri = str(tmp_path / "a" / "b.bin")
+    storage.write_bytes(uri, b"abc")
+    assert storage.read_bytes(uri) == b"abc" and storage.exists(uri)
+    assert list(storage.list_files(str(tmp_path))) == [uri]
+    assert storage.list_children(str(tmp_path)) == ["a"]
+    with pytest.raises(StorageError, match="cannot read"):
+        storage.read_bytes(str(tmp_path / "missing"))

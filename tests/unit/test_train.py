@@ -1,0 +1,98 @@
+"""Training, the input pipeline and the bundle (small: 32 px, the compact network)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clazzify.bundle import BundleMeta, load_predictor
+from clazzify.data import make_dataset
+from clazzify.errors import ConfigError, DataError
+from clazzify.evaluate import evaluate_model, iter_split
+from clazzify.models import ARCHITECTURES, ModelSpec, build_model
+from clazzify.train import TrainConfig, train_model
+
+pytestmark = pytest.mark.unit
+
+
+def test_dataset_yields_every_row_once_per_epoch(hdf5_dir):
+    import h5py
+
+    with h5py.File(hdf5_dir / "train.h5") as f:
+        expected = np.sort(f["labels"][:])
+        n = len(expected)
+    ds = make_dataset([hdf5_dir / "train.h5"], batch_size=8, shuffle=True, seed=1, block_rows=4, shuffle_buffer=16)
+    assert int(ds.cardinality()) == -(-n // 8)
+    for _ in range(2):
+        labels = np.concatenate([y.numpy() for _, y in ds])
+        np.testing.assert_array_equal(np.sort(labels), expected)
+    first = np.concatenate([y.numpy() for _, y in ds])
+    second = np.concatenate([y.numpy() for _, y in ds])
+    assert not np.array_equal(first, second)  # reshuffled each epoch
+
+
+def test_loss_falls_and_bundle_is_complete(hdf5_dir, tmp_path):
+    cfg = TrainConfig(architecture="compact", epochs=2, batch_size=16, learning_rate=3e-3, patience=0)
+    result = train_model(hdf5_dir, tmp_path, cfg, verbose=0)
+    loss = result.history["loss"]
+    assert len(loss) == 2 and loss[1] < loss[0]
+    assert {p.name for p in result.bundle_dir.iterdir()} >= {"model.keras", "model.onnx", "clazzify.json"}
+    meta = BundleMeta.load(result.bundle_dir)
+    assert meta.image_size == 32 and meta.class_names == ["ambiance", "food", "human", "menu"]
+    assert json.loads((tmp_path / "history.json").read_text())["loss"] == loss
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+    assert result.class_counts and sum(result.class_counts.values()) > 0
+
+
+def test_onnx_and_keras_agree(tiny_bundle, hdf5_dir):
+    images, _ = next(iter_split(hdf5_dir / "test.h5", 16))
+    onnx = load_predictor(tiny_bundle, "onnx").predict(images)
+    keras_probs = load_predictor(tiny_bundle, "keras").predict(images)
+    assert onnx.shape == (len(images), 4)
+    np.testing.assert_allclose(onnx.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(onnx - keras_probs).max() <= 1e-4
+
+
+def test_evaluate_writes_metrics_and_plots(tiny_bundle, hdf5_dir, tmp_path):
+    metrics = evaluate_model(tiny_bundle, hdf5_dir / "test.h5", tmp_path)
+    assert 0.0 <= metrics.accuracy <= 1.0 and metrics.n == sum(metrics.support.values())
+    for name in ("metrics.json", "confusion.json", "confusion.png", "misclassified.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_resume_from_backup(hdf5_dir, tmp_path):
+    """A run killed after epoch 1 resumes at epoch 2 instead of starting over."""
+    import keras
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                raise KeyboardInterrupt
+
+    cfg = TrainConfig(architecture="compact", epochs=2, batch_size=16, patience=0, onnx=False)
+    backup = tmp_path / "backup"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(hdf5_dir, tmp_path / "a", cfg, checkpoint_dir=backup, verbose=0, callbacks=[Crash()])
+    assert any(backup.iterdir())
+    result = train_model(hdf5_dir, tmp_path / "b", cfg, checkpoint_dir=backup, verbose=0)
+    assert result.epochs_run == 1  # only the epoch that was left
+    assert not backup.exists()  # a finished run removes its backup
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_architecture_builds_and_takes_uint8(arch):
+    model = build_model(ModelSpec(architecture=arch, num_classes=3, image_size=32, augment=False))
+    out = model(np.zeros((2, 32, 32, 3), dtype=np.uint8), training=False)
+    assert tuple(out.shape) == (2, 3)
+
+
+def test_bad_settings():
+    with pytest.raises(ConfigError, match="unknown architecture"):
+        ModelSpec(architecture="vgg99")
+    with pytest.raises(ConfigError, match="imagenet"):
+        ModelSpec(architecture="alexnet", init_weights="imagenet")
+    with pytest.raises(ConfigError):
+        TrainConfig(epochs=0)
+    with pytest.raises(DataError, match="no train.h5"):
+        train_model(Path("/nonexistent"), Path("/tmp/x"))
