@@ -33,7 +33,7 @@ test: $(BIN)/clazzify ## Run every test tier (unit, components, integration)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/clazzify ## Ruff
-	$(BIN)/ruff check src components pipelines tests
+	$(BIN)/ruff check src components pipelines tests benchmarks
 
 compile: $(BIN)/clazzify ## Compile the pipeline to train.yaml
 	$(BIN)/python pipelines/train.py compile -o train.yaml

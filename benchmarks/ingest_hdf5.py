@@ -1,0 +1,126 @@
+"""Ingest + HDF5 build throughput against the naive ways, side by side in one run.
+
+    python benchmarks/ingest_hdf5.py [--source DIR] [--image-size 227] [--limit N]
+
+Measured on the same images, one after the other:
+
+- ``pil-loop``: one image at a time, open, convert, resize, append (the naive loader);
+- ``keras-dir``: iterating ``keras.utils.image_dataset_from_directory`` at the same size;
+- ``draft-1core``: the decode ceiling of one core (PIL with JPEG draft + fit), times the
+  number of cores = the machine's limit for this work;
+- ``clazzify``: ``ingest_images`` (full decode, hash, dedupe, split) + ``build_hdf5``
+  (process pool, HDF5 writes included), and ``build_hdf5`` alone.
+
+Uses ../shared/datasets/restaurant-photos when present, else draws the synthetic set.
+Prints a Markdown table and writes JSON next to this script (results/ingest_hdf5.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from clazzify.imaging import image_to_array
+from clazzify.ingest import IngestConfig, ingest_images, list_source
+from clazzify.preprocess import PreprocessConfig, build_hdf5
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "restaurant-photos"
+
+
+def pil_loop(paths: list[str], size: int) -> int:
+    out = []
+    for p in paths:
+        with Image.open(p) as img:
+            out.append(np.asarray(img.convert("RGB").resize((size, size))))
+    return len(np.stack(out))
+
+
+def draft_loop(paths: list[str], size: int) -> int:
+    n = 0
+    for p in paths:
+        with open(p, "rb") as f:
+            image_to_array(f.read(), size)
+        n += 1
+    return n
+
+
+def keras_dir(root: Path, size: int) -> int:
+    import keras
+
+    ds = keras.utils.image_dataset_from_directory(
+        root, image_size=(size, size), batch_size=64, shuffle=False, verbose=False
+    )
+    return sum(int(x.shape[0]) for x, _ in ds)
+
+
+def timed(fn, *args) -> tuple[int, float]:
+    start = time.perf_counter()
+    n = fn(*args)
+    return n, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", type=Path, default=SHARED if SHARED.is_dir() else None)
+    parser.add_argument("--image-size", type=int, default=227)
+    parser.add_argument("--limit", type=int, default=0, help="use at most N images (0 = all)")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="clazzify-bench-"))
+    source = args.source
+    if source is None:
+        from clazzify.demo_data import write_demo_data
+
+        source = tmp / "synthetic"
+        write_demo_data(source, per_class=150, size=320, bad_files=False)
+    items = list_source(str(source))
+    if args.limit:
+        rng = np.random.default_rng(0)
+        keep = set(rng.choice(len(items), size=min(args.limit, len(items)), replace=False).tolist())
+        items = [it for i, it in enumerate(items) if i in keep]
+        source = tmp / "subset"
+        for it in items:
+            dest = source / it.label / Path(it.uri).name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(it.uri, dest)
+    paths = [it.uri for it in items]
+    size = args.image_size
+    cores = os.cpu_count() or 1
+    rows = {}
+    n, t = timed(pil_loop, paths, size)
+    rows["pil-loop (1 core)"] = n / t
+    n, t = timed(keras_dir, source, size)
+    rows["keras image_dataset_from_directory"] = n / t
+    n, t = timed(draft_loop, paths, size)
+    rows["draft decode, 1 core"] = n / t
+    rows[f"decode limit ({cores} cores x draft)"] = cores * n / t
+    start = time.perf_counter()
+    report = ingest_images(str(source), tmp / "m.csv", tmp / "report", IngestConfig(), progress=False)
+    t_ingest = time.perf_counter() - start
+    start = time.perf_counter()
+    build_hdf5(tmp / "m.csv", tmp / "data", PreprocessConfig(image_size=size), progress=False)
+    t_hdf5 = time.perf_counter() - start
+    rows["clazzify build_hdf5 alone"] = report.accepted / t_hdf5
+    rows["clazzify ingest + build_hdf5"] = report.accepted / (t_ingest + t_hdf5)
+    base = rows["pil-loop (1 core)"]
+    limit = rows[f"decode limit ({cores} cores x draft)"]
+    print(f"\n{len(paths)} images from {source} at {size} px, {cores} cores\n")
+    print("| loader | images/s | x pil-loop | share of decode limit |")
+    print("|---|---:|---:|---:|")
+    for name, rate in rows.items():
+        print(f"| {name} | {rate:,.0f} | {rate / base:.2f} | {rate / limit:.0%} |")
+    out = Path(__file__).with_name("results") / "ingest_hdf5.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"images": len(paths), "image_size": size, "cores": cores,
+                               "source": str(source), "images_per_s": rows,
+                               "ingest_s": t_ingest, "hdf5_s": t_hdf5}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
