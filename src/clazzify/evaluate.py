@@ -199,6 +199,7 @@ def evaluate_and_gate(
     champion_metrics = None
     if tracking:
         import mlflow
+
         from clazzify.registry import download_champion
 
         activate(tracking)

@@ -24,9 +24,8 @@ class Champion:
 
 def champion_version(model_name: str):  # -> mlflow.entities.model_registry.ModelVersion | None
     """The ModelVersion behind ``model_name@champion``, or None."""
-    from mlflow.exceptions import MlflowException
-
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     try:
@@ -61,10 +60,10 @@ def register_bundle(
     Returns:
         the new model version.
     """
+    import mlflow
     import numpy as np
     from mlflow.models import infer_signature
 
-    import mlflow
     from clazzify.pyfunc import ClazzifyModel
 
     meta = BundleMeta.load(bundle_dir)

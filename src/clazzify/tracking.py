@@ -85,7 +85,6 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
 def epoch_logger():  # -> keras.callbacks.Callback
     """A Keras callback logging every epoch's metrics to the active MLflow run."""
     import keras
-
     import mlflow
 
     class MlflowEpochLogger(keras.callbacks.Callback):

@@ -74,6 +74,7 @@ def test_cli_help_for_every_command():
 
 def test_local_run_registers_then_gate_blocks(demo_dir: Path, tmp_path: Path):
     import mlflow
+
     from clazzify.registry import champion_version
     from clazzify.tracking import TrackingConfig, activate
 
