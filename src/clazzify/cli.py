@@ -135,5 +135,32 @@ def evaluate_cmd(bundle_dir: Path, test_h5: Path, out_dir: Path, engine: str) ->
     click.echo(metrics.to_json())
 
 
+@main.command("find-label-issues")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for label_issues.csv (relabel format) and label_issues.png.")
+@click.option("--folds", default=5, show_default=True, help="k of k-fold.")
+@click.option("--architecture", default="compact", show_default=True)
+@click.option("--epochs", default=10, show_default=True, help="Epochs per fold.")
+@click.option("--batch-size", default=32, show_default=True)
+def find_label_issues_cmd(data_dir: Path, out_dir: Path, folds: int, architecture: str, epochs: int,
+                          batch_size: int) -> None:
+    """Rank likely mislabelled training images (out-of-fold scores + confident learning).
+
+    Every image of DATA_DIR/train.h5 is scored by a model trained on the other folds;
+    cleanlab ranks the labels the models most confidently dispute. Moderators fill
+    the corrected_label column of the CSV; relabel-import turns it into a manifest.
+    """
+    from clazzify.label_issues import LabelIssueConfig, find_label_issues
+
+    try:
+        cfg = LabelIssueConfig(folds=folds, architecture=architecture, epochs=epochs, batch_size=batch_size)
+        report = find_label_issues(data_dir, out_dir, cfg)
+    except ClazzifyError as e:
+        _fail(e)
+    click.echo(f"{report.issues} likely label issues among {report.scored} training images "
+               f"(out-of-fold accuracy {report.out_of_fold_accuracy:.3f}): {report.csv}, {report.grid}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

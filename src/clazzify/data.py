@@ -8,6 +8,7 @@ its own file handle: a handle shared across threads or a fork breaks.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,7 +49,6 @@ def inspect_split(paths: Sequence[Path | str]) -> SplitInfo:
             raise DataError(f"{path} is not a clazzify HDF5 file: {e}") from e
     if len(sizes) != 1 or len(names) != 1:
         raise DataError(f"HDF5 shards disagree on image_size {sizes} or class_names {names}")
-    import json
 
     return SplitInfo(
         paths=tuple(str(p) for p in paths),
@@ -79,12 +79,22 @@ class _BlockReader:
         return f["images"][start:stop], f["labels"][start:stop]
 
 
-def block_index(rows: Sequence[int], block_rows: int) -> np.ndarray:
-    """``[n_blocks, 3]`` of (file index, start, stop) covering every row exactly once."""
+Segment = tuple[int, int, int]  # (file index, first row, end row)
+
+
+def block_index(rows: Sequence[int], block_rows: int, segments: Sequence[Segment] | None = None) -> np.ndarray:
+    """``[n_blocks, 3]`` of (file index, start, stop) covering every row exactly once.
+
+    Args:
+        rows: rows per file.
+        block_rows: rows per block (the unit of shuffling and reading).
+        segments: only these row ranges (e.g. the training folds of k-fold); default all.
+    """
+    segments = segments if segments is not None else [(i, 0, n) for i, n in enumerate(rows)]
     blocks = [
-        (i, start, min(start + block_rows, n))
-        for i, n in enumerate(rows)
-        for start in range(0, n, block_rows)
+        (i, start, min(start + block_rows, stop))
+        for i, first, stop in segments
+        for start in range(first, stop, block_rows)
     ]
     return np.array(blocks, dtype=np.int64).reshape(-1, 3)
 
@@ -98,14 +108,19 @@ def make_dataset(
     block_rows: int = 32,
     shuffle_buffer: int = 1024,
     repeat: bool = False,
+    segments: Sequence[Segment] | None = None,
 ):  # -> tf.data.Dataset
-    """A ``tf.data.Dataset`` of ``(uint8 images [B,S,S,3], int64 labels [B])`` batches."""
+    """A ``tf.data.Dataset`` of ``(uint8 images [B,S,S,3], int64 labels [B])`` batches.
+
+    ``segments`` restricts it to some row ranges of the files (see :func:`block_index`).
+    """
     import tensorflow as tf
 
     info = inspect_split(paths)
     reader = _BlockReader(info.paths)
     size = info.image_size
-    blocks = block_index(info.rows, block_rows)
+    blocks = block_index(info.rows, block_rows, segments)
+    total = int((blocks[:, 2] - blocks[:, 1]).sum())
     ds = tf.data.Dataset.from_tensor_slices(blocks)
     if shuffle:
         ds = ds.shuffle(len(blocks), seed=seed, reshuffle_each_iteration=True)
@@ -124,7 +139,7 @@ def make_dataset(
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=False)
     if not repeat:  # unbatch hides the length; Keras needs it for progress and schedules
-        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-info.total // batch_size)))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-total // batch_size)))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

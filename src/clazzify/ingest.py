@@ -29,7 +29,9 @@ from clazzify.errors import ConfigError, DataError, ImageError, StorageError
 from clazzify.imaging import ImageLimits, content_hash, decode_image
 
 SPLITS = ("train", "val", "test")
-MANIFEST_FIELDS = ("uri", "label", "split", "sha256", "width", "height", "group")
+MANIFEST_FIELDS = ("uri", "label", "split", "sha256", "width", "height", "group", "phash")
+#: Centre-crop scales hashed per image, so lightly cropped copies still match.
+PHASH_SCALES = (1.0, 0.9, 0.8)
 QUARANTINE_FIELDS = ("uri", "label", "reason", "detail")
 
 
@@ -44,6 +46,8 @@ class IngestConfig:
         min_side: images with a smaller width or height are quarantined.
         max_pixels: images with more pixels are quarantined (decompression bombs).
         workers: decoding threads; 0 means two per CPU core.
+        near_duplicate_distance: images whose perceptual hashes differ in at most this
+            many of 64 bits are one group (never split apart); -1 turns this off.
     """
 
     val_fraction: float = 0.15
@@ -52,8 +56,13 @@ class IngestConfig:
     min_side: int = 32
     max_pixels: int = 50_000_000
     workers: int = 0
+    near_duplicate_distance: int = 8
 
     def __post_init__(self) -> None:
+        if not -1 <= self.near_duplicate_distance <= 20:
+            raise ConfigError(
+                f"near_duplicate_distance must be in [-1, 20] (-1 = off), got {self.near_duplicate_distance}"
+            )
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -91,6 +100,11 @@ class Record:
     height: int
     group: str
     split: str = ""
+    phash: str = ""
+
+    @property
+    def hashes(self) -> list[int]:
+        return [int(h, 16) for h in self.phash.split()]
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,7 @@ class IngestReport:
     quarantined: dict[str, int]
     duplicates_removed: int
     duplicate_groups: list[list[str]] = field(default_factory=list)
+    near_duplicate_groups: list[list[str]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -126,7 +141,8 @@ class IngestReport:
             "",
             f"{self.listed} files listed, {self.accepted} accepted, "
             f"{sum(self.quarantined.values())} quarantined, "
-            f"{self.duplicates_removed} exact duplicates removed.",
+            f"{self.duplicates_removed} exact duplicates removed, "
+            f"{len(self.near_duplicate_groups)} near-duplicate groups kept within one split.",
             "",
             "| class | " + " | ".join(SPLITS) + " | total |",
             "|---|" + "---:|" * (len(SPLITS) + 1),
@@ -137,6 +153,9 @@ class IngestReport:
         if self.quarantined:
             lines += ["", "| quarantine reason | files |", "|---|---:|"]
             lines += [f"| {r} | {n} |" for r, n in sorted(self.quarantined.items())]
+        if self.near_duplicate_groups:
+            lines += ["", "Near-duplicate groups (each kept within one split):", ""]
+            lines += [f"- {', '.join(g)}" for g in self.near_duplicate_groups]
         return "\n".join(lines) + "\n"
 
 
@@ -211,7 +230,81 @@ def check_item(item: Item, limits: ImageLimits) -> Record | Rejected:
     except ImageError as e:
         return Rejected(item.uri, item.label, e.reason, str(e))
     digest = content_hash(data)
-    return Record(item.uri, item.label, digest, img.width, img.height, group=digest)
+    return Record(item.uri, item.label, digest, img.width, img.height, group=digest, phash=perceptual_hashes(img))
+
+
+def perceptual_hashes(img) -> str:
+    """64-bit pHashes of the image's centre crops at :data:`PHASH_SCALES`, as hex words."""
+    import imagehash
+
+    width, height = img.size
+    out = []
+    for scale in PHASH_SCALES:
+        left, top = int(width * (1 - scale) / 2), int(height * (1 - scale) / 2)
+        crop = img if scale == 1.0 else img.crop((left, top, width - left, height - top))
+        out.append(str(imagehash.phash(crop)))
+    return " ".join(out)
+
+
+def hash_distance(a: Sequence[int], b: Sequence[int]) -> int:
+    """Smallest Hamming distance between any hash of ``a`` and any of ``b``."""
+    return min((x ^ y).bit_count() for x in a for y in b)
+
+
+def near_duplicate_pairs(hashes: Sequence[Sequence[int]], max_distance: int) -> set[tuple[int, int]]:
+    """Index pairs whose hashes are within ``max_distance`` bits.
+
+    Candidates come from banding: with ``max_distance + 1`` bands, two hashes within
+    the distance agree exactly on at least one band (pigeonhole), so no pair is
+    missed and most pairs are never compared.
+    """
+    n_bands = max_distance + 1
+    bounds = np.linspace(0, 64, n_bands + 1).astype(int)
+    buckets: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for i, hs in enumerate(hashes):
+        for h in hs:
+            for b in range(n_bands):
+                width = bounds[b + 1] - bounds[b]
+                buckets[(b, (h >> int(bounds[b])) & ((1 << int(width)) - 1))].add(i)
+    pairs: set[tuple[int, int]] = set()
+    seen: set[tuple[int, int]] = set()
+    for members in buckets.values():
+        ordered = sorted(members)
+        for x, i in enumerate(ordered):
+            for j in ordered[x + 1 :]:
+                if (i, j) in seen:
+                    continue
+                seen.add((i, j))
+                if hash_distance(hashes[i], hashes[j]) <= max_distance:
+                    pairs.add((i, j))
+    return pairs
+
+
+def group_near_duplicates(records: Sequence[Record], max_distance: int) -> list[list[str]]:
+    """Give near-identical records one ``group`` (union-find); returns groups of >1 URIs."""
+    if max_distance < 0 or len(records) < 2:
+        return []
+    parent = list(range(len(records)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in near_duplicate_pairs([r.hashes for r in records], max_distance):
+        parent[root(i)] = root(j)
+    members: dict[int, list[Record]] = defaultdict(list)
+    for i, rec in enumerate(records):
+        members[root(i)].append(rec)
+    groups = []
+    for recs in members.values():
+        group_id = min(r.sha256 for r in recs)
+        for rec in recs:
+            rec.group = group_id
+        if len(recs) > 1:
+            groups.append(sorted(r.uri for r in recs))
+    return sorted(groups)
 
 
 def remove_duplicates(records: Sequence[Record]) -> tuple[list[Record], list[Rejected], list[list[str]]]:
@@ -253,19 +346,26 @@ def split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int
 
 
 def assign_splits(records: Sequence[Record], cfg: IngestConfig) -> list[Record]:
-    """Stratified split by label over groups: every member of a group lands in one split."""
-    groups_by_label: dict[str, dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    """Stratified, seeded split over groups: every member of a group lands in one split.
+
+    A group is stratified by its most common label, so a near-duplicate group that
+    mixes labels still stays whole.
+    """
+    groups: dict[str, list[Record]] = defaultdict(list)
     for rec in records:
-        groups_by_label[rec.label][rec.group].append(rec)
+        groups[rec.group].append(rec)
+    by_stratum: dict[str, list[str]] = defaultdict(list)
+    for key, recs in groups.items():
+        label = Counter(r.label for r in recs).most_common(1)[0][0]
+        by_stratum[label].append(key)
     rng = np.random.default_rng(cfg.seed)
     out: list[Record] = []
-    for label in sorted(groups_by_label):
-        groups = groups_by_label[label]
-        keys = sorted(groups)
+    for label in sorted(by_stratum):
+        keys = sorted(by_stratum[label])
         n_train, n_val, _ = split_counts(len(keys), cfg.val_fraction, cfg.test_fraction)
         if n_train < 1:
             raise DataError(
-                f"class {label!r} has only {len(keys)} distinct image(s): it needs at least "
+                f"class {label!r} has only {len(keys)} distinct image group(s): it needs at least "
                 f"{len(keys) - n_train + 1} to fill train/val/test; add images or lower the fractions"
             )
         order = rng.permutation(len(keys))
@@ -289,7 +389,7 @@ def read_split_manifest(path: Path) -> list[Record]:
     """Read a split manifest written by :func:`ingest_images`."""
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        missing = set(MANIFEST_FIELDS) - set(reader.fieldnames or ())
+        missing = set(MANIFEST_FIELDS) - {"phash"} - set(reader.fieldnames or ())
         if missing:
             raise DataError(f"{path} is not a split manifest: missing columns {sorted(missing)}")
         return [
@@ -301,6 +401,7 @@ def read_split_manifest(path: Path) -> list[Record]:
                 height=int(row["height"]),
                 group=row["group"],
                 split=row["split"],
+                phash=row.get("phash", ""),
             )
             for row in reader
         ]
@@ -347,6 +448,7 @@ def ingest_images(
     rejected = [r for r in results if isinstance(r, Rejected)]
     kept, conflicts, dup_groups = remove_duplicates(accepted)
     rejected += conflicts
+    near_groups = group_near_duplicates(kept, cfg.near_duplicate_distance)
     if not kept:
         reasons = Counter(r.reason for r in rejected)
         raise DataError(f"no usable image in {source}: all {len(items)} quarantined {dict(reasons)}")
@@ -367,6 +469,7 @@ def ingest_images(
         quarantined=dict(Counter(r.reason for r in rejected)),
         duplicates_removed=len(accepted) - len(kept) - len(conflicts),
         duplicate_groups=dup_groups,
+        near_duplicate_groups=near_groups,
     )
     (report_dir / "report.json").write_text(report.to_json())
     (report_dir / "report.md").write_text(report.to_markdown())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from clazzify.errors import ConfigError
 
@@ -29,7 +30,7 @@ class ModelSpec:
         num_classes: size of the softmax.
         image_size: side of the square uint8 input.
         init_weights: ``None`` (from scratch), ``"imagenet"`` (needs network access)
-            or a path to a ``.weights.h5`` file.
+            or a local weights file (see :func:`load_init_weights`).
         augment: add online augmentation layers (active in training only).
         dropout: dropout before the classifier.
     """
@@ -164,11 +165,34 @@ def build_model(spec: ModelSpec):  # -> keras.Model
         x = _augmentation(keras)(x)
     model = keras.Model(inputs, core(x), name=f"clazzify_{spec.architecture}")
     if spec.init_weights and spec.init_weights != "imagenet":
-        try:
-            model.load_weights(spec.init_weights, skip_mismatch=True)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot load init_weights {spec.init_weights!r}: {e}") from e
+        load_init_weights(model, spec.init_weights)
     return model
+
+
+def load_init_weights(model, path: str) -> None:
+    """Load a local weights file for transfer learning.
+
+    Tries the keras.applications backbone first (an ImageNet ``*_no_top.h5`` file that
+    a cluster user downloaded once), then the whole model (a ``.weights.h5`` of an
+    earlier clazzify model; layers whose shapes differ, like a classifier with another
+    number of classes, are skipped).
+
+    Raises:
+        ConfigError: the file is missing or fits neither.
+    """
+    import keras
+
+    if not Path(path).is_file():
+        raise ConfigError(f"init_weights file {path!r} does not exist: give a local path or an s3:// URI")
+    backbones = [layer for layer in model.get_layer("core").layers if isinstance(layer, keras.Model)]
+    errors = []
+    for target, kwargs in [(b, {}) for b in backbones] + [(model, {"skip_mismatch": True})]:
+        try:
+            target.load_weights(path, **kwargs)
+            return
+        except (OSError, ValueError, KeyError) as e:
+            errors.append(f"{target.name}: {e}")
+    raise ConfigError(f"cannot load init_weights {path!r}: " + "; ".join(errors))
 
 
 def inference_model(model):  # -> keras.Model

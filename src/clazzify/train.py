@@ -20,14 +20,16 @@ import h5py
 import numpy as np
 
 import clazzify
+from clazzify import storage
 from clazzify.bundle import BundleMeta, export_bundle
 from clazzify.data import inspect_split, make_dataset
-from clazzify.errors import ConfigError, DataError
+from clazzify.errors import ConfigError, DataError, StorageError
 from clazzify.models import ModelSpec, build_model
 from clazzify.plots import plot_history
 from clazzify.tracking import TrackingConfig, activate, epoch_logger, flatten_params
 
 MIXED_PRECISION = ("auto", "on", "off")
+CLASS_WEIGHTING = ("balanced", "none")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class TrainConfig:
         mixed_precision: 'auto' (on when a GPU is visible), 'on' or 'off'.
         seed: seed for weights init and shuffling.
         onnx: also export ONNX.
+        class_weighting: 'balanced' weighs each class's loss by total / (classes x its
+            count), so a rare class (few ambiance shots) is not sacrificed; 'none'.
     """
 
     architecture: str = "alexnet"
@@ -59,8 +63,11 @@ class TrainConfig:
     mixed_precision: str = "auto"
     seed: int = 42
     onnx: bool = True
+    class_weighting: str = "balanced"
 
     def __post_init__(self) -> None:
+        if self.class_weighting not in CLASS_WEIGHTING:
+            raise ConfigError(f"class_weighting must be one of {CLASS_WEIGHTING}, got {self.class_weighting!r}")
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -92,6 +99,12 @@ class TrainResult:
     class_counts: dict[str, int] = field(default_factory=dict)
 
 
+def balanced_class_weights(counts: Sequence[int]) -> dict[int, float]:
+    """``total / (classes x count)`` per class index; classes with no images get 0."""
+    total, k = sum(counts), len(counts)
+    return {i: (total / (k * n) if n else 0.0) for i, n in enumerate(counts)}
+
+
 def _split_paths(data_dir: Path, split: str) -> list[Path]:
     """One ``<split>.h5`` or shards ``<split>-*.h5`` (sorted)."""
     single = data_dir / f"{split}.h5"
@@ -108,6 +121,19 @@ def class_counts(paths: list[Path], class_names: list[str]) -> dict[str, int]:
         with h5py.File(path, "r") as f:
             counts.update(f["labels"][:].tolist())
     return {name: int(counts.get(i, 0)) for i, name in enumerate(class_names)}
+
+
+def fetch_weights(init_weights: str | None, out_dir: Path) -> str | None:
+    """``None``/``imagenet`` pass through; an s3:// weights file is downloaded into ``out_dir``."""
+    if not init_weights or init_weights == "imagenet" or not storage.is_s3(init_weights):
+        return init_weights
+    name = init_weights.rsplit("/", 1)[-1]
+    local = out_dir / "init_weights" / name
+    try:
+        storage.write_bytes(str(local), storage.read_bytes(init_weights))
+    except StorageError as e:
+        raise ConfigError(f"cannot fetch init_weights {init_weights}: {e}") from e
+    return str(local)
 
 
 def _strategy_and_devices(cfg: TrainConfig):
@@ -189,7 +215,7 @@ def train_model(
         architecture=cfg.architecture,
         num_classes=num_classes,
         image_size=info.image_size,
-        init_weights=cfg.init_weights,
+        init_weights=fetch_weights(cfg.init_weights, out_dir),
         augment=cfg.augment,
     )
     with strategy.scope():
@@ -231,6 +257,7 @@ def train_model(
         start = time.perf_counter()
         fit = model.fit(
             train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose,
+            class_weight=balanced_class_weights(list(counts.values())) if cfg.class_weighting == "balanced" else None,
             shuffle=False,  # tf.data shuffles blocks and rows itself
         )
         seconds = time.perf_counter() - start

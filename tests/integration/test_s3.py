@@ -86,3 +86,22 @@ def test_preflight_names_the_problem(s3_env, s3_server):
         storage.preflight("s3://photos/x", anonymous)
     with pytest.raises(StorageError, match="cannot read s3://photos/missing"):
         storage.read_bytes("s3://photos/missing")
+
+
+def test_init_weights_from_s3(s3_env, tmp_path: Path):
+    import numpy as np
+
+    from clazzify.models import ModelSpec, build_model
+    from clazzify.train import fetch_weights
+
+    a = build_model(ModelSpec("compact", num_classes=4, image_size=32))
+    a.save_weights(tmp_path / "w.weights.h5")
+    storage.write_bytes("s3://photos/weights/w.weights.h5", (tmp_path / "w.weights.h5").read_bytes())
+    local = fetch_weights("s3://photos/weights/w.weights.h5", tmp_path / "run")
+    b = build_model(ModelSpec("compact", num_classes=4, image_size=32, init_weights=local))
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    from clazzify.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot fetch init_weights"):
+        fetch_weights("s3://photos/weights/missing.weights.h5", tmp_path / "run")

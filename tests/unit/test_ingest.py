@@ -146,3 +146,66 @@ def test_split_counts_and_too_small_class():
 def test_bad_config(kwargs):
     with pytest.raises(ConfigError):
         IngestConfig(**kwargs)
+
+
+def crafted_copies(img: Image.Image) -> list[Image.Image]:
+    """Resized, re-encoded and lightly cropped copies, as a platform's uploads hold them."""
+    import io
+
+    w, h = img.size
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=45)
+    return [
+        img.resize((w // 2, h // 2)),
+        Image.open(io.BytesIO(buf.getvalue())).convert("RGB"),
+        img.crop((int(w * 0.05), int(h * 0.05), int(w * 0.95), int(h * 0.95))),
+        img.crop((int(w * 0.03), 0, w, h)).resize((w // 3, h // 3)),
+    ]
+
+
+def photo_like(rng: np.random.Generator) -> Image.Image:
+    """Smooth random structure plus fine noise: unrelated ones hash far apart."""
+    coarse = Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize((160, 120), Image.BICUBIC)
+    fine = rng.integers(-12, 13, (120, 160, 3))
+    return Image.fromarray(np.clip(np.asarray(coarse, dtype=int) + fine, 0, 255).astype(np.uint8))
+
+
+def test_near_duplicates_never_span_splits(tmp_path: Path):
+    root = tmp_path / "src"
+    for c, label in enumerate(("ambiance", "food", "human", "menu")):
+        rng = np.random.default_rng(c)
+        for i in range(12):
+            img = photo_like(rng)
+            (root / label).mkdir(parents=True, exist_ok=True)
+            img.save(root / label / f"{i}.png")
+            if i < 3:  # three originals per class get four near-copies each
+                for k, copy in enumerate(crafted_copies(img)):
+                    copy.save(root / label / f"{i}-copy{k}.jpg", quality=90)
+    report = ingest_images(str(root), tmp_path / "m.csv", tmp_path / "r", IngestConfig(seed=0), progress=False)
+    rows = read_split_manifest(tmp_path / "m.csv")
+    by_original: dict[tuple[str, str], set[str]] = {}
+    for r in rows:
+        stem = Path(r.uri).stem.split("-copy")[0]
+        by_original.setdefault((r.label, stem), set()).add(r.split)
+    assert all(len(splits) == 1 for splits in by_original.values()), by_original
+    copied = [g for g in report.near_duplicate_groups if any("-copy" in u for u in g)]
+    assert len(copied) == 12 and all(len(g) >= 5 for g in copied)  # every copy found its original
+    assert sum(len(g) for g in report.near_duplicate_groups) == 12 * 5  # unrelated images stay apart
+    assert "Near-duplicate groups" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_near_duplicate_banding_finds_every_close_pair():
+    from clazzify.ingest import hash_distance, near_duplicate_pairs
+
+    rng = np.random.default_rng(0)
+    base = [int(v) for v in rng.integers(0, 2**63, 40, dtype=np.int64)]
+    hashes = [[h] for h in base]
+    for i in range(20):  # flip up to 6 random bits of a base hash
+        h = base[i]
+        for bit in rng.choice(64, size=int(rng.integers(0, 7)), replace=False):
+            h ^= 1 << int(bit)
+        hashes.append([h])
+    pairs = near_duplicate_pairs(hashes, 6)
+    brute = {(i, j) for i in range(len(hashes)) for j in range(i + 1, len(hashes))
+             if hash_distance(hashes[i], hashes[j]) <= 6}
+    assert pairs == brute and len(brute) >= 20

@@ -81,3 +81,8 @@ def test_block_index_covers_every_row_once(rows, block):
     blocks = block_index(rows, block)
     seen = [(f, r) for f, start, stop in blocks for r in range(start, stop)]
     assert sorted(seen) == [(f, r) for f, n in enumerate(rows) for r in range(n)]
+
+
+def test_block_index_segments():
+    blocks = block_index([10, 10], 4, segments=[(0, 2, 7), (1, 0, 3)])
+    assert blocks.tolist() == [[0, 2, 6], [0, 6, 7], [1, 0, 3]]

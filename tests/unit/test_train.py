@@ -96,3 +96,11 @@ def test_bad_settings():
         TrainConfig(epochs=0)
     with pytest.raises(DataError, match="no train.h5"):
         train_model(Path("/nonexistent"), Path("/tmp/x"))
+
+
+def test_balanced_class_weights():
+    from clazzify.train import balanced_class_weights
+
+    w = balanced_class_weights([10, 30, 0])
+    assert w == {0: pytest.approx(40 / 30), 1: pytest.approx(40 / 90), 2: 0.0}
+    assert w[0] * 10 == pytest.approx(w[1] * 30)  # each class weighs the same in total
