@@ -36,7 +36,7 @@ lint: $(BIN)/clazzify ## Ruff
 	$(BIN)/ruff check src components pipelines tests
 
 compile: $(BIN)/clazzify ## Compile the pipeline to train.yaml
-	$(BIN)/python pipelines/train.py compile -o train.yaml
+	$(BIN)/python pipelines/train.py compile -o train.yaml $(if $(REGISTRY),--registry $(REGISTRY))
 
 mlflow-ui: $(BIN)/clazzify ## Open the MLflow UI on the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(HOME_DIR))/mlflow.db --host 127.0.0.1 --port 5000

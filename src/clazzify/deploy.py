@@ -46,6 +46,9 @@ MODEL_DIR = "/mnt/models"
 HTTP_PORT = 8080
 
 SCALE_METRICS = {KNATIVE: ("concurrency", "rps"), STANDARD: ("cpu", "memory")}
+# Knative: in-flight requests per replica (the server batches up to 32 of them);
+# Standard: HPA target CPU utilisation in percent.
+DEFAULT_SCALING = {KNATIVE: ("concurrency", 16), STANDARD: ("cpu", 70)}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 
@@ -80,8 +83,10 @@ class ServingConfig:
         api_keys_key: key in that Secret.
         min_replicas: lowest replica count (0 scales to zero in Knative mode only).
         max_replicas: highest replica count.
-        scale_metric: ``concurrency``/``rps`` (Knative) or ``cpu``/``memory`` (Standard).
-        scale_target: in-flight requests or rps per replica, or utilisation percent.
+        scale_metric: ``concurrency``/``rps`` (Knative) or ``cpu``/``memory`` (Standard);
+            empty: the mode's default (``concurrency`` or ``cpu``).
+        scale_target: in-flight requests or rps per replica, or utilisation percent;
+            0: the mode's default (16 in-flight requests, or 70 % CPU).
         cpu_request: container CPU request.
         cpu_limit: container CPU limit.
         memory_request: container memory request.
@@ -100,8 +105,8 @@ class ServingConfig:
     api_keys_key: str = "api-keys"
     min_replicas: int = 1
     max_replicas: int = 4
-    scale_metric: str = "concurrency"
-    scale_target: int = 16
+    scale_metric: str = ""
+    scale_target: int = 0
     cpu_request: str = "1"
     cpu_limit: str = "2"
     memory_request: str = "1Gi"
@@ -110,7 +115,13 @@ class ServingConfig:
     max_latency_ms: int = 5
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "deployment_mode", normalize_mode(self.deployment_mode))
+        mode = normalize_mode(self.deployment_mode)
+        object.__setattr__(self, "deployment_mode", mode)
+        default_metric, default_target = DEFAULT_SCALING[mode]
+        if not self.scale_metric:
+            object.__setattr__(self, "scale_metric", default_metric)
+        if self.scale_target == 0:
+            object.__setattr__(self, "scale_target", default_target)
         for field in ("name", "namespace", "service_account", "api_keys_secret"):
             value = getattr(self, field)
             if not _DNS_LABEL.match(value) or len(value) > 63:
@@ -138,7 +149,7 @@ class ServingConfig:
                 f"scale_metric={self.scale_metric!r} does not work in {self.deployment_mode} "
                 f"mode: use one of {', '.join(allowed)}"
             )
-        if self.scale_target <= 0:
+        if self.scale_target < 0:
             raise ConfigError(f"scale_target={self.scale_target} must be > 0")
         for field in ("cpu_request", "cpu_limit", "memory_request", "memory_limit"):
             if not _QUANTITY.match(getattr(self, field)):

@@ -201,12 +201,20 @@ def test_storage_uri_for_refuses(artifact_uri, destination, message):
         ({"min_replicas": 3, "max_replicas": 2}, "below min_replicas"),
         ({"name": "Clazzify_Model"}, "not a Kubernetes name"),
         ({"memory_limit": "2 GB"}, "not a Kubernetes quantity"),
-        ({"scale_target": 0}, "must be > 0"),
+        ({"scale_target": -1}, "must be > 0"),
     ],
 )
 def test_serving_config_rejects(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         cfg(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("mode", "metric", "target"), [(KNATIVE, "concurrency", 16), (STANDARD, "cpu", 70)]
+)
+def test_scaling_defaults_follow_the_mode(mode, metric, target):
+    c = ServingConfig(image=IMAGE, deployment_mode=mode)
+    assert (c.scale_metric, c.scale_target) == (metric, target)
 
 
 def test_scale_to_zero_is_knative_only():
