@@ -217,10 +217,15 @@ def kubernetes_api() -> Any:
     """A ``CustomObjectsApi`` from the pod's service account, else from kubeconfig."""
     from kubernetes import client, config
 
-    if in_cluster():
-        config.load_incluster_config()
-    else:
-        config.load_kube_config()
+    try:
+        if in_cluster():
+            config.load_incluster_config()
+        else:
+            config.load_kube_config()
+    except config.ConfigException as e:
+        raise RolloutError(
+            f"no Kubernetes credentials ({e}): set KUBECONFIG or run inside the cluster"
+        ) from e
     return client.CustomObjectsApi()
 
 
@@ -294,3 +299,26 @@ def move_champion_back(model_name: str) -> tuple[str, str]:
     client.delete_registered_model_alias(model_name, PREVIOUS)
     client.set_model_version_tag(model_name, champion.version, "rolled_back", "true")
     return str(previous.version), str(champion.version)
+
+
+def roll_back(
+    api: Any,
+    namespace: str,
+    name: str,
+    target: Resolved,
+    timeout_s: float = 900,
+    poll_s: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RolloutResult:
+    """Serve ``target`` (the ``previous`` version) at 100 % on the live InferenceService.
+
+    Raises:
+        RolloutError: there is no InferenceService to roll back, or it never got ready.
+    """
+    live = _get(api, namespace, name)
+    if live is None:
+        raise RolloutError(f"no InferenceService {namespace}/{name} to roll back")
+    body = deploy.rollback(live, target.storage_uri, target.version)
+    _replace(api, namespace, body)
+    wait_ready(api, namespace, name, timeout_s, poll_s, sleep)
+    return RolloutResult("rolled-back", target.version, target.storage_uri, body)

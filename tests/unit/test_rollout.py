@@ -139,3 +139,20 @@ def test_write_manifest_is_applyable_yaml(tmp_path: Path):
     manifest = deploy.inference_service(cfg(), V1.storage_uri, "1")
     path = rollout.write_manifest(manifest, tmp_path / "out" / "isvc.yaml")
     assert yaml.safe_load(path.read_text()) == manifest
+
+
+@pytest.mark.parametrize("mode", [KNATIVE, STANDARD])
+def test_roll_back_serves_previous_at_100(mode):
+    api = FakeCustomObjects()
+    rollout.roll_out(api, cfg(mode), V1, 10, sleep=no_sleep)
+    rollout.roll_out(api, cfg(mode), V2, 10, sleep=no_sleep)
+    result = rollout.roll_back(api, "clazzify", "clazzify", V1, sleep=no_sleep)
+    live = api.objects[("clazzify", "clazzify")]
+    assert result.action == "rolled-back"
+    assert deploy.served_model(live["spec"]["predictor"]) == (V1.storage_uri, "1")
+    assert not deploy.canary_in_flight(live)
+
+
+def test_roll_back_needs_an_inference_service():
+    with pytest.raises(RolloutError, match="no InferenceService"):
+        rollout.roll_back(FakeCustomObjects(), "clazzify", "clazzify", V1, sleep=no_sleep)
