@@ -36,10 +36,47 @@ lint: $(BIN)/clazzify ## Ruff
 	$(BIN)/ruff check src components pipelines tests benchmarks
 
 compile: $(BIN)/clazzify ## Compile the pipeline to train.yaml
-	$(BIN)/python pipelines/train.py compile -o train.yaml
+	$(BIN)/python pipelines/train.py compile -o train.yaml $(if $(REGISTRY),--registry $(REGISTRY))
 
 mlflow-ui: $(BIN)/clazzify ## Open the MLflow UI on the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(HOME_DIR))/mlflow.db --host 127.0.0.1 --port 5000
 
 clean: ## Remove local state (MLflow store, KFP outputs, demo data)
 	rm -rf $(HOME_DIR)
+
+# --- Cluster: images, manifests (names and tags come from components/images.py) -------
+REGISTRY ?=
+DOCKER ?= docker
+KUBECTL ?= $(BIN)/kubectl
+OVERLAY ?= local
+GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+IMAGE = $(shell $(PYTHON) components/images.py $(1) $(if $(REGISTRY),--registry $(REGISTRY)))
+IMAGE_NAMES := pipeline pipeline-gpu serving mlflow
+
+.PHONY: images push print-images manifests image-pipeline image-pipeline-gpu image-serving image-mlflow
+
+print-images: ## Print the image references (REGISTRY=host/namespace moves them)
+	@$(PYTHON) components/images.py $(if $(REGISTRY),--registry $(REGISTRY))
+
+images: image-pipeline image-pipeline-gpu image-serving image-mlflow ## Build every image (REGISTRY=... tags them for it)
+
+image-pipeline:
+	$(DOCKER) build --target cpu --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(call IMAGE,pipeline) .
+
+image-pipeline-gpu:
+	$(DOCKER) build --target gpu --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(call IMAGE,pipeline-gpu) .
+
+image-serving:
+	@test -f serving/Dockerfile || { echo "serving/Dockerfile is missing: it comes with the serving work (issue 3); merge it first" >&2; exit 1; }
+	$(DOCKER) build -f serving/Dockerfile --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(call IMAGE,serving) .
+
+image-mlflow:
+	$(DOCKER) build -f mlflow/Dockerfile -t $(call IMAGE,mlflow) .
+
+push: ## Push every image: make images push REGISTRY=registry.example.com/team
+	@set -e; for name in $(IMAGE_NAMES); do \
+		ref=$$($(PYTHON) components/images.py $$name $(if $(REGISTRY),--registry $(REGISTRY))); \
+		echo "push $$ref"; $(DOCKER) push $$ref; done
+
+manifests: $(BIN)/clazzify ## Render a kustomize overlay: make manifests OVERLAY=local|production
+	$(KUBECTL) kustomize manifests/overlays/$(OVERLAY)

@@ -1,11 +1,18 @@
-"""The clazzify training pipeline: ingest -> HDF5 -> train -> evaluate/gate -> register.
+"""The clazzify training pipeline: ingest -> HDF5 -> train -> evaluate/gate -> register -> deploy.
 
-    python pipelines/train.py compile -o train.yaml
+    python pipelines/train.py compile -o train.yaml [--registry HOST/NS]
     python pipelines/train.py run --local --source DIR [--set key=value ...]
     python pipelines/train.py submit --host URL --experiment NAME [--set key=value ...]
 
 The pipeline function is a pure factory: every tunable is a typed parameter,
 nothing reads the environment; the runners below supply the values.
+
+On Kubernetes (kfp-kubernetes) every task has CPU/memory requests and limits, train
+asks for `gpu_count` accelerators of `accelerator_type` and tolerates GPU taints, and
+the tasks that read MinIO directly (ingest, preprocess, train for s3:// init weights)
+get the credentials from the Secret `s3_secret` and the endpoint from the ConfigMap
+`s3_config` as environment variables. MLflow steps need no S3 keys: the tracking
+server proxies artifacts. The local runner ignores all of these settings.
 """
 
 # No `from __future__ import annotations`: KFP reads the real annotation types.
@@ -17,13 +24,41 @@ from pathlib import Path
 from typing import Any
 
 import click
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 
+from components.deploy.component import deploy
 from components.evaluate.component import evaluate
+from components.images import IMAGES, SERVING_IMAGE, retarget
 from components.ingest.component import ingest
 from components.preprocess.component import preprocess
 from components.register.component import register
 from components.train.component import train
+
+# Requests and limits of the tasks whose size does not depend on the data set size
+# beyond what one pod handles; train's are pipeline parameters.
+SMALL = {"cpu_request": "500m", "cpu_limit": "2", "memory_request": "1Gi", "memory_limit": "2Gi"}
+PREPROCESS = {"cpu_request": "2", "cpu_limit": "4", "memory_request": "4Gi", "memory_limit": "8Gi"}
+EVALUATE = {"cpu_request": "2", "cpu_limit": "4", "memory_request": "4Gi", "memory_limit": "8Gi"}
+# Secret keys -> environment variables (clazzify.storage reads these names).
+S3_SECRET_KEYS = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+S3_CONFIG_KEYS = {k: k for k in ("AWS_ENDPOINT_URL", "MINIO_SECURE")}
+
+
+def size(task: dsl.PipelineTask, cpu_request, cpu_limit, memory_request, memory_limit):
+    """Set a task's CPU/memory requests and limits (ignored by the local runner)."""
+    return (
+        task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
+        .set_memory_request(memory_request).set_memory_limit(memory_limit)
+    )
+
+
+def use_s3(task: dsl.PipelineTask, secret: str, config: str) -> dsl.PipelineTask:
+    """MinIO credentials (Secret) and endpoint (ConfigMap) as the task's environment."""
+    kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=S3_SECRET_KEYS)
+    kubernetes.use_config_map_as_env(
+        task, config_map_name=config, config_map_key_to_env=S3_CONFIG_KEYS
+    )
+    return task
 
 
 @dsl.pipeline(
@@ -50,11 +85,26 @@ def train_pipeline(
     max_regression: float = 0.0,
     min_class_recall: float = 0.0,
     seed: int = 42,
+    s3_secret: str = "clazzify-minio",
+    s3_config: str = "clazzify-s3",
+    accelerator_type: str = "nvidia.com/gpu",
+    gpu_count: int = 1,
+    train_cpu: str = "4",
+    train_memory: str = "16Gi",
+    train_node_selector: dict = {},  # noqa: B006 (KFP reads the default; never mutated)
+    artifacts_destination: str = "s3://mlflow",
+    serving_image: str = SERVING_IMAGE,
+    isvc_name: str = "clazzify",
+    serving_namespace: str = "",
+    deployment_mode: str = "Knative",
+    canary_traffic_percent: int = 10,
+    deploy_timeout_s: int = 900,
 ):
     ingest_task = ingest(
         source=source, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, min_side=min_side
     )
     ingest_task.set_caching_options(False)  # a live source changes under the same parameters
+    size(use_s3(ingest_task, s3_secret, s3_config), **SMALL)
     hdf5_task = preprocess(
         manifest=ingest_task.outputs["manifest"],
         image_size=image_size,
@@ -62,6 +112,8 @@ def train_pipeline(
         seed=seed,
         min_side=min_side,
     )
+    # Cached: the manifest artifact pins every input image.
+    size(use_s3(hdf5_task, s3_secret, s3_config), **PREPROCESS)
     train_task = train(
         train_data=hdf5_task.outputs["train_data"],
         architecture=architecture,
@@ -74,6 +126,11 @@ def train_pipeline(
         mlflow_tracking_uri=mlflow_tracking_uri,
         mlflow_experiment=mlflow_experiment,
     )
+    size(use_s3(train_task, s3_secret, s3_config),
+         train_cpu, train_cpu, train_memory, train_memory)
+    train_task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpu_count)
+    kubernetes.add_toleration(train_task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+    kubernetes.add_node_selector_json(train_task, train_node_selector)
     eval_task = evaluate(
         model=train_task.outputs["model"],
         train_data=hdf5_task.outputs["train_data"],
@@ -86,8 +143,9 @@ def train_pipeline(
         mlflow_experiment=mlflow_experiment,
     )
     eval_task.set_caching_options(False)  # the champion it compares with can change
+    size(eval_task, **EVALUATE)
     with dsl.If(eval_task.outputs["Output"] == "pass", name="gate-passed"):
-        register(
+        register_task = register(
             model=train_task.outputs["model"],
             evaluation=eval_task.outputs["evaluation"],
             run_id=train_task.outputs["run_id"],
@@ -96,6 +154,20 @@ def train_pipeline(
             mlflow_tracking_uri=mlflow_tracking_uri,
             mlflow_experiment=mlflow_experiment,
         ).set_caching_options(False)
+        size(register_task, **SMALL)
+        deploy_task = deploy(
+            model_name=model_name,
+            model_version=register_task.output,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            artifacts_destination=artifacts_destination,
+            serving_image=serving_image,
+            isvc_name=isvc_name,
+            serving_namespace=serving_namespace,
+            deployment_mode=deployment_mode,
+            canary_traffic_percent=canary_traffic_percent,
+            ready_timeout_s=deploy_timeout_s,
+        ).set_caching_options(False)  # the cluster's state is not among its inputs
+        size(deploy_task, **SMALL)
 
 
 def pipeline_parameters() -> dict[str, inspect.Parameter]:
@@ -117,12 +189,72 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
                 f"unknown parameter {key!r}; known: {', '.join(sorted(params))}", param_hint="--set"
             )
         kind = params[key].annotation
-        kind = {"int": int, "float": float, "str": str, "bool": bool}.get(kind, kind)
+        kind = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}.get(kind, kind)
         try:
-            out[key] = kind(raw) if kind is not bool else raw.lower() in {"1", "true", "yes"}
+            if kind is bool:
+                out[key] = raw.lower() in {"1", "true", "yes"}
+            elif kind is dict:
+                out[key] = json.loads(raw)
+                if not isinstance(out[key], dict):
+                    raise ValueError(raw)
+            else:
+                out[key] = kind(raw)
         except ValueError as e:
             raise click.BadParameter(f"{key}={raw!r} is not a valid {kind.__name__}", param_hint="--set") from e
     return out
+
+
+def parse_params_file(path: Path | None) -> tuple[str, ...]:
+    """A YAML mapping of pipeline parameters as ``key=value`` strings (for parse_overrides)."""
+    if path is None:
+        return ()
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise click.BadParameter(f"cannot read {path}: {e}", "--params") from e
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} is not a mapping of parameter: value", param_hint="--params")
+    return tuple(
+        f"{key}={json.dumps(value) if isinstance(value, dict) else value}"
+        for key, value in data.items()
+    )
+
+
+def retarget_spec(spec: Any, registry: str | None) -> Any:
+    """``spec`` (compiled pipeline, as loaded YAML) with every clazzify image moved to
+    ``registry``: executor images and parameter defaults such as ``serving_image``."""
+    if not registry:
+        return spec
+    ours = set(IMAGES.values())
+    if isinstance(spec, dict):
+        return {k: retarget_spec(v, registry) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [retarget_spec(v, registry) for v in spec]
+    if isinstance(spec, str) and spec in ours:
+        return retarget(spec, registry)
+    return spec
+
+
+def compile_to(output: Path, registry: str | None) -> Path:
+    """Compile the pipeline to ``output``, images moved to ``registry`` when given."""
+    import yaml
+
+    try:
+        retarget(IMAGES["pipeline"], registry)  # a malformed registry fails before any work
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--registry") from e
+    compiler.Compiler().compile(train_pipeline, str(output))
+    if registry:
+        docs = [retarget_spec(d, registry) for d in yaml.safe_load_all(output.read_text())]
+        output.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return output
+
+
+REGISTRY_HELP = (
+    "Registry the images were pushed to (make push REGISTRY=...); default: components/images.py's."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,9 +265,10 @@ def cli() -> None:
 @cli.command("compile")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("train.yaml"),
               show_default=True, help="Where to write the KFP IR YAML.")
-def compile_cmd(output: Path) -> None:
+@click.option("--registry", default=None, metavar="HOST/NS", help=REGISTRY_HELP)
+def compile_cmd(output: Path, registry: str | None) -> None:
     """Compile the pipeline to KFP IR YAML (what `kfp run create -f` takes)."""
-    compiler.Compiler().compile(train_pipeline, str(output))
+    compile_to(output, registry)
     click.echo(f"wrote {output}")
 
 
@@ -188,18 +321,28 @@ def run_cmd(is_local: bool, source: str, sets: tuple[str, ...], home: Path) -> N
 @click.option("--token", envvar="KFP_TOKEN", default=None, help="Existing bearer token (or KFP_TOKEN).")
 @click.option("--run-name", default=None, help="Name of the run.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a pipeline parameter.")
+@click.option("--params", "params_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, help="YAML file of parameters (e.g. manifests/overlays/production/"
+              "pipeline-params.yaml); --set wins over it.")
+@click.option("--registry", default=None, metavar="HOST/NS", help=REGISTRY_HELP)
 def submit_cmd(host: str, experiment: str, namespace: str | None, token: str | None,
-               run_name: str | None, sets: tuple[str, ...]) -> None:
+               run_name: str | None, sets: tuple[str, ...], params_file: Path | None,
+               registry: str | None) -> None:
     """Submit the pipeline to a KFP API server and print the run URL."""
+    import tempfile
+
     import kfp
 
-    args = parse_overrides(sets)
+    args = parse_overrides(parse_params_file(params_file) + sets)
     if "source" not in args:
         raise click.UsageError("--set source=s3://bucket/prefix is required for a cluster run")
     client = kfp.Client(host=host, namespace=namespace, existing_token=token)
-    run = client.create_run_from_pipeline_func(
-        train_pipeline, arguments=args, experiment_name=experiment, run_name=run_name, namespace=namespace
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_to(Path(tmp) / "train.yaml", registry)
+        run = client.create_run_from_pipeline_package(
+            str(package), arguments=args, experiment_name=experiment, run_name=run_name,
+            namespace=namespace,
+        )
     click.echo(f"{host.rstrip('/')}/#/runs/details/{run.run_id}")
 
 

@@ -3,10 +3,11 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Model, Output
 
-from components.images import PIPELINE_IMAGE
+from components.images import PIPELINE_GPU_IMAGE
 
 
-@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+# The CUDA build of TensorFlow (the `gpu` extra); it runs on a CPU-only node too.
+@dsl.component(base_image=PIPELINE_GPU_IMAGE, install_kfp_package=False)
 def train(
     train_data: Input[Dataset],
     architecture: str,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.images import PIPELINE_IMAGE
+from components.images import PIPELINE_GPU_IMAGE, PIPELINE_IMAGE
 from pipelines.train import parse_overrides, run_local, train_pipeline
 
 pytestmark = pytest.mark.components
@@ -23,15 +23,15 @@ def compiled(tmp_path_factory) -> dict:
 
     path = tmp_path_factory.mktemp("yaml") / "train.yaml"
     compiler.Compiler().compile(train_pipeline, str(path))
-    return yaml.safe_load(path.read_text())
+    return next(yaml.safe_load_all(path.read_text()))  # doc 2 is the kubernetes platform spec
 
 
 def test_every_component_runs_in_the_project_image_without_installs(compiled):
     executors = compiled["deploymentSpec"]["executors"]
     assert len(executors) >= 5
-    for spec in executors.values():
+    for name, spec in executors.items():
         container = spec["container"]
-        assert container["image"] == PIPELINE_IMAGE
+        assert container["image"] == (PIPELINE_GPU_IMAGE if name == "exec-train" else PIPELINE_IMAGE)
         assert "pip install" not in " ".join(container.get("command", []) + container.get("args", []))
 
 

@@ -1,0 +1,185 @@
+"""The compiled pipeline carries its Kubernetes settings: GPU on train, requests and
+limits everywhere, MinIO env from a Secret on the tasks that read MinIO, the gate
+around register and deploy, caching where inputs are captured, and the images the
+Makefile builds. Plus the local run's deploy step: it writes the manifest instead."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.images import IMAGES
+
+pytestmark = pytest.mark.components
+
+ROOT = Path(__file__).resolve().parents[2]
+S3_TASKS = {"ingest", "preprocess", "train"}
+
+
+@cache
+def compiled(registry: str | None = None) -> tuple[dict, dict]:
+    import tempfile
+
+    from pipelines.train import compile_to
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = compile_to(Path(tmp) / "train.yaml", registry)
+        spec, platform = list(yaml.safe_load_all(path.read_text()))
+    return spec, platform
+
+
+def executors() -> dict:
+    return compiled()[0]["deploymentSpec"]["executors"]
+
+
+def make_images(registry: str | None = None) -> dict[str, str]:
+    cmd = ["make", "-s", "--no-print-directory", "print-images"]
+    if registry:
+        cmd.append(f"REGISTRY={registry}")
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    return dict(line.split("\t") for line in out.stdout.splitlines())
+
+
+def test_train_asks_for_gpus_of_a_parameterised_type():
+    res = executors()["exec-train"]["container"]["resources"]
+    acc = res["accelerator"]
+    assert "pipelinechannel--gpu_count" in acc["resourceCount"]
+    assert "pipelinechannel--accelerator_type" in acc["resourceType"]
+    platform = compiled()[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in platform[
+        "tolerations"
+    ]
+    assert (
+        platform["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
+        == "train_node_selector"
+    )
+    assert executors()["exec-train"]["container"]["image"] == IMAGES["pipeline-gpu"]
+
+
+def test_every_task_has_cpu_and_memory_requests_and_limits():
+    assert set(executors()) == {
+        f"exec-{t}" for t in ("ingest", "preprocess", "train", "evaluate", "register", "deploy")
+    }
+    for name, ex in executors().items():
+        res = ex["container"].get("resources") or {}
+        for field in (
+            "resourceCpuRequest",
+            "resourceCpuLimit",
+            "resourceMemoryRequest",
+            "resourceMemoryLimit",
+        ):
+            assert res.get(field), f"{name} has no {field}"
+
+
+def test_minio_credentials_come_from_a_secret_on_s3_tasks_only():
+    platform = compiled()[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for task in ("ingest", "preprocess", "train", "evaluate", "register", "deploy"):
+        cfg = platform.get(f"exec-{task}", {})
+        if task not in S3_TASKS:
+            assert "secretAsEnv" not in cfg, f"{task} needs no S3 keys (MLflow proxies artifacts)"
+            continue
+        (secret,) = cfg["secretAsEnv"]
+        assert secret["secretNameParameter"] == {"componentInputParameter": "s3_secret"}
+        assert {m["envVar"] for m in secret["keyToEnv"]} == {
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        }
+        (cmap,) = cfg["configMapAsEnv"]
+        assert {m["envVar"] for m in cmap["keyToEnv"]} == {"AWS_ENDPOINT_URL", "MINIO_SECURE"}
+    for ex in executors().values():
+        env = {e["name"] for e in ex["container"].get("env") or []}
+        assert not env & {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"}, "no keys as literals"
+
+
+def test_register_and_deploy_run_inside_the_gate():
+    root = compiled()[0]["root"]["dag"]["tasks"]
+    gate = root["condition-1"]
+    assert gate["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--evaluate-Output'] == 'pass'"
+    )
+    assert "register" not in root and "deploy" not in root
+    inner = compiled()[0]["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(inner) == {"register", "deploy"}
+    assert inner["deploy"]["dependentTasks"] == ["register"]
+    assert inner["deploy"]["inputs"]["parameters"]["model_version"]["taskOutputParameter"] == {
+        "producerTask": "register",
+        "outputParameterKey": "Output",
+    }
+
+
+def test_caching_only_where_inputs_are_captured():
+    tasks = compiled()[0]["root"]["dag"]["tasks"]
+    gate = compiled()[0]["components"]["comp-condition-1"]["dag"]["tasks"]
+    caching = {
+        n: t.get("cachingOptions", {}).get("enableCache", False)
+        for n, t in {**tasks, **gate}.items()
+        if "componentRef" in t and n != "condition-1"
+    }
+    assert caching == {
+        "ingest": False,
+        "preprocess": True,
+        "train": True,
+        "evaluate": False,
+        "register": False,
+        "deploy": False,
+    }
+
+
+@pytest.mark.parametrize("registry", [None, "registry.example.com:5000/team"])
+def test_images_equal_the_makefiles(registry):
+    made = make_images(registry)
+    spec, _ = compiled(registry)
+    used = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
+    assert used == {made["pipeline"], made["pipeline-gpu"]}
+    serving_default = spec["root"]["inputDefinitions"]["parameters"]["serving_image"][
+        "defaultValue"
+    ]
+    assert serving_default == made["serving"]
+    if registry:
+        assert all(v.startswith(registry + "/") for v in made.values())
+
+
+def test_local_run_writes_the_deploy_manifest_and_says_so(tmp_path: Path):
+    from clazzify.demo_data import write_demo_data
+
+    write_demo_data(tmp_path / "data", per_class=12, size=48, seed=2, bad_files=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "pipelines/train.py",
+            "run",
+            "--local",
+            "--source",
+            str(tmp_path / "data"),
+            "--home",
+            str(tmp_path / "home"),
+            "--set",
+            "image_size=32",
+            "--set",
+            "architecture=compact",
+            "--set",
+            "epochs=1",
+            "--set",
+            "min_accuracy=0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KUBERNETES_"))},
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "not in a Kubernetes cluster: wrote the InferenceService" in log
+    (manifest,) = (tmp_path / "home" / "kfp").rglob("deploy/manifest/inferenceservice.yaml")
+    isvc = yaml.safe_load(manifest.read_text())
+    assert isvc["kind"] == "InferenceService"
+    assert isvc["spec"]["predictor"]["containers"][0]["image"] == IMAGES["serving"]
+    env = {e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
+    assert env["STORAGE_URI"].startswith("file://") and env["CLAZZIFY_MODEL_VERSION"] == "1"
