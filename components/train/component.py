@@ -16,6 +16,8 @@ def train(
     learning_rate: float,
     patience: int,
     init_weights: str,
+    label_smoothing: float,
+    class_weighting: str,
     seed: int,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
@@ -33,6 +35,7 @@ def train(
     cfg = TrainConfig(
         architecture=architecture, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         patience=patience, init_weights=init_weights or None, seed=seed,
+        label_smoothing=label_smoothing, class_weighting=class_weighting,
     )
     out = Path(model.path)
     result = train_model(

@@ -147,3 +147,43 @@ def read_all(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     """Load a (small) split into memory: ``(images, labels)``; used by evaluation."""
     with h5py.File(path, "r") as f:
         return f["images"][:], f["labels"][:]
+
+
+def pydataset(
+    paths: Sequence[Path | str],
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    workers: int = 4,
+    max_queue_size: int = 16,
+):  # -> keras.utils.PyDataset
+    """A backend-agnostic numpy loader over the HDF5 files (JAX, PyTorch or TensorFlow).
+
+    Each item is one contiguous block of ``batch_size`` rows, read by a thread with its
+    own file handle; block order is reshuffled every epoch.
+    """
+    import keras
+
+    info = inspect_split(paths)
+    blocks = block_index(info.rows, batch_size)
+    reader = _BlockReader(info.paths)
+
+    class HDF5Batches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
+            self._order = np.arange(len(blocks))
+            self._rng = np.random.default_rng(seed)
+            self.on_epoch_end()
+
+        def __len__(self) -> int:
+            return len(blocks)
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            return reader(blocks[self._order[index]])
+
+        def on_epoch_end(self) -> None:
+            if shuffle:
+                self._rng.shuffle(self._order)
+
+    return HDF5Batches()

@@ -21,7 +21,7 @@ from clazzify.errors import DataError
 from clazzify.gate import GateConfig, GateDecision, passes_gate
 from clazzify.imaging import RESAMPLE
 from clazzify.plots import plot_confusion, plot_grid
-from clazzify.tracking import TrackingConfig, activate
+from clazzify.tracking import TrackingConfig, activate, flatten_params
 
 GRID_MAX = 24
 
@@ -217,6 +217,7 @@ def evaluate_and_gate(
     (out_dir / "gate_report.md").write_text(gate_markdown(decision, metrics))
     if tracking:
         with mlflow.start_run(run_id=tracking.run_id):
+            mlflow.log_params(flatten_params({"gate": asdict(gate)}))
             mlflow.log_metrics(metrics.flat())
             if champion_metrics:
                 mlflow.log_metric("champion_test_accuracy", champion_metrics.accuracy)

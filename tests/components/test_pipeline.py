@@ -88,6 +88,7 @@ def test_local_run_registers_then_gate_blocks(demo_dir: Path, tmp_path: Path):
     assert run.data.tags["gate"] == "passed"
     assert "test_accuracy" in run.data.metrics and "val_accuracy" in run.data.metrics
     assert run.data.params["train.architecture"] == "compact"
+    assert run.data.params["gate.min_accuracy"] == "0.0"
     history = mlflow.MlflowClient().get_metric_history(mv.run_id, "loss")
     assert len(history) == 2
 
