@@ -105,7 +105,12 @@ def main(model_uri: str, model_name: str, model_version: str | None, engine: str
     app.add_middleware(GuardMiddleware, keys=keys or None,
                        max_body_bytes=cfg.limits.max_body_bytes, metrics=metrics)
     add_v2_infer_route(app, model)
-    ModelServer(http_port=cfg.http_port, enable_grpc=False, workers=1).start([model])
+    server = ModelServer(http_port=cfg.http_port, enable_grpc=False, workers=1,
+                         enable_latency_logging=False)
+    # KServe's timing middleware logs two trace lines per request; /metrics has the same
+    # latencies, and on a small CPU the log writes cost throughput. Access logs stay.
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    server.start([model])
 
 
 if __name__ == "__main__":
