@@ -75,13 +75,15 @@ def load_photos(folder: Path, n: int, seed: int) -> tuple[list[bytes], str]:
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if files:
         random.Random(seed).shuffle(files)
-        return [p.read_bytes() for p in files[:n]], f"{min(n, len(files))} real photos from {folder}"
+        chosen = files[:n]
+        return [p.read_bytes() for p in chosen], f"{len(chosen)} real photos from {folder}"
     from clazzify.demo_data import write_demo_data
 
     out = Path(tempfile.mkdtemp()) / "demo"
     write_demo_data(out, per_class=max(1, n // 4), size=320, seed=seed, bad_files=False)
     files = sorted(p for p in out.rglob("*") if p.is_file())
-    return [p.read_bytes() for p in files[:n]], f"{len(files[:n])} SYNTHETIC photos ({folder} absent)"
+    chosen = files[:n]
+    return [p.read_bytes() for p in chosen], f"{len(chosen)} SYNTHETIC photos ({folder} absent)"
 
 
 def free_port() -> int:
@@ -194,7 +196,8 @@ def measure_engine(bundle: Path, arrays: np.ndarray, seconds: float) -> dict:
             predictor.predict(x)
             times.append(time.perf_counter() - t0)
             n += batch
-        by_batch[batch] = {"images_per_s": n / sum(times), "p50_ms": 1000 * statistics.median(times)}
+        by_batch[batch] = {"images_per_s": n / sum(times),
+                           "p50_ms": 1000 * statistics.median(times)}
     best = max(by_batch, key=lambda b: by_batch[b]["images_per_s"])
     return {"by_batch": by_batch, "best_batch": best,
             "images_per_s": by_batch[best]["images_per_s"],
@@ -317,7 +320,8 @@ def main() -> None:
         port = free_port()
         raw = [("/predict", p, {"Content-Type": "application/octet-stream"}) for p in photos]
         results["flask"] = run_system("flask", lambda: start(
-            [sys.executable, str(ROOT / "benchmarks" / "flask_baseline.py"), str(bundle), str(port)],
+            [sys.executable, str(ROOT / "benchmarks" / "flask_baseline.py"), str(bundle),
+             str(port)],
             port, "/health", env, logs / "flask.log"), port, raw, levels, args.seconds)
     if "mlflow" in systems:
         port = free_port()
