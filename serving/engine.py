@@ -18,6 +18,7 @@ from clazzify.bundle import (
     KERAS_FILE,
     ONNX_FILE,
     BundleMeta,
+    OnnxPredictor,
     Predictor,
     find_bundle,
     load_predictor,
@@ -135,7 +136,8 @@ def load_engine_predictor(bundle_dir: Path, engine: str) -> Predictor:
     """ONNX Runtime for ``onnx``; Keras for ``keras``; ``auto`` tries ONNX, then Keras."""
     if engine in ("auto", "onnx"):
         try:
-            return load_predictor(bundle_dir, "onnx")
+            # Not spinning: the decode threads share the cores with the engine's threads.
+            return OnnxPredictor(bundle_dir, spinning=False)
         except (DataError, RuntimeError, OSError) as e:
             if engine == "onnx":
                 raise
