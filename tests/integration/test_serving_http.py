@@ -139,6 +139,22 @@ def test_onnx_and_keras_engines_agree_on_the_test_split(tiny_bundle: Path, hdf5_
     assert np.abs(onnx - keras).max() <= 1e-4
 
 
+def test_openvino_engines_agree_with_onnx(tiny_bundle: Path, hdf5_dir: Path):
+    pytest.importorskip("openvino")
+    from serving.engine import OpenVinoPredictor
+
+    with h5py.File(hdf5_dir / "test.h5", "r") as f:
+        images = f["images"][:]
+    onnx = load_predictor(tiny_bundle, "onnx").predict(images)
+    f32 = OpenVinoPredictor(tiny_bundle).predict(images)
+    assert np.abs(onnx - f32).max() <= 1e-4
+    bf16 = OpenVinoPredictor(tiny_bundle, precision="bf16").predict(images)
+    assert np.abs(onnx - bf16).max() <= 0.05  # bfloat16 keeps ~3 significant digits
+    top2 = np.sort(onnx, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 0.05  # a tie within bf16's error may flip either way
+    assert (bf16.argmax(1) == onnx.argmax(1))[clear].all()
+
+
 def test_keras_fallback_server_answers_like_the_onnx_one(server: Client, photos, tiny_bundle: Path,
                                                          tmp_path: Path):
     bundle = tmp_path / "keras-only"

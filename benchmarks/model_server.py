@@ -1,23 +1,24 @@
 """Serving throughput and latency: this server against three references, in one run.
 
-    python benchmarks/serving.py [--architecture mobilenet_v2] [--image-size 224]
+    python benchmarks/model_server.py [--architecture mobilenet_v2] [--image-size 224]
                                  [--photos /work/shared/datasets/restaurant-photos]
                                  [--seconds 6] [--concurrency 1,8,32]
 
 Same model (one bundle, registered in a throwaway MLflow store), same real photos, same
 machine, one run. Each system gets one image per request at concurrency 1, 8 and 32:
 
-- clazzify: ``python -m serving`` (KServe V1, base64 JPEG, API key, adaptive batching, ONNX);
+- clazzify: ``python -m serving`` (KServe V1, base64 JPEG, API key, adaptive batching),
+  once per engine (ONNX Runtime, and OpenVINO bfloat16 when installed);
 - flask: the original design, Flask calling Keras ``model.predict`` per request
   (benchmarks/flask_baseline.py; raw JPEG bytes in the body);
 - mlflow: ``mlflow models serve --env-manager local`` of the registered model; it takes
   pixel tensors, so the client sends each photo as the JSON pixel list the pyfunc expects
   (decoded before the clock starts);
-- engine: the ONNX Runtime predictor in-process on decoded arrays at its best batch
-  size (the ceiling), plus its single-image latency.
+- engine: each engine in-process on decoded arrays at its best batch size (the
+  ceiling), plus its single-image latency, measured before and after the servers.
 
 The model's weights are random (speed does not depend on them); the photos stay where
-they are. Prints a Markdown table and writes JSON next to --out.
+they are. Prints a Markdown table and the target ratios, and writes JSON (--out).
 """
 
 from __future__ import annotations
@@ -182,13 +183,23 @@ def summarize(latencies: list[float], seconds: float, errors: int = 0) -> dict:
             "p99_ms": float(np.percentile(ms, 99)), "n": len(latencies), "errors": errors}
 
 
-def measure_engine(bundle: Path, arrays: np.ndarray, seconds: float) -> dict:
-    """ONNX Runtime alone, with and without thread spinning; the better of the two per batch."""
-    from clazzify.bundle import OnnxPredictor
+def _predictors(bundle: Path, engine: str):
+    """The in-process variants of ``engine`` worth trying (the best per batch counts)."""
+    if engine == "onnx":
+        from clazzify.bundle import OnnxPredictor
 
-    by_batch: dict[int, dict] = {}
-    for spinning in (True, False):
-        predictor = OnnxPredictor(bundle, spinning=spinning)
+        return [OnnxPredictor(bundle, spinning=True), OnnxPredictor(bundle, spinning=False)]
+    from serving.engine import load_engine_predictor
+
+    return [load_engine_predictor(bundle, engine)]
+
+
+def measure_engine(bundle: Path, engine: str, arrays: np.ndarray, seconds: float,
+                   previous: dict | None = None) -> dict:
+    """Images/s per batch size in-process, keeping the best of this and ``previous``:
+    other load on the machine only ever lowers the figures, so the maximum is the ceiling."""
+    by_batch: dict[int, dict] = dict(previous["by_batch"]) if previous else {}
+    for predictor in _predictors(bundle, engine):
         for batch in (1, 4, 8, 16, 32, 64):
             x = np.resize(arrays, (batch, *arrays.shape[1:]))
             predictor.predict(x)
@@ -199,9 +210,9 @@ def measure_engine(bundle: Path, arrays: np.ndarray, seconds: float) -> dict:
                 times.append(time.perf_counter() - t0)
                 n += batch
             rate = n / sum(times)
-            if rate > by_batch.get(batch, {}).get("images_per_s", 0):
-                by_batch[batch] = {"images_per_s": rate, "spinning": spinning,
-                                   "p50_ms": 1000 * statistics.median(times)}
+            old = by_batch.get(batch, {"images_per_s": 0.0, "p50_ms": float("inf")})
+            by_batch[batch] = {"images_per_s": max(rate, old["images_per_s"]),
+                               "p50_ms": min(1000 * statistics.median(times), old["p50_ms"])}
     best = max(by_batch, key=lambda b: by_batch[b]["images_per_s"])
     return {"by_batch": by_batch, "best_batch": best,
             "images_per_s": by_batch[best]["images_per_s"],
@@ -234,39 +245,41 @@ def run_system(name: str, proc_factory: Callable[[], subprocess.Popen], port: in
 
 
 def markdown(results: dict, levels: Sequence[int]) -> str:
-    eng = results["engine"]
-    lines = ["| system | " + " | ".join(f"c={c} img/s · p50 · p99 (ms)" for c in levels) + " |",
+    lines = ["| system | " + " | ".join(f"c={c}: img/s · p50 · p99 (ms)" for c in levels) + " |",
              "|---|" + "---|" * len(levels)]
-    for name in ("clazzify", "flask", "mlflow"):
+    for name, by_level in results["systems"].items():
         cells = []
         for c in levels:
-            r = results[name].get(str(c)) or results[name].get(c)
-            cells.append(f"{r['images_per_s']:.1f} · {r['p50_ms']:.1f} · {r['p99_ms']:.1f}"
+            r = by_level[c]
+            cells.append(f"{r['images_per_s']:.1f} · {r['p50_ms']:.0f} · {r['p99_ms']:.0f}"
                          + (f" ({r['errors']} errors)" if r["errors"] else "")
                          if r["n"] else f"no answers ({r['errors']} errors)")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append(f"| engine in-process, batch {eng['best_batch']} | "
-                 f"{eng['images_per_s']:.1f} img/s; single image {eng['single_image_ms']:.1f} ms |"
-                 + " |" * (len(levels) - 1))
+    for engine, eng in results["engines"].items():
+        lines.append(f"| engine {engine} in-process | best batch {eng['best_batch']}: "
+                     f"{eng['images_per_s']:.1f} img/s | single image: "
+                     f"{eng['single_image_ms']:.1f} ms |" + " |" * (len(levels) - 2))
     return "\n".join(lines)
 
 
-def ratios(results: dict, levels: Sequence[int]) -> dict:
-    ours, eng = results["clazzify"], results["engine"]
-    top = max(levels)
-    flask_top = results["flask"][top]["images_per_s"]
-    return {
-        f"clazzify/flask throughput at c={top}":
-            ours[top]["images_per_s"] / flask_top if flask_top else float("inf"),
-        f"clazzify/mlflow throughput at c={top}":
-            ours[top]["images_per_s"] / max(results["mlflow"][top]["images_per_s"], 1e-9),
-        "clazzify best throughput / engine best":
-            max(ours[c]["images_per_s"] for c in levels) / eng["images_per_s"],
-        "clazzify best throughput / (decode + engine, sequential)":
-            max(ours[c]["images_per_s"] for c in levels) / results["decode_plus_engine_per_s"],
-        "clazzify p99 at c=1 / engine single-image latency":
-            (ours[min(levels)]["p99_ms"] or float("inf")) / eng["single_image_ms"],
-    }
+def ratios(results: dict, levels: Sequence[int]) -> dict[str, float]:
+    systems, top, low = results["systems"], max(levels), min(levels)
+    out = {}
+    for engine, eng in results["engines"].items():
+        ours = systems.get(f"clazzify ({engine})")
+        if not ours:
+            continue
+        best = max(ours[c]["images_per_s"] for c in levels)
+        for ref in ("flask", "mlflow"):
+            if ref in systems:
+                out[f"clazzify ({engine}) / {ref} throughput at c={top}"] = (
+                    ours[top]["images_per_s"] / max(systems[ref][top]["images_per_s"], 1e-9))
+        out[f"clazzify ({engine}) best throughput / engine best"] = best / eng["images_per_s"]
+        sequential = 1000 / (results["decode_ms_per_image"] + 1000 / eng["images_per_s"])
+        out[f"clazzify ({engine}) best throughput / decode+engine in sequence"] = best / sequential
+        out[f"clazzify ({engine}) p99 at c={low} / engine single-image latency"] = (
+            (ours[low]["p99_ms"] or float("inf")) / eng["single_image_ms"])
+    return out
 
 
 def main() -> None:
@@ -279,11 +292,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="Measured seconds per cell.")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--systems", default="clazzify,flask,mlflow")
+    parser.add_argument("--engines", default="onnx,openvino-bf16",
+                        help="Engines to serve and measure (openvino ones need its extra).")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON results (default: serving.json in the work folder).")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     systems = args.systems.split(",")
+    engines = [e for e in args.engines.split(",") if e == "onnx" or _has_openvino()]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     work = Path(tempfile.mkdtemp(prefix="clazzify-bench-"))
@@ -297,26 +313,13 @@ def main() -> None:
     from clazzify.imaging import image_to_array
 
     arrays = np.stack([image_to_array(p, args.image_size) for p in photos])
-    results: dict = {"model": f"{args.architecture} {args.image_size}px (ONNX)", "photos": source,
-                     "cpus": os.cpu_count(), "seconds_per_cell": args.seconds}
-    log("measuring the engine in-process")
-    results["engine"] = measure_engine(bundle, arrays[:64], seconds=min(args.seconds, 2.0))
+    results: dict = {"model": f"{args.architecture} {args.image_size} px, untrained",
+                     "photos": source, "cpus": os.cpu_count(), "seconds_per_cell": args.seconds,
+                     "engines": {}, "systems": {}}
+    for engine in engines:
+        log(f"measuring the {engine} engine in-process")
+        results["engines"][engine] = measure_engine(bundle, engine, arrays[:64], 1.5)
     results["decode_ms_per_image"] = measure_decode(photos, args.image_size)
-    results["decode_plus_engine_per_s"] = 1000 / (
-        results["decode_ms_per_image"] + 1000 / results["engine"]["images_per_s"])
-
-    def engine_again() -> None:
-        """Measure the engine again after the servers and keep the better figures: other
-        load on the machine only ever lowers them, so the maximum is the ceiling."""
-        again = measure_engine(bundle, arrays[:64], seconds=min(args.seconds, 1.5))
-        for b, r in again["by_batch"].items():
-            if r["images_per_s"] > results["engine"]["by_batch"][b]["images_per_s"]:
-                results["engine"]["by_batch"][b] = r
-        by_batch = results["engine"]["by_batch"]
-        best = max(by_batch, key=lambda b: by_batch[b]["images_per_s"])
-        results["engine"].update(best_batch=best, images_per_s=by_batch[best]["images_per_s"],
-                                 single_image_ms=min(by_batch[1]["p50_ms"],
-                                                     results["engine"]["single_image_ms"]))
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "CLAZZIFY_API_KEYS": KEY,
            # mlflow models serve runs `uvicorn` from PATH: the one beside this interpreter
@@ -325,46 +328,56 @@ def main() -> None:
     logs.mkdir()
     uri = "models:/clazzify@champion"
     if "clazzify" in systems:
-        port = free_port()
         v1 = [("/v1/models/clazzify:predict",
                json.dumps({"instances": [{"b64": base64.b64encode(p).decode()}]}).encode(),
                {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
               for p in photos]
-        results["clazzify"] = run_system("clazzify", lambda: start(
-            [sys.executable, "-m", "serving", "--model-uri", uri, "--http-port", str(port)],
-            port, "/v2/health/ready", env, logs / "clazzify.log"), port, v1, levels, args.seconds)
+        for engine in engines:
+            port = free_port()
+            cmd = [sys.executable, "-m", "serving", "--model-uri", uri, "--http-port", str(port),
+                   "--engine", engine]
+            results["systems"][f"clazzify ({engine})"] = run_system(
+                f"clazzify ({engine})",
+                lambda cmd=cmd, port=port, engine=engine: start(
+                    cmd, port, "/v2/health/ready", env, logs / f"clazzify-{engine}.log"),
+                port, v1, levels, args.seconds)
     if "flask" in systems:
         port = free_port()
         raw = [("/predict", p, {"Content-Type": "application/octet-stream"}) for p in photos]
-        results["flask"] = run_system("flask", lambda: start(
+        results["systems"]["flask"] = run_system("flask", lambda: start(
             [sys.executable, str(ROOT / "benchmarks" / "flask_baseline.py"), str(bundle),
-             str(port)],
-            port, "/health", env, logs / "flask.log"), port, raw, levels, args.seconds)
+             str(port)], port, "/health", env, logs / "flask.log"), port, raw, levels, args.seconds)
     if "mlflow" in systems:
         port = free_port()
         pixels = [("/invocations", json.dumps({"inputs": a[np.newaxis].tolist()}).encode(),
                    {"Content-Type": "application/json"}) for a in arrays]
-        results["mlflow"] = run_system("mlflow", lambda: start(
+        results["systems"]["mlflow"] = run_system("mlflow", lambda: start(
             [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager",
              "local", "--host", "127.0.0.1", "--port", str(port)],
             port, "/ping", env, logs / "mlflow.log"), port, pixels, levels, args.seconds)
+    for engine in engines:
+        log(f"measuring the {engine} engine in-process again")
+        results["engines"][engine] = measure_engine(bundle, engine, arrays[:64], 1.0,
+                                                    previous=results["engines"][engine])
 
-    log("measuring the engine in-process again")
-    engine_again()
-    results["decode_plus_engine_per_s"] = 1000 / (
-        results["decode_ms_per_image"] + 1000 / results["engine"]["images_per_s"])
-    args.out = args.out or work / "serving.json"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str))
-    if {"clazzify", "flask", "mlflow"} <= set(systems):
-        print(markdown(results, levels))
-        print()
-        for name, value in ratios(results, levels).items():
-            print(f"- {name}: {value:.2f}")
-    print(f"\ndecode (image_to_array) {results['decode_ms_per_image']:.2f} ms/image; "
-          f"engine by batch: " + ", ".join(f"{b}: {r['images_per_s']:.0f}/s"
-                                           for b, r in results["engine"]["by_batch"].items()))
-    print(f"results: {args.out}")
+    out = args.out or work / "serving.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(markdown(results, levels))
+    print()
+    for name, value in ratios(results, levels).items():
+        print(f"- {name}: {value:.2f}")
+    print(f"\ndecode (image_to_array) {results['decode_ms_per_image']:.2f} ms/image (mean)")
+    for engine, eng in results["engines"].items():
+        print(f"engine {engine} by batch: " + ", ".join(
+            f"{b}: {r['images_per_s']:.0f}/s" for b, r in eng["by_batch"].items()))
+    print(f"results: {out}")
+
+
+def _has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 if __name__ == "__main__":
