@@ -209,35 +209,46 @@ def load_engine(
 
 
 class AliasWatcher(threading.Thread):
-    """Re-resolves an MLflow alias every ``interval_s`` and calls ``on_change(version)``.
+    """Calls ``resolve()`` every ``interval_s`` and ``on_change(version)`` when it differs
+    from ``current()``.
 
-    Failures (tracking server down, a bad new bundle) are logged and retried at the next
-    tick; the server keeps answering with the model it has.
+    Failures (tracking server down, a download or a bad bundle) are logged and the server
+    keeps answering with the model it has. A version that failed ``max_attempts`` times is
+    not tried again until the alias moves on.
     """
 
     def __init__(
-        self, source: ModelSource, interval_s: float, current: Callable[[], str],
-        on_change: Callable[[str], None],
+        self, label: str, resolve: Callable[[], str], interval_s: float,
+        current: Callable[[], str], on_change: Callable[[str], None], max_attempts: int = 3,
     ) -> None:
         super().__init__(name="clazzify-alias-watcher", daemon=True)
-        self.source = source
+        self.label = label
         self.interval_s = interval_s
+        self.max_attempts = max_attempts
+        self._resolve = resolve
         self._current = current
         self._on_change = on_change
         self._stop = threading.Event()
+        self._failures: dict[str, int] = {}
 
-    def run(self) -> None:
+    def tick(self) -> None:
+        """One check: resolve the alias and swap if it moved."""
         from mlflow.exceptions import MlflowException
 
+        version = None
+        try:
+            version = self._resolve()
+            if version == self._current() or self._failures.get(version, 0) >= self.max_attempts:
+                return
+            self._on_change(version)
+        except (ClazzifyError, MlflowException, StorageError, OSError, RuntimeError) as e:
+            if version is not None:
+                self._failures[version] = self._failures.get(version, 0) + 1
+            log.error("alias watch of %s failed, keeping the current model: %s", self.label, e)
+
+    def run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                version = resolve_alias(self.source)
-                if version != self._current():
-                    self._on_change(version)
-            except (ClazzifyError, MlflowException, StorageError, OSError, RuntimeError) as e:
-                log.error(
-                    "alias watch of %s failed, keeping the current model: %s", self.source.uri, e
-                )
+            self.tick()
 
     def stop(self) -> None:
         self._stop.set()

@@ -26,7 +26,7 @@ from clazzify.predict import (
     v2_outputs,
 )
 from serving.batching import Batcher
-from serving.engine import AliasWatcher, Engine, load_engine
+from serving.engine import AliasWatcher, Engine, load_engine, resolve_alias
 from serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ class ClazzifyModel(Model):
         self._install(engine)
         if self.cfg.watch_interval_s:
             self._watcher = AliasWatcher(
-                self.source, self.cfg.watch_interval_s, lambda: self.engine.version, self.swap_to
+                self.source.uri, lambda: resolve_alias(self.source), self.cfg.watch_interval_s,
+                lambda: self.engine.version, self.swap_to,
             )
             self._watcher.start()
         self.ready = True

@@ -196,12 +196,16 @@ def test_every_configured_key_is_accepted(server: Client, photos):
         assert server.json("POST", V1, v1_body([photos[0][0]]), key=key)[0] == 200
 
 
-def test_server_refuses_to_start_without_keys_unless_insecure(tiny_bundle: Path):
+@pytest.mark.parametrize("command", [["serving"], ["clazzify.cli", "serve"]])
+def test_server_refuses_to_start_without_keys_unless_insecure(tiny_bundle: Path, command):
     env = {k: v for k, v in os.environ.items() if k != "CLAZZIFY_API_KEYS"}
-    proc = subprocess.run([sys.executable, "-m", "serving", "--model-uri", str(tiny_bundle)],
+    proc = subprocess.run([sys.executable, "-m", *command, "--model-uri", str(tiny_bundle)],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "no API key configured" in proc.stderr and "--insecure" in proc.stderr
+    usage = subprocess.run([sys.executable, "-m", *command, "--help"], capture_output=True,
+                           text=True, timeout=60)
+    assert usage.returncode == 0 and "--watch-alias" in usage.stdout
 
 
 # --------------------------------------------------------------------------- bad input
@@ -357,7 +361,6 @@ def test_fuzzed_payloads_never_cause_a_5xx(server: Client, photos):
         assert status < 500, (path, body[:200], headers, out[:300])
 
     check()
-    print("fuzz statuses:", {s: statuses.count(s) for s in sorted(set(statuses))})
     assert len(statuses) >= 300
     assert server.request("GET", "/v2/health/ready", key=None)[0] == 200
     assert server.json("POST", V1, v1_body([photo]))[0] == 200
