@@ -76,6 +76,9 @@ def main(model_uri: str, model_name: str, model_version: str | None, engine: str
         keys = load_api_keys(file_text, os.environ.get(KEYS_ENV))
     except (ClazzifyError, OSError) as e:
         raise click.UsageError(str(e)) from e
+    if model_version and cfg.watch_interval_s:
+        raise click.UsageError("--model-version and --watch-alias exclude each other: a "
+                               "watched alias reports the registry's version")
     if not keys and not insecure:
         raise click.UsageError(
             f"no API key configured: put keys in --api-keys-file or ${KEYS_ENV}, or pass "
