@@ -38,7 +38,6 @@ class Engine:
 
     predictor: Predictor
     version: str
-    bundle_dir: Path
     owned_dir: Path | None = None  # a download folder to delete when this engine retires
 
     @property
@@ -54,11 +53,8 @@ def content_version(bundle_dir: Path) -> str:
     for name in (ONNX_FILE, KERAS_FILE):
         path = bundle_dir / name
         if path.is_file():
-            digest = hashlib.sha256()
             with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            return f"sha256:{digest.hexdigest()[:12]}"
+                return f"sha256:{hashlib.file_digest(f, 'sha256').hexdigest()[:12]}"
     raise DataError(f"{bundle_dir} holds neither {ONNX_FILE} nor {KERAS_FILE}")
 
 
@@ -200,7 +196,7 @@ def load_engine(
         if owned:
             shutil.rmtree(owned, ignore_errors=True)
         raise
-    loaded = Engine(predictor, version_override or resolved, bundle, owned)
+    loaded = Engine(predictor, version_override or resolved, owned)
     log.info(
         "loaded %s version %s with the %s engine (%d classes, %d px)",
         source.uri, loaded.version, predictor.engine, len(predictor.meta.class_names), size,
