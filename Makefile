@@ -28,18 +28,26 @@ demo: $(BIN)/clazzify ## Draw the synthetic demo set and run the whole pipeline 
 	@echo
 	@echo "MLflow UI:     make mlflow-ui   (then open http://127.0.0.1:5000)"
 	@echo "Model:         models:/clazzify@champion in sqlite:///$(abspath $(HOME_DIR))/mlflow.db"
+	@echo "Serve it:      make serve   (KServe V1/V2 on http://127.0.0.1:8080, API key in $(HOME_DIR)/api-keys)"
 
 test: $(BIN)/clazzify ## Run every test tier (unit, components, integration)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/clazzify ## Ruff
-	$(BIN)/ruff check src components pipelines tests benchmarks
+	$(BIN)/ruff check src components pipelines serving tests benchmarks
 
 compile: $(BIN)/clazzify ## Compile the pipeline to train.yaml
 	$(BIN)/python pipelines/train.py compile -o train.yaml $(if $(REGISTRY),--registry $(REGISTRY))
 
 mlflow-ui: $(BIN)/clazzify ## Open the MLflow UI on the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(HOME_DIR))/mlflow.db --host 127.0.0.1 --port 5000
+
+serve: $(BIN)/clazzify ## Serve the local MLflow champion on :8080 (API key in .clazzify/api-keys)
+	@test -s $(HOME_DIR)/api-keys || (mkdir -p $(HOME_DIR) && \
+		$(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32))" > $(HOME_DIR)/api-keys)
+	@echo "API key: $$(head -n1 $(HOME_DIR)/api-keys)   (send 'Authorization: Bearer <key>')"
+	MLFLOW_TRACKING_URI=sqlite:///$(abspath $(HOME_DIR))/mlflow.db $(BIN)/clazzify serve \
+		--model-uri models:/clazzify@champion --watch-alias --api-keys-file $(HOME_DIR)/api-keys $(SERVE_ARGS)
 
 clean: ## Remove local state (MLflow store, KFP outputs, demo data)
 	rm -rf $(HOME_DIR)

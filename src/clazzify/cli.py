@@ -160,10 +160,16 @@ def find_label_issues_cmd(data_dir: Path, out_dir: Path, folds: int, architectur
         _fail(e)
     click.echo(f"{report.issues} likely label issues among {report.scored} training images "
                f"(out-of-fold accuracy {report.out_of_fold_accuracy:.3f}): {report.csv}, {report.grid}")
+@main.command("serve", add_help_option=False,
+              context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def serve_cmd(ctx: click.Context) -> None:
+    """Serve a model over KServe V1/V2 (the same server as `python -m serving`; see --help)."""
+    from serving.__main__ import main as serve_main
+
+    serve_main.main(args=ctx.args, prog_name="clazzify serve")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 @main.command("rollback")
@@ -205,3 +211,7 @@ def rollback_cmd(model_name: str, tracking_uri: str, artifacts_destination: str,
         _fail(e)
     click.echo(f"rolled back: {namespace}/{isvc_name} serves {model_name} version {champion} "
                f"at 100%; version {demoted} is tagged rolled_back=true")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
