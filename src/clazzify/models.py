@@ -121,6 +121,13 @@ def _application(keras, name: str, spec: ModelSpec, x):
                 "on a connected machine and pass the file as init_weights"
             ) from e
         raise
+    if weights is None:
+        # Trained from scratch on a small dataset, the applications' default momentum
+        # (0.99-0.999) leaves the moving statistics near their initial values for
+        # hundreds of steps: validation then predicts one class. Use ours.
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = _BN_MOMENTUM
     return base(x)
 
 

@@ -104,3 +104,12 @@ def test_balanced_class_weights():
     w = balanced_class_weights([10, 30, 0])
     assert w == {0: pytest.approx(40 / 30), 1: pytest.approx(40 / 90), 2: 0.0}
     assert w[0] * 10 == pytest.approx(w[1] * 30)  # each class weighs the same in total
+
+
+def test_from_scratch_backbones_use_fast_batchnorm_statistics():
+    import keras
+
+    model = build_model(ModelSpec("mobilenet_v2", num_classes=3, image_size=32, augment=False))
+    backbone = next(layer for layer in model.get_layer("core").layers if isinstance(layer, keras.Model))
+    norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.momentum == 0.9 for layer in norms)
