@@ -20,6 +20,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -197,6 +198,13 @@ def _drain(images: h5py.Dataset, in_flight: deque, bar: tqdm) -> None:
     bar.update(len(block))
 
 
+def _mp_context():
+    """fork starts workers in milliseconds, but is unsafe once TensorFlow's threads exist
+    in this process (a test session, a notebook); spawn then."""
+    unsafe = any(name in sys.modules for name in ("tensorflow", "jax", "torch"))
+    return multiprocessing.get_context("spawn" if unsafe or sys.platform != "linux" else "fork")
+
+
 def build_hdf5(
     manifest_path: Path, out_dir: Path, cfg: PreprocessConfig = PreprocessConfig(), *, progress: bool = True
 ) -> dict[str, Path]:
@@ -223,11 +231,7 @@ def build_hdf5(
     by_split["train"] = [train[i] for i in rng.permutation(len(train))]
     total = sum(len(v) * (1 + (cfg.augment_copies if s == "train" else 0)) for s, v in by_split.items())
     workers = cfg.workers or os.cpu_count() or 1
-    pool = (
-        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        if workers > 1
-        else None
-    )
+    pool = ProcessPoolExecutor(workers, mp_context=_mp_context()) if workers > 1 else None
     paths: dict[str, Path] = {}
     try:
         with tqdm(total=total, desc="hdf5", unit="img", disable=not progress) as bar:
