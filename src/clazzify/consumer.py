@@ -1,0 +1,444 @@
+"""The AMQP edge of the scoring worker: consume, batch, acknowledge, dead-letter, retry.
+
+Built on pika's ``BlockingConnection``: the work of a batch (HTTP to the model server,
+a database transaction) is blocking and done one batch at a time, so an event loop
+(aio-pika) would buy nothing but an async rewrite of the HTTP and database layers.
+The batch runs in one helper thread while the main thread keeps servicing the
+connection (heartbeats, deliveries), because pika objects may only be touched by
+the thread that owns them; this keeps slow batches and long backoffs from getting
+the connection dropped by the broker.
+
+Delivery guarantees:
+
+- at most ``prefetch`` unacknowledged messages are held (``basic.qos``);
+- a message is acknowledged only after :func:`~clazzify.worker.process_batch`
+  committed its scores (or its dead letter) to the database;
+- a dead message is published to the dead-letter queue with ``x-clazzify-reason`` /
+  ``x-clazzify-detail`` headers, confirmed by the broker, then acknowledged;
+- a message that met a transient failure is kept and retried with exponential backoff
+  and never acknowledged until it succeeds; if the worker dies meanwhile the broker
+  hands it to another worker (scores are upserts, so a redelivery never doubles a row);
+- SIGTERM (``stop`` set) lets the batch in flight finish and be acknowledged, hands
+  the prefetched rest back to the broker, and returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from clazzify.errors import ConfigError
+from clazzify.worker import BatchStats, Message, Outcome, backoff_delay
+
+log = logging.getLogger(__name__)
+
+REASON_HEADER = "x-clazzify-reason"
+DETAIL_HEADER = "x-clazzify-detail"
+
+ProcessFn = Callable[[Sequence[Message], BatchStats], list[Outcome]]
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """Where to consume from and how.
+
+    Attributes:
+        amqp_url: broker URL, e.g. ``amqp://guest:guest@127.0.0.1:5672/%2F``.
+        queue: the durable queue of upload events.
+        dead_letter_queue: where dead messages go; default ``<queue>.dead``.
+        exchange: when set, a durable topic exchange bound to ``queue`` with
+            ``routing_key`` (what a MinIO AMQP notification target publishes to).
+        routing_key: binding key for ``exchange``.
+        batch_size: most messages scored together.
+        batch_wait_s: how long to wait for a batch to fill once a message is in.
+        prefetch: unacknowledged messages held at most; default twice ``batch_size``
+            so the next batch is already here when one finishes.
+        backoff_initial_s / backoff_max_s: retry delays of transient failures (doubling).
+        heartbeat_s: AMQP heartbeat.
+        idle_exit_s: return after this long without any message (None: run forever).
+    """
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    queue: str = "clazzify.uploads"
+    dead_letter_queue: str = ""
+    exchange: str = ""
+    routing_key: str = "#"
+    batch_size: int = 32
+    batch_wait_s: float = 0.2
+    prefetch: int = 0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    heartbeat_s: int = 30
+    idle_exit_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.amqp_url.startswith(("amqp://", "amqps://")):
+            raise ConfigError(f"AMQP URL {self.amqp_url!r} must start with amqp:// or amqps://")
+        if not self.queue:
+            raise ConfigError("queue name must not be empty")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.prefetch and self.prefetch < self.batch_size:
+            raise ConfigError(
+                f"prefetch={self.prefetch} is below batch_size={self.batch_size}: batches "
+                "could never fill; raise prefetch or leave it 0 (twice the batch)"
+            )
+        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
+            raise ConfigError(
+                f"need 0 < backoff_initial_s ({self.backoff_initial_s}) <= "
+                f"backoff_max_s ({self.backoff_max_s})"
+            )
+        if self.batch_wait_s < 0:
+            raise ConfigError(f"batch_wait_s must be >= 0, got {self.batch_wait_s}")
+
+    @property
+    def dlq(self) -> str:
+        return self.dead_letter_queue or f"{self.queue}.dead"
+
+    @property
+    def prefetch_count(self) -> int:
+        return self.prefetch or 2 * self.batch_size
+
+
+def declare_topology(channel, cfg: ConsumerConfig) -> None:  # noqa: ANN001 - pika channel
+    """Declare the durable queue, its dead-letter queue and the optional exchange binding."""
+    channel.queue_declare(queue=cfg.queue, durable=True)
+    channel.queue_declare(queue=cfg.dlq, durable=True)
+    if cfg.exchange:
+        channel.exchange_declare(exchange=cfg.exchange, exchange_type="topic", durable=True)
+        channel.queue_bind(queue=cfg.queue, exchange=cfg.exchange, routing_key=cfg.routing_key)
+
+
+class _Delivery:
+    __slots__ = ("body", "headers", "properties", "tag")
+
+    def __init__(self, method, properties, body: bytes) -> None:  # noqa: ANN001
+        self.tag = method.delivery_tag
+        self.properties = properties
+        self.headers = dict(properties.headers or {})
+        self.body = body
+
+
+class Consumer:
+    """Runs the consume loop on one connection; see the module docstring.
+
+    Args:
+        cfg: broker and batching settings.
+        process: scores a batch (``process_batch`` with its dependencies bound).
+        stop: set it (from a signal handler) to finish the batch in flight and return.
+        on_batch: called with each batch's stats and outcomes (metrics, logs).
+    """
+
+    def __init__(
+        self,
+        cfg: ConsumerConfig,
+        process: ProcessFn,
+        stop: threading.Event | None = None,
+        on_batch: Callable[[BatchStats, list[Outcome], float], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.process = process
+        self.stop = stop or threading.Event()
+        self.on_batch = on_batch
+        self._pending: list[_Delivery] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clazzify-batch")
+
+    # -- connection --------------------------------------------------------------------------
+
+    def _connect(self):  # -> pika.BlockingConnection
+        import pika
+
+        params = pika.URLParameters(self.cfg.amqp_url)
+        params.heartbeat = self.cfg.heartbeat_s
+        params.blocked_connection_timeout = 300
+        params.connection_attempts = 1
+        return pika.BlockingConnection(params)
+
+    def run(self) -> None:
+        """Consume until ``stop`` is set (or the queue stayed idle ``idle_exit_s``).
+
+        Reconnects with backoff when the broker goes away; messages it held unacknowledged
+        are redelivered by the broker, and their rewrite is an idempotent upsert.
+        """
+        import pika.exceptions
+
+        attempt = 0
+        try:
+            while not self.stop.is_set():
+                try:
+                    connection = self._connect()
+                except pika.exceptions.AMQPConnectionError as e:
+                    delay = backoff_delay(
+                        attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s
+                    )
+                    log.warning(
+                        "cannot reach the broker (%s); retrying in %.1fs",
+                        e.__class__.__name__,
+                        delay,
+                        extra={"retry_in_s": delay},
+                    )
+                    attempt += 1
+                    self.stop.wait(delay)
+                    continue
+                attempt = 0
+                try:
+                    if self._consume(connection):
+                        return
+                except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+                    log.warning(
+                        "lost the broker connection (%s: %s); reconnecting", e.__class__.__name__, e
+                    )
+                    self._pending.clear()  # the broker requeues what this connection held
+                finally:
+                    if connection.is_open:
+                        with contextlib.suppress(pika.exceptions.AMQPError):
+                            connection.close()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _consume(self, connection) -> bool:  # noqa: ANN001
+        """Consume on ``connection``; True when done (stop or idle), False to reconnect."""
+        channel = connection.channel()
+        channel.confirm_delivery()
+        declare_topology(channel, self.cfg)
+        channel.basic_qos(prefetch_count=self.cfg.prefetch_count)
+        consumer_tag = channel.basic_consume(
+            self.cfg.queue,
+            on_message_callback=lambda _ch, method, props, body: self._pending.append(
+                _Delivery(method, props, body)
+            ),
+        )
+        log.info(
+            "consuming %s (dead letters to %s), batch %d, prefetch %d",
+            self.cfg.queue,
+            self.cfg.dlq,
+            self.cfg.batch_size,
+            self.cfg.prefetch_count,
+        )
+        idle_since = time.monotonic()
+        while not self.stop.is_set():
+            batch = self._collect(connection)
+            if not batch:
+                if (
+                    self.cfg.idle_exit_s is not None
+                    and time.monotonic() - idle_since >= self.cfg.idle_exit_s
+                ):
+                    log.info(
+                        "queue %s idle for %.1fs; exiting", self.cfg.queue, self.cfg.idle_exit_s
+                    )
+                    break
+                continue
+            self._handle(connection, channel, batch)
+            idle_since = time.monotonic()
+        channel.basic_cancel(consumer_tag)
+        for delivery in self._pending:  # prefetched, never started: hand back now
+            channel.basic_nack(delivery.tag, requeue=True)
+        self._pending.clear()
+        channel.close()
+        return True
+
+    def _collect(self, connection) -> list[_Delivery]:  # noqa: ANN001
+        """Wait for up to ``batch_size`` messages; at most ``batch_wait_s`` after the first."""
+        deadline: float | None = None
+        while len(self._pending) < self.cfg.batch_size and not self.stop.is_set():
+            now = time.monotonic()
+            if self._pending and deadline is None:
+                deadline = now + self.cfg.batch_wait_s
+            if deadline is not None and now >= deadline:
+                break
+            connection.process_data_events(time_limit=0.25 if deadline is None else deadline - now)
+            if deadline is None and not self._pending:
+                return []  # let the caller check idleness and the stop flag
+        batch = self._pending[: self.cfg.batch_size]
+        del self._pending[: self.cfg.batch_size]
+        return batch
+
+    def _run_in_thread(self, connection, fn: Callable[[], list[Outcome]]) -> list[Outcome]:  # noqa: ANN001
+        future: Future = self._pool.submit(fn)
+        future.add_done_callback(lambda _f: connection.add_callback_threadsafe(lambda: None))
+        while not future.done():
+            connection.process_data_events(time_limit=1.0)
+        return future.result()
+
+    def _handle(self, connection, channel, batch: list[_Delivery]) -> None:  # noqa: ANN001
+        """Process ``batch`` until every message is acknowledged, or stop is set."""
+        attempt = 0
+        todo = batch
+        while todo:
+            stats = BatchStats()
+            started = time.perf_counter()
+            messages = [Message(d.body, d.tag) for d in todo]
+            outcomes = self._run_in_thread(
+                connection, lambda m=messages, s=stats: self.process(m, s)
+            )
+            elapsed = time.perf_counter() - started
+            if self.on_batch is not None:
+                self.on_batch(stats, outcomes, elapsed)
+            retry = self._settle(channel, todo, outcomes)
+            if not retry:
+                return
+            todo = retry
+            if self.stop.is_set():
+                log.warning(
+                    "stopping with %d messages still failing transiently; the broker "
+                    "will redeliver them",
+                    len(todo),
+                )
+                return
+            delay = backoff_delay(attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
+            attempt += 1
+            first = next(o for o in outcomes if o.status == "retry")
+            log.warning(
+                "%d messages failed transiently (%s: %s); retry %d in %.1fs",
+                len(todo),
+                first.reason,
+                first.detail[:200],
+                attempt,
+                delay,
+                extra={"retry_reason": first.reason, "retry_in_s": delay, "messages": len(todo)},
+            )
+            deadline = time.monotonic() + delay
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                connection.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+    def _settle(self, channel, todo: list[_Delivery], outcomes: list[Outcome]) -> list[_Delivery]:  # noqa: ANN001
+        """Dead-letter and acknowledge what is done; return the deliveries to retry."""
+        import pika
+
+        retry: list[_Delivery] = []
+        done: list[_Delivery] = []
+        for delivery, outcome in zip(todo, outcomes, strict=True):
+            if outcome.status == "retry":
+                retry.append(delivery)
+                continue
+            if outcome.status == "dead":
+                headers = dict(delivery.headers)
+                headers.update(
+                    {
+                        REASON_HEADER: outcome.reason,
+                        DETAIL_HEADER: outcome.detail[:2000],
+                        "x-clazzify-queue": self.cfg.queue,
+                    }
+                )
+                channel.basic_publish(
+                    exchange="",
+                    routing_key=self.cfg.dlq,
+                    body=delivery.body,
+                    properties=pika.BasicProperties(
+                        delivery_mode=2,
+                        headers=headers,
+                        content_type=delivery.properties.content_type,
+                    ),
+                    mandatory=True,
+                )
+            done.append(delivery)
+        if done and not retry and len(done) == len(todo):
+            # Everything before this batch is settled and later deliveries have larger
+            # tags, so one multiple-ack covers exactly this batch.
+            channel.basic_ack(max(d.tag for d in done), multiple=True)
+        else:
+            for delivery in done:
+                channel.basic_ack(delivery.tag)
+        return retry
+
+
+def open_repository(db_url: str, stop: threading.Event, backoff_max_s: float = 30.0):  # noqa: ANN201
+    """Open (and migrate) the score database, waiting with backoff while it is unreachable.
+
+    Returns:
+        the :class:`~clazzify.scores.ScoreRepository`, or None when ``stop`` was set first.
+    """
+    import sqlalchemy.exc
+
+    from clazzify.scores import ScoreRepository, is_transient
+
+    attempt = 0
+    while not stop.is_set():
+        try:
+            return ScoreRepository.open(db_url)
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            if not is_transient(e):
+                raise
+            delay = backoff_delay(attempt, 0.5, backoff_max_s)
+            attempt += 1
+            log.warning(
+                "database unreachable (%s); retrying in %.1fs",
+                str(e).splitlines()[0],
+                delay,
+                extra={"retry_in_s": delay},
+            )
+            stop.wait(delay)
+    return None
+
+
+def run_worker(
+    consumer_cfg: ConsumerConfig,
+    endpoint_cfg,  # noqa: ANN001 - clazzify.endpoint_client.EndpointConfig
+    db_url: str,
+    scoring_cfg=None,  # noqa: ANN001 - clazzify.worker.ScoringConfig
+    *,
+    stop: threading.Event | None = None,
+    metrics=None,  # noqa: ANN001 - clazzify.metrics.WorkerMetrics
+) -> None:
+    """Wire the endpoint client, the score repository and metrics into a consume loop.
+
+    Returns when ``stop`` is set (after the batch in flight) or the queue stayed idle
+    for ``consumer_cfg.idle_exit_s``.
+    """
+    from clazzify.endpoint_client import EndpointClient
+    from clazzify.worker import ScoringConfig, process_batch
+
+    stop = stop or threading.Event()
+    scoring_cfg = scoring_cfg or ScoringConfig(
+        request_images=consumer_cfg.batch_size, default_model_name=endpoint_cfg.model_name
+    )
+    repo = open_repository(db_url, stop, consumer_cfg.backoff_max_s)
+    if repo is None:
+        return
+    client = EndpointClient(endpoint_cfg)
+
+    def process(messages: Sequence[Message], stats: BatchStats) -> list[Outcome]:
+        return process_batch(messages, client, repo, cfg=scoring_cfg, stats=stats)
+
+    def on_batch(stats: BatchStats, outcomes: list[Outcome], seconds: float) -> None:
+        if metrics is not None:
+            metrics.observe(stats, outcomes, seconds)
+        log.info(
+            "batch: %d messages, %d scored, %d dead, %d retry in %.3fs",
+            stats.messages,
+            stats.scored,
+            stats.dead,
+            stats.retry,
+            seconds,
+            extra={
+                "messages": stats.messages,
+                "scored": stats.scored,
+                "dead": stats.dead,
+                "retry": stats.retry,
+                "seconds": round(seconds, 4),
+                "fetch_s": round(stats.fetch_s, 4),
+                "infer_s": round(stats.infer_s, 4),
+                "save_s": round(stats.save_s, 4),
+                "reasons": stats.reasons,
+                "model_versions": stats.model_versions,
+            },
+        )
+
+    log.info(
+        "worker: endpoint %s model %s, database %s",
+        endpoint_cfg.url,
+        endpoint_cfg.model_name,
+        repo.url,
+    )
+    try:
+        Consumer(consumer_cfg, process, stop, on_batch).run()
+    finally:
+        client.close()
+        repo.close()
