@@ -269,6 +269,15 @@ def parse_prediction(
     )
 
 
+def classify_status(status: int) -> str:
+    """``transient``, ``config`` or ``permanent`` for an HTTP error status (see module doc)."""
+    if status >= 500 or status in _TRANSIENT_STATUS:
+        return "transient"
+    if status in _CONFIG_STATUS:
+        return "config"
+    return "permanent"
+
+
 def _probe_image() -> bytes:
     """A small grey PNG: enough for the server to answer with its model version."""
     from PIL import Image
@@ -320,12 +329,7 @@ class EndpointClient:
         if response.status_code >= 400:
             detail = response.text[:300].strip()
             status = response.status_code
-            if status >= 500 or status in _TRANSIENT_STATUS:
-                kind = "transient"
-            elif status in _CONFIG_STATUS:
-                kind = "config"
-            else:
-                kind = "permanent"
+            kind = classify_status(status)
             hint = {
                 401: " (check --api-key / CLAZZIFY_API_KEY)",
                 403: " (check --api-key / CLAZZIFY_API_KEY)",

@@ -60,19 +60,24 @@ class ScoringConfig:
 
     Attributes:
         request_images: most images in one inference request.
+        request_bytes: most image bytes in one inference request (the model server
+            refuses large bodies: 10 MiB by default); a larger image goes alone.
         fetch_threads: parallel downloads of image bytes (object storage is I/O bound).
-        max_image_bytes: larger objects are dead-lettered as ``too_large`` unread by the server.
+        max_image_bytes: larger objects are dead-lettered as ``too_large``, never sent.
         default_model_name: stored when the server's response names no model.
     """
 
     request_images: int = 32
+    request_bytes: int = 8_000_000
     fetch_threads: int = 8
-    max_image_bytes: int = 50_000_000
+    max_image_bytes: int = 8_000_000
     default_model_name: str = "clazzify"
 
     def __post_init__(self) -> None:
         if self.request_images < 1:
             raise ConfigError(f"request_images must be >= 1, got {self.request_images}")
+        if self.request_bytes < 1:
+            raise ConfigError(f"request_bytes must be >= 1, got {self.request_bytes}")
         if self.fetch_threads < 1:
             raise ConfigError(f"fetch_threads must be >= 1, got {self.fetch_threads}")
         if self.max_image_bytes < 1:
@@ -200,10 +205,29 @@ def _infer_isolating(
         if e.retryable:
             raise
         if len(images) == 1:
-            return [Failure(False, "invalid_image", str(e))]
+            reason = {400: "invalid_image", 413: "too_large"}.get(e.status or 0, "rejected")
+            return [Failure(False, reason, str(e))]
         mid = len(images) // 2
         return _infer_isolating(client, images[:mid]) + _infer_isolating(client, images[mid:])
     return [(prediction, row) for row in range(len(images))]
+
+
+def _request_chunks(
+    indices: Sequence[int], sizes: Sequence[int], cfg: ScoringConfig
+) -> list[list[int]]:
+    """Split ``indices`` (with byte ``sizes``, same order) into requests within both limits."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i, size in zip(indices, sizes, strict=True):
+        if current and (len(current) >= cfg.request_images or total + size > cfg.request_bytes):
+            chunks.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += size
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def score_events(
@@ -224,8 +248,7 @@ def score_events(
     ]
     todo = [i for i, r in enumerate(results) if r is None]
     started = time.perf_counter()
-    for start in range(0, len(todo), cfg.request_images):
-        chunk = todo[start : start + cfg.request_images]
+    for chunk in _request_chunks(todo, [len(f) for f in fetched if isinstance(f, bytes)], cfg):
         try:
             answers = _infer_isolating(client, [fetched[i] for i in chunk])  # type: ignore[misc]
         except EndpointError as e:
