@@ -184,6 +184,12 @@ def _endpoint_config(endpoint: str, model_name: str, api_key: str | None,
                           timeout_s=timeout, class_names=names)
 
 
+def _quiet_libraries() -> None:
+    """pika, httpx and alembic log every connection, request and migration plugin at INFO."""
+    for name in ("pika", "httpx", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _open_repo(db_url: str):
     import sqlalchemy.exc
 
@@ -241,6 +247,8 @@ _FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "js
 @click.option("--prefetch", default=0, show_default=True,
               help="Unacknowledged messages held at most (0: twice the batch).")
 @click.option("--fetch-threads", default=8, show_default=True, help="Parallel image downloads.")
+@click.option("--max-retry-delay", default=30.0, show_default=True,
+              help="Longest wait between retries of a transient failure (the wait doubles).")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics here.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json: one JSON object per log line.")
@@ -248,7 +256,7 @@ _FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "js
               help="Exit after this many seconds without messages (default: run until SIGTERM).")
 def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names, db_url,
                amqp_url, queue, dead_letter_queue, exchange, batch_size, batch_wait, prefetch,
-               fetch_threads, metrics_port, log_format, idle_exit) -> None:
+               fetch_threads, max_retry_delay, metrics_port, log_format, idle_exit) -> None:
     """Score upload events from RabbitMQ into the scores database.
 
     Accepts MinIO/S3 ObjectCreated notifications and plain {"image_id", "uri",
@@ -266,6 +274,7 @@ def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names
 
     if log_format == "json":
         use_json_logs()
+    _quiet_libraries()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -275,7 +284,8 @@ def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names
         consumer_cfg = ConsumerConfig(amqp_url=amqp_url, queue=queue,
                                       dead_letter_queue=dead_letter_queue, exchange=exchange,
                                       batch_size=batch_size, batch_wait_s=batch_wait,
-                                      prefetch=prefetch, idle_exit_s=idle_exit)
+                                      prefetch=prefetch, idle_exit_s=idle_exit,
+                                      backoff_max_s=max_retry_delay)
         scoring_cfg = ScoringConfig(request_images=batch_size, fetch_threads=fetch_threads,
                                     default_model_name=model_name)
         metrics = WorkerMetrics()
@@ -302,6 +312,7 @@ def score_cmd(source, endpoint, model_name, api_key, api_key_file, timeout, clas
     from clazzify.backfill import BackfillConfig, score_collection
     from clazzify.endpoint_client import EndpointClient
 
+    _quiet_libraries()
     try:
         endpoint_cfg = _endpoint_config(endpoint, model_name, api_key, api_key_file, timeout,
                                         class_names)

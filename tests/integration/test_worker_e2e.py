@@ -1,0 +1,291 @@
+"""The scoring worker end to end on real services.
+
+RabbitMQ and PostgreSQL on this machine, the real model server (``python -m serving``
+with the ``tiny_bundle``) over HTTP, moto's S3 server for S3 event notifications, and
+the worker as a real process. Every functional test runs on PostgreSQL and on the
+SQLite default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from serving_support import KEY, running_server
+from worker_support import (
+    Queues,
+    TcpProxy,
+    WorkerProcess,
+    fresh_pg_database,
+    query,
+    s3_server,
+    score_count,
+    via_port,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+VERSION = "itest-7"
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    log = tmp_path_factory.mktemp("model-server") / "server.log"
+    args = ["--model-uri", str(tiny_bundle), "--model-version", VERSION, "--max-latency-ms", "2"]
+    with running_server(args, log, keys=KEY) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def photos(demo_dir: Path) -> list[Path]:
+    """The good synthetic photos (the demo set's deliberately bad files left out)."""
+    return sorted(p for p in demo_dir.rglob("*") if p.is_file() and "-bad-" not in p.name)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/scores.db"
+        return
+    with fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def queues() -> Queues:
+    q = Queues()
+    yield q
+    q.close()
+
+
+def plain(image_id: str, path: Path, **extra: object) -> bytes:
+    return json.dumps({"image_id": image_id, "uri": str(path), **extra}).encode()
+
+
+def worker_args(endpoint: str, db_url: str, queues: Queues, *extra: str) -> list[str]:
+    return [
+        "--endpoint",
+        endpoint,
+        "--api-key",
+        KEY,
+        "--db",
+        db_url,
+        "--queue",
+        queues.name,
+        "--amqp-url",
+        queues.amqp_url,
+        "--timeout",
+        "10",
+        "--max-retry-delay",
+        "2",
+        *extra,
+    ]
+
+
+def scores(db_url: str) -> list[tuple]:
+    return query(db_url, "SELECT image_id, model_version, writes FROM scores ORDER BY image_id")
+
+
+def test_end_to_end_plain_and_s3_events(
+    server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
+) -> None:
+    from clazzify import storage
+
+    with s3_server(tmp_path / "moto.log") as s3_env:
+        settings = storage.S3Settings.from_env(s3_env)
+        s3 = storage.client(settings)
+        s3.make_bucket("uploads")
+        for i, path in enumerate(photos[:10]):
+            s3.fput_object("uploads", f"r1/photo {i}.{path.suffix[1:]}", str(path))
+        notifications = [
+            json.dumps(
+                {
+                    "EventName": "s3:ObjectCreated:Put",
+                    "Key": f"uploads/r1/photo {i}",
+                    "Records": [
+                        {
+                            "eventVersion": "2.0",
+                            "eventSource": "minio:s3",
+                            "eventName": "s3:ObjectCreated:Put",
+                            "s3": {
+                                "bucket": {"name": "uploads"},
+                                "object": {
+                                    "key": f"r1/photo+{i}.{path.suffix[1:]}",
+                                    "size": path.stat().st_size,
+                                    "userMetadata": {"X-Amz-Meta-Restaurant-Id": "r1"},
+                                },
+                            },
+                        }
+                    ],
+                }
+            ).encode()
+            for i, path in enumerate(photos[:10])
+        ]
+        plains = [
+            plain(f"local-{i}", p, restaurant_id="r2", source="app")
+            for i, p in enumerate(photos[10:40])
+        ]
+        queues.publish(notifications + plains)
+
+        worker = WorkerProcess(
+            worker_args(server_url, db_url, queues, "--idle-exit", "2", "--batch-size", "8"),
+            tmp_path / "worker.log",
+            env=s3_env,
+        )
+        assert worker.wait(timeout=90) == 0, worker.log()
+
+    rows = scores(db_url)
+    assert len(rows) == 40
+    assert {v for _, v, _ in rows} == {VERSION}
+    assert {w for _, _, w in rows} == {1}
+    assert query(
+        db_url,
+        "SELECT count(*) FROM images WHERE restaurant_id = 'r1' "
+        "AND image_id LIKE 's3://uploads/r1/photo %'",
+    ) == [(10,)]
+    assert query(db_url, "SELECT count(*) FROM score_probabilities") == [(40 * 4,)]
+    assert queues.depth() == 0 and queues.dead_letters() == []
+    logged = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    assert sum(e.get("scored", 0) for e in logged if e["message"].startswith("batch:")) == 40
+
+
+def test_sigkill_mid_run_then_restart_scores_each_event_exactly_once(
+    server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
+) -> None:
+    n = 160
+    queues.publish([plain(f"p{i:03d}", photos[i % len(photos)]) for i in range(n)])
+    args = worker_args(server_url, db_url, queues, "--batch-size", "4", "--prefetch", "8")
+    first = WorkerProcess(args, tmp_path / "worker1.log")
+    wait_for(lambda: score_count(db_url) >= 12, 60, "the first scores")
+    first.kill()  # SIGKILL: no chance to ack or clean up
+    done_before = score_count(db_url)
+    assert done_before < n, "the worker finished before it could be killed: raise n"
+
+    second = WorkerProcess([*args, "--idle-exit", "2"], tmp_path / "worker2.log")
+    assert second.wait(timeout=120) == 0, second.log()
+    rows = scores(db_url)
+    assert [r[0] for r in rows] == [f"p{i:03d}" for i in range(n)]  # none missing, none twice
+    assert {r[1] for r in rows} == {VERSION}
+    assert queues.depth() == 0 and queues.dead_letters() == []
+
+
+def test_sigterm_finishes_the_batch_in_flight_and_loses_nothing(
+    server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
+) -> None:
+    n = 200
+    queues.publish([plain(f"p{i:03d}", photos[i % len(photos)]) for i in range(n)])
+    worker = WorkerProcess(
+        worker_args(server_url, db_url, queues, "--batch-size", "4"), tmp_path / "worker.log"
+    )
+    wait_for(lambda: score_count(db_url) >= 8, 60, "the first scores")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, worker.log()
+    scored = score_count(db_url)
+    # Everything committed was acknowledged and everything else went back to the queue.
+    wait_for(lambda: queues.depth() == n - scored, 10, "the unacknowledged messages to return")
+    assert scored < n
+    assert {r[2] for r in scores(db_url)} == {1}
+
+
+def test_poison_messages_go_to_the_dead_letter_queue_with_a_reason(
+    server_url: str, db_url: str, queues: Queues, photos: list[Path], demo_dir: Path, tmp_path: Path
+) -> None:
+    truncated = demo_dir / "food" / "synthetic-bad-truncated.jpg"
+    text = demo_dir / "food" / "synthetic-bad-notes.jpg"
+    bodies = [
+        plain("good-0", photos[0]),
+        b"{this is not json",
+        plain("missing", tmp_path / "no-such-photo.jpg"),
+        plain("good-1", photos[1]),
+        plain("not-an-image", text),
+        plain("truncated", truncated),
+        json.dumps({"hello": "world"}).encode(),
+        plain("good-2", photos[2]),
+    ]
+    queues.publish(bodies)
+    worker = WorkerProcess(
+        worker_args(server_url, db_url, queues, "--idle-exit", "2"), tmp_path / "worker.log"
+    )
+    assert worker.wait(timeout=60) == 0, worker.log()
+
+    assert [r[0] for r in scores(db_url)] == ["good-0", "good-1", "good-2"]
+    dead = queues.dead_letters()
+    reasons = sorted(h["x-clazzify-reason"] for h, _ in dead)
+    assert reasons == sorted(
+        ["bad_json", "missing_object", "invalid_image", "invalid_image", "bad_event"]
+    )
+    assert {body for _, body in dead} == {b for i, b in enumerate(bodies) if i not in (0, 3, 7)}
+    assert all(h["x-clazzify-detail"] and h["x-clazzify-queue"] == queues.name for h, _ in dead)
+    recorded = query(db_url, "SELECT reason, image_id FROM dead_letters ORDER BY id")
+    assert sorted(r for r, _ in recorded) == reasons
+    assert ("invalid_image", "truncated") in recorded
+    assert queues.depth() == 0
+
+
+def test_endpoint_down_for_a_while_loses_nothing(
+    server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
+) -> None:
+    host_port = server_url.removeprefix("http://").split(":")
+    proxy = TcpProxy(host_port[0], int(host_port[1]))
+    proxy.cut()  # the endpoint is down before the worker starts
+    n = 24
+    queues.publish([plain(f"p{i:02d}", photos[i]) for i in range(n)])
+    worker = WorkerProcess(
+        worker_args(f"http://127.0.0.1:{proxy.port}", db_url, queues, "--batch-size", "8"),
+        tmp_path / "worker.log",
+    )
+    try:
+        wait_for(lambda: "endpoint_unavailable" in worker.log(), 30, "a failed inference")
+        time.sleep(3)
+        assert score_count(db_url) == 0
+        assert queues.depth() == n - 16  # 16 (the prefetch) held unacknowledged, none dropped
+        proxy.restore()
+        wait_for(lambda: score_count(db_url) == n, 60, "every event to be scored")
+        assert queues.dead_letters() == []
+    finally:
+        worker.stop()
+        proxy.close()
+    assert {r[2] for r in scores(db_url)} == {1}
+
+
+def test_database_unreachable_for_a_while_loses_nothing(
+    server_url: str, queues: Queues, photos: list[Path], tmp_path: Path
+) -> None:
+    proxy = TcpProxy("127.0.0.1", 5432)
+    with fresh_pg_database() as db_url:
+        proxied = via_port(db_url, proxy.port)
+        n = 60
+        worker = WorkerProcess(
+            worker_args(server_url, proxied, queues, "--batch-size", "4"), tmp_path / "worker.log"
+        )
+        try:
+            queues.publish([plain(f"p{i:02d}", photos[i % len(photos)]) for i in range(n // 3)])
+            wait_for(lambda: score_count(db_url) == n // 3, 60, "the first third")
+            proxy.cut()  # the database goes away mid-run
+            queues.publish([plain(f"p{i:02d}", photos[i % len(photos)]) for i in range(n // 3, n)])
+            wait_for(lambda: "db_unavailable" in worker.log(), 30, "a failed commit")
+            time.sleep(3)
+            assert score_count(db_url) == n // 3
+            proxy.restore()
+            wait_for(lambda: score_count(db_url) == n, 90, "every event to be scored")
+        finally:
+            worker.stop()
+            proxy.close()
+        rows = scores(db_url)
+        assert [r[0] for r in rows] == [f"p{i:02d}" for i in range(n)]
+        assert queues.depth() == 0 and queues.dead_letters() == []
+
+
+def test_worker_refuses_a_bad_endpoint_url(db_url: str, queues: Queues, tmp_path: Path) -> None:
+    worker = WorkerProcess(
+        ["--endpoint", "localhost:8080", "--db", db_url, "--queue", queues.name],
+        tmp_path / "worker.log",
+        env={**os.environ},
+    )
+    assert worker.wait(timeout=30) != 0
+    assert "must start with http:// or https://" in worker.log()
