@@ -416,5 +416,15 @@ def relabel_import_cmd(file, out, classes, record_labels, model_name, db_url) ->
     click.echo(f"{n} labelled photos -> {out} ({skipped} rows left without a label)")
 
 
+@main.command("serve", add_help_option=False,
+              context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def serve_cmd(ctx: click.Context) -> None:
+    """Serve a model over KServe V1/V2 (the same server as `python -m serving`; see --help)."""
+    from serving.__main__ import main as serve_main
+
+    serve_main.main(args=ctx.args, prog_name="clazzify serve")
+
+
 if __name__ == "__main__":
     sys.exit(main())
