@@ -8,9 +8,12 @@ SQLite default.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -289,3 +292,86 @@ def test_worker_refuses_a_bad_endpoint_url(db_url: str, queues: Queues, tmp_path
     )
     assert worker.wait(timeout=30) != 0
     assert "must start with http:// or https://" in worker.log()
+
+
+def clazzify(*args: str) -> str:
+    """Run the clazzify CLI; its stdout (fails the test on a non-zero exit)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "clazzify.cli", *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_backfill_resumes_and_the_query_commands_read_it(
+    server_url: str, db_url: str, photos: list[Path], demo_dir: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "collection.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["uri", "image_id", "restaurant_id"])
+        for i, path in enumerate(photos[:24]):
+            writer.writerow([str(path), f"c{i:02d}", "r1" if i % 2 else "r2"])
+        writer.writerow([str(demo_dir / "food" / "synthetic-bad-notes.jpg"), "bad", "r1"])
+    common = ["--endpoint", server_url, "--api-key", KEY, "--db", db_url]
+
+    first = clazzify("score", "--source", str(manifest), *common, "--no-progress")
+    assert "listed 25, already scored 0, scored 24, failed 1 (invalid_image=1)" in first
+    assert f"v{VERSION}" in first
+    second = clazzify("score", "--source", str(manifest), *common, "--no-progress")
+    assert "listed 25, already scored 24, scored 0, failed 1" in second
+    assert len(scores(db_url)) == 24
+
+    shots = json.loads(
+        clazzify(
+            "images", "--restaurant", "r1", "--label", "food", "--db", db_url, "--format", "json"
+        )
+    )
+    labels = dict(
+        query(
+            db_url,
+            "SELECT s.image_id, s.label FROM scores s JOIN images i "
+            "ON i.image_id = s.image_id WHERE i.restaurant_id = 'r1'",
+        )
+    )
+    assert sorted(r["image_id"] for r in shots) == sorted(
+        k for k, v in labels.items() if v == "food"
+    )
+    probs = [r["probability"] for r in shots]
+    assert probs == sorted(probs, reverse=True)
+
+    queue = json.loads(
+        clazzify(
+            "review-queue",
+            "--labels",
+            "human,menu",
+            "--min-prob",
+            "0",
+            "--db",
+            db_url,
+            "--format",
+            "json",
+        )
+    )
+    assert {r["queue"] for r in queue} == {"human", "menu"} and len(queue) == 2 * 24
+
+    export = tmp_path / "relabel.csv"
+    clazzify("relabel-export", "-o", str(export), "--max-prob", "1.01", "--db", db_url)
+    with export.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 24
+    for row in rows[:5]:
+        row["label"] = "menu"
+    with export.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "manifest.csv"
+    said = clazzify(
+        "relabel-import", str(export), "-o", str(out), "--record-labels", "--db", db_url
+    )
+    assert "5 labelled photos" in said
+    from clazzify.ingest import read_manifest
+
+    assert [i.label for i in read_manifest(str(out))] == ["menu"] * 5
+    assert query(db_url, "SELECT count(*) FROM manual_labels")[0][0] == 5

@@ -134,3 +134,15 @@ def test_http_status_classes(status: int, kind: str) -> None:
 def test_bad_endpoint_config_is_refused(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         EndpointConfig(**kwargs)
+
+
+def test_request_parses_with_the_model_servers_own_parser() -> None:
+    from _scoring import png_bytes
+
+    from clazzify.predict import V2_BINARY_HEADER, ServingLimits, parse_v2_body, v2_images
+
+    images = [png_bytes((255, 0, 0)), b"\xff\xd8\xff\xe0 not utf-8 \x80\x81", png_bytes((0, 0, 9))]
+    body, json_length = encode_infer_request(images)
+    parsed = parse_v2_body(body, str(json_length))
+    assert v2_images(parsed["inputs"], ServingLimits()) == images
+    assert V2_BINARY_HEADER.lower() == "inference-header-content-length"
