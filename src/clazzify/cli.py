@@ -296,6 +296,31 @@ def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names
         _fail(e)
 
 
+@main.command("enqueue")
+@click.argument("source")
+@click.option("--amqp-url", envvar="CLAZZIFY_AMQP_URL",
+              default="amqp://guest:guest@127.0.0.1:5672/%2F", show_default=True,
+              help="RabbitMQ URL (env CLAZZIFY_AMQP_URL).")
+@click.option("--queue", envvar="CLAZZIFY_QUEUE", default="clazzify.uploads", show_default=True)
+@click.option("--source-tag", default="enqueue", show_default=True,
+              help="Stored as the photos' source when the listing gives none.")
+def enqueue_cmd(source, amqp_url, queue, source_tag) -> None:
+    """Publish an upload event per photo of SOURCE (folder, s3:// prefix or manifest).
+
+    What an upload service (or a MinIO bucket notification) does in production; handy to
+    feed `clazzify worker` by hand.
+    """
+    from clazzify.backfill import list_collection
+    from clazzify.consumer import ConsumerConfig, publish_events
+
+    try:
+        n = publish_events(ConsumerConfig(amqp_url=amqp_url, queue=queue),
+                           list_collection(source, source_tag))
+    except ClazzifyError as e:
+        _fail(e)
+    click.echo(f"published {n} upload events to {queue}")
+
+
 @main.command("score")
 @click.option("--source", required=True,
               help="Folder, s3://bucket/prefix or CSV/JSONL manifest (uri[,image_id,...]).")

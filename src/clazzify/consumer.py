@@ -28,11 +28,12 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from clazzify.errors import ConfigError
+from clazzify.events import UploadEvent
 from clazzify.worker import BatchStats, Message, Outcome, backoff_delay
 
 log = logging.getLogger(__name__)
@@ -442,3 +443,34 @@ def run_worker(
     finally:
         client.close()
         repo.close()
+
+
+def publish_events(cfg: ConsumerConfig, events: Iterable[UploadEvent]) -> int:
+    """Publish plain upload messages for ``events`` to ``cfg.queue`` (persistent, confirmed).
+
+    Returns:
+        the number of messages published.
+    """
+    import json
+
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(cfg.amqp_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        declare_topology(channel, cfg)
+        n = 0
+        for event in events:
+            body = json.dumps({k: v for k, v in asdict(event).items() if v is not None})
+            channel.basic_publish(
+                exchange="",
+                routing_key=cfg.queue,
+                body=body.encode(),
+                properties=pika.BasicProperties(delivery_mode=2, content_type="application/json"),
+                mandatory=True,
+            )
+            n += 1
+        return n
+    finally:
+        connection.close()

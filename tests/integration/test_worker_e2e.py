@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -60,6 +59,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def spawn(tmp_path: Path):
+    """Start ``clazzify worker`` processes; every one still running is killed at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(args: list[str], name: str = "worker", env: dict[str, str] | None = None):
+        worker = WorkerProcess(args, tmp_path / f"{name}.log", env=env)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
 def queues() -> Queues:
     q = Queues()
     yield q
@@ -95,7 +109,7 @@ def scores(db_url: str) -> list[tuple]:
 
 
 def test_end_to_end_plain_and_s3_events(
-    server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
+    spawn, server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
 ) -> None:
     from clazzify import storage
 
@@ -135,9 +149,9 @@ def test_end_to_end_plain_and_s3_events(
         ]
         queues.publish(notifications + plains)
 
-        worker = WorkerProcess(
+        worker = spawn(
             worker_args(server_url, db_url, queues, "--idle-exit", "2", "--batch-size", "8"),
-            tmp_path / "worker.log",
+            "worker",
             env=s3_env,
         )
         assert worker.wait(timeout=90) == 0, worker.log()
@@ -158,18 +172,18 @@ def test_end_to_end_plain_and_s3_events(
 
 
 def test_sigkill_mid_run_then_restart_scores_each_event_exactly_once(
-    server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
+    spawn, server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
 ) -> None:
     n = 160
     queues.publish([plain(f"p{i:03d}", photos[i % len(photos)]) for i in range(n)])
     args = worker_args(server_url, db_url, queues, "--batch-size", "4", "--prefetch", "8")
-    first = WorkerProcess(args, tmp_path / "worker1.log")
+    first = spawn(args, "worker1")
     wait_for(lambda: score_count(db_url) >= 12, 60, "the first scores")
     first.kill()  # SIGKILL: no chance to ack or clean up
     done_before = score_count(db_url)
     assert done_before < n, "the worker finished before it could be killed: raise n"
 
-    second = WorkerProcess([*args, "--idle-exit", "2"], tmp_path / "worker2.log")
+    second = spawn([*args, "--idle-exit", "2"], "worker2")
     assert second.wait(timeout=120) == 0, second.log()
     rows = scores(db_url)
     assert [r[0] for r in rows] == [f"p{i:03d}" for i in range(n)]  # none missing, none twice
@@ -178,13 +192,11 @@ def test_sigkill_mid_run_then_restart_scores_each_event_exactly_once(
 
 
 def test_sigterm_finishes_the_batch_in_flight_and_loses_nothing(
-    server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
+    spawn, server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
 ) -> None:
     n = 200
     queues.publish([plain(f"p{i:03d}", photos[i % len(photos)]) for i in range(n)])
-    worker = WorkerProcess(
-        worker_args(server_url, db_url, queues, "--batch-size", "4"), tmp_path / "worker.log"
-    )
+    worker = spawn(worker_args(server_url, db_url, queues, "--batch-size", "4"), "worker")
     wait_for(lambda: score_count(db_url) >= 8, 60, "the first scores")
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0, worker.log()
@@ -196,7 +208,13 @@ def test_sigterm_finishes_the_batch_in_flight_and_loses_nothing(
 
 
 def test_poison_messages_go_to_the_dead_letter_queue_with_a_reason(
-    server_url: str, db_url: str, queues: Queues, photos: list[Path], demo_dir: Path, tmp_path: Path
+    spawn,
+    server_url: str,
+    db_url: str,
+    queues: Queues,
+    photos: list[Path],
+    demo_dir: Path,
+    tmp_path: Path,
 ) -> None:
     truncated = demo_dir / "food" / "synthetic-bad-truncated.jpg"
     text = demo_dir / "food" / "synthetic-bad-notes.jpg"
@@ -211,9 +229,7 @@ def test_poison_messages_go_to_the_dead_letter_queue_with_a_reason(
         plain("good-2", photos[2]),
     ]
     queues.publish(bodies)
-    worker = WorkerProcess(
-        worker_args(server_url, db_url, queues, "--idle-exit", "2"), tmp_path / "worker.log"
-    )
+    worker = spawn(worker_args(server_url, db_url, queues, "--idle-exit", "2"), "worker")
     assert worker.wait(timeout=60) == 0, worker.log()
 
     assert [r[0] for r in scores(db_url)] == ["good-0", "good-1", "good-2"]
@@ -231,16 +247,15 @@ def test_poison_messages_go_to_the_dead_letter_queue_with_a_reason(
 
 
 def test_endpoint_down_for_a_while_loses_nothing(
-    server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
+    spawn, server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
 ) -> None:
     host_port = server_url.removeprefix("http://").split(":")
     proxy = TcpProxy(host_port[0], int(host_port[1]))
     proxy.cut()  # the endpoint is down before the worker starts
     n = 24
     queues.publish([plain(f"p{i:02d}", photos[i]) for i in range(n)])
-    worker = WorkerProcess(
-        worker_args(f"http://127.0.0.1:{proxy.port}", db_url, queues, "--batch-size", "8"),
-        tmp_path / "worker.log",
+    worker = spawn(
+        worker_args(f"http://127.0.0.1:{proxy.port}", db_url, queues, "--batch-size", "8")
     )
     try:
         wait_for(lambda: "endpoint_unavailable" in worker.log(), 30, "a failed inference")
@@ -251,21 +266,18 @@ def test_endpoint_down_for_a_while_loses_nothing(
         wait_for(lambda: score_count(db_url) == n, 60, "every event to be scored")
         assert queues.dead_letters() == []
     finally:
-        worker.stop()
         proxy.close()
     assert {r[2] for r in scores(db_url)} == {1}
 
 
 def test_database_unreachable_for_a_while_loses_nothing(
-    server_url: str, queues: Queues, photos: list[Path], tmp_path: Path
+    spawn, server_url: str, queues: Queues, photos: list[Path], tmp_path: Path
 ) -> None:
     proxy = TcpProxy("127.0.0.1", 5432)
     with fresh_pg_database() as db_url:
         proxied = via_port(db_url, proxy.port)
         n = 60
-        worker = WorkerProcess(
-            worker_args(server_url, proxied, queues, "--batch-size", "4"), tmp_path / "worker.log"
-        )
+        worker = spawn(worker_args(server_url, proxied, queues, "--batch-size", "4"), "worker")
         try:
             queues.publish([plain(f"p{i:02d}", photos[i % len(photos)]) for i in range(n // 3)])
             wait_for(lambda: score_count(db_url) == n // 3, 60, "the first third")
@@ -277,19 +289,16 @@ def test_database_unreachable_for_a_while_loses_nothing(
             proxy.restore()
             wait_for(lambda: score_count(db_url) == n, 90, "every event to be scored")
         finally:
-            worker.stop()
             proxy.close()
         rows = scores(db_url)
         assert [r[0] for r in rows] == [f"p{i:02d}" for i in range(n)]
         assert queues.depth() == 0 and queues.dead_letters() == []
 
 
-def test_worker_refuses_a_bad_endpoint_url(db_url: str, queues: Queues, tmp_path: Path) -> None:
-    worker = WorkerProcess(
-        ["--endpoint", "localhost:8080", "--db", db_url, "--queue", queues.name],
-        tmp_path / "worker.log",
-        env={**os.environ},
-    )
+def test_worker_refuses_a_bad_endpoint_url(
+    spawn, db_url: str, queues: Queues, tmp_path: Path
+) -> None:
+    worker = spawn(["--endpoint", "localhost:8080", "--db", db_url, "--queue", queues.name])
     assert worker.wait(timeout=30) != 0
     assert "must start with http:// or https://" in worker.log()
 
@@ -375,3 +384,18 @@ def test_backfill_resumes_and_the_query_commands_read_it(
 
     assert [i.label for i in read_manifest(str(out))] == ["menu"] * 5
     assert query(db_url, "SELECT count(*) FROM manual_labels")[0][0] == 5
+
+
+def test_enqueue_feeds_the_worker(
+    spawn, server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    for path in photos[:6]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    said = clazzify("enqueue", str(folder), "--queue", queues.name, "--amqp-url", queues.amqp_url)
+    assert f"published 6 upload events to {queues.name}" in said
+    worker = spawn(worker_args(server_url, db_url, queues, "--idle-exit", "2"), "worker")
+    assert worker.wait(timeout=60) == 0, worker.log()
+    assert [r[0] for r in scores(db_url)] == sorted(str(p.resolve()) for p in folder.iterdir())
+    assert query(db_url, "SELECT DISTINCT source FROM images") == [("enqueue",)]
