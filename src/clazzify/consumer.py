@@ -276,9 +276,13 @@ class Consumer:
             stats = BatchStats()
             started = time.perf_counter()
             messages = [Message(d.body, d.tag) for d in todo]
-            outcomes = self._run_in_thread(
-                connection, lambda m=messages, s=stats: self.process(m, s)
-            )
+            try:
+                outcomes = self._run_in_thread(
+                    connection, lambda m=messages, s=stats: self.process(m, s)
+                )
+            except Exception as e:  # noqa: BLE001 - a bug must not ack, drop or crash-loop
+                log.exception("batch failed unexpectedly; keeping its messages for a retry")
+                outcomes = [Outcome("retry", "internal_error", repr(e)) for _ in todo]
             elapsed = time.perf_counter() - started
             if self.on_batch is not None:
                 self.on_batch(stats, outcomes, elapsed)

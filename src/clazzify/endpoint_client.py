@@ -321,7 +321,7 @@ class EndpointClient:
             raise EndpointError(
                 "transient", f"model server {self.config.url} timed out: {e.__class__.__name__}"
             ) from e
-        except httpx.TransportError as e:
+        except httpx.HTTPError as e:  # connection refused/reset, protocol errors
             raise EndpointError(
                 "transient",
                 f"cannot reach model server {self.config.url}: {e.__class__.__name__}: {e}",
