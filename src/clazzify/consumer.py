@@ -257,6 +257,8 @@ class Consumer:
             connection.process_data_events(time_limit=0.25 if deadline is None else deadline - now)
             if deadline is None and not self._pending:
                 return []  # let the caller check idleness and the stop flag
+        if self.stop.is_set():
+            return []  # stopping: start no new batch; the pending ones go back to the broker
         batch = self._pending[: self.cfg.batch_size]
         del self._pending[: self.cfg.batch_size]
         return batch

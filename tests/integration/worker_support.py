@@ -27,15 +27,10 @@ from pathlib import Path
 import pika
 import psycopg
 import sqlalchemy as sa
+from serving_support import free_port
 
 PG_ADMIN = os.environ.get("CLAZZIFY_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("CLAZZIFY_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(
