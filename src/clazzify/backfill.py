@@ -47,7 +47,7 @@ class BackfillConfig:
     """Settings of a backfill run.
 
     Attributes:
-        batch_size: images per inference request and per database commit.
+        batch_size: images per database commit (sent as ``scoring``'s requests).
         check_chunk: listed photos checked against the database at once.
         source_tag: stored as the ``source`` of photos the listing does not tag.
         max_attempts: tries of a batch that fails transiently before the run stops
@@ -172,7 +172,7 @@ def score_collection(
     """
     from tqdm.auto import tqdm
 
-    scoring = scoring or ScoringConfig(request_images=cfg.batch_size)
+    scoring = scoring or ScoringConfig()
     probe = client.probe()
     model_name = probe.model_name or scoring.default_model_name
     report = BackfillReport(source, model_name, probe.model_version)

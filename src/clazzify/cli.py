@@ -226,6 +226,14 @@ def _emit(rows: list[dict], fmt: str, fields: list[str]) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
 
 
+def _request_options(fn):
+    fn = click.option("--request-concurrency", default=2, show_default=True,
+                      help="Requests of one batch in flight at once (the server decodes one "
+                           "while it infers another).")(fn)
+    return click.option("--request-size", default=16, show_default=True,
+                        help="Images per inference request.")(fn)
+
+
 _FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]),
                        default="table", show_default=True)
 
@@ -241,7 +249,9 @@ _FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "js
 @click.option("--dead-letter-queue", default="", help="Default: <queue>.dead")
 @click.option("--exchange", default="",
               help="Also bind the queue to this topic exchange (where MinIO publishes).")
-@click.option("--batch-size", default=32, show_default=True, help="Images per inference request.")
+@click.option("--batch-size", default=32, show_default=True,
+              help="Messages scored together and committed in one transaction.")
+@_request_options
 @click.option("--batch-wait", default=0.2, show_default=True,
               help="Seconds to wait for a batch to fill once a message is in.")
 @click.option("--prefetch", default=0, show_default=True,
@@ -255,8 +265,9 @@ _FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "js
 @click.option("--idle-exit", type=float, default=None,
               help="Exit after this many seconds without messages (default: run until SIGTERM).")
 def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names, db_url,
-               amqp_url, queue, dead_letter_queue, exchange, batch_size, batch_wait, prefetch,
-               fetch_threads, max_retry_delay, metrics_port, log_format, idle_exit) -> None:
+               amqp_url, queue, dead_letter_queue, exchange, batch_size, request_size,
+               request_concurrency, batch_wait, prefetch, fetch_threads, max_retry_delay,
+               metrics_port, log_format, idle_exit) -> None:
     """Score upload events from RabbitMQ into the scores database.
 
     Accepts MinIO/S3 ObjectCreated notifications and plain {"image_id", "uri",
@@ -286,8 +297,9 @@ def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names
                                       batch_size=batch_size, batch_wait_s=batch_wait,
                                       prefetch=prefetch, idle_exit_s=idle_exit,
                                       backoff_max_s=max_retry_delay)
-        scoring_cfg = ScoringConfig(request_images=batch_size, fetch_threads=fetch_threads,
-                                    default_model_name=model_name)
+        scoring_cfg = ScoringConfig(request_images=request_size,
+                                    request_concurrency=request_concurrency,
+                                    fetch_threads=fetch_threads, default_model_name=model_name)
         metrics = WorkerMetrics()
         if metrics_port is not None:
             metrics.serve(metrics_port)
@@ -326,16 +338,18 @@ def enqueue_cmd(source, amqp_url, queue, source_tag) -> None:
               help="Folder, s3://bucket/prefix or CSV/JSONL manifest (uri[,image_id,...]).")
 @_endpoint_options
 @_db_option
-@click.option("--batch-size", default=32, show_default=True, help="Images per request and commit.")
+@click.option("--batch-size", default=32, show_default=True, help="Images per commit.")
+@_request_options
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def score_cmd(source, endpoint, model_name, api_key, api_key_file, timeout, class_names, db_url,
-              batch_size, progress) -> None:
+              batch_size, request_size, request_concurrency, progress) -> None:
     """Backfill: score every photo of SOURCE not yet scored by the served model version.
 
     Resumable: a second run skips what the first committed.
     """
     from clazzify.backfill import BackfillConfig, score_collection
     from clazzify.endpoint_client import EndpointClient
+    from clazzify.worker import ScoringConfig
 
     _quiet_libraries()
     try:
@@ -343,8 +357,11 @@ def score_cmd(source, endpoint, model_name, api_key, api_key_file, timeout, clas
                                         class_names)
         repo = _open_repo(db_url)
         with EndpointClient(endpoint_cfg) as client:
+            scoring = ScoringConfig(request_images=request_size,
+                                    request_concurrency=request_concurrency,
+                                    default_model_name=model_name)
             report = score_collection(source, client, repo, BackfillConfig(batch_size=batch_size),
-                                      progress=progress)
+                                      scoring=scoring, progress=progress)
     except ClazzifyError as e:
         _fail(e)
     click.echo(report.summary())

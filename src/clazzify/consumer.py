@@ -403,9 +403,7 @@ def run_worker(
     from clazzify.worker import ScoringConfig, process_batch
 
     stop = stop or threading.Event()
-    scoring_cfg = scoring_cfg or ScoringConfig(
-        request_images=consumer_cfg.batch_size, default_model_name=endpoint_cfg.model_name
-    )
+    scoring_cfg = scoring_cfg or ScoringConfig(default_model_name=endpoint_cfg.model_name)
     repo = open_repository(db_url, stop, consumer_cfg.backoff_max_s)
     if repo is None:
         return

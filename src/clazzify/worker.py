@@ -60,6 +60,7 @@ class ScoringConfig:
 
     Attributes:
         request_images: most images in one inference request.
+        request_concurrency: requests of one batch sent at the same time.
         request_bytes: most image bytes in one inference request (the model server
             refuses large bodies: 10 MiB by default); a larger image goes alone.
         fetch_threads: parallel downloads of image bytes (object storage is I/O bound).
@@ -67,7 +68,8 @@ class ScoringConfig:
         default_model_name: stored when the server's response names no model.
     """
 
-    request_images: int = 32
+    request_images: int = 16
+    request_concurrency: int = 2
     request_bytes: int = 8_000_000
     fetch_threads: int = 8
     max_image_bytes: int = 8_000_000
@@ -76,6 +78,10 @@ class ScoringConfig:
     def __post_init__(self) -> None:
         if self.request_images < 1:
             raise ConfigError(f"request_images must be >= 1, got {self.request_images}")
+        if self.request_concurrency < 1:
+            raise ConfigError(
+                f"request_concurrency must be >= 1, got {self.request_concurrency}"
+            )
         if self.request_bytes < 1:
             raise ConfigError(f"request_bytes must be >= 1, got {self.request_bytes}")
         if self.fetch_threads < 1:
@@ -248,10 +254,23 @@ def score_events(
     ]
     todo = [i for i, r in enumerate(results) if r is None]
     started = time.perf_counter()
-    for chunk in _request_chunks(todo, [len(f) for f in fetched if isinstance(f, bytes)], cfg):
+    chunks = _request_chunks(todo, [len(f) for f in fetched if isinstance(f, bytes)], cfg)
+
+    def infer(chunk: list[int]) -> list[tuple[Prediction, int] | Failure] | EndpointError:
         try:
-            answers = _infer_isolating(client, [fetched[i] for i in chunk])  # type: ignore[misc]
+            return _infer_isolating(client, [fetched[i] for i in chunk])  # type: ignore[misc]
         except EndpointError as e:
+            return e
+
+    if len(chunks) > 1 and cfg.request_concurrency > 1:
+        # Requests in flight together let the server decode one while it infers another.
+        with ThreadPoolExecutor(max_workers=min(cfg.request_concurrency, len(chunks))) as pool:
+            replies = list(pool.map(infer, chunks))
+    else:
+        replies = [infer(chunk) for chunk in chunks]
+    for chunk, answers in zip(chunks, replies, strict=True):
+        if isinstance(answers, EndpointError):
+            e = answers
             reason = "endpoint_misconfigured" if e.kind == "config" else "endpoint_unavailable"
             if e.kind == "config":
                 log.error("model server contract or configuration error: %s", e)

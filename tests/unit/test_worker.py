@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,28 @@ def test_fetch_errors_are_classified() -> None:
 
 def test_backoff_doubles_up_to_the_cap() -> None:
     assert [backoff_delay(a, 0.5, 5) for a in range(6)] == [0.5, 1, 2, 4, 5, 5]
+
+
+class _PairScorer(FakeScorer):
+    """Answers only when two requests are in flight together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(2, timeout=5)
+
+    def infer(self, images):  # noqa: ANN001, ANN201
+        self.barrier.wait()
+        return super().infer(images)
+
+
+def test_the_requests_of_a_batch_are_in_flight_together(
+    tmp_path: Path, repo: ScoreRepository
+) -> None:
+    paths = write_images(tmp_path / "img", 8)
+    scorer = _PairScorer()
+    cfg = ScoringConfig(request_images=4, request_concurrency=2)
+    outcomes = process_batch(
+        [plain(f"p{i}", p) for i, p in enumerate(paths)], scorer, repo, cfg=cfg
+    )
+    assert [o.status for o in outcomes] == ["scored"] * 8
+    assert scorer.calls == [4, 4]
