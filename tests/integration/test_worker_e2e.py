@@ -14,10 +14,11 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
-from serving_support import KEY, running_server
+from serving_support import KEY, free_port, metric_value, running_server
 from worker_support import (
     Queues,
     TcpProxy,
@@ -254,17 +255,38 @@ def test_endpoint_down_for_a_while_loses_nothing(
     proxy.cut()  # the endpoint is down before the worker starts
     n = 24
     queues.publish([plain(f"p{i:02d}", photos[i]) for i in range(n)])
+    metrics_port = free_port()
     worker = spawn(
-        worker_args(f"http://127.0.0.1:{proxy.port}", db_url, queues, "--batch-size", "8")
+        worker_args(
+            f"http://127.0.0.1:{proxy.port}",
+            db_url,
+            queues,
+            "--batch-size",
+            "8",
+            "--metrics-port",
+            str(metrics_port),
+        )
     )
+
+    def metric(name: str, **labels: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            return metric_value(r.read().decode(), name, **labels) or 0.0
+
     try:
         wait_for(lambda: "endpoint_unavailable" in worker.log(), 30, "a failed inference")
         time.sleep(3)
         assert score_count(db_url) == 0
         assert queues.depth() == n - 16  # 16 (the prefetch) held unacknowledged, none dropped
+        retried = metric("clazzify_worker_messages_retried_total", reason="endpoint_unavailable")
+        assert retried >= 8
         proxy.restore()
         wait_for(lambda: score_count(db_url) == n, 60, "every event to be scored")
         assert queues.dead_letters() == []
+        wait_for(
+            lambda: metric("clazzify_worker_images_scored_total", model_version=VERSION) == n,
+            10,
+            "the scored counter",
+        )
     finally:
         proxy.close()
     assert {r[2] for r in scores(db_url)} == {1}
