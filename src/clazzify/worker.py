@@ -164,8 +164,6 @@ def classify_fetch_error(error: Exception) -> Failure:
         return Failure(False, "missing_object", str(error))
     if isinstance(cause, FileNotFoundError | IsADirectoryError | NotADirectoryError):
         return Failure(False, "missing_object", str(error))
-    if isinstance(error, StorageError) and cause is None and "not found" in str(error):
-        return Failure(False, "missing_object", str(error))
     return Failure(True, "storage_unavailable", f"{error.__class__.__name__}: {error}")
 
 
