@@ -280,8 +280,8 @@ def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names
     import threading
 
     from clazzify.consumer import ConsumerConfig, run_worker
-    from clazzify.metrics import WorkerMetrics, use_json_logs
     from clazzify.worker import ScoringConfig
+    from clazzify.worker_metrics import WorkerMetrics, use_json_logs
 
     if log_format == "json":
         use_json_logs()
@@ -414,7 +414,7 @@ def review_queue_cmd(labels, min_prob, limit, model_name, db_url, fmt) -> None:
 def relabel_export_cmd(out, max_prob, limit, model_name, db_url) -> None:
     """Low-confidence photos and disagreements with manual labels, as a CSV for moderators.
 
-    Moderators fill the `label` column; `clazzify relabel-import` reads the result.
+    Moderators fill the `corrected_label` column; `clazzify relabel-import` reads the result.
     """
     from clazzify.relabel import EXPORT_FIELDS, export_rows, write_csv
 
@@ -424,7 +424,7 @@ def relabel_export_cmd(out, max_prob, limit, model_name, db_url) -> None:
         n = write_csv(out, EXPORT_FIELDS, export_rows(rows))
     except ClazzifyError as e:
         _fail(e)
-    click.echo(f"wrote {n} photos to {out}: fill the label column, then "
+    click.echo(f"wrote {n} photos to {out}: fill the corrected_label column, then "
                f"`clazzify relabel-import {out} -o manifest.csv`")
 
 
@@ -435,12 +435,19 @@ def relabel_export_cmd(out, max_prob, limit, model_name, db_url) -> None:
 @click.option("--classes", default="",
               help="Comma-separated allowed labels (default: the classes in the database, "
                    "when --record-labels).")
+@click.option("--keep-unchanged/--corrected-only", default=False, show_default=True,
+              help="Also keep rows without a corrected_label, with their current label.")
 @click.option("--record-labels/--no-record-labels", default=False, show_default=True,
               help="Also store the answers as manual labels in the database.")
 @_model_option
 @_db_option
-def relabel_import_cmd(file, out, classes, record_labels, model_name, db_url) -> None:
-    """Turn a moderated relabel CSV into a training manifest (uri,label)."""
+def relabel_import_cmd(file, out, classes, keep_unchanged, record_labels, model_name,
+                       db_url) -> None:
+    """Turn a moderated relabel CSV into a training manifest (uri,label).
+
+    FILE comes from `clazzify relabel-export` or `clazzify find-label-issues`, with the
+    corrected_label column filled in.
+    """
     from clazzify.relabel import read_relabels, write_manifest
 
     allowed = [c.strip() for c in classes.split(",") if c.strip()]
@@ -448,14 +455,14 @@ def relabel_import_cmd(file, out, classes, record_labels, model_name, db_url) ->
     if repo is not None and not allowed:
         allowed = repo.class_names(model_name)
     try:
-        answers, skipped = read_relabels(file, allowed)
+        answers, skipped = read_relabels(file, allowed, keep_unchanged=keep_unchanged)
         n = write_manifest(out, answers)
     except ClazzifyError as e:
         _fail(e)
     if repo is not None:
         repo.add_manual_labels(((a.image_id, a.label) for a in answers),
                                labelled_by="relabel-import")
-    click.echo(f"{n} labelled photos -> {out} ({skipped} rows left without a label)")
+    click.echo(f"{n} labelled photos -> {out} ({skipped} rows skipped without a label)")
 
 
 @main.command("serve", add_help_option=False,

@@ -392,7 +392,7 @@ def run_worker(
     scoring_cfg=None,  # noqa: ANN001 - clazzify.worker.ScoringConfig
     *,
     stop: threading.Event | None = None,
-    metrics=None,  # noqa: ANN001 - clazzify.metrics.WorkerMetrics
+    metrics=None,  # noqa: ANN001 - clazzify.worker_metrics.WorkerMetrics
 ) -> None:
     """Wire the endpoint client, the score repository and metrics into a consume loop.
 

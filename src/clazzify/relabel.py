@@ -2,10 +2,16 @@
 
 ``relabel-export`` writes a CSV with one row per photo that is worth a human look:
 its prediction is not confident (top probability below a threshold) or disagrees
-with a label a person already gave it. Moderators fill the ``label`` column (leaving
-it empty skips the photo). ``relabel-import`` turns that file into a ``uri,label``
-manifest that the training pipeline's ingest step reads
-(:func:`clazzify.ingest.read_manifest`), and can record the answers as manual labels.
+with a label a person already gave it. The columns are the relabel format that
+``clazzify find-label-issues`` also writes (``uri, label, suggested_label, confidence,
+reason, corrected_label``), followed by ``image_id, restaurant_id, model_version``:
+``label`` is the label a person gave the photo (empty when none), ``suggested_label``
+and ``confidence`` the model's top class and its probability. Moderators fill
+``corrected_label``.
+
+``relabel-import`` turns either file into a ``uri,label`` manifest that the training
+pipeline's ingest step reads (:func:`clazzify.ingest.read_manifest`), and can record
+the answers as manual labels.
 """
 
 from __future__ import annotations
@@ -19,16 +25,17 @@ from typing import Any
 from clazzify import storage
 from clazzify.errors import DataError
 
+#: The relabel format's columns, then the scoring database's own.
 EXPORT_FIELDS = (
-    "image_id",
     "uri",
-    "restaurant_id",
-    "reason",
-    "predicted_label",
-    "probability",
-    "manual_label",
-    "model_version",
     "label",
+    "suggested_label",
+    "confidence",
+    "reason",
+    "corrected_label",
+    "image_id",
+    "restaurant_id",
+    "model_version",
 )
 
 
@@ -43,22 +50,20 @@ class Relabel:
 
 def export_rows(candidates: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
     """Rows of the export CSV from :meth:`ScoreRepository.relabel_candidates` results."""
-    rows = []
-    for c in candidates:
-        rows.append(
-            {
-                "image_id": str(c["image_id"]),
-                "uri": str(c["uri"]),
-                "restaurant_id": "" if c.get("restaurant_id") is None else str(c["restaurant_id"]),
-                "reason": "disagrees" if c.get("disagrees") else "low_confidence",
-                "predicted_label": str(c["predicted_label"]),
-                "probability": f"{float(c['probability']):.4f}",
-                "manual_label": c.get("manual_label") or "",
-                "model_version": str(c["model_version"]),
-                "label": "",
-            }
-        )
-    return rows
+    return [
+        {
+            "uri": str(c["uri"]),
+            "label": c.get("manual_label") or "",
+            "suggested_label": str(c["predicted_label"]),
+            "confidence": f"{float(c['probability']):.4f}",
+            "reason": "disagrees" if c.get("disagrees") else "low_confidence",
+            "corrected_label": "",
+            "image_id": str(c["image_id"]),
+            "restaurant_id": "" if c.get("restaurant_id") is None else str(c["restaurant_id"]),
+            "model_version": str(c["model_version"]),
+        }
+        for c in candidates
+    ]
 
 
 def write_csv(uri: str, fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> int:
@@ -74,32 +79,40 @@ def write_csv(uri: str, fields: Sequence[str], rows: Iterable[Mapping[str, Any]]
     return n
 
 
-def read_relabels(uri: str, class_names: Sequence[str] = ()) -> tuple[list[Relabel], int]:
-    """Read a moderated export; the rows whose ``label`` was filled in.
+def read_relabels(
+    uri: str, class_names: Sequence[str] = (), *, keep_unchanged: bool = False
+) -> tuple[list[Relabel], int]:
+    """Read a moderated relabel CSV; the rows that carry a label to train on.
 
     Args:
         uri: the CSV (local path or ``s3://``).
         class_names: when given, every label must be one of them.
+        keep_unchanged: also keep rows whose ``corrected_label`` is empty, with their
+            ``label`` (a reviewed photo whose label was right); rows with neither are
+            always skipped.
 
     Returns:
-        (answers, skipped): the filled rows, and how many rows were left empty.
+        (answers, skipped): the rows kept, and how many were skipped.
 
     Raises:
-        DataError: a column is missing or a label is not a known class (names the row).
+        DataError: a column is missing or a label is not a known class (names the line).
     """
     text = storage.read_bytes(uri).decode("utf-8-sig")
     reader = csv.DictReader(io.StringIO(text))
-    missing = {"image_id", "uri", "label"} - set(reader.fieldnames or ())
+    missing = {"uri", "corrected_label"} - set(reader.fieldnames or ())
     if missing:
         raise DataError(
-            f"{uri}: header {reader.fieldnames} lacks {sorted(missing)}; pass the file "
-            "`clazzify relabel-export` wrote, with the label column filled in"
+            f"{uri}: header {reader.fieldnames} lacks {sorted(missing)}; pass a relabel CSV "
+            "(from `clazzify relabel-export` or `find-label-issues`) with corrected_label "
+            "filled in"
         )
     known = set(class_names)
     answers: list[Relabel] = []
     skipped = 0
     for lineno, row in enumerate(reader, start=2):
-        label = (row.get("label") or "").strip()
+        label = (row.get("corrected_label") or "").strip()
+        if not label and keep_unchanged:
+            label = (row.get("label") or "").strip()
         if not label:
             skipped += 1
             continue

@@ -392,7 +392,7 @@ def test_backfill_resumes_and_the_query_commands_read_it(
         rows = list(csv.DictReader(fh))
     assert len(rows) == 24
     for row in rows[:5]:
-        row["label"] = "menu"
+        row["corrected_label"] = "menu"
     with export.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -60,14 +60,22 @@ def test_export_fill_import_gives_a_manifest_ingest_reads(
     assert n == 3
     with export.open() as fh:
         exported = list(csv.DictReader(fh))
-    assert [(r["image_id"], r["reason"]) for r in exported] == [
-        ("p1", "disagrees"),
-        ("p2", "low_confidence"),
-        ("p0", "low_confidence"),
+    assert list(exported[0])[:6] == [
+        "uri",
+        "label",
+        "suggested_label",
+        "confidence",
+        "reason",
+        "corrected_label",
+    ]  # the relabel format find-label-issues writes too
+    assert [(r["image_id"], r["reason"], r["label"], r["suggested_label"]) for r in exported] == [
+        ("p1", "disagrees", "menu", "food"),
+        ("p2", "low_confidence", "", "food"),
+        ("p0", "low_confidence", "", "food"),
     ]
     # a moderator labels two photos and leaves one
-    exported[0]["label"] = "menu"
-    exported[1]["label"] = "ambiance"
+    exported[0]["corrected_label"] = "menu"
+    exported[1]["corrected_label"] = "ambiance"
     write_csv(str(export), EXPORT_FIELDS, exported)
 
     answers, skipped = read_relabels(str(export), CLASSES)
@@ -81,9 +89,23 @@ def test_export_fill_import_gives_a_manifest_ingest_reads(
 
 def test_import_refuses_an_unknown_label(tmp_path: Path) -> None:
     export = tmp_path / "relabel.csv"
-    write_csv(str(export), EXPORT_FIELDS, [{"image_id": "a", "uri": "/a.jpg", "label": "pizza"}])
+    write_csv(str(export), EXPORT_FIELDS, [{"uri": "/a.jpg", "corrected_label": "pizza"}])
     with pytest.raises(DataError, match=r"line 2: label 'pizza' is not a class"):
         read_relabels(str(export), CLASSES)
+
+
+def test_import_can_keep_the_rows_a_moderator_left_unchanged(tmp_path: Path) -> None:
+    """A find-label-issues CSV: no image_id; an empty corrected_label keeps the label."""
+    issues = tmp_path / "label_issues.csv"
+    issues.write_text(
+        "uri,label,suggested_label,confidence,reason,corrected_label\n"
+        "/d/a.jpg,food,menu,0.9,label quality 0.01,menu\n"
+        "/d/b.jpg,food,human,0.6,label quality 0.20,\n"
+    )
+    answers, skipped = read_relabels(str(issues), keep_unchanged=True)
+    assert [(a.image_id, a.label) for a in answers] == [("/d/a.jpg", "menu"), ("/d/b.jpg", "food")]
+    assert skipped == 0
+    assert len(read_relabels(str(issues))[0]) == 1
 
 
 def test_import_needs_the_export_columns(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import logging
 import pytest
 from prometheus_client import generate_latest
 
-from clazzify.metrics import JsonFormatter, WorkerMetrics
 from clazzify.worker import BatchStats, Outcome
+from clazzify.worker_metrics import JsonFormatter, WorkerMetrics
 
 pytestmark = pytest.mark.unit
 
