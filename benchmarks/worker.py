@@ -52,6 +52,12 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     import socket
 
@@ -115,9 +121,10 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def measure_server(url: str, blobs: Sequence[bytes], batch: int, concurrency: int,
-                   seconds: float) -> float:
-    """Images/s of a closed loop of ``concurrency`` clients sending ``batch`` photos each."""
+def measure_server(url: str, server_pid: int, blobs: Sequence[bytes], batch: int,
+                   concurrency: int, seconds: float) -> dict:
+    """Images/s of a closed loop of ``concurrency`` clients sending ``batch`` photos each,
+    and the server's CPU seconds per image."""
     from clazzify.endpoint_client import EndpointClient, EndpointConfig
 
     batches = [list(blobs[i : i + batch]) for i in range(0, len(blobs) - batch + 1, batch)]
@@ -137,15 +144,19 @@ def measure_server(url: str, blobs: Sequence[bytes], batch: int, concurrency: in
                 done[idx] += len(batches[k % len(batches)])
                 k += concurrency
 
+    cpu = cpu_seconds(server_pid)
     started = time.monotonic()
     threads = [threading.Thread(target=run, args=(i,)) for i in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    elapsed = time.monotonic() - started
     if errors:
         raise SystemExit(f"server measurement failed: {errors[0]}")
-    return sum(done) / (time.monotonic() - started)
+    images = sum(done)
+    return {"images_per_s": images / elapsed, "images": images,
+            "server_cpu_ms_per_image": 1000 * (cpu_seconds(server_pid) - cpu) / images}
 
 
 def create_database(kind: str, work: Path) -> tuple[str, callable]:
@@ -181,9 +192,12 @@ def count_scores(db_url: str) -> int:
         engine.dispose()
 
 
-def measure_workers(url: str, paths: Sequence[Path], n_events: int, workers: int, batch: int,
-                    db_kind: str, work: Path, timeout: float = 240.0) -> dict:
-    """Images/s from the first publish until every event's score is committed."""
+def measure_workers(url: str, server_pid: int, paths: Sequence[Path], n_events: int,
+                    workers: int, batch: int, db_kind: str, work: Path,
+                    timeout: float = 240.0) -> dict:
+    """Images/s from the first publish until every event's score is committed, and the CPU
+    seconds per image of the server and of the workers (PostgreSQL's and RabbitMQ's own
+    CPU is not counted)."""
     import pika
     import sqlalchemy as sa
 
@@ -215,6 +229,8 @@ def measure_workers(url: str, paths: Sequence[Path], n_events: int, workers: int
                               "restaurant_id": f"r{i % 7}", "source": "benchmark"}).encode()
                   for i in range(n_events)]
         engine = create_db_engine(db_url)
+        cpu_server = cpu_seconds(server_pid)
+        cpu_workers = sum(cpu_seconds(p.pid) for p in procs)
         started = time.monotonic()
         for body in bodies:
             channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
@@ -228,9 +244,13 @@ def measure_workers(url: str, paths: Sequence[Path], n_events: int, workers: int
                 count = int(db.scalar(sa.text("SELECT count(*) FROM scores")))
                 db.commit()
         elapsed = time.monotonic() - started
+        cpu_server = cpu_seconds(server_pid) - cpu_server
+        cpu_workers = sum(cpu_seconds(p.pid) for p in procs) - cpu_workers
         engine.dispose()
         return {"images_per_s": n_events / elapsed, "seconds": elapsed,
-                "publish_s": published, "events": n_events}
+                "publish_s": published, "events": n_events,
+                "server_cpu_ms_per_image": 1000 * cpu_server / n_events,
+                "worker_cpu_ms_per_image": 1000 * cpu_workers / n_events}
     finally:
         for p in procs:
             p.terminate()
@@ -248,13 +268,16 @@ def measure_workers(url: str, paths: Sequence[Path], n_events: int, workers: int
 def markdown(summary: dict) -> str:
     server = summary["server_images_per_s"]
     lines = [
-        "| system | images/s (median) | rounds | vs server |",
-        "|---|---:|---|---:|",
+        "| system | images/s (median) | rounds | vs server | server CPU ms/image "
+        "| worker CPU ms/image |",
+        "|---|---:|---|---:|---:|---:|",
     ]
     for name, row in summary["systems"].items():
         ratio = row["median"] / server if server else 0.0
         rounds = ", ".join(f"{v:.1f}" for v in row["rounds"])
-        lines.append(f"| {name} | {row['median']:.1f} | {rounds} | {ratio:.2f} |")
+        worker_cpu = f"{row['worker_cpu_ms_per_image']:.1f}" if name.startswith("worker") else "-"
+        lines.append(f"| {name} | {row['median']:.1f} | {rounds} | {ratio:.2f} "
+                     f"| {row['server_cpu_ms_per_image']:.1f} | {worker_cpu} |")
     return "\n".join(lines)
 
 
@@ -282,61 +305,72 @@ def main() -> None:
     blobs = [p.read_bytes() for p in paths]
     log(f"{len(paths)} photos from {args.photos}, {sum(map(len, blobs)) / 1e6:.1f} MB")
     proc, url = start_server(bundle, work)
-    results: dict[str, list[float]] = {"server, 1 request in flight": [],
-                                       "server, 2 requests in flight": [],
-                                       "worker x1": [], "worker x2": []}
-    details: list[dict] = []
+    names = ["server, 1 request in flight", "server, 2 requests in flight",
+             "worker x1", "worker x2"]
+    cells: dict[str, list[dict]] = {name: [] for name in names}
     ratios: dict[str, list[float]] = {"worker x1": [], "worker x2": []}
     loads = [os.getloadavg()[0]]
-
-    def server_cell(c: int) -> float:
-        return measure_server(url, blobs, args.batch_size, c, args.seconds)
-
-    def worker_cell(w: int) -> float:
-        d = measure_workers(url, paths, args.n_events, w, args.batch_size, args.db, work)
-        details.append({"workers": w, **d})
-        return d["images_per_s"]
-
-    cells = [("server, 1 request in flight", lambda: server_cell(1)),
-             ("worker x1", lambda: worker_cell(1)),
-             ("server, 2 requests in flight", lambda: server_cell(2)),
-             ("worker x2", lambda: worker_cell(2))]
+    runs = {
+        names[0]: lambda: measure_server(url, proc.pid, blobs, args.batch_size, 1, args.seconds),
+        names[1]: lambda: measure_server(url, proc.pid, blobs, args.batch_size, 2, args.seconds),
+        names[2]: lambda: measure_workers(url, proc.pid, paths, args.n_events, 1,
+                                          args.batch_size, args.db, work),
+        names[3]: lambda: measure_workers(url, proc.pid, paths, args.n_events, 2,
+                                          args.batch_size, args.db, work),
+    }
+    order = [names[0], names[2], names[1], names[3]]
     try:
-        measure_server(url, blobs, args.batch_size, 1, 3.0)  # warm-up
+        measure_server(url, proc.pid, blobs, args.batch_size, 1, 3.0)  # warm-up
         for r in range(args.rounds):
             # Rotate the order each round so no system always runs first or last.
-            order = cells[r % len(cells):] + cells[: r % len(cells)]
             this_round = {}
-            for name, cell in order:
-                this_round[name] = cell()
-                results[name].append(this_round[name])
-                log(f"round {r + 1}: {name}: {this_round[name]:.1f} images/s")
-            best = max(this_round["server, 1 request in flight"],
-                       this_round["server, 2 requests in flight"])
+            for name in order[r % 4:] + order[: r % 4]:
+                this_round[name] = runs[name]()
+                cells[name].append(this_round[name])
+                log(f"round {r + 1}: {name}: {this_round[name]['images_per_s']:.1f} images/s")
+            best = max(this_round[names[0]]["images_per_s"], this_round[names[1]]["images_per_s"])
             for name in ratios:
-                ratios[name].append(this_round[name] / best)
+                ratios[name].append(this_round[name]["images_per_s"] / best)
             loads.append(os.getloadavg()[0])
     finally:
         stop(proc)
-    systems = {k: {"median": statistics.median(v), "rounds": v} for k, v in results.items()}
-    server = max(systems["server, 1 request in flight"]["median"],
-                 systems["server, 2 requests in flight"]["median"])
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(c.get(key, 0.0) for c in cells[name])
+
+    systems = {
+        name: {"median": median(name, "images_per_s"),
+               "rounds": [c["images_per_s"] for c in cells[name]],
+               "server_cpu_ms_per_image": median(name, "server_cpu_ms_per_image"),
+               "worker_cpu_ms_per_image": median(name, "worker_cpu_ms_per_image")}
+        for name in names
+    }
+    server = max(systems[names[0]]["median"], systems[names[1]]["median"])
+    alone = min(systems[names[0]]["server_cpu_ms_per_image"],
+                systems[names[1]]["server_cpu_ms_per_image"])
+    cpu_bound = {
+        w: alone / (systems[w]["server_cpu_ms_per_image"] + systems[w]["worker_cpu_ms_per_image"])
+        for w in ratios
+    }
     summary = {
         "architecture": args.architecture, "image_size": args.image_size,
         "batch_size": args.batch_size, "db": args.db, "photos": len(paths),
         "n_events": args.n_events, "cpus": os.cpu_count(),
-        "server_images_per_s": server, "systems": systems, "worker_runs": details,
+        "server_images_per_s": server, "systems": systems, "cells": cells,
         "worker1_vs_server": statistics.median(ratios["worker x1"]),
         "worker2_vs_server": statistics.median(ratios["worker x2"]),
-        "round_ratios": ratios, "load_average_1min": loads,
+        "round_ratios": ratios, "cpu_bound_ratio": cpu_bound, "load_average_1min": loads,
     }
     print(markdown(summary))
-    print(f"\nper round, one worker reaches {summary['worker1_vs_server']:.0%} (median) of the "
-          f"server's best throughput of that round (target >= 70%); two reach "
-          f"{summary['worker2_vs_server']:.0%}. Rounds: "
-          f"{', '.join(f'{v:.2f}' for v in ratios['worker x1'])} (x1), "
-          f"{', '.join(f'{v:.2f}' for v in ratios['worker x2'])} (x2). "
-          f"1-min load average {', '.join(f'{v:.1f}' for v in loads)} on {os.cpu_count()} CPUs")
+    per_round = {w: ", ".join(f"{v:.2f}" for v in ratios[w]) for w in ratios}
+    print(f"\nwall clock: one worker reaches {summary['worker1_vs_server']:.0%} (median of the "
+          f"per-round ratios {per_round['worker x1']}) of the server's best throughput "
+          f"(target >= 70%); two reach {summary['worker2_vs_server']:.0%} "
+          f"({per_round['worker x2']})."
+          f"\nCPU per image: one worker's path would reach {cpu_bound['worker x1']:.0%} of the "
+          f"server alone on a machine of its own (server + worker CPU vs server CPU); two "
+          f"{cpu_bound['worker x2']:.0%}.\n1-min load average "
+          f"{', '.join(f'{v:.1f}' for v in loads)} on {os.cpu_count()} CPUs")
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2))
 
