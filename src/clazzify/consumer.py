@@ -39,6 +39,7 @@ from clazzify.worker import BatchStats, Message, Outcome, backoff_delay
 log = logging.getLogger(__name__)
 
 REASON_HEADER = "x-clazzify-reason"
+_FATAL_AT_START = ("does not exist", "password authentication failed")
 DETAIL_HEADER = "x-clazzify-detail"
 
 ProcessFn = Callable[[Sequence[Message], BatchStats], list[Outcome]]
@@ -371,6 +372,14 @@ def open_repository(db_url: str, stop: threading.Event, backoff_max_s: float = 3
         try:
             return ScoreRepository.open(db_url)
         except sqlalchemy.exc.SQLAlchemyError as e:
+            first_line = str(e).splitlines()[0]
+            # psycopg reports no SQLSTATE for failed connections; these two messages
+            # mean a wrong --db, which waiting will not fix, so fail at start-up.
+            if any(m in first_line for m in _FATAL_AT_START):
+                raise ConfigError(
+                    f"cannot open the scores database: {first_line}. Create the database "
+                    "(e.g. createdb) or fix --db / CLAZZIFY_DB_URL"
+                ) from e
             if not is_transient(e):
                 raise
             delay = backoff_delay(attempt, 0.5, backoff_max_s)

@@ -421,3 +421,12 @@ def test_enqueue_feeds_the_worker(
     assert worker.wait(timeout=60) == 0, worker.log()
     assert [r[0] for r in scores(db_url)] == sorted(str(p.resolve()) for p in folder.iterdir())
     assert query(db_url, "SELECT DISTINCT source FROM images") == [("enqueue",)]
+
+
+def test_worker_fails_fast_on_a_database_that_does_not_exist(
+    spawn, server_url: str, queues: Queues
+) -> None:
+    missing = f"postgresql://postgres@127.0.0.1:5432/clazzify_missing_{queues.name[-10:]}"
+    worker = spawn(worker_args(server_url, missing, queues))
+    assert worker.wait(timeout=30) != 0
+    assert "does not exist" in worker.log() and "Create the database" in worker.log()
