@@ -1,4 +1,4 @@
-"""The original system's serving design, as the baseline of benchmarks/serving.py.
+"""The original system's serving design, as the baseline of benchmarks/model_server.py.
 
 A Flask app that loads the Keras model once and calls ``model.predict`` on one image per
 request (image bytes in the body, decoded with the training path so the work matches).

@@ -25,9 +25,13 @@ log = logging.getLogger("serving")
               help="Version to report; default: the registry version, else a hash of the "
                    "model file.")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto",
-              help="auto = ONNX Runtime, falling back to Keras if the ONNX model cannot load.")
+              help="auto = ONNX Runtime, falling back to Keras if the ONNX model cannot load; "
+                   "openvino[-bf16] = OpenVINO on the ONNX export (pip install "
+                   "'clazzify[openvino]'; check accuracy before adopting bf16).")
 @click.option("--http-port", default=8080, help="HTTP port (listens on all interfaces).")
-@click.option("--max-batch-size", default=32, help="Most images per engine call.")
+@click.option("--max-batch-size", default=8,
+              help="Most images per engine call. On CPU, ONNX Runtime peaks at small batches "
+                   "(benchmarks/model_server.py prints the engine's rate per batch size).")
 @click.option("--max-latency-ms", default=5.0,
               help="Longest a request waits for concurrent ones to share its batch.")
 @click.option("--watch-alias", is_flag=True,
@@ -72,6 +76,9 @@ def main(model_uri: str, model_name: str, model_version: str | None, engine: str
         keys = load_api_keys(file_text, os.environ.get(KEYS_ENV))
     except (ClazzifyError, OSError) as e:
         raise click.UsageError(str(e)) from e
+    if model_version and cfg.watch_interval_s:
+        raise click.UsageError("--model-version and --watch-alias exclude each other: a "
+                               "watched alias reports the registry's version")
     if not keys and not insecure:
         raise click.UsageError(
             f"no API key configured: put keys in --api-keys-file or ${KEYS_ENV}, or pass "

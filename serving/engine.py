@@ -18,6 +18,7 @@ from clazzify.bundle import (
     KERAS_FILE,
     ONNX_FILE,
     BundleMeta,
+    OnnxPredictor,
     Predictor,
     find_bundle,
     load_predictor,
@@ -37,7 +38,6 @@ class Engine:
 
     predictor: Predictor
     version: str
-    bundle_dir: Path
     owned_dir: Path | None = None  # a download folder to delete when this engine retires
 
     @property
@@ -53,11 +53,8 @@ def content_version(bundle_dir: Path) -> str:
     for name in (ONNX_FILE, KERAS_FILE):
         path = bundle_dir / name
         if path.is_file():
-            digest = hashlib.sha256()
             with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            return f"sha256:{digest.hexdigest()[:12]}"
+                return f"sha256:{hashlib.file_digest(f, 'sha256').hexdigest()[:12]}"
     raise DataError(f"{bundle_dir} holds neither {ONNX_FILE} nor {KERAS_FILE}")
 
 
@@ -131,11 +128,46 @@ def fetch_bundle(source: ModelSource, version: str | None = None) -> tuple[Path,
         raise
 
 
+class OpenVinoPredictor(Predictor):
+    """OpenVINO on the bundle's ONNX model.
+
+    ``precision="bf16"`` runs in bfloat16 on CPUs that have it (AVX-512 BF16, AMX); its
+    probabilities differ from float32 in the second or third decimal, so adopt it only
+    where the test-split accuracy stays the same (see benchmarks/README.md).
+    """
+
+    def __init__(self, bundle_dir: Path, *, precision: str = "f32") -> None:
+        super().__init__(bundle_dir)
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise ConfigError(
+                "the openvino engines need the openvino package: pip install 'clazzify[openvino]'"
+            ) from e
+        path = self.bundle_dir / ONNX_FILE
+        if not path.is_file():
+            raise DataError(f"{path} is missing: OpenVINO reads the bundle's ONNX export")
+        self.engine = f"openvino-{precision}"
+        # LATENCY: every core on one inference at a time, as the batcher makes one call at
+        # a time (THROUGHPUT streams only pay off with several calls in flight).
+        self._model = ov.Core().compile_model(
+            str(path), "CPU",
+            {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"},
+        )
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self._model(np.ascontiguousarray(images, dtype=np.uint8))[0])
+
+
 def load_engine_predictor(bundle_dir: Path, engine: str) -> Predictor:
-    """ONNX Runtime for ``onnx``; Keras for ``keras``; ``auto`` tries ONNX, then Keras."""
+    """ONNX Runtime for ``onnx``; Keras for ``keras``; ``auto`` tries ONNX, then Keras;
+    ``openvino`` / ``openvino-bf16`` run the ONNX export on OpenVINO in float32 / bfloat16."""
+    if engine.startswith("openvino"):
+        return OpenVinoPredictor(bundle_dir, precision="bf16" if engine.endswith("bf16") else "f32")
     if engine in ("auto", "onnx"):
         try:
-            return load_predictor(bundle_dir, "onnx")
+            # Not spinning: the decode threads share the cores with the engine's threads.
+            return OnnxPredictor(bundle_dir, spinning=False)
         except (DataError, RuntimeError, OSError) as e:
             if engine == "onnx":
                 raise
@@ -164,7 +196,7 @@ def load_engine(
         if owned:
             shutil.rmtree(owned, ignore_errors=True)
         raise
-    loaded = Engine(predictor, version_override or resolved, bundle, owned)
+    loaded = Engine(predictor, version_override or resolved, owned)
     log.info(
         "loaded %s version %s with the %s engine (%d classes, %d px)",
         source.uri, loaded.version, predictor.engine, len(predictor.meta.class_names), size,
@@ -173,35 +205,46 @@ def load_engine(
 
 
 class AliasWatcher(threading.Thread):
-    """Re-resolves an MLflow alias every ``interval_s`` and calls ``on_change(version)``.
+    """Calls ``resolve()`` every ``interval_s`` and ``on_change(version)`` when it differs
+    from ``current()``.
 
-    Failures (tracking server down, a bad new bundle) are logged and retried at the next
-    tick; the server keeps answering with the model it has.
+    Failures (tracking server down, a download or a bad bundle) are logged and the server
+    keeps answering with the model it has. A version that failed ``max_attempts`` times is
+    not tried again until the alias moves on.
     """
 
     def __init__(
-        self, source: ModelSource, interval_s: float, current: Callable[[], str],
-        on_change: Callable[[str], None],
+        self, label: str, resolve: Callable[[], str], interval_s: float,
+        current: Callable[[], str], on_change: Callable[[str], None], max_attempts: int = 3,
     ) -> None:
         super().__init__(name="clazzify-alias-watcher", daemon=True)
-        self.source = source
+        self.label = label
         self.interval_s = interval_s
+        self.max_attempts = max_attempts
+        self._resolve = resolve
         self._current = current
         self._on_change = on_change
         self._stop = threading.Event()
+        self._failures: dict[str, int] = {}
 
-    def run(self) -> None:
+    def tick(self) -> None:
+        """One check: resolve the alias and swap if it moved."""
         from mlflow.exceptions import MlflowException
 
+        version = None
+        try:
+            version = self._resolve()
+            if version == self._current() or self._failures.get(version, 0) >= self.max_attempts:
+                return
+            self._on_change(version)
+        except (ClazzifyError, MlflowException, StorageError, OSError, RuntimeError) as e:
+            if version is not None:
+                self._failures[version] = self._failures.get(version, 0) + 1
+            log.error("alias watch of %s failed, keeping the current model: %s", self.label, e)
+
+    def run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                version = resolve_alias(self.source)
-                if version != self._current():
-                    self._on_change(version)
-            except (ClazzifyError, MlflowException, StorageError, OSError, RuntimeError) as e:
-                log.error(
-                    "alias watch of %s failed, keeping the current model: %s", self.source.uri, e
-                )
+            self.tick()
 
     def stop(self) -> None:
         self._stop.set()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +25,7 @@ from clazzify.predict import (
     v2_outputs,
 )
 from serving.batching import Batcher
-from serving.engine import AliasWatcher, Engine, load_engine
+from serving.engine import AliasWatcher, Engine, load_engine, resolve_alias
 from serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,6 @@ class ClazzifyModel(Model):
         self.metrics = metrics
         self.version_override = version_override
         self.engine: Engine | None = None
-        self._swap_lock = threading.Lock()
         self._watcher: AliasWatcher | None = None
         self._batcher = Batcher(
             lambda engine, images: engine.predict(images),
@@ -74,7 +72,8 @@ class ClazzifyModel(Model):
         self._install(engine)
         if self.cfg.watch_interval_s:
             self._watcher = AliasWatcher(
-                self.source, self.cfg.watch_interval_s, lambda: self.engine.version, self.swap_to
+                self.source.uri, lambda: resolve_alias(self.source), self.cfg.watch_interval_s,
+                lambda: self.engine.version, self.swap_to,
             )
             self._watcher.start()
         self.ready = True
@@ -93,12 +92,9 @@ class ClazzifyModel(Model):
         Requests already decoded for the old model finish on it (the batcher keys batches
         on the engine object), so a swap fails nothing in flight.
         """
-        with self._swap_lock:
-            if self.engine is not None and self.engine.version == version:
-                return
-            log.info("alias %s moved to version %s: loading it", self.source.uri, version)
-            self._install(load_engine(self.source, self.cfg.engine, version=version))
-            self.metrics.swaps.inc()
+        log.info("alias %s moved to version %s: loading it", self.source.uri, version)
+        self._install(load_engine(self.source, self.cfg.engine, version=version))
+        self.metrics.swaps.inc()
 
     def stop(self) -> None:
         if self._watcher is not None:

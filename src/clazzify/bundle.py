@@ -88,7 +88,10 @@ class Predictor:
 class OnnxPredictor(Predictor):
     engine = "onnx"
 
-    def __init__(self, bundle_dir: Path, *, threads: int = 0) -> None:
+    def __init__(self, bundle_dir: Path, *, threads: int = 0, spinning: bool = True) -> None:
+        """``spinning=False`` lets idle worker threads sleep instead of busy-waiting between
+        ops: slower for a lone process, faster where other threads need the cores (a server
+        decoding images beside the engine)."""
         super().__init__(bundle_dir)
         import onnxruntime as ort
 
@@ -98,6 +101,8 @@ class OnnxPredictor(Predictor):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]
         )

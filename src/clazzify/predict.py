@@ -33,7 +33,7 @@ from clazzify.imaging import ImageLimits, image_to_array
 V2_INPUT = "image"
 #: Header of the V2 binary-data extension: length of the JSON part before the raw tensors.
 V2_BINARY_HEADER = "inference-header-content-length"
-ENGINES = ("auto", "onnx", "keras")
+ENGINES = ("auto", "onnx", "keras", "openvino", "openvino-bf16")
 MIN_KEY_LENGTH = 16
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -154,7 +154,8 @@ class ServeConfig:
     Attributes:
         model_uri: where the model comes from (see :func:`parse_model_uri`).
         model_name: the name in the URLs (``/v1/models/<name>:predict``).
-        engine: ``auto`` (ONNX Runtime, falling back to Keras), ``onnx`` or ``keras``.
+        engine: ``auto`` (ONNX Runtime, falling back to Keras), ``onnx``, ``keras``,
+            ``openvino`` or ``openvino-bf16`` (OpenVINO on the ONNX export).
         http_port: port of the HTTP server.
         max_batch_size: most images run through the engine at once.
         max_latency_ms: longest a request waits for others to share its batch.
@@ -167,7 +168,7 @@ class ServeConfig:
     model_name: str = "clazzify"
     engine: str = "auto"
     http_port: int = 8080
-    max_batch_size: int = 32
+    max_batch_size: int = 8
     max_latency_ms: float = 5.0
     watch_interval_s: float = 0.0
     limits: ServingLimits = field(default_factory=ServingLimits)

@@ -139,6 +139,22 @@ def test_onnx_and_keras_engines_agree_on_the_test_split(tiny_bundle: Path, hdf5_
     assert np.abs(onnx - keras).max() <= 1e-4
 
 
+def test_openvino_engines_agree_with_onnx(tiny_bundle: Path, hdf5_dir: Path):
+    pytest.importorskip("openvino")
+    from serving.engine import OpenVinoPredictor
+
+    with h5py.File(hdf5_dir / "test.h5", "r") as f:
+        images = f["images"][:]
+    onnx = load_predictor(tiny_bundle, "onnx").predict(images)
+    f32 = OpenVinoPredictor(tiny_bundle).predict(images)
+    assert np.abs(onnx - f32).max() <= 1e-4
+    bf16 = OpenVinoPredictor(tiny_bundle, precision="bf16").predict(images)
+    assert np.abs(onnx - bf16).max() <= 0.05  # bfloat16 keeps ~3 significant digits
+    top2 = np.sort(onnx, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 0.05  # a tie within bf16's error may flip either way
+    assert (bf16.argmax(1) == onnx.argmax(1))[clear].all()
+
+
 def test_keras_fallback_server_answers_like_the_onnx_one(server: Client, photos, tiny_bundle: Path,
                                                          tmp_path: Path):
     bundle = tmp_path / "keras-only"
@@ -180,12 +196,16 @@ def test_every_configured_key_is_accepted(server: Client, photos):
         assert server.json("POST", V1, v1_body([photos[0][0]]), key=key)[0] == 200
 
 
-def test_server_refuses_to_start_without_keys_unless_insecure(tiny_bundle: Path):
+@pytest.mark.parametrize("command", [["serving"], ["clazzify.cli", "serve"]])
+def test_server_refuses_to_start_without_keys_unless_insecure(tiny_bundle: Path, command):
     env = {k: v for k, v in os.environ.items() if k != "CLAZZIFY_API_KEYS"}
-    proc = subprocess.run([sys.executable, "-m", "serving", "--model-uri", str(tiny_bundle)],
+    proc = subprocess.run([sys.executable, "-m", *command, "--model-uri", str(tiny_bundle)],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "no API key configured" in proc.stderr and "--insecure" in proc.stderr
+    usage = subprocess.run([sys.executable, "-m", *command, "--help"], capture_output=True,
+                           text=True, timeout=60)
+    assert usage.returncode == 0 and "--watch-alias" in usage.stdout
 
 
 # --------------------------------------------------------------------------- bad input
@@ -341,7 +361,6 @@ def test_fuzzed_payloads_never_cause_a_5xx(server: Client, photos):
         assert status < 500, (path, body[:200], headers, out[:300])
 
     check()
-    print("fuzz statuses:", {s: statuses.count(s) for s in sorted(set(statuses))})
     assert len(statuses) >= 300
     assert server.request("GET", "/v2/health/ready", key=None)[0] == 200
     assert server.json("POST", V1, v1_body([photo]))[0] == 200
