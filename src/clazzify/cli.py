@@ -254,8 +254,12 @@ _FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "js
 @_request_options
 @click.option("--batch-wait", default=0.2, show_default=True,
               help="Seconds to wait for a batch to fill once a message is in.")
+@click.option("--batches-in-flight", default=2, show_default=True,
+              help="Batches processed at once: the server scores one while another is "
+                   "read, committed and acknowledged.")
 @click.option("--prefetch", default=0, show_default=True,
-              help="Unacknowledged messages held at most (0: twice the batch).")
+              help="Unacknowledged messages held at most (0: the batch size times "
+                   "batches-in-flight + 1).")
 @click.option("--fetch-threads", default=8, show_default=True, help="Parallel image downloads.")
 @click.option("--max-retry-delay", default=30.0, show_default=True,
               help="Longest wait between retries of a transient failure (the wait doubles).")
@@ -266,7 +270,8 @@ _FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "js
               help="Exit after this many seconds without messages (default: run until SIGTERM).")
 def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names, db_url,
                amqp_url, queue, dead_letter_queue, exchange, batch_size, request_size,
-               request_concurrency, batch_wait, prefetch, fetch_threads, max_retry_delay,
+               request_concurrency, batch_wait, batches_in_flight, prefetch, fetch_threads,
+               max_retry_delay,
                metrics_port, log_format, idle_exit) -> None:
     """Score upload events from RabbitMQ into the scores database.
 
@@ -274,7 +279,7 @@ def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names
     "restaurant_id"?, "source"?} messages. A message is acknowledged only after its
     scores are committed; transient failures are retried with backoff; messages that
     can never be scored go to the dead-letter queue with an x-clazzify-reason header.
-    SIGTERM finishes the batch in flight, then exits.
+    SIGTERM finishes the batches in flight, then exits.
     """
     import signal
     import threading
@@ -295,6 +300,7 @@ def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names
         consumer_cfg = ConsumerConfig(amqp_url=amqp_url, queue=queue,
                                       dead_letter_queue=dead_letter_queue, exchange=exchange,
                                       batch_size=batch_size, batch_wait_s=batch_wait,
+                                      batches_in_flight=batches_in_flight,
                                       prefetch=prefetch, idle_exit_s=idle_exit,
                                       backoff_max_s=max_retry_delay)
         scoring_cfg = ScoringConfig(request_images=request_size,

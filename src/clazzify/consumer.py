@@ -1,12 +1,12 @@
 """The AMQP edge of the scoring worker: consume, batch, acknowledge, dead-letter, retry.
 
 Built on pika's ``BlockingConnection``: the work of a batch (HTTP to the model server,
-a database transaction) is blocking and done one batch at a time, so an event loop
-(aio-pika) would buy nothing but an async rewrite of the HTTP and database layers.
-The batch runs in one helper thread while the main thread keeps servicing the
-connection (heartbeats, deliveries), because pika objects may only be touched by
-the thread that owns them; this keeps slow batches and long backoffs from getting
-the connection dropped by the broker.
+a database transaction) is blocking, so an event loop (aio-pika) would buy nothing but
+an async rewrite of the HTTP and database layers. Batches run in helper threads (two at
+a time by default, so the server scores one while the worker reads, commits and
+acknowledges the other) while the main thread alone touches the connection, as pika
+requires, and keeps servicing it (heartbeats, deliveries) however long a batch or a
+backoff takes.
 
 Delivery guarantees:
 
@@ -18,8 +18,8 @@ Delivery guarantees:
 - a message that met a transient failure is kept and retried with exponential backoff
   and never acknowledged until it succeeds; if the worker dies meanwhile the broker
   hands it to another worker (scores are upserts, so a redelivery never doubles a row);
-- SIGTERM (``stop`` set) lets the batch in flight finish and be acknowledged, hands
-  the prefetched rest back to the broker, and returns.
+- SIGTERM (``stop`` set) lets the batches in flight finish and be acknowledged, hands
+  the prefetched rest (and batches waiting for a retry) back to the broker, and returns.
 """
 
 from __future__ import annotations
@@ -58,8 +58,10 @@ class ConsumerConfig:
         routing_key: binding key for ``exchange``.
         batch_size: most messages scored together.
         batch_wait_s: how long to wait for a batch to fill once a message is in.
-        prefetch: unacknowledged messages held at most; default twice ``batch_size``
-            so the next batch is already here when one finishes.
+        batches_in_flight: batches processed at once (one is scored while another is
+            read, committed and acknowledged).
+        prefetch: unacknowledged messages held at most; default ``batch_size`` times
+            ``batches_in_flight + 1``, so the next batch is already here when one finishes.
         backoff_initial_s / backoff_max_s: retry delays of transient failures (doubling).
         heartbeat_s: AMQP heartbeat.
         idle_exit_s: return after this long without any message (None: run forever).
@@ -72,6 +74,7 @@ class ConsumerConfig:
     routing_key: str = "#"
     batch_size: int = 32
     batch_wait_s: float = 0.2
+    batches_in_flight: int = 2
     prefetch: int = 0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
@@ -85,10 +88,12 @@ class ConsumerConfig:
             raise ConfigError("queue name must not be empty")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batches_in_flight < 1:
+            raise ConfigError(f"batches_in_flight must be >= 1, got {self.batches_in_flight}")
         if self.prefetch and self.prefetch < self.batch_size:
             raise ConfigError(
                 f"prefetch={self.prefetch} is below batch_size={self.batch_size}: batches "
-                "could never fill; raise prefetch or leave it 0 (twice the batch)"
+                "could never fill; raise prefetch or leave it 0 (automatic)"
             )
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             raise ConfigError(
@@ -104,7 +109,7 @@ class ConsumerConfig:
 
     @property
     def prefetch_count(self) -> int:
-        return self.prefetch or 2 * self.batch_size
+        return self.prefetch or (self.batches_in_flight + 1) * self.batch_size
 
 
 def declare_topology(channel, cfg: ConsumerConfig) -> None:  # noqa: ANN001 - pika channel
@@ -117,22 +122,35 @@ def declare_topology(channel, cfg: ConsumerConfig) -> None:  # noqa: ANN001 - pi
 
 
 class _Delivery:
-    __slots__ = ("body", "headers", "properties", "tag")
+    __slots__ = ("arrived", "body", "headers", "properties", "tag")
 
     def __init__(self, method, properties, body: bytes) -> None:  # noqa: ANN001
         self.tag = method.delivery_tag
         self.properties = properties
         self.headers = dict(properties.headers or {})
         self.body = body
+        self.arrived = time.monotonic()
+
+
+@dataclass
+class _Batch:
+    deliveries: list[_Delivery]
+    attempt: int = 0
+    due: float = 0.0  # monotonic time of the next try, for a batch waiting to be retried
 
 
 class Consumer:
     """Runs the consume loop on one connection; see the module docstring.
 
+    Up to ``cfg.batches_in_flight`` batches are processed at once in helper threads, so
+    the model server works on one batch while the worker reads, commits and
+    acknowledges another. Only the main thread touches the connection.
+
     Args:
         cfg: broker and batching settings.
-        process: scores a batch (``process_batch`` with its dependencies bound).
-        stop: set it (from a signal handler) to finish the batch in flight and return.
+        process: scores a batch (``process_batch`` with its dependencies bound); must be
+            safe to call from several threads at once.
+        stop: set it (from a signal handler) to finish the batches in flight and return.
         on_batch: called with each batch's stats and outcomes (metrics, logs).
     """
 
@@ -148,7 +166,9 @@ class Consumer:
         self.stop = stop or threading.Event()
         self.on_batch = on_batch
         self._pending: list[_Delivery] = []
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clazzify-batch")
+        self._pool = ThreadPoolExecutor(
+            max_workers=cfg.batches_in_flight, thread_name_prefix="clazzify-batch"
+        )
 
     # -- connection --------------------------------------------------------------------------
 
@@ -211,34 +231,60 @@ class Consumer:
         channel.confirm_delivery()
         declare_topology(channel, self.cfg)
         channel.basic_qos(prefetch_count=self.cfg.prefetch_count)
-        consumer_tag = channel.basic_consume(
-            self.cfg.queue,
-            on_message_callback=lambda _ch, method, props, body: self._pending.append(
-                _Delivery(method, props, body)
-            ),
-        )
+        activity = [time.monotonic()]
+
+        def on_message(_ch, method, props, body: bytes) -> None:  # noqa: ANN001
+            self._pending.append(_Delivery(method, props, body))
+            activity[0] = time.monotonic()
+
+        consumer_tag = channel.basic_consume(self.cfg.queue, on_message_callback=on_message)
         log.info(
-            "consuming %s (dead letters to %s), batch %d, prefetch %d",
+            "consuming %s (dead letters to %s), batch %d, %d batches in flight, prefetch %d",
             self.cfg.queue,
             self.cfg.dlq,
             self.cfg.batch_size,
+            self.cfg.batches_in_flight,
             self.cfg.prefetch_count,
         )
-        idle_since = time.monotonic()
-        while not self.stop.is_set():
-            batch = self._collect(connection)
-            if not batch:
+        inflight: dict[Future, tuple[_Batch, BatchStats, float]] = {}
+        waiting: list[_Batch] = []  # failed transiently; retried when due
+        while True:
+            for future in [f for f in inflight if f.done()]:
+                batch, stats, started = inflight.pop(future)
+                retry = self._finish(channel, batch, future, stats, time.perf_counter() - started)
+                if retry is not None:
+                    waiting.append(retry)
+                activity[0] = time.monotonic()
+            if self.stop.is_set():
+                if not inflight:
+                    if waiting:
+                        log.warning(
+                            "stopping with %d messages still failing transiently; the broker "
+                            "will redeliver them",
+                            sum(len(b.deliveries) for b in waiting),
+                        )
+                    break
+            else:
+                while len(inflight) < self.cfg.batches_in_flight:
+                    batch = self._next_batch(waiting)
+                    if batch is None:
+                        break
+                    stats = BatchStats()
+                    messages = [Message(d.body, d.tag) for d in batch.deliveries]
+                    future = self._pool.submit(self.process, messages, stats)
+                    future.add_done_callback(
+                        lambda _f: connection.add_callback_threadsafe(lambda: None)
+                    )
+                    inflight[future] = (batch, stats, time.perf_counter())
+                idle = time.monotonic() - activity[0]
                 if (
                     self.cfg.idle_exit_s is not None
-                    and time.monotonic() - idle_since >= self.cfg.idle_exit_s
+                    and not (inflight or waiting or self._pending)
+                    and idle >= self.cfg.idle_exit_s
                 ):
-                    log.info(
-                        "queue %s idle for %.1fs; exiting", self.cfg.queue, self.cfg.idle_exit_s
-                    )
+                    log.info("queue %s idle for %.1fs; exiting", self.cfg.queue, idle)
                     break
-                continue
-            self._handle(connection, channel, batch)
-            idle_since = time.monotonic()
+            connection.process_data_events(time_limit=self._wait_s(waiting))
         channel.basic_cancel(consumer_tag)
         for delivery in self._pending:  # prefetched, never started: hand back now
             channel.basic_nack(delivery.tag, requeue=True)
@@ -246,82 +292,71 @@ class Consumer:
         channel.close()
         return True
 
-    def _collect(self, connection) -> list[_Delivery]:  # noqa: ANN001
-        """Wait for up to ``batch_size`` messages; at most ``batch_wait_s`` after the first."""
-        deadline: float | None = None
-        while len(self._pending) < self.cfg.batch_size and not self.stop.is_set():
-            now = time.monotonic()
-            if self._pending and deadline is None:
-                deadline = now + self.cfg.batch_wait_s
-            if deadline is not None and now >= deadline:
-                break
-            connection.process_data_events(time_limit=0.25 if deadline is None else deadline - now)
-            if deadline is None and not self._pending:
-                return []  # let the caller check idleness and the stop flag
-        if self.stop.is_set():
-            return []  # stopping: start no new batch; the pending ones go back to the broker
-        batch = self._pending[: self.cfg.batch_size]
+    def _next_batch(self, waiting: list[_Batch]) -> _Batch | None:
+        """A retry that is due, else a full batch, else a partial one that waited long enough."""
+        now = time.monotonic()
+        for i, batch in enumerate(waiting):
+            if batch.due <= now:
+                return waiting.pop(i)
+        if not self._pending:
+            return None
+        full = len(self._pending) >= self.cfg.batch_size
+        if not full and now - self._pending[0].arrived < self.cfg.batch_wait_s:
+            return None
+        taken = self._pending[: self.cfg.batch_size]
         del self._pending[: self.cfg.batch_size]
-        return batch
+        return _Batch(taken)
 
-    def _run_in_thread(self, connection, fn: Callable[[], list[Outcome]]) -> list[Outcome]:  # noqa: ANN001
-        future: Future = self._pool.submit(fn)
-        future.add_done_callback(lambda _f: connection.add_callback_threadsafe(lambda: None))
-        while not future.done():
-            connection.process_data_events(time_limit=1.0)
-        return future.result()
+    def _wait_s(self, waiting: list[_Batch]) -> float:
+        """How long to wait for broker events before looking at the batches again."""
+        now = time.monotonic()
+        deadlines = [b.due for b in waiting]
+        if self._pending:
+            deadlines.append(self._pending[0].arrived + self.cfg.batch_wait_s)
+        wait = min([0.25, *(d - now for d in deadlines)])
+        return max(wait, 0.001)
 
-    def _handle(self, connection, channel, batch: list[_Delivery]) -> None:  # noqa: ANN001
-        """Process ``batch`` until every message is acknowledged, or stop is set."""
-        attempt = 0
-        todo = batch
-        while todo:
-            stats = BatchStats()
-            started = time.perf_counter()
-            messages = [Message(d.body, d.tag) for d in todo]
-            try:
-                outcomes = self._run_in_thread(
-                    connection, lambda m=messages, s=stats: self.process(m, s)
-                )
-            except Exception as e:  # noqa: BLE001 - a bug must not ack, drop or crash-loop
-                log.exception("batch failed unexpectedly; keeping its messages for a retry")
-                outcomes = [Outcome("retry", "internal_error", repr(e)) for _ in todo]
-            elapsed = time.perf_counter() - started
-            if self.on_batch is not None:
-                self.on_batch(stats, outcomes, elapsed)
-            retry = self._settle(channel, todo, outcomes)
-            if not retry:
-                return
-            todo = retry
-            if self.stop.is_set():
-                log.warning(
-                    "stopping with %d messages still failing transiently; the broker "
-                    "will redeliver them",
-                    len(todo),
-                )
-                return
-            delay = backoff_delay(attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
-            attempt += 1
-            first = next(o for o in outcomes if o.status == "retry")
-            log.warning(
-                "%d messages failed transiently (%s: %s); retry %d in %.1fs",
-                len(todo),
-                first.reason,
-                first.detail[:200],
-                attempt,
-                delay,
-                extra={"retry_reason": first.reason, "retry_in_s": delay, "messages": len(todo)},
-            )
-            deadline = time.monotonic() + delay
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                connection.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+    def _finish(
+        self,
+        channel,
+        batch: _Batch,
+        future: Future,
+        stats: BatchStats,
+        seconds: float,  # noqa: ANN001
+    ) -> _Batch | None:
+        """Settle a processed batch; the part to retry later, if any."""
+        try:
+            outcomes = future.result()
+        except Exception as e:  # noqa: BLE001 - a bug must not ack, drop or crash-loop
+            log.error("batch failed unexpectedly; keeping its messages for a retry", exc_info=e)
+            outcomes = [Outcome("retry", "internal_error", repr(e)) for _ in batch.deliveries]
+        if self.on_batch is not None:
+            self.on_batch(stats, outcomes, seconds)
+        retry = self._settle(channel, batch.deliveries, outcomes)
+        if not retry:
+            return None
+        delay = backoff_delay(batch.attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
+        first = next(o for o in outcomes if o.status == "retry")
+        log.warning(
+            "%d messages failed transiently (%s: %s); retry %d in %.1fs",
+            len(retry),
+            first.reason,
+            first.detail[:200],
+            batch.attempt + 1,
+            delay,
+            extra={
+                "retry_reason": first.reason,
+                "retry_in_s": delay,
+                "messages": len(retry),
+            },
+        )
+        return _Batch(retry, batch.attempt + 1, time.monotonic() + delay)
 
     def _settle(self, channel, todo: list[_Delivery], outcomes: list[Outcome]) -> list[_Delivery]:  # noqa: ANN001
         """Dead-letter and acknowledge what is done; return the deliveries to retry."""
         import pika
 
         retry: list[_Delivery] = []
-        done: list[_Delivery] = []
         for delivery, outcome in zip(todo, outcomes, strict=True):
             if outcome.status == "retry":
                 retry.append(delivery)
@@ -346,14 +381,8 @@ class Consumer:
                     ),
                     mandatory=True,
                 )
-            done.append(delivery)
-        if done and not retry and len(done) == len(todo):
-            # Everything before this batch is settled and later deliveries have larger
-            # tags, so one multiple-ack covers exactly this batch.
-            channel.basic_ack(max(d.tag for d in done), multiple=True)
-        else:
-            for delivery in done:
-                channel.basic_ack(delivery.tag)
+            # Batches finish out of order, so each message is acknowledged on its own.
+            channel.basic_ack(delivery.tag)
         return retry
 
 
