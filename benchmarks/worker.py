@@ -17,11 +17,15 @@ for every measurement, on this machine:
   score. Each event is a real photo read from its file, sent to the same server,
   committed, then acknowledged.
 
-Rounds rotate the order of the systems; the medians are reported, and the worker's ratio
-is the median of per-round ratios (worker / that round's best server figure), because
-this 2-core machine is shared and its load moves between measurements. The model's
-weights are random (speed does not depend on them). Prints a Markdown table and writes
-JSON (``--out``).
+Two more cells run one worker without its overlaps (``--batches-in-flight 1``, and also
+one request of ``--batch-size`` photos instead of two concurrent halves) to show what
+each buys. Rounds rotate the order of the cells; the medians are reported, and a
+worker's ratio is the median of per-round ratios (worker / that round's best server
+figure), because this 2-core machine is shared and its load moves between
+measurements. Next to the wall clock, CPU seconds per image of the server and of the
+workers (from /proc) give a view that depends less on that load. The model's weights
+are random (speed does not depend on them). Prints Markdown tables and writes JSON
+(``--out``).
 """
 
 from __future__ import annotations
@@ -194,7 +198,7 @@ def count_scores(db_url: str) -> int:
 
 def measure_workers(url: str, server_pid: int, paths: Sequence[Path], n_events: int,
                     workers: int, batch: int, db_kind: str, work: Path,
-                    timeout: float = 240.0) -> dict:
+                    extra_args: Sequence[str] = (), timeout: float = 240.0) -> dict:
     """Images/s from the first publish until every event's score is committed, and the CPU
     seconds per image of the server and of the workers (PostgreSQL's and RabbitMQ's own
     CPU is not counted)."""
@@ -218,7 +222,7 @@ def measure_workers(url: str, server_pid: int, paths: Sequence[Path], n_events: 
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "clazzify.cli", "worker", "--endpoint", url,
                      "--api-key", KEY, "--db", db_url, "--queue", queue, "--amqp-url", AMQP_URL,
-                     "--batch-size", str(batch), "--log-format", "json"],
+                     "--batch-size", str(batch), "--log-format", "json", *extra_args],
                     stdout=out, stderr=subprocess.STDOUT, cwd=ROOT))
         deadline = time.monotonic() + 120
         while not all("consuming" in f.read_text(errors="replace") for f in logs):
@@ -306,25 +310,33 @@ def main() -> None:
     log(f"{len(paths)} photos from {args.photos}, {sum(map(len, blobs)) / 1e6:.1f} MB")
     proc, url = start_server(bundle, work)
     names = ["server, 1 request in flight", "server, 2 requests in flight",
-             "worker x1", "worker x2"]
+             "worker x1", "worker x2", "worker x1, 1 batch in flight",
+             "worker x1, 1 batch in flight, 1 request of 32"]
     cells: dict[str, list[dict]] = {name: [] for name in names}
-    ratios: dict[str, list[float]] = {"worker x1": [], "worker x2": []}
+    ratios: dict[str, list[float]] = {name: [] for name in names[2:]}
     loads = [os.getloadavg()[0]]
+
+    def workers(n: int, *extra: str):  # noqa: ANN202
+        return lambda: measure_workers(url, proc.pid, paths, args.n_events, n, args.batch_size,
+                                       args.db, work, extra)
+
     runs = {
         names[0]: lambda: measure_server(url, proc.pid, blobs, args.batch_size, 1, args.seconds),
         names[1]: lambda: measure_server(url, proc.pid, blobs, args.batch_size, 2, args.seconds),
-        names[2]: lambda: measure_workers(url, proc.pid, paths, args.n_events, 1,
-                                          args.batch_size, args.db, work),
-        names[3]: lambda: measure_workers(url, proc.pid, paths, args.n_events, 2,
-                                          args.batch_size, args.db, work),
+        names[2]: workers(1),
+        names[3]: workers(2),
+        # the same worker without its two overlaps, to show what each one buys
+        names[4]: workers(1, "--batches-in-flight", "1"),
+        names[5]: workers(1, "--batches-in-flight", "1", "--request-size", str(args.batch_size),
+                          "--request-concurrency", "1"),
     }
-    order = [names[0], names[2], names[1], names[3]]
+    order = [names[0], names[2], names[4], names[1], names[3], names[5]]
     try:
         measure_server(url, proc.pid, blobs, args.batch_size, 1, 3.0)  # warm-up
         for r in range(args.rounds):
             # Rotate the order each round so no system always runs first or last.
             this_round = {}
-            for name in order[r % 4:] + order[: r % 4]:
+            for name in order[r % len(order):] + order[: r % len(order)]:
                 this_round[name] = runs[name]()
                 cells[name].append(this_round[name])
                 log(f"round {r + 1}: {name}: {this_round[name]['images_per_s']:.1f} images/s")
@@ -362,14 +374,13 @@ def main() -> None:
         "round_ratios": ratios, "cpu_bound_ratio": cpu_bound, "load_average_1min": loads,
     }
     print(markdown(summary))
-    per_round = {w: ", ".join(f"{v:.2f}" for v in ratios[w]) for w in ratios}
-    print(f"\nwall clock: one worker reaches {summary['worker1_vs_server']:.0%} (median of the "
-          f"per-round ratios {per_round['worker x1']}) of the server's best throughput "
-          f"(target >= 70%); two reach {summary['worker2_vs_server']:.0%} "
-          f"({per_round['worker x2']})."
-          f"\nCPU per image: one worker's path would reach {cpu_bound['worker x1']:.0%} of the "
-          f"server alone on a machine of its own (server + worker CPU vs server CPU); two "
-          f"{cpu_bound['worker x2']:.0%}.\n1-min load average "
+    print("\n| worker | wall clock vs server (median of rounds) | rounds | by CPU |")
+    print("|---|---:|---|---:|")
+    for w in ratios:
+        print(f"| {w} | {statistics.median(ratios[w]):.2f} | "
+              f"{', '.join(f'{v:.2f}' for v in ratios[w])} | {cpu_bound[w]:.2f} |")
+    print(f"\nTarget: one worker >= 0.70 of the server. 'by CPU': server CPU per image alone "
+          f"/ (server + worker CPU per image on the worker path). 1-min load average "
           f"{', '.join(f'{v:.1f}' for v in loads)} on {os.cpu_count()} CPUs")
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2))
