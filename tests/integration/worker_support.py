@@ -25,6 +25,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pika
+import pika.exceptions
 import psycopg
 import sqlalchemy as sa
 from serving_support import free_port
@@ -122,9 +123,20 @@ class Queues:
             out.append((dict(props.headers or {}), body))
 
     def close(self) -> None:
+        """Delete both queues, on a fresh connection if the broker dropped this one."""
+        try:
+            channel = self._ch if self._ch.is_open else None
+        except pika.exceptions.AMQPError:
+            channel = None
+        conn = None
+        if channel is None:
+            conn = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+            channel = conn.channel()
         for q in (self.name, self.dlq):
-            self._ch.queue_delete(queue=q)
-        self._conn.close()
+            channel.queue_delete(queue=q)
+        for c in (conn, self._conn):
+            if c is not None and c.is_open:
+                c.close()
 
 
 # -- S3 (moto) -------------------------------------------------------------------------------
