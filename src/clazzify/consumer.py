@@ -434,7 +434,7 @@ def run_worker(
 ) -> None:
     """Wire the endpoint client, the score repository and metrics into a consume loop.
 
-    Returns when ``stop`` is set (after the batch in flight) or the queue stayed idle
+    Returns when ``stop`` is set (after the batches in flight) or the queue stayed idle
     for ``consumer_cfg.idle_exit_s``.
     """
     from clazzify.endpoint_client import EndpointClient
