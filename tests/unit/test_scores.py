@@ -1,0 +1,170 @@
+"""The scores database on SQLite: migrations, idempotent upserts, views and queries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from clazzify.errors import ConfigError
+from clazzify.scores import (
+    Batch,
+    DeadLetter,
+    ImageRow,
+    ScoreRepository,
+    ScoreRow,
+    normalise_url,
+)
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> ScoreRepository:
+    r = ScoreRepository.open(f"sqlite:///{tmp_path}/scores.db")
+    yield r
+    r.close()
+
+
+def score(image_id: str, version: str = "1", **probs: float) -> ScoreRow:
+    probs = probs or {"food": 0.8, "ambiance": 0.1, "human": 0.05, "menu": 0.05}
+    return ScoreRow(image_id, "clazzify", version, probs, f"s3://uploads/{image_id}.jpg")
+
+
+def image(image_id: str, restaurant: str | None = "r1") -> ImageRow:
+    return ImageRow(image_id, f"s3://uploads/{image_id}.jpg", restaurant, "app")
+
+
+def test_normalise_url_picks_psycopg_and_accepts_paths() -> None:
+    assert normalise_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_url("postgres://u:p@h:5433/db") == "postgresql+psycopg://u:p@h:5433/db"
+    assert normalise_url("scores.db") == "sqlite:///scores.db"
+    with pytest.raises(ConfigError, match="not supported"):
+        normalise_url("mysql://u@h/db")
+
+
+def test_migrating_twice_is_harmless(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    ScoreRepository.open(url).close()
+    repo = ScoreRepository.open(url)
+    names = set(sa.inspect(repo.engine).get_table_names()) | set(
+        sa.inspect(repo.engine).get_view_names()
+    )
+    assert {
+        "scores",
+        "score_probabilities",
+        "images",
+        "manual_labels",
+        "dead_letters",
+        "alembic_version",
+        "latest_scores",
+        "class_scores",
+        "image_labels",
+    } <= names
+    repo.close()
+
+
+def test_saving_the_same_batch_twice_keeps_one_row_and_counts_the_writes(
+    repo: ScoreRepository,
+) -> None:
+    batch = Batch(images=[image("a")], scores=[score("a")])
+    repo.save(batch)
+    repo.save(batch)
+    with repo.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT image_id, label, writes FROM scores")).all()
+        n_probs = conn.scalar(sa.text("SELECT count(*) FROM score_probabilities"))
+    assert rows == [("a", "food", 2)]
+    assert n_probs == 4
+    assert repo.count_scores("clazzify", "1") == 1
+
+
+def test_a_new_model_version_gets_its_own_row_and_takes_over_the_views(
+    repo: ScoreRepository,
+) -> None:
+    repo.save(Batch(images=[image("a")], scores=[score("a", "1")]))
+    repo.save(Batch(scores=[score("a", "2", food=0.2, ambiance=0.7, human=0.05, menu=0.05)]))
+    assert repo.count_scores("clazzify") == 2
+    assert repo.scored_ids("clazzify", "2", ["a", "b"]) == {"a"}
+    assert repo.scored_ids("clazzify", "3", ["a"]) == set()
+    [row] = repo.restaurant_images("r1", "ambiance", model_name="clazzify")
+    assert (row["image_id"], row["model_version"]) == ("a", "2")
+    assert repo.restaurant_images("r1", "food", model_name="clazzify") == []
+
+
+def test_restaurant_images_are_best_first_and_filtered(repo: ScoreRepository) -> None:
+    repo.save(
+        Batch(
+            images=[image("a"), image("b"), image("c"), image("d", "r2")],
+            scores=[
+                score("a", ambiance=0.6, food=0.4),
+                score("b", ambiance=0.9, food=0.1),
+                score("c", ambiance=0.2, food=0.8),
+                score("d", ambiance=0.99, food=0.01),
+            ],
+        )
+    )
+    rows = repo.restaurant_images("r1", "ambiance", model_name="clazzify")
+    assert [r["image_id"] for r in rows] == ["b", "a"]
+    assert [
+        r["image_id"]
+        for r in repo.restaurant_images(
+            "r1", "ambiance", model_name="clazzify", min_probability=0.7
+        )
+    ] == ["b"]
+
+
+def test_review_queue_lists_each_queue_above_the_threshold(repo: ScoreRepository) -> None:
+    repo.save(
+        Batch(
+            images=[image(i) for i in "abc"],
+            scores=[
+                score("a", human=0.7, menu=0.6, food=0.1),
+                score("b", human=0.2, menu=0.9),
+                score("c", food=0.95, human=0.05),
+            ],
+        )
+    )
+    rows = repo.review_queue(["human", "menu"], model_name="clazzify", min_probability=0.5)
+    assert [(r["queue"], r["image_id"]) for r in rows] == [
+        ("human", "a"),
+        ("menu", "b"),
+        ("menu", "a"),
+    ]
+
+
+def test_relabel_candidates_are_disagreements_then_low_confidence(repo: ScoreRepository) -> None:
+    repo.save(
+        Batch(
+            images=[image(i) for i in "abcd"],
+            scores=[
+                score("a", food=0.95, menu=0.05),
+                score("b", food=0.45, ambiance=0.35, menu=0.2),
+                score("c", food=0.99, menu=0.01),
+                score("d", food=0.55, menu=0.45),
+            ],
+        )
+    )
+    repo.add_manual_labels([("a", "menu"), ("c", "food")], labelled_by="test")
+    rows = repo.relabel_candidates(model_name="clazzify", max_probability=0.6)
+    assert [(r["image_id"], r["disagrees"], r["manual_label"]) for r in rows] == [
+        ("a", 1, "menu"),
+        ("b", 0, None),
+        ("d", 0, None),
+    ]
+
+
+def test_dead_letters_are_recorded(repo: ScoreRepository) -> None:
+    repo.save(
+        Batch(dead_letters=[DeadLetter("missing_object", "NoSuchKey", "{}", "x", "s3://b/x")])
+    )
+    [row] = repo.dead_letter_rows()
+    assert (row["reason"], row["image_id"], row["uri"]) == ("missing_object", "x", "s3://b/x")
+
+
+def test_a_later_event_without_a_restaurant_keeps_the_known_one(repo: ScoreRepository) -> None:
+    repo.save(Batch(images=[image("a", "r9")], scores=[score("a")]))
+    repo.save(Batch(images=[image("a", None)], scores=[score("a")]))
+    assert [r["image_id"] for r in repo.restaurant_images("r9", "food", model_name="clazzify")] == [
+        "a"
+    ]
