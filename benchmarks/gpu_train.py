@@ -27,21 +27,10 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import h5py  # noqa: E402
 import numpy as np  # noqa: E402
+from common import write_random_hdf5  # noqa: E402
 
 MODELS = (("alexnet", 227), ("mobilenet_v2", 224), ("resnet50", 224))
-
-
-def write_hdf5(path: Path, rows: int, size: int) -> None:
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        images = f.create_dataset("images", (rows, size, size, 3), dtype=np.uint8, chunks=(32, size, size, 3))
-        for start in range(0, rows, 512):
-            n = min(512, rows - start)
-            images[start : start + n] = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
-        f["labels"] = rng.integers(0, 4, rows)
-        f.attrs.update(image_size=size, class_names=json.dumps(["ambiance", "food", "human", "menu"]))
 
 
 def matmul_peak(n: int, repeats: int) -> float:
@@ -82,7 +71,7 @@ def bench_model(arch: str, size: int, rows: int, batch: int, steps: int, tmp: Pa
     from clazzify.models import ModelSpec, build_model
 
     path = tmp / f"{arch}-{size}.h5"
-    write_hdf5(path, rows, size)
+    write_random_hdf5(path, rows, size)
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = build_model(ModelSpec(arch, num_classes=4, image_size=size))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=True)

@@ -17,17 +17,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-
-def write_file(path: Path, rows: int, size: int) -> None:
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        images = f.create_dataset("images", (rows, size, size, 3), dtype=np.uint8, chunks=(32, size, size, 3))
-        for start in range(0, rows, 256):
-            n = min(256, rows - start)
-            images[start : start + n] = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
-        f["labels"] = rng.integers(0, 4, rows)
-        f.attrs.update(image_size=size, class_names=json.dumps(["a", "b", "c", "d"]))
+from common import write_random_hdf5
 
 
 def rate_of(iterable, batch_size: int, max_batches: int) -> float:
@@ -57,7 +47,7 @@ def main() -> None:
     from clazzify.models import ModelSpec, build_model
 
     path = Path(tempfile.mkdtemp()) / "train.h5"
-    write_file(path, args.rows, args.image_size)
+    write_random_hdf5(path, args.rows, args.image_size)
     bs = args.batch_size
     batches = args.rows // bs - 1
     ours = rate_of(make_dataset([path], bs, shuffle=True, repeat=True), bs, batches)

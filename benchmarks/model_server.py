@@ -43,10 +43,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from common import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "benchmark-key-0123456789abcdef"
-PHOTOS = Path("/work/shared/datasets/restaurant-photos")
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "restaurant-photos"
 
 
 def log(msg: str) -> None:
@@ -117,15 +118,6 @@ def start(cmd: Sequence[str], port: int, health: str, env: dict[str, str], logfi
         time.sleep(0.5)
     proc.kill()
     raise RuntimeError(f"{cmd[:3]} not ready after {timeout}s: {logfile.read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 Request = tuple[str, bytes, dict[str, str]]

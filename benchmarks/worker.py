@@ -44,9 +44,11 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from common import stop
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "benchmark-key-0123456789abcdef"
-PHOTOS = Path("/work/shared/datasets/restaurant-photos")
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "restaurant-photos"
 PG_ADMIN = os.environ.get("CLAZZIFY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("CLAZZIFY_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
 VERSION = "bench-1"
@@ -114,15 +116,6 @@ def start_server(bundle: Path, work: Path) -> tuple[subprocess.Popen, str]:
         time.sleep(0.5)
     client.close()
     return proc, url
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def measure_server(url: str, server_pid: int, blobs: Sequence[bytes], batch: int,

@@ -20,13 +20,6 @@ from clazzify.scores import (
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> ScoreRepository:
-    r = ScoreRepository.open(f"sqlite:///{tmp_path}/scores.db")
-    yield r
-    r.close()
-
-
 def score(image_id: str, version: str = "1", **probs: float) -> ScoreRow:
     probs = probs or {"food": 0.8, "ambiance": 0.1, "human": 0.05, "menu": 0.05}
     return ScoreRow(image_id, "clazzify", version, probs, f"s3://uploads/{image_id}.jpg")

@@ -24,13 +24,6 @@ from clazzify.worker import (
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> ScoreRepository:
-    r = ScoreRepository.open(f"sqlite:///{tmp_path}/scores.db")
-    yield r
-    r.close()
-
-
 def plain(image_id: str, uri: str | Path, **extra: object) -> Message:
     return Message(json.dumps({"image_id": image_id, "uri": str(uri), **extra}).encode())
 
