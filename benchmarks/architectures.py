@@ -37,13 +37,14 @@ def run_one(arch: str, size: int, manifest: Path, work: Path, args: argparse.Nam
     cfg = TrainConfig(architecture=arch, epochs=args.epochs, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, patience=args.patience,
                       label_smoothing=args.label_smoothing)
-    out = work / f"{arch}-{size}"
+    name = f"{arch}@{size}{args.tag}"
+    out = work / name.replace("@", "-")
     if (out / "row.json").is_file():  # finished in an earlier, interrupted sweep
         return json.loads((out / "row.json").read_text())
     result = train_model(data, out, cfg, verbose=2)
     metrics = evaluate_model(result.bundle_dir, data / "test.h5", out / "eval")
     row = {
-        "run": f"{arch}@{size}",
+        "run": name,
         "test_accuracy": metrics.accuracy,
         "recall": metrics.recall,
         "min_recall": min(metrics.recall.values()),
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--work", type=Path, default=None, help="keep HDF5 files and models here")
     parser.add_argument("--skip-done", action="store_true", help="skip runs already in the results file")
+    parser.add_argument("--tag", default="", help="suffix for run names, to keep runs with other settings apart")
     args = parser.parse_args()
     if not args.source.is_dir():
         raise SystemExit(f"{args.source} not found: pass --source with real photos (class folders)")
@@ -99,7 +101,7 @@ def main() -> None:
     rows = []
     for spec in args.runs.split(","):
         arch, size = spec.split("@")
-        if spec in done:
+        if spec + args.tag in done:
             continue
         start = time.perf_counter()
         row = run_one(arch, int(size), manifest, work, args)

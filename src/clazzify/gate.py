@@ -17,13 +17,14 @@ class GateConfig:
         min_accuracy: absolute floor on test accuracy, in [0, 1].
         max_regression: how much lower than the champion's accuracy (re-measured on
             the same test split) the challenger may be, in [0, 1].
-        min_class_recall: recall floor applied to every class, in [0, 1]; 0 disables it.
+        min_class_recall: recall floor applied to every class, in [0, 1]; on by default
+            (0.5), so no class can be silently sacrificed to the average; 0 disables it.
         class_recall: per-class floors overriding ``min_class_recall`` ({class: floor}).
     """
 
     min_accuracy: float = 0.5
     max_regression: float = 0.0
-    min_class_recall: float = 0.0
+    min_class_recall: float = 0.5
     class_recall: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -14,7 +14,8 @@ from pipelines.train import parse_overrides, run_local, train_pipeline
 
 pytestmark = pytest.mark.components
 
-TINY = {"image_size": 32, "architecture": "compact", "epochs": 1, "batch_size": 16, "patience": 0}
+TINY = {"image_size": 32, "architecture": "compact", "epochs": 1, "batch_size": 16, "patience": 0,
+        "min_class_recall": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +101,12 @@ def test_local_run_registers_then_gate_blocks(demo_dir: Path, tmp_path: Path):
     assert latest["tags.gate"] == "failed"
     assert "min_accuracy" in latest["tags.gate.reasons"]
     assert "champion" in latest["tags.gate.reasons"]  # it was compared with the champion
+
+
+def test_presets_are_valid_parameter_sets():
+    from pipelines.train import PRESETS
+
+    assert parse_overrides(PRESETS["original"])["architecture"] == "alexnet"
+    assert parse_overrides(PRESETS["original"])["image_size"] == 227
+    for values in PRESETS.values():
+        parse_overrides(values)  # every key exists and every value has the right type

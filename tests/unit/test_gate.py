@@ -51,3 +51,9 @@ def test_mis_set_gate_fails_loudly(kwargs):
 def test_unknown_class_fails_loudly():
     with pytest.raises(ConfigError, match="unknown class"):
         passes_gate(0.9, RECALL, GateConfig(class_recall={"pizza": 0.5}))
+
+
+def test_recall_floor_is_on_by_default():
+    decision = passes_gate(0.95, {"food": 1.0, "ambiance": 0.3}, GateConfig(min_accuracy=0.9))
+    assert not decision.passed
+    assert any("'ambiance'" in r for r in decision.reasons)
