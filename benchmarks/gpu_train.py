@@ -57,7 +57,9 @@ def forward_flops(model, size: int) -> float:
         y, _ = model.stateless_call(trainable, non_trainable, x, training=False)
         return y
 
-    lowered = jax.jit(fwd).lower(model.trainable_variables, model.non_trainable_variables, x)
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    lowered = jax.jit(fwd).lower(trainable, non_trainable, x)
     cost = lowered.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost.get("flops", 0.0))
