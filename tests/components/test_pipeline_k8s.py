@@ -167,6 +167,8 @@ def test_local_run_writes_the_deploy_manifest_and_says_so(tmp_path: Path):
             "epochs=1",
             "--set",
             "min_accuracy=0",
+            "--set",
+            "min_class_recall=0",
         ],
         cwd=ROOT,
         capture_output=True,
