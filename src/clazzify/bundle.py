@@ -133,11 +133,3 @@ def load_predictor(bundle_dir: Path, engine: str = "onnx") -> Predictor:
     if engine == "keras":
         return KerasPredictor(bundle_dir)
     raise DataError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
-
-
-def predict_batches(predictor: Predictor, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Predict a large array in batches."""
-    outs = [predictor.predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    if not outs:
-        return np.zeros((0, len(predictor.meta.class_names)), dtype=np.float32)
-    return np.concatenate(outs)

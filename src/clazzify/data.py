@@ -143,12 +143,6 @@ def make_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def read_all(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    """Load a (small) split into memory: ``(images, labels)``; used by evaluation."""
-    with h5py.File(path, "r") as f:
-        return f["images"][:], f["labels"][:]
-
-
 def pydataset(
     paths: Sequence[Path | str],
     batch_size: int,
