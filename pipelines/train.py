@@ -13,6 +13,14 @@ the tasks that read MinIO directly (ingest, preprocess, train for s3:// init wei
 get the credentials from the Secret `s3_secret` and the endpoint from the ConfigMap
 `s3_config` as environment variables. MLflow steps need no S3 keys: the tracking
 server proxies artifacts. The local runner ignores all of these settings.
+
+Scale-out: ingest deals the accepted images into shards of at most ``shard_size``
+(a pipeline parameter) and returns the shard numbers; preprocessing fans out over
+them with ``dsl.ParallelFor``, each task writing its own HDF5 shard; train and
+evaluate take every shard (``dsl.Collected``) and read them as one data set. KFP
+fixes a ParallelFor's ``parallelism`` when the pipeline is compiled (it is an
+``iteratorPolicy`` in the IR, not a run-time value), so it is an argument of the
+factory :func:`make_pipeline` and a ``--parallelism`` option of each command.
 """
 
 # No `from __future__ import annotations`: KFP reads the real annotation types.
@@ -61,120 +69,142 @@ def use_s3(task: dsl.PipelineTask, secret: str, config: str) -> dsl.PipelineTask
     return task
 
 
-@dsl.pipeline(
-    name="clazzify-train",
-    description="Ingest photos, build HDF5, train, gate against the champion, register in MLflow.",
-)
-def train_pipeline(
-    source: str,
-    mlflow_tracking_uri: str = "http://mlflow.clazzify.svc.cluster.local:5000",
-    mlflow_experiment: str = "clazzify",
-    model_name: str = "clazzify",
-    # Defaults: the winner of benchmarks/architectures.py on the real photos (test accuracy
-    # 0.904, every class's recall >= 0.886, 26.6 min on 2 CPU cores); --preset original
-    # gives the original system's AlexNet at 227 px.
-    image_size: int = 128,
-    architecture: str = "mobilenet_v2",
-    epochs: int = 40,
-    batch_size: int = 32,
-    learning_rate: float = 0.002,
-    patience: int = 15,
-    init_weights: str = "",
-    label_smoothing: float = 0.1,
-    class_weighting: str = "balanced",
-    augment_copies: int = 0,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    min_side: int = 32,
-    min_accuracy: float = 0.5,
-    max_regression: float = 0.0,
-    min_class_recall: float = 0.5,
-    seed: int = 42,
-    s3_secret: str = "clazzify-minio",
-    s3_config: str = "clazzify-s3",
-    accelerator_type: str = "nvidia.com/gpu",
-    gpu_count: int = 1,
-    train_cpu: str = "4",
-    train_memory: str = "16Gi",
-    train_node_selector: dict = {},  # noqa: B006 (KFP reads the default; never mutated)
-    artifacts_destination: str = "s3://mlflow",
-    serving_image: str = SERVING_IMAGE,
-    isvc_name: str = "clazzify",
-    serving_namespace: str = "",
-    deployment_mode: str = "Knative",
-    canary_traffic_percent: int = 10,
-    deploy_timeout_s: int = 900,
-):
-    ingest_task = ingest(
-        source=source, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, min_side=min_side
+#: Preprocessing tasks that run at once unless --parallelism says otherwise.
+DEFAULT_PARALLELISM = 8
+
+
+def make_pipeline(parallelism: int = DEFAULT_PARALLELISM):
+    """The pipeline with at most ``parallelism`` preprocessing shards at once (0 = no limit)."""
+    if parallelism < 0:
+        raise ValueError(f"parallelism must be >= 0 (0 = no limit), got {parallelism}")
+
+    @dsl.pipeline(
+        name="clazzify-train",
+        description="Ingest photos, build HDF5 shards in parallel, train, gate against the champion, "
+        "register in MLflow, deploy to KServe.",
     )
-    ingest_task.set_caching_options(False)  # a live source changes under the same parameters
-    size(use_s3(ingest_task, s3_secret, s3_config), **SMALL)
-    hdf5_task = preprocess(
-        manifest=ingest_task.outputs["manifest"],
-        image_size=image_size,
-        augment_copies=augment_copies,
-        seed=seed,
-        min_side=min_side,
-    )
-    # Cached: the manifest artifact pins every input image.
-    size(use_s3(hdf5_task, s3_secret, s3_config), **PREPROCESS)
-    train_task = train(
-        train_data=hdf5_task.outputs["train_data"],
-        architecture=architecture,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        patience=patience,
-        init_weights=init_weights,
-        label_smoothing=label_smoothing,
-        class_weighting=class_weighting,
-        seed=seed,
-        mlflow_tracking_uri=mlflow_tracking_uri,
-        mlflow_experiment=mlflow_experiment,
-    )
-    size(use_s3(train_task, s3_secret, s3_config),
-         train_cpu, train_cpu, train_memory, train_memory)
-    train_task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpu_count)
-    kubernetes.add_toleration(train_task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
-    kubernetes.add_node_selector_json(train_task, train_node_selector)
-    eval_task = evaluate(
-        model=train_task.outputs["model"],
-        train_data=hdf5_task.outputs["train_data"],
-        run_id=train_task.outputs["run_id"],
-        model_name=model_name,
-        min_accuracy=min_accuracy,
-        max_regression=max_regression,
-        min_class_recall=min_class_recall,
-        mlflow_tracking_uri=mlflow_tracking_uri,
-        mlflow_experiment=mlflow_experiment,
-    )
-    eval_task.set_caching_options(False)  # the champion it compares with can change
-    size(eval_task, **EVALUATE)
-    with dsl.If(eval_task.outputs["Output"] == "pass", name="gate-passed"):
-        register_task = register(
-            model=train_task.outputs["model"],
-            evaluation=eval_task.outputs["evaluation"],
-            run_id=train_task.outputs["run_id"],
-            model_name=model_name,
-            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    def train_pipeline(
+        source: str,
+        mlflow_tracking_uri: str = "http://mlflow.clazzify.svc.cluster.local:5000",
+        mlflow_experiment: str = "clazzify",
+        model_name: str = "clazzify",
+        # Defaults: the winner of benchmarks/architectures.py on the real photos (test accuracy
+        # 0.904, every class's recall >= 0.886, 26.6 min on 2 CPU cores); --preset original
+        # gives the original system's AlexNet at 227 px.
+        image_size: int = 128,
+        architecture: str = "mobilenet_v2",
+        epochs: int = 40,
+        batch_size: int = 32,
+        learning_rate: float = 0.002,
+        patience: int = 15,
+        init_weights: str = "",
+        label_smoothing: float = 0.1,
+        class_weighting: str = "balanced",
+        augment_copies: int = 0,
+        # 500k photos a day = 50 shards; each preprocessing pod (PREPROCESS) turns one into
+        # HDF5 in minutes. 0 = one shard.
+        shard_size: int = 10_000,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        min_side: int = 32,
+        min_accuracy: float = 0.5,
+        max_regression: float = 0.0,
+        min_class_recall: float = 0.5,
+        seed: int = 42,
+        s3_secret: str = "clazzify-minio",
+        s3_config: str = "clazzify-s3",
+        accelerator_type: str = "nvidia.com/gpu",
+        gpu_count: int = 1,
+        train_cpu: str = "4",
+        train_memory: str = "16Gi",
+        train_node_selector: dict = {},  # noqa: B006 (KFP reads the default; never mutated)
+        artifacts_destination: str = "s3://mlflow",
+        serving_image: str = SERVING_IMAGE,
+        isvc_name: str = "clazzify",
+        serving_namespace: str = "",
+        deployment_mode: str = "Knative",
+        canary_traffic_percent: int = 10,
+        deploy_timeout_s: int = 900,
+    ):
+        ingest_task = ingest(
+            source=source, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, min_side=min_side,
+            shard_size=shard_size,
+        )
+        ingest_task.set_caching_options(False)  # a live source changes under the same parameters
+        size(use_s3(ingest_task, s3_secret, s3_config), **SMALL)
+        # ingest returns the shard numbers; one preprocessing task per shard.
+        with dsl.ParallelFor(ingest_task.outputs["Output"], parallelism=parallelism, name="shards") as shard:
+            hdf5_task = preprocess(
+                manifest=ingest_task.outputs["manifest"],
+                image_size=image_size,
+                augment_copies=augment_copies,
+                seed=seed,
+                min_side=min_side,
+                shard=shard,
+            )
+            # Cached: the manifest artifact pins every input image.
+            size(use_s3(hdf5_task, s3_secret, s3_config), **PREPROCESS)
+        train_task = train(
+            train_data=dsl.Collected(hdf5_task.outputs["train_data"]),
+            architecture=architecture,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            patience=patience,
+            init_weights=init_weights,
+            label_smoothing=label_smoothing,
+            class_weighting=class_weighting,
+            seed=seed,
             mlflow_tracking_uri=mlflow_tracking_uri,
             mlflow_experiment=mlflow_experiment,
-        ).set_caching_options(False)
-        size(register_task, **SMALL)
-        deploy_task = deploy(
+        )
+        size(use_s3(train_task, s3_secret, s3_config),
+             train_cpu, train_cpu, train_memory, train_memory)
+        train_task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpu_count)
+        kubernetes.add_toleration(train_task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+        kubernetes.add_node_selector_json(train_task, train_node_selector)
+        eval_task = evaluate(
+            model=train_task.outputs["model"],
+            train_data=dsl.Collected(hdf5_task.outputs["train_data"]),
+            run_id=train_task.outputs["run_id"],
             model_name=model_name,
-            model_version=register_task.output,
+            min_accuracy=min_accuracy,
+            max_regression=max_regression,
+            min_class_recall=min_class_recall,
             mlflow_tracking_uri=mlflow_tracking_uri,
-            artifacts_destination=artifacts_destination,
-            serving_image=serving_image,
-            isvc_name=isvc_name,
-            serving_namespace=serving_namespace,
-            deployment_mode=deployment_mode,
-            canary_traffic_percent=canary_traffic_percent,
-            ready_timeout_s=deploy_timeout_s,
-        ).set_caching_options(False)  # the cluster's state is not among its inputs
-        size(deploy_task, **SMALL)
+            mlflow_experiment=mlflow_experiment,
+        )
+        eval_task.set_caching_options(False)  # the champion it compares with can change
+        size(eval_task, **EVALUATE)
+        with dsl.If(eval_task.outputs["Output"] == "pass", name="gate-passed"):
+            register_task = register(
+                model=train_task.outputs["model"],
+                evaluation=eval_task.outputs["evaluation"],
+                run_id=train_task.outputs["run_id"],
+                model_name=model_name,
+                pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                mlflow_experiment=mlflow_experiment,
+            ).set_caching_options(False)
+            size(register_task, **SMALL)
+            deploy_task = deploy(
+                model_name=model_name,
+                model_version=register_task.output,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                artifacts_destination=artifacts_destination,
+                serving_image=serving_image,
+                isvc_name=isvc_name,
+                serving_namespace=serving_namespace,
+                deployment_mode=deployment_mode,
+                canary_traffic_percent=canary_traffic_percent,
+                ready_timeout_s=deploy_timeout_s,
+            ).set_caching_options(False)  # the cluster's state is not among its inputs
+            size(deploy_task, **SMALL)
+
+    return train_pipeline
+
+
+train_pipeline = make_pipeline()
 
 
 def pipeline_parameters() -> dict[str, inspect.Parameter]:
@@ -254,7 +284,7 @@ def retarget_spec(spec: Any, registry: str | None) -> Any:
     return spec
 
 
-def compile_to(output: Path, registry: str | None) -> Path:
+def compile_to(output: Path, registry: str | None, parallelism: int = DEFAULT_PARALLELISM) -> Path:
     """Compile the pipeline to ``output``, images moved to ``registry`` when given."""
     import yaml
 
@@ -262,13 +292,19 @@ def compile_to(output: Path, registry: str | None) -> Path:
         retarget(IMAGES["pipeline"], registry)  # a malformed registry fails before any work
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--registry") from e
-    compiler.Compiler().compile(train_pipeline, str(output))
+    compiler.Compiler().compile(make_pipeline(parallelism), str(output))
     if registry:
         docs = [retarget_spec(d, registry) for d in yaml.safe_load_all(output.read_text())]
         output.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return output
 
 
+PARALLELISM_HELP = (
+    "Preprocessing shard tasks that run at once (0 = no limit); fixed at compile time by KFP. "
+    "The local runner runs at most 2 at once whatever this says."
+)
+parallelism_option = click.option("--parallelism", type=click.IntRange(min=0), default=DEFAULT_PARALLELISM,
+                                  show_default=True, help=PARALLELISM_HELP)
 REGISTRY_HELP = (
     "Registry the images were pushed to (make push REGISTRY=...); default: components/images.py's."
 )
@@ -283,13 +319,16 @@ def cli() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("train.yaml"),
               show_default=True, help="Where to write the KFP IR YAML.")
 @click.option("--registry", default=None, metavar="HOST/NS", help=REGISTRY_HELP)
-def compile_cmd(output: Path, registry: str | None) -> None:
+@parallelism_option
+def compile_cmd(output: Path, registry: str | None, parallelism: int) -> None:
     """Compile the pipeline to KFP IR YAML (what `kfp run create -f` takes)."""
-    compile_to(output, registry)
+    compile_to(output, registry, parallelism)
     click.echo(f"wrote {output}")
 
 
-def run_local(source: str, overrides: dict[str, Any], home: Path) -> dict[str, Any]:
+def run_local(
+    source: str, overrides: dict[str, Any], home: Path, parallelism: int = DEFAULT_PARALLELISM
+) -> dict[str, Any]:
     """Run the pipeline with the KFP local SubprocessRunner; returns a summary."""
     from kfp import local
 
@@ -306,7 +345,7 @@ def run_local(source: str, overrides: dict[str, Any], home: Path) -> dict[str, A
         pipeline_root=str(home / "kfp"),
         raise_on_error=True,
     )
-    train_pipeline(**args)
+    make_pipeline(parallelism)(**args)
     activate(TrackingConfig(args["mlflow_tracking_uri"], args.get("mlflow_experiment", "clazzify")))
     champion = champion_version(args.get("model_name", "clazzify"))
     return {
@@ -327,9 +366,10 @@ def run_local(source: str, overrides: dict[str, Any], home: Path) -> dict[str, A
               help=PRESET_HELP)
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=Path(".clazzify"),
               show_default=True, help="Local state: MLflow store and KFP outputs.")
-def run_cmd(is_local: bool, source: str, sets: tuple[str, ...], preset: str, home: Path) -> None:
+@parallelism_option
+def run_cmd(is_local: bool, source: str, sets: tuple[str, ...], preset: str, home: Path, parallelism: int) -> None:
     """Run the whole pipeline locally and print where the champion is."""
-    summary = run_local(source, parse_overrides(PRESETS[preset] + sets), home)
+    summary = run_local(source, parse_overrides(PRESETS[preset] + sets), home, parallelism)
     click.echo(json.dumps(summary, indent=2))
 
 
@@ -346,9 +386,10 @@ def run_cmd(is_local: bool, source: str, sets: tuple[str, ...], preset: str, hom
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="default", show_default=True,
               help=PRESET_HELP)
 @click.option("--registry", default=None, metavar="HOST/NS", help=REGISTRY_HELP)
+@parallelism_option
 def submit_cmd(host: str, experiment: str, namespace: str | None, token: str | None,
                run_name: str | None, sets: tuple[str, ...], params_file: Path | None,
-               preset: str, registry: str | None) -> None:
+               preset: str, registry: str | None, parallelism: int) -> None:
     """Submit the pipeline to a KFP API server and print the run URL."""
     import tempfile
 
@@ -359,7 +400,7 @@ def submit_cmd(host: str, experiment: str, namespace: str | None, token: str | N
         raise click.UsageError("--set source=s3://bucket/prefix is required for a cluster run")
     client = kfp.Client(host=host, namespace=namespace, existing_token=token)
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_to(Path(tmp) / "train.yaml", registry)
+        package = compile_to(Path(tmp) / "train.yaml", registry, parallelism)
         run = client.create_run_from_pipeline_package(
             str(package), arguments=args, experiment_name=experiment, run_name=run_name,
             namespace=namespace,

@@ -7,7 +7,7 @@ from components.images import PIPELINE_IMAGE
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def evaluate(
     model: Input[Model],
-    train_data: Input[Dataset],
+    train_data: Input[list[Dataset]],  # one per preprocessing shard; the test split is read
     run_id: str,
     model_name: str,
     min_accuracy: float,
@@ -28,7 +28,7 @@ def evaluate(
 
     gate = GateConfig(min_accuracy=min_accuracy, max_regression=max_regression, min_class_recall=min_class_recall)
     result, decision = evaluate_and_gate(
-        Path(model.path) / "bundle", Path(train_data.path), Path(evaluation.path), gate,
+        Path(model.path) / "bundle", [Path(d.path) for d in train_data], Path(evaluation.path), gate,
         model_name=model_name, tracking=TrackingConfig(mlflow_tracking_uri, mlflow_experiment, run_id=run_id),
     )
     for name, value in result.flat().items():

@@ -11,13 +11,14 @@ def preprocess(
     augment_copies: int,
     seed: int,
     min_side: int,
+    shard: int,
     train_data: Output[Dataset],
 ):
-    """Decode, resize and crop every image into train/val/test HDF5 files."""
+    """Decode, resize and crop one shard's images into train/val/test HDF5 shard files."""
     from pathlib import Path
 
     from clazzify.preprocess import PreprocessConfig, build_hdf5
 
     cfg = PreprocessConfig(image_size=image_size, augment_copies=augment_copies, seed=seed, min_side=min_side)
-    paths = build_hdf5(Path(manifest.path), Path(train_data.path), cfg, progress=False)
-    train_data.metadata.update({"splits": sorted(paths), "image_size": image_size})
+    paths = build_hdf5(Path(manifest.path), Path(train_data.path), cfg, shard=shard, progress=False)
+    train_data.metadata.update({"splits": sorted(paths), "image_size": image_size, "shard": shard})

@@ -9,7 +9,7 @@ from components.images import PIPELINE_GPU_IMAGE
 # The CUDA build of TensorFlow (the `gpu` extra); it runs on a CPU-only node too.
 @dsl.component(base_image=PIPELINE_GPU_IMAGE, install_kfp_package=False)
 def train(
-    train_data: Input[Dataset],
+    train_data: Input[list[Dataset]],  # one per preprocessing shard
     architecture: str,
     epochs: int,
     batch_size: int,
@@ -24,7 +24,7 @@ def train(
     model: Output[Model],
     learning_curve: Output[HTML],
 ) -> NamedTuple("TrainOutputs", [("run_id", str), ("best_val_accuracy", float)]):
-    """Train the model and export the bundle; logs the run to MLflow."""
+    """Train on every HDF5 shard and export the bundle; logs the run to MLflow."""
     import base64
     from collections import namedtuple
     from pathlib import Path
@@ -39,7 +39,7 @@ def train(
     )
     out = Path(model.path)
     result = train_model(
-        Path(train_data.path), out, cfg, tracking=TrackingConfig(mlflow_tracking_uri, mlflow_experiment)
+        [Path(d.path) for d in train_data], out, cfg, tracking=TrackingConfig(mlflow_tracking_uri, mlflow_experiment)
     )
     png = base64.b64encode((out / "learning_curve.png").read_bytes()).decode()
     Path(learning_curve.path).write_text(f'<img src="data:image/png;base64,{png}"/>')

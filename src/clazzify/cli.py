@@ -55,14 +55,17 @@ def demo_data(out_dir: Path, per_class: int, size: int, seed: int, bad_files: bo
 @click.option("--test-fraction", default=0.15, show_default=True)
 @click.option("--seed", default=42, show_default=True)
 @click.option("--min-side", default=32, show_default=True, help="Quarantine smaller images.")
+@click.option("--shard-size", default=0, show_default=True,
+              help="At most this many images per shard (the `shard` column; `preprocess --shard N` "
+              "builds one); 0 = one shard.")
 def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: float, seed: int,
-               min_side: int) -> None:
+               min_side: int, shard_size: int) -> None:
     """Validate, de-duplicate and split SOURCE (class folders, s3:// prefix or CSV/JSONL manifest)."""
     from clazzify.ingest import IngestConfig, ingest_images
 
     try:
         cfg = IngestConfig(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                           min_side=min_side)
+                           min_side=min_side, shard_size=shard_size)
         report = ingest_images(source, out_dir / "manifest.csv", out_dir, cfg)
     except ClazzifyError as e:
         _fail(e)
@@ -72,21 +75,24 @@ def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: f
 @main.command("preprocess")
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for train.h5, val.h5, test.h5.")
+              help="Folder for train.h5, val.h5, test.h5 (train-NNNNN.h5 ... with --shard).")
 @click.option("--image-size", default=227, show_default=True)
 @click.option("--augment-copies", default=0, show_default=True,
               help="Augmented variants written per training image.")
 @click.option("--workers", default=0, show_default=True, help="Processes (0 = one per core).")
 @click.option("--seed", default=42, show_default=True)
+@click.option("--shard", type=int, default=None,
+              help="Build only this shard of the manifest (see `ingest --shard-size`); "
+              "several shard outputs can share one folder, and train reads them all.")
 def preprocess_cmd(manifest: Path, out_dir: Path, image_size: int, augment_copies: int, workers: int,
-                   seed: int) -> None:
+                   seed: int, shard: int | None) -> None:
     """Build the HDF5 split files from an ingest MANIFEST."""
     from clazzify.preprocess import PreprocessConfig, build_hdf5
 
     try:
         cfg = PreprocessConfig(image_size=image_size, augment_copies=augment_copies, workers=workers,
                                seed=seed)
-        paths = build_hdf5(manifest, out_dir, cfg)
+        paths = build_hdf5(manifest, out_dir, cfg, shard=shard)
     except ClazzifyError as e:
         _fail(e)
     click.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
@@ -121,11 +127,12 @@ def train_cmd(data_dir: Path, out_dir: Path, architecture: str, epochs: int, bat
 
 @main.command("evaluate")
 @click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("test_h5", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("test_h5", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--engine", type=click.Choice(["onnx", "keras"]), default="onnx", show_default=True)
-def evaluate_cmd(bundle_dir: Path, test_h5: Path, out_dir: Path, engine: str) -> None:
-    """Evaluate a model bundle on an HDF5 split; writes metrics and plots."""
+def evaluate_cmd(bundle_dir: Path, test_h5: tuple[Path, ...], out_dir: Path, engine: str) -> None:
+    """Evaluate a model bundle on an HDF5 split (TEST_H5: one file or every shard); writes
+    metrics and plots."""
     from clazzify.evaluate import evaluate_model
 
     try:

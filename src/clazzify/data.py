@@ -34,6 +34,62 @@ class SplitInfo:
         return sum(self.rows)
 
 
+#: Where HDF5 files are: one folder, or several (one per preprocessing shard task).
+DataDirs = Path | str | Sequence[Path | str]
+
+
+def split_files(data_dirs: DataDirs, split: str) -> list[Path]:
+    """Every HDF5 file of ``split`` in ``data_dirs``: ``<split>.h5`` or shards ``<split>-*.h5``.
+
+    Raises:
+        DataError: a folder is missing, none holds the split, or one holds both a
+            whole-split file and shards (the rows would be read twice).
+    """
+    dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
+    paths: list[Path] = []
+    for folder in map(Path, dirs):
+        if not folder.is_dir():
+            raise DataError(f"{folder} is not a folder of HDF5 files: run preprocess first")
+        whole, shards = folder / f"{split}.h5", sorted(folder.glob(f"{split}-*.h5"))
+        if whole.is_file() and shards:
+            raise DataError(
+                f"{folder} holds both {whole.name} and {len(shards)} {split}-*.h5 shard(s): "
+                "they would be read twice; remove one or the other"
+            )
+        paths += [whole] if whole.is_file() else shards
+    if not paths:
+        where = ", ".join(str(d) for d in dirs)
+        raise DataError(f"no {split}.h5 (or {split}-*.h5 shards) in {where}: run preprocess first")
+    return paths
+
+
+def read_rows(paths: Sequence[Path | str], rows: np.ndarray, dataset: str = "images") -> np.ndarray:
+    """Rows of ``dataset`` by global index over ``paths`` read end to end, in ``rows``' order."""
+    rows = np.asarray(rows, dtype=np.int64)
+    offsets, parts, order = 0, [], []
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            n = f[dataset].shape[0]
+            mine = np.flatnonzero((rows >= offsets) & (rows < offsets + n))
+            if len(mine):
+                local = rows[mine] - offsets
+                sort = np.argsort(local, kind="stable")
+                # h5py wants increasing, unique indices; read those, then fan back out.
+                uniq, inverse = np.unique(local[sort], return_inverse=True)
+                block = f[dataset][uniq][inverse]
+                parts.append(block)
+                order.append(mine[sort])
+            offsets += n
+    if len(rows) and (rows.min() < 0 or rows.max() >= offsets):
+        raise DataError(f"row index out of range: the files hold {offsets} rows")
+    if not parts:
+        return np.empty((0,), dtype=np.uint8)
+    out = np.concatenate(parts)
+    result = np.empty_like(out)
+    result[np.concatenate(order)] = out
+    return result
+
+
 def inspect_split(paths: Sequence[Path | str]) -> SplitInfo:
     """Check that ``paths`` are compatible HDF5 shards and describe them."""
     if not paths:

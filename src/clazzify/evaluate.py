@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from clazzify.bundle import Predictor, load_predictor
+from clazzify.data import DataDirs, read_rows, split_files
 from clazzify.errors import DataError
 from clazzify.gate import GateConfig, GateDecision, passes_gate
 from clazzify.imaging import RESAMPLE
@@ -98,12 +99,17 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence
     )
 
 
-def iter_split(path: Path, block_rows: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(images, labels)`` in contiguous blocks (out of core)."""
-    with h5py.File(path, "r") as f:
-        n = f["images"].shape[0]
-        for start in range(0, n, block_rows):
-            yield f["images"][start : start + block_rows], f["labels"][start : start + block_rows]
+def _as_paths(paths: Path | Sequence[Path]) -> list[Path]:
+    return [paths] if isinstance(paths, (str, Path)) else list(paths)
+
+
+def iter_split(paths: Path | Sequence[Path], block_rows: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(images, labels)`` in contiguous blocks of each file in turn (out of core)."""
+    for path in _as_paths(paths):
+        with h5py.File(path, "r") as f:
+            n = f["images"].shape[0]
+            for start in range(0, n, block_rows):
+                yield f["images"][start : start + block_rows], f["labels"][start : start + block_rows]
 
 
 def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
@@ -115,36 +121,40 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
     )
 
 
-def predict_split(predictor: Predictor, path: Path, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and true labels for every row of an HDF5 split file."""
+def predict_split(
+    predictor: Predictor, paths: Path | Sequence[Path], batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and true labels for every row of HDF5 split files (read end to end)."""
     size = predictor.meta.image_size
     probs, labels = [], []
-    for images, y in iter_split(path, batch_size):
+    for images, y in iter_split(paths, batch_size):
         probs.append(predictor.predict(resize_batch(images, size)))
         labels.append(y)
     if not probs:
-        raise DataError(f"{path} holds no images to evaluate")
+        raise DataError(f"{', '.join(map(str, _as_paths(paths)))} hold(s) no images to evaluate")
     return np.concatenate(probs), np.concatenate(labels)
 
 
-def _misclassified_grid(path: Path, labels: np.ndarray, probs: np.ndarray, names: Sequence[str], out: Path) -> Path:
+def _misclassified_grid(
+    paths: Sequence[Path], labels: np.ndarray, probs: np.ndarray, names: Sequence[str], out: Path
+) -> Path:
     pred = probs.argmax(axis=1)
     wrong = np.flatnonzero(pred != labels)
     # Most confident mistakes first: the ones a person should look at.
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:GRID_MAX]
-    with h5py.File(path, "r") as f:
-        rows = np.sort(wrong)
-        images = f["images"][rows] if len(rows) else []
-    order = {int(r): i for i, r in enumerate(rows)}
-    shown = [images[order[int(i)]] for i in wrong]
+    shown = list(read_rows(paths, wrong)) if len(wrong) else []
     titles = [f"{names[labels[i]]} -> {names[pred[i]]} ({probs[i, pred[i]]:.2f})" for i in wrong]
     return plot_grid(shown, titles, out)
 
 
-def evaluate_model(bundle_dir: Path, test_path: Path, out_dir: Path, *, engine: str = "onnx") -> EvalMetrics:
-    """Evaluate a bundle on an HDF5 test split and write metrics and plots to ``out_dir``."""
+def evaluate_model(
+    bundle_dir: Path, test_paths: Path | Sequence[Path], out_dir: Path, *, engine: str = "onnx"
+) -> EvalMetrics:
+    """Evaluate a bundle on an HDF5 test split (one file or its shards); write metrics and
+    plots to ``out_dir``."""
+    test_paths = _as_paths(test_paths)
     predictor = load_predictor(bundle_dir, engine)
-    probs, labels = predict_split(predictor, test_path)
+    probs, labels = predict_split(predictor, test_paths)
     names = predictor.meta.class_names
     metrics = compute_metrics(labels, probs, names)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +163,7 @@ def evaluate_model(bundle_dir: Path, test_path: Path, out_dir: Path, *, engine: 
         json.dumps({"class_names": names, "matrix": metrics.confusion}, indent=2)
     )
     plot_confusion(np.array(metrics.confusion), names, out_dir / "confusion.png")
-    _misclassified_grid(test_path, labels, probs, names, out_dir / "misclassified.png")
+    _misclassified_grid(test_paths, labels, probs, names, out_dir / "misclassified.png")
     return metrics
 
 
@@ -177,7 +187,7 @@ def gate_markdown(decision: GateDecision, metrics: EvalMetrics) -> str:
 
 def evaluate_and_gate(
     bundle_dir: Path,
-    data_dir: Path,
+    data_dirs: DataDirs,
     out_dir: Path,
     gate: GateConfig,
     *,
@@ -190,10 +200,8 @@ def evaluate_and_gate(
         ConfigError: the gate is mis-set (names an unknown class).
         DataError: the test split is missing or empty.
     """
-    test_path = data_dir / "test.h5"
-    if not test_path.is_file():
-        raise DataError(f"no test.h5 in {data_dir}: the gate needs a test split")
-    metrics = evaluate_model(bundle_dir, test_path, out_dir)
+    test_paths = split_files(data_dirs, "test")  # the gate needs a test split
+    metrics = evaluate_model(bundle_dir, test_paths, out_dir)
     gate.check_classes(metrics.class_names)
     champion = None
     champion_metrics = None
@@ -205,7 +213,7 @@ def evaluate_and_gate(
         activate(tracking)
         champion = download_champion(model_name, out_dir / "champion")
         if champion:
-            champion_metrics = evaluate_model(champion.bundle_dir, test_path, out_dir / "champion_eval")
+            champion_metrics = evaluate_model(champion.bundle_dir, test_paths, out_dir / "champion_eval")
     decision = passes_gate(
         metrics.accuracy,
         metrics.recall,

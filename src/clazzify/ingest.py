@@ -29,7 +29,9 @@ from clazzify.errors import ConfigError, DataError, ImageError, StorageError
 from clazzify.imaging import ImageLimits, content_hash, decode_image
 
 SPLITS = ("train", "val", "test")
-MANIFEST_FIELDS = ("uri", "label", "split", "sha256", "width", "height", "group", "phash")
+MANIFEST_FIELDS = ("uri", "label", "split", "sha256", "width", "height", "group", "phash", "shard")
+#: Columns a split manifest may lack (older manifests); they read as the field default.
+OPTIONAL_FIELDS = frozenset({"phash", "shard"})
 #: JPEGs are validated with DCT scaling down to at least this side (pHash needs ~128 px).
 VALIDATE_DRAFT = 256
 #: Centre-crop scales hashed per image, so lightly cropped copies still match.
@@ -50,6 +52,8 @@ class IngestConfig:
         workers: decoding threads; 0 means two per CPU core.
         near_duplicate_distance: images whose perceptual hashes differ in at most this
             many of 64 bits are one group (never split apart); -1 turns this off.
+        shard_size: at most this many images per shard, the unit one preprocessing task
+            turns into HDF5 (the pipeline fans out over shards); 0 means one shard.
     """
 
     val_fraction: float = 0.15
@@ -59,8 +63,11 @@ class IngestConfig:
     max_pixels: int = 50_000_000
     workers: int = 0
     near_duplicate_distance: int = 8
+    shard_size: int = 0
 
     def __post_init__(self) -> None:
+        if self.shard_size < 0:
+            raise ConfigError(f"shard_size must be >= 0 (0 = one shard), got {self.shard_size}")
         if not -1 <= self.near_duplicate_distance <= 20:
             raise ConfigError(
                 f"near_duplicate_distance must be in [-1, 20] (-1 = off), got {self.near_duplicate_distance}"
@@ -103,6 +110,7 @@ class Record:
     group: str
     split: str = ""
     phash: str = ""
+    shard: int = 0
 
     @property
     def hashes(self) -> list[int]:
@@ -133,6 +141,12 @@ class IngestReport:
     duplicates_removed: int
     duplicate_groups: list[list[str]] = field(default_factory=list)
     near_duplicate_groups: list[list[str]] = field(default_factory=list)
+    shard_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def shards(self) -> list[int]:
+        """The shard numbers, what the pipeline's preprocessing fans out over."""
+        return list(range(len(self.shard_sizes)))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -145,6 +159,9 @@ class IngestReport:
             f"{sum(self.quarantined.values())} quarantined, "
             f"{self.duplicates_removed} exact duplicates removed, "
             f"{len(self.near_duplicate_groups)} near-duplicate groups kept within one split.",
+            "",
+            f"{len(self.shard_sizes)} shard(s) of {min(self.shard_sizes, default=0)}-"
+            f"{max(self.shard_sizes, default=0)} images for preprocessing.",
             "",
             "| class | " + " | ".join(SPLITS) + " | total |",
             "|---|" + "---:|" * (len(SPLITS) + 1),
@@ -389,6 +406,21 @@ def assign_splits(records: Sequence[Record], cfg: IngestConfig) -> list[Record]:
     return sorted(out, key=lambda r: (SPLITS.index(r.split), r.label, r.uri))
 
 
+def assign_shards(records: Sequence[Record], shard_size: int) -> list[int]:
+    """Deal ``records`` round-robin into shards of at most ``shard_size`` (0 = one shard).
+
+    Dealt in manifest order (split, then class), every shard gets a stratified slice
+    of every split and class, and shard sizes differ by at most one image.
+
+    Returns:
+        the number of images in each shard.
+    """
+    n_shards = max(1, -(-len(records) // shard_size)) if shard_size else 1
+    for i, rec in enumerate(records):
+        rec.shard = i % n_shards
+    return [len(range(i, len(records), n_shards)) for i in range(n_shards)]
+
+
 def _write_csv(path: Path, fields: Iterable[str], rows: Iterable[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
@@ -401,7 +433,7 @@ def read_split_manifest(path: Path) -> list[Record]:
     """Read a split manifest written by :func:`ingest_images`."""
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        missing = set(MANIFEST_FIELDS) - {"phash"} - set(reader.fieldnames or ())
+        missing = set(MANIFEST_FIELDS) - OPTIONAL_FIELDS - set(reader.fieldnames or ())
         if missing:
             raise DataError(f"{path} is not a split manifest: missing columns {sorted(missing)}")
         return [
@@ -413,7 +445,8 @@ def read_split_manifest(path: Path) -> list[Record]:
                 height=int(row["height"]),
                 group=row["group"],
                 split=row["split"],
-                phash=row.get("phash", ""),
+                phash=row.get("phash") or "",
+                shard=int(row.get("shard") or 0),
             )
             for row in reader
         ]
@@ -465,6 +498,7 @@ def ingest_images(
         reasons = Counter(r.reason for r in rejected)
         raise DataError(f"no usable image in {source}: all {len(items)} quarantined {dict(reasons)}")
     split = assign_splits(kept, cfg)
+    shard_sizes = assign_shards(split, cfg.shard_size)
 
     _write_csv(manifest_path, MANIFEST_FIELDS, (asdict(r) for r in split))
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -482,6 +516,7 @@ def ingest_images(
         duplicates_removed=len(accepted) - len(kept) - len(conflicts),
         duplicate_groups=dup_groups,
         near_duplicate_groups=near_groups,
+        shard_sizes=shard_sizes,
     )
     (report_dir / "report.json").write_text(report.to_json())
     (report_dir / "report.md").write_text(report.to_markdown())

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from clazzify.data import inspect_split, make_dataset
+from clazzify.data import DataDirs, inspect_split, make_dataset, read_rows, split_files
 from clazzify.errors import ConfigError, DataError
 from clazzify.models import ModelSpec, build_model
 from clazzify.plots import plot_grid
@@ -79,39 +80,61 @@ def fold_bounds(n: int, folds: int, unit: int = 1) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
-def _fit_predict(path: Path, held_out: tuple[int, int], rows: int, info, cfg: LabelIssueConfig) -> np.ndarray:
+def outside(rows: Sequence[int], held_out: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """(file, start, stop) segments of every row except the global range ``held_out``,
+    for files of ``rows`` rows read end to end."""
+    start, stop = held_out
+    segments, offset = [], 0
+    for i, n in enumerate(rows):
+        for a, b in ((offset, min(start, offset + n)), (max(stop, offset), offset + n)):
+            if b > a:
+                segments.append((i, a - offset, b - offset))
+        offset += n
+    return segments
+
+
+def _fit_predict(paths: Sequence[Path], held_out: tuple[int, int], info, cfg: LabelIssueConfig) -> np.ndarray:
     import keras
     import tensorflow as tf
 
     num_classes = len(info.class_names)
     start, stop = held_out
-    segments = [(0, a, b) for a, b in ((0, start), (stop, rows)) if b > a]
+    segments = outside(info.rows, held_out)
 
     def one_hot(x, y):
         return x, tf.one_hot(y, num_classes)
 
-    ds = make_dataset([path], cfg.batch_size, shuffle=True, seed=cfg.seed, segments=segments).map(one_hot)
+    ds = make_dataset(paths, cfg.batch_size, shuffle=True, seed=cfg.seed, segments=segments).map(one_hot)
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(ModelSpec(cfg.architecture, num_classes, info.image_size))
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="categorical_crossentropy")
     model.fit(ds, epochs=cfg.epochs, verbose=0, shuffle=False)
-    with h5py.File(path, "r") as f:
-        images = f["images"][start:stop]
+    images = read_rows(paths, np.arange(start, stop))
     return np.asarray(model.predict(images, batch_size=cfg.batch_size, verbose=0))
 
 
-def out_of_fold_probs(path: Path, cfg: LabelIssueConfig, *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities for every row of ``path`` from models that never saw that row."""
+def _column(paths: Sequence[Path], name: str) -> np.ndarray:
+    parts = []
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            data = f[name]
+            parts.append(data.asstr()[:] if data.dtype.kind == "O" else data[:])
+    return np.concatenate(parts)
+
+
+def out_of_fold_probs(
+    paths: Sequence[Path], cfg: LabelIssueConfig, *, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities for every row of ``paths`` (read end to end) from models that never saw that row."""
     from tqdm.auto import tqdm
 
-    info = inspect_split([path])
-    with h5py.File(path, "r") as f:
-        rows = int(f["images"].shape[0])
-        labels = f["labels"][:]
+    info = inspect_split(paths)
+    labels = _column(paths, "labels")
+    with h5py.File(paths[0], "r") as f:
         copies = int(f.attrs.get("augment_copies", 0))
-    probs = np.zeros((rows, len(info.class_names)), dtype=np.float32)
-    for start, stop in tqdm(fold_bounds(rows, cfg.folds, 1 + copies), desc="folds", disable=not progress):
-        probs[start:stop] = _fit_predict(path, (start, stop), rows, info, cfg)
+    probs = np.zeros((info.total, len(info.class_names)), dtype=np.float32)
+    for start, stop in tqdm(fold_bounds(info.total, cfg.folds, 1 + copies), desc="folds", disable=not progress):
+        probs[start:stop] = _fit_predict(paths, (start, stop), info, cfg)
     return probs, labels
 
 
@@ -126,21 +149,18 @@ def rank_label_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray
 
 
 def find_label_issues(
-    data_dir: Path, out_dir: Path, cfg: LabelIssueConfig = LabelIssueConfig(), *, progress: bool = True
+    data_dirs: DataDirs, out_dir: Path, cfg: LabelIssueConfig = LabelIssueConfig(), *, progress: bool = True
 ) -> LabelIssueReport:
-    """Score the training split out of fold and write the suspects for moderators.
+    """Score the training split (``train.h5`` or its shards) out of fold and write the
+    suspects for moderators.
 
     Raises:
-        DataError: no ``train.h5`` in ``data_dir`` or too few images for the folds.
+        DataError: no training files in ``data_dirs`` or too few images for the folds.
     """
-    path = data_dir / "train.h5"
-    if not path.is_file():
-        raise DataError(f"no train.h5 in {data_dir}: run preprocess first")
-    probs, labels = out_of_fold_probs(path, cfg, progress=progress)
-    with h5py.File(path, "r") as f:
-        uris = f["uris"].asstr()[:]
-        variant = f["variant"][:]
-        names = json.loads(f.attrs["class_names"])
+    paths = split_files(data_dirs, "train")
+    probs, labels = out_of_fold_probs(paths, cfg, progress=progress)
+    uris, variant = _column(paths, "uris"), _column(paths, "variant")
+    names = list(inspect_split(paths).class_names)
     originals = np.flatnonzero(variant == 0)  # score each photo once, not its augmented copies
     ranked, quality = rank_label_issues(labels[originals], probs[originals])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -160,8 +180,7 @@ def find_label_issues(
                 "corrected_label": "",
             })
     shown = [originals[i] for i in ranked[: cfg.grid]]
-    with h5py.File(path, "r") as f:
-        images = [f["images"][r] for r in shown]
+    images = list(read_rows(paths, np.array(shown, dtype=np.int64))) if shown else []
     titles = [f"{names[labels[r]]} -> {names[int(probs[r].argmax())]} ({probs[r].max():.2f})" for r in shown]
     grid_path = plot_grid(images, titles, out_dir / "label_issues.png")
     accuracy = float((probs[originals].argmax(axis=1) == labels[originals]).mean())

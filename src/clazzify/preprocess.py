@@ -1,5 +1,9 @@
 """Preprocess: decode, resize and crop every image into one HDF5 file per split.
 
+With ``shard=N`` only the manifest rows of shard N (assigned by ingest) are built,
+into ``<split>-0000N.h5``: the pipeline runs one such task per shard in parallel and
+training reads every shard through one input pipeline.
+
 Out of core: decoding runs in a process pool over small tasks, with a bounded
 number of tasks in flight, and each finished task is written straight to disk,
 so memory stays flat however large the dataset is.
@@ -205,28 +209,50 @@ def _mp_context():
     return multiprocessing.get_context("spawn" if unsafe or sys.platform != "linux" else "fork")
 
 
+def shard_file_name(split: str, shard: int | None) -> str:
+    """``train.h5`` for a whole manifest, ``train-00003.h5`` for shard 3."""
+    return f"{split}.h5" if shard is None else f"{split}-{shard:05d}.h5"
+
+
 def build_hdf5(
-    manifest_path: Path, out_dir: Path, cfg: PreprocessConfig = PreprocessConfig(), *, progress: bool = True
+    manifest_path: Path,
+    out_dir: Path,
+    cfg: PreprocessConfig = PreprocessConfig(),
+    *,
+    shard: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Path]:
     """Write ``train.h5``, ``val.h5`` and ``test.h5`` from a split manifest.
 
     Training rows are written in a seeded random order, so contiguous batch reads
-    (the fast way to read HDF5) already mix classes.
+    (the fast way to read HDF5) already mix classes. Class names and the dataset
+    fingerprint come from the whole manifest, so every shard agrees on them.
+
+    Args:
+        manifest_path: split manifest written by ingest.
+        out_dir: output folder.
+        cfg: image size, augmentation and worker settings.
+        shard: build only this shard's rows, into ``<split>-<shard:05d>.h5``.
+        progress: show a progress bar.
 
     Returns:
         split name -> HDF5 path, for the splits that have images.
 
     Raises:
-        DataError: the manifest is empty or an image no longer decodes.
+        DataError: the manifest is empty, has no such shard, or an image no longer decodes.
     """
-    records = read_split_manifest(manifest_path)
-    if not records:
+    everything = read_split_manifest(manifest_path)
+    if not everything:
         raise DataError(f"{manifest_path} lists no images")
-    class_names = sorted({r.label for r in records})
-    fingerprint = dataset_fingerprint(records)
+    class_names = sorted({r.label for r in everything})
+    fingerprint = dataset_fingerprint(everything)
+    records = everything if shard is None else [r for r in everything if r.shard == shard]
+    if not records:
+        shards = sorted({r.shard for r in everything})
+        raise DataError(f"{manifest_path} has no shard {shard}: its shards are {shards}")
     out_dir.mkdir(parents=True, exist_ok=True)
     by_split = {s: [r for r in records if r.split == s] for s in SPLITS}
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.seed if shard is None else [cfg.seed, shard])
     train = by_split["train"]
     by_split["train"] = [train[i] for i in rng.permutation(len(train))]
     total = sum(len(v) * (1 + (cfg.augment_copies if s == "train" else 0)) for s, v in by_split.items())
@@ -238,7 +264,7 @@ def build_hdf5(
             for split, recs in by_split.items():
                 if not recs:
                     continue
-                paths[split] = out_dir / f"{split}.h5"
+                paths[split] = out_dir / shard_file_name(split, shard)
                 _write_split(paths[split], split, recs, class_names, fingerprint, cfg, pool, bar)
     finally:
         if pool:
@@ -249,8 +275,10 @@ def build_hdf5(
         "fingerprint": fingerprint,
         "counts": {s: len(v) for s, v in by_split.items()},
         "augment_copies": cfg.augment_copies,
+        "shard": shard,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    name = "summary.json" if shard is None else f"summary-{shard:05d}.json"
+    (out_dir / name).write_text(json.dumps(summary, indent=2))
     return paths
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import clazzify
 from clazzify import storage
 from clazzify.bundle import BundleMeta, export_bundle
-from clazzify.data import inspect_split, make_dataset
+from clazzify.data import DataDirs, inspect_split, make_dataset, split_files
 from clazzify.errors import ConfigError, DataError, StorageError
 from clazzify.models import ModelSpec, build_model
 from clazzify.plots import plot_history
@@ -105,16 +105,6 @@ def balanced_class_weights(counts: Sequence[int]) -> dict[int, float]:
     return {i: (total / (k * n) if n else 0.0) for i, n in enumerate(counts)}
 
 
-def _split_paths(data_dir: Path, split: str) -> list[Path]:
-    """One ``<split>.h5`` or shards ``<split>-*.h5`` (sorted)."""
-    single = data_dir / f"{split}.h5"
-    shards = sorted(data_dir.glob(f"{split}-*.h5"))
-    paths = [single] if single.is_file() else shards
-    if not paths:
-        raise DataError(f"no {split}.h5 (or {split}-*.h5 shards) in {data_dir}")
-    return paths
-
-
 def class_counts(paths: list[Path], class_names: list[str]) -> dict[str, int]:
     counts: Counter[int] = Counter()
     for path in paths:
@@ -164,7 +154,7 @@ def _compile(model, cfg: TrainConfig, steps_per_epoch: int) -> None:
 
 
 def train_model(
-    data_dir: Path,
+    data_dirs: DataDirs,
     out_dir: Path,
     cfg: TrainConfig = TrainConfig(),
     *,
@@ -173,10 +163,11 @@ def train_model(
     callbacks: Sequence = (),
     verbose: int = 2,
 ) -> TrainResult:
-    """Train on ``data_dir/{train,val}.h5`` and write a bundle to ``out_dir/bundle``.
+    """Train on the train/val HDF5 files of ``data_dirs``; write a bundle to ``out_dir/bundle``.
 
     Args:
-        data_dir: folder written by :func:`clazzify.preprocess.build_hdf5`.
+        data_dirs: folder(s) written by :func:`clazzify.preprocess.build_hdf5`: whole
+            splits (``train.h5``) or shards (``train-00000.h5`` ...), all read as one set.
         out_dir: output folder (bundle, plots, history).
         cfg: training settings.
         tracking: log to this MLflow experiment/run; None logs nothing.
@@ -191,10 +182,10 @@ def train_model(
     import keras
     import tensorflow as tf
 
-    train_paths, val_paths = _split_paths(data_dir, "train"), _split_paths(data_dir, "val")
+    train_paths, val_paths = split_files(data_dirs, "train"), split_files(data_dirs, "val")
     info, val_info = inspect_split(train_paths), inspect_split(val_paths)
     if info.class_names != val_info.class_names or info.image_size != val_info.image_size:
-        raise DataError(f"train and val files in {data_dir} disagree on classes or image size")
+        raise DataError(f"train and val files in {data_dirs} disagree on classes or image size")
     class_names = list(info.class_names)
     num_classes = len(class_names)
     with h5py.File(train_paths[0], "r") as f:

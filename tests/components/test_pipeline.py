@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clazzify.ingest import read_split_manifest
 from components.images import PIPELINE_GPU_IMAGE, PIPELINE_IMAGE
-from pipelines.train import parse_overrides, run_local, train_pipeline
+from pipelines.train import DEFAULT_PARALLELISM, make_pipeline, parse_overrides, run_local, train_pipeline
 
 pytestmark = pytest.mark.components
 
@@ -38,7 +39,7 @@ def test_every_component_runs_in_the_project_image_without_installs(compiled):
 
 def test_register_runs_only_inside_the_gate(compiled):
     tasks = compiled["root"]["dag"]["tasks"]
-    assert {"ingest", "preprocess", "train", "evaluate"} <= set(tasks)
+    assert {"ingest", "train", "evaluate"} <= set(tasks)
     assert "register" not in tasks
     condition = next(t for name, t in tasks.items() if name.startswith("condition"))
     assert "pass" in condition["triggerPolicy"]["condition"]
@@ -46,10 +47,37 @@ def test_register_runs_only_inside_the_gate(compiled):
     assert "register" in inner
 
 
+def test_preprocessing_fans_out_over_the_shards_ingest_returns(compiled):
+    tasks = compiled["root"]["dag"]["tasks"]
+    loop_name, loop = next((name, t) for name, t in tasks.items() if name.startswith("for-loop"))
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--ingest-Output"
+    assert loop["iteratorPolicy"]["parallelismLimit"] == DEFAULT_PARALLELISM
+    assert list(compiled["components"][loop["componentRef"]["name"]]["dag"]["tasks"]) == ["preprocess"]
+    assert "preprocess" not in tasks
+    # train and evaluate each take the list of every shard's output
+    for consumer in ("train", "evaluate"):
+        source = tasks[consumer]["inputs"]["artifacts"]["train_data"]["taskOutputArtifact"]
+        assert source["producerTask"] == loop_name
+        assert source["outputArtifactKey"] == "pipelinechannel--preprocess-train_data"
+    ingest_out = compiled["components"]["comp-ingest"]["outputDefinitions"]["parameters"]["Output"]
+    assert ingest_out["parameterType"] == "LIST"
+
+
+def test_parallelism_is_set_at_compile_time(tmp_path):
+    out = tmp_path / "p3.yaml"
+    subprocess.run([sys.executable, "pipelines/train.py", "compile", "-o", str(out), "--parallelism", "3"],
+                   cwd=Path(__file__).parents[2], check=True, capture_output=True)
+    tasks = next(yaml.safe_load_all(out.read_text()))["root"]["dag"]["tasks"]
+    loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 3
+    with pytest.raises(ValueError, match="parallelism must be >= 0"):
+        make_pipeline(-1)
+
+
 def test_every_tunable_is_a_typed_parameter(compiled):
     params = compiled["root"]["inputDefinitions"]["parameters"]
     for name in ("source", "image_size", "architecture", "epochs", "batch_size", "learning_rate",
-                 "augment_copies", "min_accuracy", "max_regression", "model_name", "seed"):
+                 "augment_copies", "shard_size", "min_accuracy", "max_regression", "model_name", "seed"):
         assert name in params
     assert params["epochs"]["parameterType"] == "NUMBER_INTEGER"
     assert params["learning_rate"]["parameterType"] == "NUMBER_DOUBLE"
@@ -79,8 +107,13 @@ def test_local_run_registers_then_gate_blocks(demo_dir: Path, tmp_path: Path):
     from clazzify.registry import champion_version
     from clazzify.tracking import TrackingConfig, activate
 
-    first = run_local(str(demo_dir), {**TINY, "epochs": 2, "min_accuracy": 0.0}, tmp_path)
+    # 96 accepted images in shards of at most 40: three preprocessing tasks in the ParallelFor
+    first = run_local(str(demo_dir), {**TINY, "epochs": 2, "min_accuracy": 0.0, "shard_size": 40}, tmp_path)
     assert first["champion_version"] is not None
+    (run_dir,) = (tmp_path / "kfp").iterdir()
+    shard_files = sorted(p.name for p in run_dir.glob("for-loop-*-iteration-*/preprocess/train_data/train-*.h5"))
+    assert shard_files == ["train-00000.h5", "train-00001.h5", "train-00002.h5"]
+    manifest = read_split_manifest(run_dir / "ingest" / "manifest")
     activate(TrackingConfig(first["tracking_uri"]))
     mv = champion_version("clazzify")
     assert mv.tags["image_size"] == "32" and mv.tags["class_names"] == "ambiance,food,human,menu"
@@ -89,6 +122,8 @@ def test_local_run_registers_then_gate_blocks(demo_dir: Path, tmp_path: Path):
     assert run.data.tags["gate"] == "passed"
     assert "test_accuracy" in run.data.metrics and "val_accuracy" in run.data.metrics
     assert run.data.params["train.architecture"] == "compact"
+    # training read every shard: its row count is the manifest's training split
+    assert int(run.data.params["data.train_rows"]) == sum(r.split == "train" for r in manifest)
     assert run.data.params["gate.min_accuracy"] == "0.0"
     history = mlflow.MlflowClient().get_metric_history(mv.run_id, "loss")
     assert len(history) == 2

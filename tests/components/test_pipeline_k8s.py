@@ -85,7 +85,8 @@ def test_minio_credentials_come_from_a_secret_on_s3_tasks_only():
             assert "secretAsEnv" not in cfg, f"{task} needs no S3 keys (MLflow proxies artifacts)"
             continue
         (secret,) = cfg["secretAsEnv"]
-        assert secret["secretNameParameter"] == {"componentInputParameter": "s3_secret"}
+        # inside the ParallelFor the pipeline parameter arrives as a loop input
+        assert secret["secretNameParameter"]["componentInputParameter"] in {"s3_secret", "pipelinechannel--s3_secret"}
         assert {m["envVar"] for m in secret["keyToEnv"]} == {
             "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY",
@@ -97,9 +98,15 @@ def test_minio_credentials_come_from_a_secret_on_s3_tasks_only():
         assert not env & {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"}, "no keys as literals"
 
 
+def gate_task() -> tuple[str, dict]:
+    """The name and spec of the gate's dsl.If group in the root DAG."""
+    root = compiled()[0]["root"]["dag"]["tasks"]
+    return next((name, t) for name, t in root.items() if name.startswith("condition"))
+
+
 def test_register_and_deploy_run_inside_the_gate():
     root = compiled()[0]["root"]["dag"]["tasks"]
-    gate = root["condition-1"]
+    _, gate = gate_task()
     assert gate["triggerPolicy"]["condition"] == (
         "inputs.parameter_values['pipelinechannel--evaluate-Output'] == 'pass'"
     )
@@ -115,11 +122,14 @@ def test_register_and_deploy_run_inside_the_gate():
 
 def test_caching_only_where_inputs_are_captured():
     tasks = compiled()[0]["root"]["dag"]["tasks"]
-    gate = compiled()[0]["components"]["comp-condition-1"]["dag"]["tasks"]
+    gate_name, gate_spec = gate_task()
+    gate = compiled()[0]["components"][gate_spec["componentRef"]["name"]]["dag"]["tasks"]
+    loop = next(t for n, t in tasks.items() if n.startswith("for-loop"))
+    shards = compiled()[0]["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
     caching = {
         n: t.get("cachingOptions", {}).get("enableCache", False)
-        for n, t in {**tasks, **gate}.items()
-        if "componentRef" in t and n != "condition-1"
+        for n, t in {**tasks, **gate, **shards}.items()
+        if "componentRef" in t and n != gate_name and not n.startswith("for-loop")
     }
     assert caching == {
         "ingest": False,

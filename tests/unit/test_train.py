@@ -94,7 +94,7 @@ def test_bad_settings():
         ModelSpec(architecture="alexnet", init_weights="imagenet")
     with pytest.raises(ConfigError):
         TrainConfig(epochs=0)
-    with pytest.raises(DataError, match="no train.h5"):
+    with pytest.raises(DataError, match="not a folder of HDF5 files"):
         train_model(Path("/nonexistent"), Path("/tmp/x"))
 
 
