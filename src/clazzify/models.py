@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from clazzify.errors import ConfigError
 
 ARCHITECTURES = ("alexnet", "compact", "mobilenet_v2", "efficientnet_b0", "resnet50")
@@ -212,4 +214,24 @@ def inference_model(model):  # -> keras.Model
 
     inputs = keras.Input(model.input.shape[1:], dtype="uint8", name="image")
     x = model.get_layer("to_float")(inputs)
-    return keras.Model(inputs, model.get_layer("core")(x), name=model.name)
+    twin = keras.Model(inputs, model.get_layer("core")(x), name=model.name)
+    if not any(isinstance(layer, keras.layers.Normalization) for layer in twin._flatten_layers()):  # noqa: SLF001
+        return twin
+    return keras.models.clone_model(twin, clone_function=_fold_normalization, recursive=True)
+
+
+def _fold_normalization(layer):  # -> keras.Layer
+    """A ``Normalization`` layer as the equivalent per-channel ``Rescaling``; any other layer
+    itself (shared, weights and all).
+
+    Keras keeps a Normalization's mean and variance as eager tensors, which the ONNX
+    converter leaves as extra graph inputs (EfficientNet has one), so ONNX Runtime cannot
+    run the model on images alone; a Rescaling's constants are traced into the graph.
+    """
+    import keras
+
+    if not isinstance(layer, keras.layers.Normalization):
+        return layer
+    mean = np.asarray(layer.mean, dtype=np.float64).reshape(-1)
+    std = np.maximum(np.sqrt(np.asarray(layer.variance, dtype=np.float64).reshape(-1)), keras.config.epsilon())
+    return keras.layers.Rescaling(scale=(1 / std).tolist(), offset=(-mean / std).tolist(), name=layer.name)

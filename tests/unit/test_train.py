@@ -54,6 +54,27 @@ def test_onnx_and_keras_agree(tiny_bundle, hdf5_dir):
     assert np.abs(onnx - keras_probs).max() <= 1e-4
 
 
+def test_efficientnet_exports_to_onnx_that_takes_only_the_image(tmp_path):
+    """EfficientNet's Normalization layer keeps its statistics as eager tensors, which the
+    ONNX converter turned into extra graph inputs; the export folds it into the graph."""
+    import keras
+
+    from clazzify.bundle import export_bundle
+
+    model = build_model(ModelSpec("efficientnet_b0", 4, 32))
+    (norm,) = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Normalization)]
+    norm.adapt_mean.assign(np.array([100.0, 120.0, 90.0], dtype=np.float32))  # as ImageNet weights would
+    norm.adapt_variance.assign(np.array([900.0, 400.0, 2500.0], dtype=np.float32))
+    norm.finalize_state()
+    meta = BundleMeta(["a", "b", "c", "d"], 32, "efficientnet_b0", "fp", "0")
+    export_bundle(model, meta, tmp_path)
+    images = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    onnx = load_predictor(tmp_path, "onnx").predict(images)
+    keras_probs = load_predictor(tmp_path, "keras").predict(images)
+    assert onnx.shape == (8, 4)
+    assert np.abs(onnx - keras_probs).max() <= 1e-4
+
+
 def test_evaluate_writes_metrics_and_plots(tiny_bundle, hdf5_dir, tmp_path):
     metrics = evaluate_model(tiny_bundle, hdf5_dir / "test.h5", tmp_path)
     assert 0.0 <= metrics.accuracy <= 1.0 and metrics.n == sum(metrics.support.values())
