@@ -148,3 +148,21 @@ def test_training_and_evaluation_read_every_shard(sharded, tmp_path):
     metrics = evaluate_model(result.bundle_dir, split_files(dirs, "test"), tmp_path / "eval")
     assert metrics.n == inspect_split(split_files(dirs, "test")).total
     assert (tmp_path / "eval" / "misclassified.png").is_file()
+
+
+def test_label_issues_score_every_photo_of_every_shard(sharded, tmp_path):
+    import csv
+
+    from clazzify.label_issues import LabelIssueConfig, find_label_issues
+
+    _, dirs = sharded
+    paths = split_files(dirs, "train")
+    photos = set()
+    for path in paths:
+        with h5py.File(path) as f:
+            photos |= set(f["uris"].asstr()[f["variant"][:] == 0])
+    cfg = LabelIssueConfig(folds=2, epochs=1, batch_size=16, grid=4)
+    report = find_label_issues(dirs, tmp_path, cfg, progress=False)
+    assert report.scored == len(photos)  # augmented copies are not scored twice
+    rows = list(csv.DictReader((tmp_path / "label_issues.csv").open()))
+    assert {r["uri"] for r in rows} <= photos
