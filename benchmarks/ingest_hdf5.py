@@ -9,7 +9,10 @@ Measured on the same images, one after the other:
 - ``draft-1core``: the decode ceiling of one core (PIL with JPEG draft + fit), times the
   number of cores = the machine's limit for this work;
 - ``clazzify``: ``ingest_images`` (full decode, hash, dedupe, split) + ``build_hdf5``
-  (process pool, HDF5 writes included), and ``build_hdf5`` alone.
+  (process pool, HDF5 writes included), and ``build_hdf5`` alone;
+- ``clazzify, N shards``: the same manifest dealt into ``--shards`` shards and each built
+  by its own ``build_hdf5(shard=k)`` call, one after another, as one pipeline pod per
+  shard would (on a cluster they run side by side): the cost of sharding itself.
 
 Uses ../shared/datasets/restaurant-photos when present, else draws the synthetic set.
 Prints a Markdown table and writes JSON next to this script (results/ingest_hdf5.json).
@@ -83,6 +86,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=SHARED if SHARED.is_dir() else None)
     parser.add_argument("--image-size", type=int, default=227)
     parser.add_argument("--limit", type=int, default=0, help="use at most N images (0 = all)")
+    parser.add_argument("--shards", type=int, default=4, help="shards for the sharded build")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="clazzify-bench-"))
     source = args.source
@@ -119,6 +123,15 @@ def main() -> None:
     build_hdf5(tmp / "m.csv", tmp / "data", PreprocessConfig(image_size=size), progress=False)
     t_hdf5 = time.perf_counter() - start
     rows["clazzify build_hdf5 alone"] = report.accepted / t_hdf5
+    shard_size = -(-report.accepted // args.shards)
+    ingest_images(str(source), tmp / "sharded.csv", tmp / "report-sharded", IngestConfig(shard_size=shard_size),
+                  progress=False)
+    start = time.perf_counter()
+    for shard in range(args.shards):
+        build_hdf5(tmp / "sharded.csv", tmp / "shards", PreprocessConfig(image_size=size), shard=shard,
+                   progress=False)
+    t_shards = time.perf_counter() - start
+    rows[f"clazzify build_hdf5, {args.shards} shards in turn"] = report.accepted / t_shards
     rows["clazzify ingest + build_hdf5"] = report.accepted / (t_ingest + t_hdf5)
     base = rows["pil-loop (1 core)"]
     limit = rows[f"decode limit ({cores} cores x draft)"]
@@ -131,7 +144,8 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"images": len(paths), "image_size": size, "cores": cores,
                                "source": str(source), "images_per_s": rows,
-                               "ingest_s": t_ingest, "hdf5_s": t_hdf5}, indent=2))
+                               "ingest_s": t_ingest, "hdf5_s": t_hdf5, "hdf5_shards_s": t_shards,
+                               "shards": args.shards}, indent=2))
 
 
 if __name__ == "__main__":
