@@ -57,3 +57,12 @@ def test_recall_floor_is_on_by_default():
     decision = passes_gate(0.95, {"food": 1.0, "ambiance": 0.3}, GateConfig(min_accuracy=0.9))
     assert not decision.passed
     assert any("'ambiance'" in r for r in decision.reasons)
+
+
+def test_a_passing_recall_floor_names_the_class_closest_to_it():
+    cfg = GateConfig(min_class_recall=0.5, class_recall={"menu": 0.75})
+    decision = passes_gate(0.9, RECALL, cfg)  # food 0.9 vs 0.5, menu 0.8 vs 0.75
+    assert decision.passed
+    assert "every class's recall >= its floor (closest: 'menu' 0.8000 >= 0.7500)" in decision.reasons
+    off = passes_gate(0.9, RECALL, GateConfig(min_class_recall=0.0))
+    assert not any("floor" in r for r in off.reasons)  # no floor, nothing claimed
