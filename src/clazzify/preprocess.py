@@ -25,9 +25,8 @@ import json
 import multiprocessing
 import os
 import sys
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,24 +181,34 @@ def _write_split(
             )
             return pool.submit(decode_task, *args) if pool else decode_task(*args)
 
-        in_flight: deque[tuple[int, Future | np.ndarray]] = deque()
+        # task -> first row; written in the order tasks finish (each knows its rows), so
+        # one slow task (a 4000 px scan) never leaves the other workers idle behind it.
+        in_flight: dict[Future, int] = {}
         max_in_flight = 2 * (pool._max_workers if pool else 1)  # noqa: SLF001
         row = 0
         for task in _tasks(records, cfg.task_size):
-            in_flight.append((row, submit(task)))
+            pending = submit(task)
+            if isinstance(pending, np.ndarray):  # no pool: decoded already
+                _write(images, row, pending, bar)
+            else:
+                in_flight[pending] = row
             row += len(task) * (1 + copies)
-            while len(in_flight) >= max_in_flight:
-                _drain(images, in_flight, bar)
-        while in_flight:
-            _drain(images, in_flight, bar)
+            if len(in_flight) >= max_in_flight:
+                _drain(images, in_flight, bar, FIRST_COMPLETED)
+        _drain(images, in_flight, bar, ALL_COMPLETED)
     os.replace(tmp, path)
 
 
-def _drain(images: h5py.Dataset, in_flight: deque, bar: tqdm) -> None:
-    start, pending = in_flight.popleft()
-    block = pending.result() if isinstance(pending, Future) else pending
+def _write(images: h5py.Dataset, start: int, block: np.ndarray, bar: tqdm) -> None:
     images[start : start + len(block)] = block
     bar.update(len(block))
+
+
+def _drain(images: h5py.Dataset, in_flight: dict[Future, int], bar: tqdm, until: str) -> None:
+    """Write finished tasks' blocks: at least one (FIRST_COMPLETED) or all (ALL_COMPLETED)."""
+    done, _ = wait(list(in_flight), return_when=until)
+    for future in done:
+        _write(images, in_flight.pop(future), future.result(), bar)
 
 
 def _mp_context():
