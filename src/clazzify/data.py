@@ -38,6 +38,11 @@ class SplitInfo:
 DataDirs = Path | str | Sequence[Path | str]
 
 
+def as_paths(paths: Path | str | Sequence[Path | str]) -> list[Path]:
+    """One path or several, as a list of paths."""
+    return [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+
+
 def split_files(data_dirs: DataDirs, split: str) -> list[Path]:
     """Every HDF5 file of ``split`` in ``data_dirs``: ``<split>.h5`` or shards ``<split>-*.h5``.
 
@@ -45,9 +50,9 @@ def split_files(data_dirs: DataDirs, split: str) -> list[Path]:
         DataError: a folder is missing, none holds the split, or one holds both a
             whole-split file and shards (the rows would be read twice).
     """
-    dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
+    dirs = as_paths(data_dirs)
     paths: list[Path] = []
-    for folder in map(Path, dirs):
+    for folder in dirs:
         if not folder.is_dir():
             raise DataError(f"{folder} is not a folder of HDF5 files: run preprocess first")
         whole, shards = folder / f"{split}.h5", sorted(folder.glob(f"{split}-*.h5"))
@@ -61,6 +66,16 @@ def split_files(data_dirs: DataDirs, split: str) -> list[Path]:
         where = ", ".join(str(d) for d in dirs)
         raise DataError(f"no {split}.h5 (or {split}-*.h5 shards) in {where}: run preprocess first")
     return paths
+
+
+def read_column(paths: Sequence[Path | str], name: str) -> np.ndarray:
+    """Dataset ``name`` of every file in ``paths``, read end to end (strings decoded)."""
+    parts = []
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            data = f[name]
+            parts.append(data.asstr()[:] if data.dtype.kind == "O" else data[:])
+    return np.concatenate(parts)
 
 
 def read_rows(paths: Sequence[Path | str], rows: np.ndarray, dataset: str = "images") -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from clazzify.bundle import Predictor, load_predictor
-from clazzify.data import DataDirs, read_rows, split_files
+from clazzify.data import DataDirs, as_paths, read_rows, split_files
 from clazzify.errors import DataError
 from clazzify.gate import GateConfig, GateDecision, passes_gate
 from clazzify.imaging import RESAMPLE
@@ -99,13 +99,9 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence
     )
 
 
-def _as_paths(paths: Path | Sequence[Path]) -> list[Path]:
-    return [paths] if isinstance(paths, (str, Path)) else list(paths)
-
-
 def iter_split(paths: Path | Sequence[Path], block_rows: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(images, labels)`` in contiguous blocks of each file in turn (out of core)."""
-    for path in _as_paths(paths):
+    for path in as_paths(paths):
         with h5py.File(path, "r") as f:
             n = f["images"].shape[0]
             for start in range(0, n, block_rows):
@@ -131,7 +127,7 @@ def predict_split(
         probs.append(predictor.predict(resize_batch(images, size)))
         labels.append(y)
     if not probs:
-        raise DataError(f"{', '.join(map(str, _as_paths(paths)))} hold(s) no images to evaluate")
+        raise DataError(f"{', '.join(map(str, as_paths(paths)))} hold(s) no images to evaluate")
     return np.concatenate(probs), np.concatenate(labels)
 
 
@@ -152,7 +148,7 @@ def evaluate_model(
 ) -> EvalMetrics:
     """Evaluate a bundle on an HDF5 test split (one file or its shards); write metrics and
     plots to ``out_dir``."""
-    test_paths = _as_paths(test_paths)
+    test_paths = as_paths(test_paths)
     predictor = load_predictor(bundle_dir, engine)
     probs, labels = predict_split(predictor, test_paths)
     names = predictor.meta.class_names

@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from clazzify.data import DataDirs, inspect_split, make_dataset, read_rows, split_files
+from clazzify.data import DataDirs, inspect_split, make_dataset, read_column, read_rows, split_files
 from clazzify.errors import ConfigError, DataError
 from clazzify.models import ModelSpec, build_model
 from clazzify.plots import plot_grid
@@ -113,15 +113,6 @@ def _fit_predict(paths: Sequence[Path], held_out: tuple[int, int], info, cfg: La
     return np.asarray(model.predict(images, batch_size=cfg.batch_size, verbose=0))
 
 
-def _column(paths: Sequence[Path], name: str) -> np.ndarray:
-    parts = []
-    for path in paths:
-        with h5py.File(path, "r") as f:
-            data = f[name]
-            parts.append(data.asstr()[:] if data.dtype.kind == "O" else data[:])
-    return np.concatenate(parts)
-
-
 def out_of_fold_probs(
     paths: Sequence[Path], cfg: LabelIssueConfig, *, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +120,7 @@ def out_of_fold_probs(
     from tqdm.auto import tqdm
 
     info = inspect_split(paths)
-    labels = _column(paths, "labels")
+    labels = read_column(paths, "labels")
     with h5py.File(paths[0], "r") as f:
         copies = int(f.attrs.get("augment_copies", 0))
     probs = np.zeros((info.total, len(info.class_names)), dtype=np.float32)
@@ -159,7 +150,7 @@ def find_label_issues(
     """
     paths = split_files(data_dirs, "train")
     probs, labels = out_of_fold_probs(paths, cfg, progress=progress)
-    uris, variant = _column(paths, "uris"), _column(paths, "variant")
+    uris, variant = read_column(paths, "uris"), read_column(paths, "variant")
     names = list(inspect_split(paths).class_names)
     originals = np.flatnonzero(variant == 0)  # score each photo once, not its augmented copies
     ranked, quality = rank_label_issues(labels[originals], probs[originals])

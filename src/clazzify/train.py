@@ -22,7 +22,7 @@ import numpy as np
 import clazzify
 from clazzify import storage
 from clazzify.bundle import BundleMeta, export_bundle
-from clazzify.data import DataDirs, inspect_split, make_dataset, split_files
+from clazzify.data import DataDirs, inspect_split, make_dataset, read_column, split_files
 from clazzify.errors import ConfigError, DataError, StorageError
 from clazzify.models import ModelSpec, build_model
 from clazzify.plots import plot_history
@@ -106,10 +106,7 @@ def balanced_class_weights(counts: Sequence[int]) -> dict[int, float]:
 
 
 def class_counts(paths: list[Path], class_names: list[str]) -> dict[str, int]:
-    counts: Counter[int] = Counter()
-    for path in paths:
-        with h5py.File(path, "r") as f:
-            counts.update(f["labels"][:].tolist())
+    counts = Counter(read_column(paths, "labels").tolist())
     return {name: int(counts.get(i, 0)) for i, name in enumerate(class_names)}
 
 
