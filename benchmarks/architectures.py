@@ -19,12 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import PHOTOS
+
 from clazzify.evaluate import evaluate_model
 from clazzify.ingest import IngestConfig, ingest_images
 from clazzify.preprocess import PreprocessConfig, build_hdf5
 from clazzify.train import TrainConfig, train_model
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "restaurant-photos"
 DEFAULT_RUNS = "compact@96,compact@128,mobilenet_v2@128,efficientnet_b0@128,alexnet@227"
 RESULTS = Path(__file__).with_name("results") / "architectures.jsonl"
 
@@ -72,7 +73,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, default=SHARED)
+    parser.add_argument("--source", type=Path, default=PHOTOS)
     parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated ARCH@SIZE")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -5,11 +5,40 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+#: The real photos of ../shared (never copied into the repository).
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "restaurant-photos"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_bundle(work: Path, architecture: str, image_size: int) -> Path:
+    """An untrained model of the chosen architecture, exported as training exports it
+    (speed does not depend on the weights)."""
+    from clazzify.bundle import BundleMeta, export_bundle
+    from clazzify.models import ModelSpec, build_model
+
+    classes = ["ambiance", "food", "human", "menu"]
+    model = build_model(ModelSpec(architecture, len(classes), image_size, augment=True))
+    meta = BundleMeta(classes, image_size, architecture, "benchmark", "benchmark")
+    return export_bundle(model, meta, work / "bundle")
 
 
 def write_random_hdf5(path: Path, rows: int, size: int,

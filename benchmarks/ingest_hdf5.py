@@ -30,13 +30,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import PHOTOS
 from PIL import Image
 
 from clazzify.imaging import image_to_array
 from clazzify.ingest import IngestConfig, ingest_images, list_source
 from clazzify.preprocess import PreprocessConfig, build_hdf5
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "restaurant-photos"
 
 
 def pil_loop(paths: list[str], size: int) -> int:
@@ -83,7 +82,7 @@ def timed(fn, *args) -> tuple[int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, default=SHARED if SHARED.is_dir() else None)
+    parser.add_argument("--source", type=Path, default=PHOTOS if PHOTOS.is_dir() else None)
     parser.add_argument("--image-size", type=int, default=227)
     parser.add_argument("--limit", type=int, default=0, help="use at most N images (0 = all)")
     parser.add_argument("--shards", type=int, default=4, help="shards for the sharded build")

@@ -43,26 +43,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from common import stop
+from common import PHOTOS, build_bundle, free_port, log, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "benchmark-key-0123456789abcdef"
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "restaurant-photos"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def build_bundle(work: Path, architecture: str, image_size: int) -> Path:
-    """An untrained model of the chosen architecture, exported like training exports it."""
-    from clazzify.bundle import BundleMeta, export_bundle
-    from clazzify.models import ModelSpec, build_model
-
-    classes = ["ambiance", "food", "human", "menu"]
-    model = build_model(ModelSpec(architecture, len(classes), image_size, augment=True))
-    meta = BundleMeta(classes, image_size, architecture, "benchmark", "benchmark")
-    return export_bundle(model, meta, work / "bundle")
 
 
 def register(bundle: Path, tracking_uri: str) -> str:
@@ -92,12 +76,7 @@ def load_photos(folder: Path, n: int, seed: int) -> tuple[list[bytes], str]:
     return [p.read_bytes() for p in chosen], f"{len(chosen)} SYNTHETIC photos ({folder} absent)"
 
 
-def free_port() -> int:
-    import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(cmd: Sequence[str], port: int, health: str, env: dict[str, str], logfile: Path,

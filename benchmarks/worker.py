@@ -44,43 +44,19 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from common import stop
+from common import PHOTOS, build_bundle, free_port, log, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "benchmark-key-0123456789abcdef"
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "restaurant-photos"
 PG_ADMIN = os.environ.get("CLAZZIFY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("CLAZZIFY_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
 VERSION = "bench-1"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def build_bundle(work: Path, architecture: str, image_size: int) -> Path:
-    """An untrained model of the chosen architecture, exported as training exports it."""
-    from clazzify.bundle import BundleMeta, export_bundle
-    from clazzify.models import ModelSpec, build_model
-
-    classes = ["ambiance", "food", "human", "menu"]
-    model = build_model(ModelSpec(architecture, len(classes), image_size, augment=True))
-    meta = BundleMeta(classes, image_size, architecture, "benchmark", "benchmark")
-    return export_bundle(model, meta, work / "bundle")
 
 
 def pick_photos(folder: Path, n: int, seed: int) -> list[Path]:
