@@ -175,11 +175,13 @@ def test_end_to_end_plain_and_s3_events(
 def test_sigkill_mid_run_then_restart_scores_each_event_exactly_once(
     spawn, server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
 ) -> None:
-    n = 160
+    n = 320
     queues.publish([plain(f"p{i:03d}", photos[i % len(photos)]) for i in range(n)])
     args = worker_args(server_url, db_url, queues, "--batch-size", "4", "--prefetch", "8")
     first = spawn(args, "worker1")
-    wait_for(lambda: score_count(db_url) >= 12, 60, "the first scores")
+    # Poll tightly: on a quiet machine the tiny test model scores a batch in milliseconds,
+    # and a 0.2 s poll once saw the first worker finish all 160 events before the kill.
+    wait_for(lambda: score_count(db_url) >= 12, 60, "the first scores", interval=0.005)
     first.kill()  # SIGKILL: no chance to ack or clean up
     done_before = score_count(db_url)
     assert done_before < n, "the worker finished before it could be killed: raise n"
