@@ -17,8 +17,6 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-COPY components ./components
-COPY pipelines ./pipelines
 
 FROM build AS venv-gpu
 # The project itself, not a registry name: its dependency ranges live in pyproject.toml.

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from common import PHOTOS
 
-from clazzify.evaluate import evaluate_model
-from clazzify.ingest import IngestConfig, ingest_images
-from clazzify.preprocess import PreprocessConfig, build_hdf5
-from clazzify.train import TrainConfig, train_model
+from clazzify.training.evaluate import evaluate_model
+from clazzify.training.ingest import IngestConfig, ingest_images
+from clazzify.training.preprocess import PreprocessConfig, build_hdf5
+from clazzify.training.train import TrainConfig, train_model
 
 DEFAULT_RUNS = "compact@96,compact@128,mobilenet_v2@128,efficientnet_b0@128,alexnet@227"
 RESULTS = Path(__file__).with_name("results") / "architectures.jsonl"

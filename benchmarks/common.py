@@ -32,8 +32,9 @@ def free_port() -> int:
 def build_bundle(work: Path, architecture: str, image_size: int) -> Path:
     """An untrained model of the chosen architecture, exported as training exports it
     (speed does not depend on the weights)."""
-    from clazzify.bundle import BundleMeta, export_bundle
-    from clazzify.models import ModelSpec, build_model
+    from clazzify.core.bundle import BundleMeta
+    from clazzify.training.export import export_bundle
+    from clazzify.training.models import ModelSpec, build_model
 
     classes = ["ambiance", "food", "human", "menu"]
     model = build_model(ModelSpec(architecture, len(classes), image_size, augment=True))

@@ -18,8 +18,8 @@ from flask import Flask, jsonify, request
 def create_app(bundle_dir: Path) -> Flask:
     import keras
 
-    from clazzify.bundle import BundleMeta
-    from clazzify.imaging import image_to_array
+    from clazzify.core.bundle import BundleMeta
+    from clazzify.core.imaging import image_to_array
 
     meta = BundleMeta.load(bundle_dir)
     model = keras.models.load_model(bundle_dir / "model.keras", compile=False)

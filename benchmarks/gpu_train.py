@@ -3,7 +3,7 @@
     KERAS_BACKEND=jax python benchmarks/gpu_train.py [--rows 4096] [--steps 30] [--smoke]
 
 For alexnet@227, mobilenet_v2@224 and resnet50@224, with mixed precision (bf16):
-- ``hdf5``: model.fit fed by ``clazzify.data.pydataset`` (keras.utils.PyDataset reading
+- ``hdf5``: model.fit fed by ``clazzify.training.data.pydataset`` (keras.utils.PyDataset reading
   contiguous HDF5 blocks on threads) - what training on real files gets;
 - ``device``: the same train step on a batch already in device memory - the ceiling.
 It measures the GPU's bf16 matmul peak (8192^3 GEMMs) and reports, per model, the
@@ -69,8 +69,8 @@ def bench_model(arch: str, size: int, rows: int, batch: int, steps: int, tmp: Pa
     import jax
     import keras
 
-    from clazzify.data import pydataset
-    from clazzify.models import ModelSpec, build_model
+    from clazzify.training.data import pydataset
+    from clazzify.training.models import ModelSpec, build_model
 
     path = tmp / f"{arch}-{size}.h5"
     write_random_hdf5(path, rows, size)

@@ -33,9 +33,9 @@ import numpy as np
 from common import PHOTOS
 from PIL import Image
 
-from clazzify.imaging import image_to_array
-from clazzify.ingest import IngestConfig, ingest_images, list_source
-from clazzify.preprocess import PreprocessConfig, build_hdf5
+from clazzify.core.imaging import image_to_array
+from clazzify.training.ingest import IngestConfig, ingest_images, list_source
+from clazzify.training.preprocess import PreprocessConfig, build_hdf5
 
 
 def pil_loop(paths: list[str], size: int) -> int:
@@ -90,7 +90,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="clazzify-bench-"))
     source = args.source
     if source is None:
-        from clazzify.demo_data import write_demo_data
+        from clazzify.training.demo_data import write_demo_data
 
         source = tmp / "synthetic"
         write_demo_data(source, per_class=150, size=320, bad_files=False)

@@ -43,8 +43,8 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from clazzify.data import make_dataset
-    from clazzify.models import ModelSpec, build_model
+    from clazzify.training.data import make_dataset
+    from clazzify.training.models import ModelSpec, build_model
 
     path = Path(tempfile.mkdtemp()) / "train.h5"
     write_random_hdf5(path, args.rows, args.image_size)

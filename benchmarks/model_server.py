@@ -52,8 +52,8 @@ KEY = "benchmark-key-0123456789abcdef"
 def register(bundle: Path, tracking_uri: str) -> str:
     import mlflow
 
-    from clazzify.registry import register_bundle
-    from clazzify.tracking import TrackingConfig, activate
+    from clazzify.registry.tracking import TrackingConfig, activate
+    from clazzify.registry.versions import register_bundle
 
     activate(TrackingConfig(tracking_uri, experiment="serving-benchmark"))
     with mlflow.start_run() as run:
@@ -67,7 +67,7 @@ def load_photos(folder: Path, n: int, seed: int) -> tuple[list[bytes], str]:
         random.Random(seed).shuffle(files)
         chosen = files[:n]
         return [p.read_bytes() for p in chosen], f"{len(chosen)} real photos from {folder}"
-    from clazzify.demo_data import write_demo_data
+    from clazzify.training.demo_data import write_demo_data
 
     out = Path(tempfile.mkdtemp()) / "demo"
     write_demo_data(out, per_class=max(1, n // 4), size=320, seed=seed, bad_files=False)
@@ -161,10 +161,10 @@ def summarize(latencies: list[float], seconds: float, errors: int = 0) -> dict:
 def _predictors(bundle: Path, engine: str):
     """The in-process variants of ``engine`` worth trying (the best per batch counts)."""
     if engine == "onnx":
-        from clazzify.bundle import OnnxPredictor
+        from clazzify.core.bundle import OnnxPredictor
 
         return [OnnxPredictor(bundle, spinning=True), OnnxPredictor(bundle, spinning=False)]
-    from serving.engine import load_engine_predictor
+    from clazzify.serving.engine import load_engine_predictor
 
     return [load_engine_predictor(bundle, engine)]
 
@@ -197,7 +197,7 @@ def measure_engine(bundle: Path, engine: str, arrays: np.ndarray, seconds: float
 def measure_request_path(bundle: Path, engine: str, photos: Sequence[bytes],
                          image_size: int) -> dict:
     """Decode one photo then predict it, in-process, photo after photo: a server's floor."""
-    from clazzify.imaging import image_to_array
+    from clazzify.core.imaging import image_to_array
 
     predictor = _predictors(bundle, engine)[-1]
     decode, total = [], []
@@ -292,7 +292,7 @@ def main() -> None:
     photos, source = load_photos(args.photos, args.n_photos, seed=0)
     log(f"registered as models:/clazzify/{version}; {source}")
 
-    from clazzify.imaging import image_to_array
+    from clazzify.core.imaging import image_to_array
 
     arrays = np.stack([image_to_array(p, args.image_size) for p in photos])
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "CLAZZIFY_API_KEYS": KEY,

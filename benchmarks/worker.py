@@ -69,7 +69,7 @@ def pick_photos(folder: Path, n: int, seed: int) -> list[Path]:
 
 
 def start_server(bundle: Path, work: Path) -> tuple[subprocess.Popen, str]:
-    from clazzify.endpoint_client import EndpointClient, EndpointConfig
+    from clazzify.scoring.endpoint_client import EndpointClient, EndpointConfig
 
     port = free_port()
     keys = work / "api-keys"
@@ -98,7 +98,7 @@ def measure_server(url: str, server_pid: int, blobs: Sequence[bytes], batch: int
                    concurrency: int, seconds: float) -> dict:
     """Images/s of a closed loop of ``concurrency`` clients sending ``batch`` photos each,
     and the server's CPU seconds per image."""
-    from clazzify.endpoint_client import EndpointClient, EndpointConfig
+    from clazzify.scoring.endpoint_client import EndpointClient, EndpointConfig
 
     batches = [list(blobs[i : i + batch]) for i in range(0, len(blobs) - batch + 1, batch)]
     done = [0] * concurrency
@@ -153,7 +153,7 @@ def create_database(kind: str, work: Path) -> tuple[str, callable]:
 def count_scores(db_url: str) -> int:
     import sqlalchemy as sa
 
-    from clazzify.scores import create_db_engine
+    from clazzify.scoring.scores import create_db_engine
 
     engine = create_db_engine(db_url)
     try:
@@ -174,7 +174,7 @@ def measure_workers(url: str, server_pid: int, paths: Sequence[Path], n_events: 
     import pika
     import sqlalchemy as sa
 
-    from clazzify.scores import ScoreRepository, create_db_engine
+    from clazzify.scoring.scores import ScoreRepository, create_db_engine
 
     db_url, drop = create_database(db_kind, work)
     ScoreRepository.open(db_url).close()  # migrate once, outside the measurement

@@ -47,7 +47,7 @@ from components.train.component import train
 SMALL = {"cpu_request": "500m", "cpu_limit": "2", "memory_request": "1Gi", "memory_limit": "2Gi"}
 PREPROCESS = {"cpu_request": "2", "cpu_limit": "4", "memory_request": "4Gi", "memory_limit": "8Gi"}
 EVALUATE = {"cpu_request": "2", "cpu_limit": "4", "memory_request": "4Gi", "memory_limit": "8Gi"}
-# Secret keys -> environment variables (clazzify.storage reads these names).
+# Secret keys -> environment variables (clazzify.core.storage reads these names).
 S3_SECRET_KEYS = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
 S3_CONFIG_KEYS = {k: k for k in ("AWS_ENDPOINT_URL", "MINIO_SECURE")}
 
@@ -332,9 +332,9 @@ def run_local(
     """Run the pipeline with the KFP local SubprocessRunner; returns a summary."""
     from kfp import local
 
-    from clazzify import storage
-    from clazzify.registry import champion_version
-    from clazzify.tracking import TrackingConfig, activate, default_tracking_uri
+    from clazzify.core import storage
+    from clazzify.registry.tracking import TrackingConfig, activate, default_tracking_uri
+    from clazzify.registry.versions import champion_version
 
     if not storage.is_s3(source):
         source = str(Path(source).resolve())

@@ -1,8 +1,5 @@
-"""The clazzify model server: a KServe ``Model`` over :mod:`clazzify.predict`.
+"""The model server's entry point: ``python -m serving`` from a checkout, and the Dockerfile.
 
-Run it with ``python -m serving`` or ``clazzify serve`` (``--help`` lists the options).
-Modules: :mod:`serving.model` (the ``kserve.Model``), :mod:`serving.engine` (fetching and
-loading a model, alias watching), :mod:`serving.batching` (adaptive batching),
-:mod:`serving.http` (API keys, body limit, request metrics, the V2 infer route) and
-:mod:`serving.metrics` (Prometheus metrics).
+The server itself lives in :mod:`clazzify.serving` (``python -m clazzify.serving`` and
+``clazzify serve`` start the same one).
 """

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic 4-class set: 24 images per class, plus 4 bad files."""
-    from clazzify.demo_data import write_demo_data
+    from clazzify.training.demo_data import write_demo_data
 
     root = tmp_path_factory.mktemp("demo")
     write_demo_data(root, per_class=24, size=64, seed=1, bad_files=True)
@@ -27,8 +27,8 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def hdf5_dir(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train/val/test HDF5 files at 32 px built from :func:`demo_dir`."""
-    from clazzify.ingest import IngestConfig, ingest_images
-    from clazzify.preprocess import PreprocessConfig, build_hdf5
+    from clazzify.training.ingest import IngestConfig, ingest_images
+    from clazzify.training.preprocess import PreprocessConfig, build_hdf5
 
     work = tmp_path_factory.mktemp("hdf5")
     ingest_images(str(demo_dir), work / "manifest.csv", work / "report", IngestConfig(seed=3), progress=False)
@@ -39,7 +39,7 @@ def hdf5_dir(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(hdf5_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model bundle (.keras + ONNX + clazzify.json) trained for 2 epochs at 32 px."""
-    from clazzify.train import TrainConfig, train_model
+    from clazzify.training.train import TrainConfig, train_model
 
     out = tmp_path_factory.mktemp("model")
     cfg = TrainConfig(architecture="compact", epochs=2, batch_size=16, learning_rate=3e-3, patience=0)

@@ -23,9 +23,9 @@ def deploy(
     Outside a cluster (the local runner) it only writes the manifest it would apply."""
     from pathlib import Path
 
-    from clazzify.deploy import ServingConfig
-    from clazzify.rollout import deploy_version, in_cluster, own_namespace
-    from clazzify.tracking import TrackingConfig, activate
+    from clazzify.registry.tracking import TrackingConfig, activate
+    from clazzify.rollout.cluster import deploy_version, in_cluster, own_namespace
+    from clazzify.rollout.deploy import ServingConfig
 
     activate(TrackingConfig(mlflow_tracking_uri))
     cfg = ServingConfig(

@@ -22,9 +22,9 @@ def evaluate(
     """Evaluate on the test split against the champion; returns the gate verdict."""
     from pathlib import Path
 
-    from clazzify.evaluate import evaluate_and_gate, gate_markdown
-    from clazzify.gate import GateConfig
-    from clazzify.tracking import TrackingConfig
+    from clazzify.registry.tracking import TrackingConfig
+    from clazzify.training.evaluate import evaluate_and_gate, gate_markdown
+    from clazzify.training.gate import GateConfig
 
     gate = GateConfig(min_accuracy=min_accuracy, max_regression=max_regression, min_class_recall=min_class_recall)
     result, decision = evaluate_and_gate(

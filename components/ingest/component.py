@@ -19,7 +19,7 @@ def ingest(
     """List, validate, de-duplicate and split the source images; returns the shard numbers."""
     from pathlib import Path
 
-    from clazzify.ingest import IngestConfig, ingest_images
+    from clazzify.training.ingest import IngestConfig, ingest_images
 
     cfg = IngestConfig(
         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, min_side=min_side, shard_size=shard_size

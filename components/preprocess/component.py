@@ -17,7 +17,7 @@ def preprocess(
     """Decode, resize and crop one shard's images into train/val/test HDF5 shard files."""
     from pathlib import Path
 
-    from clazzify.preprocess import PreprocessConfig, build_hdf5
+    from clazzify.training.preprocess import PreprocessConfig, build_hdf5
 
     cfg = PreprocessConfig(image_size=image_size, augment_copies=augment_copies, seed=seed, min_side=min_side)
     paths = build_hdf5(Path(manifest.path), Path(train_data.path), cfg, shard=shard, progress=False)

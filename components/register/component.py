@@ -17,8 +17,8 @@ def register(
     """Register the gated model in MLflow and move the champion alias to it."""
     from pathlib import Path
 
-    from clazzify.register import register_model
-    from clazzify.tracking import TrackingConfig
+    from clazzify.registry.register import register_model
+    from clazzify.registry.tracking import TrackingConfig
 
     return register_model(
         Path(model.path) / "bundle", Path(evaluation.path) / "gate_report.json",

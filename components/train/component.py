@@ -29,8 +29,8 @@ def train(
     from collections import namedtuple
     from pathlib import Path
 
-    from clazzify.tracking import TrackingConfig
-    from clazzify.train import TrainConfig, train_model
+    from clazzify.registry.tracking import TrackingConfig
+    from clazzify.training.train import TrainConfig, train_model
 
     cfg = TrainConfig(
         architecture=architecture, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,

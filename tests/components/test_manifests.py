@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from clazzify import deploy
+from clazzify.rollout import deploy
 from components.images import IMAGES, SERVING_IMAGE
 
 pytestmark = pytest.mark.components

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clazzify.ingest import read_split_manifest
+from clazzify.training.ingest import read_split_manifest
 from components.images import PIPELINE_GPU_IMAGE, PIPELINE_IMAGE
 from pipelines.train import DEFAULT_PARALLELISM, make_pipeline, parse_overrides, run_local, train_pipeline
 
@@ -104,8 +104,8 @@ def test_cli_help_for_every_command():
 def test_local_run_registers_then_gate_blocks(demo_dir: Path, tmp_path: Path):
     import mlflow
 
-    from clazzify.registry import champion_version
-    from clazzify.tracking import TrackingConfig, activate
+    from clazzify.registry.tracking import TrackingConfig, activate
+    from clazzify.registry.versions import champion_version
 
     # 96 accepted images in shards of at most 40: three preprocessing tasks in the ParallelFor
     first = run_local(str(demo_dir), {**TINY, "epochs": 2, "min_accuracy": 0.0, "shard_size": 40}, tmp_path)

@@ -156,7 +156,7 @@ def test_images_equal_the_makefiles(registry):
 
 
 def test_local_run_writes_the_deploy_manifest_and_says_so(tmp_path: Path):
-    from clazzify.demo_data import write_demo_data
+    from clazzify.training.demo_data import write_demo_data
 
     write_demo_data(tmp_path / "data", per_class=12, size=48, seed=2, bad_files=False)
     out = subprocess.run(

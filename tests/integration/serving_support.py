@@ -97,7 +97,7 @@ def running_server(
     args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
     keys: str | None = f"{KEY},{OTHER_KEY}", ready_timeout: float = 120.0,
 ) -> Iterator[int]:
-    """Start ``python -m serving ARGS`` on a free port; yields the port once it is ready."""
+    """Start ``python -m clazzify.serving ARGS`` on a free port; yields the port once it is ready."""
     port = free_port()
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     full_env.pop("CLAZZIFY_API_KEYS", None)
@@ -105,7 +105,7 @@ def running_server(
         full_env["CLAZZIFY_API_KEYS"] = keys
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--http-port", str(port), *args],
+            [sys.executable, "-m", "clazzify.serving", "--http-port", str(port), *args],
             stdout=log, stderr=subprocess.STDOUT, env=full_env,
         )
     try:

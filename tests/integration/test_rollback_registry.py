@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from clazzify import rollout
-from clazzify.errors import ConfigError
+from clazzify.core.errors import ConfigError
+from clazzify.rollout import cluster as rollout
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import mlflow
     import mlflow.pyfunc
 
-    from clazzify.tracking import TrackingConfig, activate
+    from clazzify.registry.tracking import TrackingConfig, activate
 
     monkeypatch.chdir(tmp_path)
     activate(TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", "rollback-test"))

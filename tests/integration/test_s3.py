@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from clazzify import storage
-from clazzify.errors import StorageError
-from clazzify.ingest import IngestConfig, ingest_images, read_split_manifest
-from clazzify.storage import S3Settings
+from clazzify.core import storage
+from clazzify.core.errors import StorageError
+from clazzify.core.storage import S3Settings
+from clazzify.training.ingest import IngestConfig, ingest_images, read_split_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -91,8 +91,8 @@ def test_preflight_names_the_problem(s3_env, s3_server):
 def test_init_weights_from_s3(s3_env, tmp_path: Path):
     import numpy as np
 
-    from clazzify.models import ModelSpec, build_model
-    from clazzify.train import fetch_weights
+    from clazzify.training.models import ModelSpec, build_model
+    from clazzify.training.train import fetch_weights
 
     a = build_model(ModelSpec("compact", num_classes=4, image_size=32))
     a.save_weights(tmp_path / "w.weights.h5")
@@ -101,7 +101,7 @@ def test_init_weights_from_s3(s3_env, tmp_path: Path):
     b = build_model(ModelSpec("compact", num_classes=4, image_size=32, init_weights=local))
     for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
-    from clazzify.errors import ConfigError
+    from clazzify.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="cannot fetch init_weights"):
         fetch_weights("s3://photos/weights/missing.weights.h5", tmp_path / "run")

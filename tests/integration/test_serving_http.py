@@ -29,8 +29,11 @@ from serving_support import (
     v2_body,
 )
 
-from clazzify.bundle import ONNX_FILE, load_predictor
-from clazzify.predict import ServingLimits, images_to_batch
+from clazzify.core.bundle import ONNX_FILE, load_predictor
+from clazzify.serving.config import ServingLimits
+from clazzify.serving.protocol import images_to_batch
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +144,7 @@ def test_onnx_and_keras_engines_agree_on_the_test_split(tiny_bundle: Path, hdf5_
 
 def test_openvino_engines_agree_with_onnx(tiny_bundle: Path, hdf5_dir: Path):
     pytest.importorskip("openvino")
-    from serving.engine import OpenVinoPredictor
+    from clazzify.serving.engine import OpenVinoPredictor
 
     with h5py.File(hdf5_dir / "test.h5", "r") as f:
         images = f["images"][:]
@@ -199,12 +202,13 @@ def test_every_configured_key_is_accepted(server: Client, photos):
 @pytest.mark.parametrize("command", [["serving"], ["clazzify.cli", "serve"]])
 def test_server_refuses_to_start_without_keys_unless_insecure(tiny_bundle: Path, command):
     env = {k: v for k, v in os.environ.items() if k != "CLAZZIFY_API_KEYS"}
+    # `python -m serving` is the checkout's entry point: it runs from the repository root.
     proc = subprocess.run([sys.executable, "-m", *command, "--model-uri", str(tiny_bundle)],
-                          env=env, capture_output=True, text=True, timeout=60)
+                          env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode != 0
     assert "no API key configured" in proc.stderr and "--insecure" in proc.stderr
     usage = subprocess.run([sys.executable, "-m", *command, "--help"], capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=60, cwd=ROOT)
     assert usage.returncode == 0 and "--watch-alias" in usage.stdout
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from serving_support import Client, free_port, metric_value, running_server, v1_body
 
-from clazzify import storage
-from clazzify.errors import ConfigError
-from clazzify.predict import parse_model_uri
-from serving.engine import content_version, fetch_bundle, load_engine
+from clazzify.core import storage
+from clazzify.core.errors import ConfigError
+from clazzify.serving.config import parse_model_uri
+from clazzify.serving.engine import content_version, fetch_bundle, load_engine
 
 pytestmark = pytest.mark.integration
 
@@ -27,8 +27,8 @@ def registry(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
     """A local MLflow store (SQLite + artifacts folder) holding tiny_bundle as version 1."""
     import mlflow
 
-    from clazzify.registry import register_bundle
-    from clazzify.tracking import TrackingConfig, activate
+    from clazzify.registry.tracking import TrackingConfig, activate
+    from clazzify.registry.versions import register_bundle
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     activate(TrackingConfig(uri, experiment="serving-test"))

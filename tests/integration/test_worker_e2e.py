@@ -112,7 +112,7 @@ def scores(db_url: str) -> list[tuple]:
 def test_end_to_end_plain_and_s3_events(
     spawn, server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
 ) -> None:
-    from clazzify import storage
+    from clazzify.core import storage
 
     with s3_server(tmp_path / "moto.log") as s3_env:
         settings = storage.S3Settings.from_env(s3_env)
@@ -404,7 +404,7 @@ def test_backfill_resumes_and_the_query_commands_read_it(
         "relabel-import", str(export), "-o", str(out), "--record-labels", "--db", db_url
     )
     assert "5 labelled photos" in said
-    from clazzify.ingest import read_manifest
+    from clazzify.training.ingest import read_manifest
 
     assert [i.label for i in read_manifest(str(out))] == ["menu"] * 5
     assert query(db_url, "SELECT count(*) FROM manual_labels")[0][0] == 5

@@ -72,7 +72,7 @@ def via_port(db_url: str, port: int) -> str:
 
 
 def query(db_url: str, sql: str) -> list[tuple]:
-    from clazzify.scores import create_db_engine
+    from clazzify.scoring.scores import create_db_engine
 
     engine = create_db_engine(db_url)
     try:

@@ -1,7 +1,7 @@
 """Test doubles for the scoring tests: an in-process scorer and tiny images.
 
 The scorer answers like the model server does: it decodes every image with
-``clazzify.imaging.image_to_array`` and rejects the whole request with a permanent
+``clazzify.core.imaging.image_to_array`` and rejects the whole request with a permanent
 (HTTP 400-like) error when one image is bad, so ``process_batch`` must isolate it.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clazzify.endpoint_client import EndpointError, Prediction
-from clazzify.errors import ImageError
-from clazzify.imaging import image_to_array
+from clazzify.core.errors import ImageError
+from clazzify.core.imaging import image_to_array
+from clazzify.scoring.endpoint_client import EndpointError, Prediction
 
 CLASSES = ("ambiance", "food", "human", "menu")
 

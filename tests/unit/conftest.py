@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from clazzify.scores import ScoreRepository
+from clazzify.scoring.scores import ScoreRepository
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clazzify.errors import ConfigError, DataError
-from serving.engine import AliasWatcher
+from clazzify.core.errors import ConfigError, DataError
+from clazzify.serving.engine import AliasWatcher
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from clazzify.models import ARCHITECTURES
+from clazzify.training.models import ARCHITECTURES
 
 pytestmark = pytest.mark.unit
 
@@ -15,7 +15,7 @@ SCRIPT = """
 import json, sys
 import numpy as np
 import keras
-from clazzify.models import ModelSpec, build_model
+from clazzify.training.models import ModelSpec, build_model
 assert keras.backend.backend() == "jax", keras.backend.backend()
 out = {}
 for arch in sys.argv[1:]:

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.batching import Batcher
+from clazzify.serving.batching import Batcher
 
 pytestmark = pytest.mark.unit
 

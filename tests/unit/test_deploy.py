@@ -6,9 +6,9 @@ import copy
 
 import pytest
 
-from clazzify import deploy
-from clazzify.deploy import KNATIVE, STANDARD, ServingConfig
-from clazzify.errors import ConfigError
+from clazzify.core.errors import ConfigError
+from clazzify.rollout import deploy
+from clazzify.rollout.deploy import KNATIVE, STANDARD, ServingConfig
 
 pytestmark = pytest.mark.unit
 

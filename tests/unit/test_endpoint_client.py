@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from clazzify.endpoint_client import (
+from clazzify.core.errors import ConfigError
+from clazzify.scoring.endpoint_client import (
     EndpointConfig,
     EndpointError,
     classify_status,
@@ -15,7 +16,6 @@ from clazzify.endpoint_client import (
     encode_infer_request,
     parse_prediction,
 )
-from clazzify.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 
@@ -139,7 +139,8 @@ def test_bad_endpoint_config_is_refused(kwargs: dict) -> None:
 def test_request_parses_with_the_model_servers_own_parser() -> None:
     from _scoring import png_bytes
 
-    from clazzify.predict import V2_BINARY_HEADER, ServingLimits, parse_v2_body, v2_images
+    from clazzify.serving.config import ServingLimits
+    from clazzify.serving.protocol import V2_BINARY_HEADER, parse_v2_body, v2_images
 
     images = [png_bytes((255, 0, 0)), b"\xff\xd8\xff\xe0 not utf-8 \x80\x81", png_bytes((0, 0, 9))]
     body, json_length = encode_infer_request(images)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from clazzify.events import EventError, UploadEvent, parse_message
+from clazzify.scoring.events import EventError, UploadEvent, parse_message
 
 pytestmark = pytest.mark.unit
 

@@ -1,7 +1,7 @@
 import pytest
 
-from clazzify.errors import ConfigError
-from clazzify.gate import GateConfig, passes_gate
+from clazzify.core.errors import ConfigError
+from clazzify.training.gate import GateConfig, passes_gate
 
 pytestmark = pytest.mark.unit
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clazzify.errors import ConfigError, ImageError
-from clazzify.imaging import ImageLimits, content_hash, decode_image, fit_square, image_to_array
+from clazzify.core.errors import ConfigError, ImageError
+from clazzify.core.imaging import ImageLimits, content_hash, decode_image, fit_square, image_to_array
 
 pytestmark = pytest.mark.unit
 

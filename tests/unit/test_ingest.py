@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clazzify.errors import ConfigError, DataError
-from clazzify.ingest import (
+from clazzify.core.errors import ConfigError, DataError
+from clazzify.training.ingest import (
     IngestConfig,
     Record,
     assign_splits,
@@ -195,7 +195,7 @@ def test_near_duplicates_never_span_splits(tmp_path: Path):
 
 
 def test_near_duplicate_banding_finds_every_close_pair():
-    from clazzify.ingest import hash_distance, near_duplicate_pairs
+    from clazzify.training.ingest import hash_distance, near_duplicate_pairs
 
     rng = np.random.default_rng(0)
     base = [int(v) for v in rng.integers(0, 2**63, 40, dtype=np.int64)]

@@ -5,8 +5,14 @@ import h5py
 import numpy as np
 import pytest
 
-from clazzify.errors import ConfigError, DataError
-from clazzify.label_issues import RELABEL_FIELDS, LabelIssueConfig, find_label_issues, fold_bounds, rank_label_issues
+from clazzify.core.errors import ConfigError, DataError
+from clazzify.training.label_issues import (
+    RELABEL_FIELDS,
+    LabelIssueConfig,
+    find_label_issues,
+    fold_bounds,
+    rank_label_issues,
+)
 
 pytestmark = pytest.mark.unit
 

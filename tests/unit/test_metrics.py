@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from clazzify.errors import DataError
-from clazzify.evaluate import compute_metrics, expected_calibration_error
+from clazzify.core.errors import DataError
+from clazzify.training.evaluate import compute_metrics, expected_calibration_error
 
 pytestmark = pytest.mark.unit
 

@@ -11,22 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clazzify.errors import ClazzifyError, ConfigError
-from clazzify.imaging import image_to_array
-from clazzify.predict import (
+from clazzify.core.errors import ClazzifyError, ConfigError
+from clazzify.core.imaging import image_to_array
+from clazzify.serving.auth import bearer_token, is_open_path, key_matches, load_api_keys, route_label
+from clazzify.serving.config import ServeConfig, ServingLimits, parse_model_uri
+from clazzify.serving.protocol import (
     PayloadError,
-    ServeConfig,
-    ServingLimits,
-    bearer_token,
     check_probabilities,
     decode_b64,
     images_to_batch,
-    is_open_path,
-    key_matches,
-    load_api_keys,
-    parse_model_uri,
     parse_v2_body,
-    route_label,
     unpack_bytes_tensor,
     v1_images,
     v1_predictions,

@@ -4,12 +4,12 @@ import h5py
 import numpy as np
 import pytest
 
-from clazzify import storage
-from clazzify.data import block_index
-from clazzify.errors import ConfigError
-from clazzify.imaging import image_to_array
-from clazzify.ingest import IngestConfig, ingest_images, read_split_manifest
-from clazzify.preprocess import PreprocessConfig, augment_variant, build_hdf5, read_attrs
+from clazzify.core import storage
+from clazzify.core.errors import ConfigError
+from clazzify.core.imaging import image_to_array
+from clazzify.training.data import block_index
+from clazzify.training.ingest import IngestConfig, ingest_images, read_split_manifest
+from clazzify.training.preprocess import PreprocessConfig, augment_variant, build_hdf5, read_attrs
 
 pytestmark = pytest.mark.unit
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from _scoring import CLASSES, FakeScorer, write_images
 
-from clazzify.backfill import BackfillConfig, list_collection, score_collection
-from clazzify.errors import DataError
-from clazzify.ingest import read_manifest
-from clazzify.relabel import EXPORT_FIELDS, export_rows, read_relabels, write_csv, write_manifest
-from clazzify.scores import Batch, ImageRow, ScoreRepository, ScoreRow
+from clazzify.core.errors import DataError
+from clazzify.scoring.backfill import BackfillConfig, list_collection, score_collection
+from clazzify.scoring.relabel import EXPORT_FIELDS, export_rows, read_relabels, write_csv, write_manifest
+from clazzify.scoring.scores import Batch, ImageRow, ScoreRepository, ScoreRow
+from clazzify.training.ingest import read_manifest
 
 pytestmark = pytest.mark.unit
 

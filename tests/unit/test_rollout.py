@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clazzify import deploy, rollout
-from clazzify.deploy import KNATIVE, STANDARD, ServingConfig
-from clazzify.rollout import Resolved, RolloutError
+from clazzify.rollout import cluster as rollout
+from clazzify.rollout import deploy
+from clazzify.rollout.cluster import Resolved, RolloutError
+from clazzify.rollout.deploy import KNATIVE, STANDARD, ServingConfig
 
 pytestmark = pytest.mark.unit
 

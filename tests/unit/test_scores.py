@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from clazzify.errors import ConfigError
-from clazzify.scores import (
+from clazzify.core.errors import ConfigError
+from clazzify.scoring.scores import (
     Batch,
     DeadLetter,
     ImageRow,

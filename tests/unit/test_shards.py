@@ -11,11 +11,11 @@ import h5py
 import numpy as np
 import pytest
 
-from clazzify.data import inspect_split, read_rows, split_files
-from clazzify.errors import ConfigError, DataError
-from clazzify.ingest import SPLITS, IngestConfig, Record, assign_shards, ingest_images, read_split_manifest
-from clazzify.label_issues import outside
-from clazzify.preprocess import PreprocessConfig, build_hdf5
+from clazzify.core.errors import ConfigError, DataError
+from clazzify.training.data import inspect_split, read_rows, split_files
+from clazzify.training.ingest import SPLITS, IngestConfig, Record, assign_shards, ingest_images, read_split_manifest
+from clazzify.training.label_issues import outside
+from clazzify.training.preprocess import PreprocessConfig, build_hdf5
 
 pytestmark = pytest.mark.unit
 
@@ -137,8 +137,8 @@ def test_out_of_fold_segments_span_files(rows, held_out, expected):
 
 
 def test_training_and_evaluation_read_every_shard(sharded, tmp_path):
-    from clazzify.evaluate import evaluate_model
-    from clazzify.train import TrainConfig, train_model
+    from clazzify.training.evaluate import evaluate_model
+    from clazzify.training.train import TrainConfig, train_model
 
     _, dirs = sharded
     cfg = TrainConfig(architecture="compact", epochs=1, batch_size=16, patience=0)
@@ -153,7 +153,7 @@ def test_training_and_evaluation_read_every_shard(sharded, tmp_path):
 def test_label_issues_score_every_photo_of_every_shard(sharded, tmp_path):
     import csv
 
-    from clazzify.label_issues import LabelIssueConfig, find_label_issues
+    from clazzify.training.label_issues import LabelIssueConfig, find_label_issues
 
     _, dirs = sharded
     paths = split_files(dirs, "train")

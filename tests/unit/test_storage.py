@@ -1,8 +1,8 @@
 import pytest
 
-from clazzify import storage
-from clazzify.errors import StorageError
-from clazzify.storage import S3Settings
+from clazzify.core import storage
+from clazzify.core.errors import StorageError
+from clazzify.core.storage import S3Settings
 
 pytestmark = pytest.mark.unit
 

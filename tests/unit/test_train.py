@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clazzify.bundle import BundleMeta, load_predictor
-from clazzify.data import make_dataset
-from clazzify.errors import ConfigError, DataError
-from clazzify.evaluate import evaluate_model, iter_split
-from clazzify.models import ARCHITECTURES, ModelSpec, build_model
-from clazzify.train import TrainConfig, train_model
+from clazzify.core.bundle import BundleMeta, load_predictor
+from clazzify.core.errors import ConfigError, DataError
+from clazzify.training.data import make_dataset
+from clazzify.training.evaluate import evaluate_model, iter_split
+from clazzify.training.models import ARCHITECTURES, ModelSpec, build_model
+from clazzify.training.train import TrainConfig, train_model
 
 pytestmark = pytest.mark.unit
 
@@ -59,7 +59,7 @@ def test_efficientnet_exports_to_onnx_that_takes_only_the_image(tmp_path):
     ONNX converter turned into extra graph inputs; the export folds it into the graph."""
     import keras
 
-    from clazzify.bundle import export_bundle
+    from clazzify.training.export import export_bundle
 
     model = build_model(ModelSpec("efficientnet_b0", 4, 32))
     (norm,) = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Normalization)]
@@ -120,7 +120,7 @@ def test_bad_settings():
 
 
 def test_balanced_class_weights():
-    from clazzify.train import balanced_class_weights
+    from clazzify.training.train import balanced_class_weights
 
     w = balanced_class_weights([10, 30, 0])
     assert w == {0: pytest.approx(40 / 30), 1: pytest.approx(40 / 90), 2: 0.0}

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from clazzify.errors import ConfigError
-from clazzify.models import ModelSpec, build_model
+from clazzify.core.errors import ConfigError
+from clazzify.training.models import ModelSpec, build_model
 
 pytestmark = pytest.mark.unit
 

@@ -11,9 +11,9 @@ import sqlalchemy as sa
 import sqlalchemy.exc
 from _scoring import FakeScorer, write_images
 
-from clazzify.errors import StorageError
-from clazzify.scores import Batch, ScoreRepository
-from clazzify.worker import (
+from clazzify.core.errors import StorageError
+from clazzify.scoring.scores import Batch, ScoreRepository
+from clazzify.scoring.worker import (
     Message,
     ScoringConfig,
     backoff_delay,

@@ -8,8 +8,8 @@ import logging
 import pytest
 from prometheus_client import generate_latest
 
-from clazzify.worker import BatchStats, Outcome
-from clazzify.worker_metrics import JsonFormatter, WorkerMetrics
+from clazzify.scoring.metrics import JsonFormatter, WorkerMetrics
+from clazzify.scoring.worker import BatchStats, Outcome
 
 pytestmark = pytest.mark.unit
 
@@ -34,7 +34,7 @@ def test_observe_counts_outcomes_by_reason_and_version() -> None:
 
 def test_json_log_lines_carry_the_extra_fields() -> None:
     record = logging.LogRecord(
-        "clazzify.consumer", logging.INFO, __file__, 1, "batch: %d", (3,), None
+        "clazzify.scoring.consumer", logging.INFO, __file__, 1, "batch: %d", (3,), None
     )
     record.scored = 3
     doc = json.loads(JsonFormatter().format(record))

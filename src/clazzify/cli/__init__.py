@@ -1,0 +1,11 @@
+"""The ``clazzify`` command line: one click group (:mod:`.main`), its commands by subsystem.
+
+- :mod:`.training`: demo-data, ingest, preprocess, train, evaluate, find-label-issues;
+- :mod:`.scoring`: worker, enqueue, score, images, review-queue, relabel-export/-import;
+- :mod:`.serving`: serve, rollback.
+"""
+
+from clazzify.cli import scoring, serving, training  # noqa: F401  (registers the commands)
+from clazzify.cli.main import main
+
+__all__ = ["main"]

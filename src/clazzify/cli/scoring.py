@@ -1,0 +1,347 @@
+"""Scoring commands: the worker, enqueue/score, the scores database and the relabel round trip."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from clazzify.cli.main import fail as _fail
+from clazzify.cli.main import main
+from clazzify.core.errors import ClazzifyError
+
+_DB_HELP = "Scores database: postgresql://user@host/db or sqlite:///path (env CLAZZIFY_DB_URL)."
+
+
+def _db_option(fn):
+    from clazzify.scoring.scores import DEFAULT_DB_URL
+
+    return click.option("--db", "db_url", envvar="CLAZZIFY_DB_URL", default=DEFAULT_DB_URL,
+                        show_default=True, help=_DB_HELP)(fn)
+
+
+def _model_option(fn):
+    return click.option("--model-name", envvar="CLAZZIFY_MODEL_NAME", default="clazzify",
+                        show_default=True, help="Model name the scores are stored under.")(fn)
+
+
+def _endpoint_options(fn):
+    options = [
+        click.option("--endpoint", envvar="CLAZZIFY_ENDPOINT", required=True,
+                     help="Model server URL, e.g. http://127.0.0.1:8080 (env CLAZZIFY_ENDPOINT)."),
+        click.option("--api-key", envvar="CLAZZIFY_API_KEY", default=None,
+                     help="API key of the model server (env CLAZZIFY_API_KEY)."),
+        click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=None, help="Read the API key from the first line of this file."),
+        click.option("--timeout", default=30.0, show_default=True,
+                     help="Seconds one inference request may take."),
+        click.option("--class-names", default="",
+                     help="Comma-separated class order, if the server does not name its classes."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return _model_option(fn)
+
+
+def _endpoint_config(endpoint: str, model_name: str, api_key: str | None,
+                     api_key_file: Path | None, timeout: float, class_names: str):
+    from clazzify.scoring.endpoint_client import EndpointConfig
+
+    if api_key_file is not None:
+        lines = api_key_file.read_text().split()
+        if not lines:
+            raise click.BadParameter(f"{api_key_file} is empty", param_hint="--api-key-file")
+        api_key = lines[0]
+    names = tuple(n.strip() for n in class_names.split(",") if n.strip())
+    return EndpointConfig(url=endpoint, model_name=model_name, api_key=api_key,
+                          timeout_s=timeout, class_names=names)
+
+
+def _quiet_libraries() -> None:
+    """pika, httpx and alembic log every connection, request and migration plugin at INFO."""
+    for name in ("pika", "httpx", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _open_repo(db_url: str):
+    import sqlalchemy.exc
+
+    from clazzify.scoring.scores import ScoreRepository
+
+    try:
+        return ScoreRepository.open(db_url)
+    except sqlalchemy.exc.OperationalError as e:
+        raise click.ClickException(
+            f"cannot open the scores database {db_url}: {str(e).splitlines()[0]}. Is it "
+            "running, and does the database exist?"
+        ) from e
+
+
+def _emit(rows: list[dict], fmt: str, fields: list[str]) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if fmt == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    if not rows:
+        click.echo("(no rows)")
+        return
+    cells = [[f"{r[f]:.4f}" if isinstance(r[f], float) else str(r[f] if r[f] is not None else "")
+              for f in fields] for r in rows]
+    widths = [max(len(f), *(len(c[i]) for c in cells)) for i, f in enumerate(fields)]
+    click.echo("  ".join(f.ljust(w) for f, w in zip(fields, widths, strict=True)))
+    for c in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
+
+
+def _request_options(fn):
+    fn = click.option("--request-concurrency", default=2, show_default=True,
+                      help="Requests of one batch in flight at once (the server decodes one "
+                           "while it infers another).")(fn)
+    return click.option("--request-size", default=16, show_default=True,
+                        help="Images per inference request.")(fn)
+
+
+_FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]),
+                       default="table", show_default=True)
+
+
+@main.command("worker")
+@_endpoint_options
+@_db_option
+@click.option("--amqp-url", envvar="CLAZZIFY_AMQP_URL",
+              default="amqp://guest:guest@127.0.0.1:5672/%2F", show_default=True,
+              help="RabbitMQ URL (env CLAZZIFY_AMQP_URL).")
+@click.option("--queue", envvar="CLAZZIFY_QUEUE", default="clazzify.uploads", show_default=True,
+              help="Durable queue of upload events.")
+@click.option("--dead-letter-queue", default="", help="Default: <queue>.dead")
+@click.option("--exchange", default="",
+              help="Also bind the queue to this topic exchange (where MinIO publishes).")
+@click.option("--batch-size", default=32, show_default=True,
+              help="Messages scored together and committed in one transaction.")
+@_request_options
+@click.option("--batch-wait", default=0.2, show_default=True,
+              help="Seconds to wait for a batch to fill once a message is in.")
+@click.option("--batches-in-flight", default=2, show_default=True,
+              help="Batches processed at once: the server scores one while another is "
+                   "read, committed and acknowledged.")
+@click.option("--prefetch", default=0, show_default=True,
+              help="Unacknowledged messages held at most (0: the batch size times "
+                   "batches-in-flight + 1).")
+@click.option("--fetch-threads", default=8, show_default=True, help="Parallel image downloads.")
+@click.option("--max-retry-delay", default=30.0, show_default=True,
+              help="Longest wait between retries of a transient failure (the wait doubles).")
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics here.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one JSON object per log line.")
+@click.option("--idle-exit", type=float, default=None,
+              help="Exit after this many seconds without messages (default: run until SIGTERM).")
+def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names, db_url,
+               amqp_url, queue, dead_letter_queue, exchange, batch_size, request_size,
+               request_concurrency, batch_wait, batches_in_flight, prefetch, fetch_threads,
+               max_retry_delay,
+               metrics_port, log_format, idle_exit) -> None:
+    """Score upload events from RabbitMQ into the scores database.
+
+    Accepts MinIO/S3 ObjectCreated notifications and plain {"image_id", "uri",
+    "restaurant_id"?, "source"?} messages. A message is acknowledged only after its
+    scores are committed; transient failures are retried with backoff; messages that
+    can never be scored go to the dead-letter queue with an x-clazzify-reason header.
+    SIGTERM finishes the batches in flight, then exits.
+    """
+    import signal
+    import threading
+
+    from clazzify.scoring.consumer import ConsumerConfig, run_worker
+    from clazzify.scoring.metrics import WorkerMetrics, use_json_logs
+    from clazzify.scoring.worker import ScoringConfig
+
+    if log_format == "json":
+        use_json_logs()
+    _quiet_libraries()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        endpoint_cfg = _endpoint_config(endpoint, model_name, api_key, api_key_file, timeout,
+                                        class_names)
+        consumer_cfg = ConsumerConfig(amqp_url=amqp_url, queue=queue,
+                                      dead_letter_queue=dead_letter_queue, exchange=exchange,
+                                      batch_size=batch_size, batch_wait_s=batch_wait,
+                                      batches_in_flight=batches_in_flight,
+                                      prefetch=prefetch, idle_exit_s=idle_exit,
+                                      backoff_max_s=max_retry_delay)
+        scoring_cfg = ScoringConfig(request_images=request_size,
+                                    request_concurrency=request_concurrency,
+                                    fetch_threads=fetch_threads, default_model_name=model_name)
+        metrics = WorkerMetrics()
+        if metrics_port is not None:
+            metrics.serve(metrics_port)
+        run_worker(consumer_cfg, endpoint_cfg, db_url, scoring_cfg, stop=stop, metrics=metrics)
+    except ClazzifyError as e:
+        _fail(e)
+
+
+@main.command("enqueue")
+@click.argument("source")
+@click.option("--amqp-url", envvar="CLAZZIFY_AMQP_URL",
+              default="amqp://guest:guest@127.0.0.1:5672/%2F", show_default=True,
+              help="RabbitMQ URL (env CLAZZIFY_AMQP_URL).")
+@click.option("--queue", envvar="CLAZZIFY_QUEUE", default="clazzify.uploads", show_default=True)
+@click.option("--source-tag", default="enqueue", show_default=True,
+              help="Stored as the photos' source when the listing gives none.")
+def enqueue_cmd(source, amqp_url, queue, source_tag) -> None:
+    """Publish an upload event per photo of SOURCE (folder, s3:// prefix or manifest).
+
+    What an upload service (or a MinIO bucket notification) does in production; handy to
+    feed `clazzify worker` by hand.
+    """
+    from clazzify.scoring.backfill import list_collection
+    from clazzify.scoring.consumer import ConsumerConfig, publish_events
+
+    try:
+        n = publish_events(ConsumerConfig(amqp_url=amqp_url, queue=queue),
+                           list_collection(source, source_tag))
+    except ClazzifyError as e:
+        _fail(e)
+    click.echo(f"published {n} upload events to {queue}")
+
+
+@main.command("score")
+@click.option("--source", required=True,
+              help="Folder, s3://bucket/prefix or CSV/JSONL manifest (uri[,image_id,...]).")
+@_endpoint_options
+@_db_option
+@click.option("--batch-size", default=32, show_default=True, help="Images per commit.")
+@_request_options
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def score_cmd(source, endpoint, model_name, api_key, api_key_file, timeout, class_names, db_url,
+              batch_size, request_size, request_concurrency, progress) -> None:
+    """Backfill: score every photo of SOURCE not yet scored by the served model version.
+
+    Resumable: a second run skips what the first committed.
+    """
+    from clazzify.scoring.backfill import BackfillConfig, score_collection
+    from clazzify.scoring.endpoint_client import EndpointClient
+    from clazzify.scoring.worker import ScoringConfig
+
+    _quiet_libraries()
+    try:
+        endpoint_cfg = _endpoint_config(endpoint, model_name, api_key, api_key_file, timeout,
+                                        class_names)
+        repo = _open_repo(db_url)
+        with EndpointClient(endpoint_cfg) as client:
+            scoring = ScoringConfig(request_images=request_size,
+                                    request_concurrency=request_concurrency,
+                                    default_model_name=model_name)
+            report = score_collection(source, client, repo, BackfillConfig(batch_size=batch_size),
+                                      scoring=scoring, progress=progress)
+    except ClazzifyError as e:
+        _fail(e)
+    click.echo(report.summary())
+
+
+@main.command("images")
+@click.option("--restaurant", required=True, help="Restaurant id.")
+@click.option("--label", default="ambiance", show_default=True, help="Predicted class to list.")
+@click.option("--min-prob", default=0.0, show_default=True, help="Lowest probability shown.")
+@click.option("--limit", default=50, show_default=True)
+@_model_option
+@_db_option
+@_FORMAT
+def images_cmd(restaurant, label, min_prob, limit, model_name, db_url, fmt) -> None:
+    """A restaurant's photos predicted as LABEL, most confident first.
+
+    E.g. surface the ambiance shots on a restaurant page whose photos are mostly food.
+    """
+    rows = _open_repo(db_url).restaurant_images(restaurant, label, model_name=model_name,
+                                                min_probability=min_prob, limit=limit)
+    _emit(rows, fmt, ["image_id", "uri", "probability", "model_version"])
+
+
+@main.command("review-queue")
+@click.option("--labels", default="human,menu", show_default=True,
+              help="Comma-separated classes, one moderation queue each.")
+@click.option("--min-prob", default=0.5, show_default=True,
+              help="Lowest probability of the class that puts a photo in its queue.")
+@click.option("--limit", default=1000, show_default=True)
+@_model_option
+@_db_option
+@_FORMAT
+def review_queue_cmd(labels, min_prob, limit, model_name, db_url, fmt) -> None:
+    """Photos for moderators: people and selfies to photo moderation, menus to content."""
+    names = [n.strip() for n in labels.split(",") if n.strip()]
+    if not names:
+        raise click.BadParameter("name at least one class", param_hint="--labels")
+    rows = _open_repo(db_url).review_queue(names, model_name=model_name, min_probability=min_prob,
+                                           limit=limit)
+    _emit(rows, fmt, ["queue", "image_id", "uri", "restaurant_id", "probability", "label"])
+
+
+@main.command("relabel-export")
+@click.option("-o", "--out", "out", required=True, help="CSV to write (local path or s3://).")
+@click.option("--max-prob", default=0.6, show_default=True,
+              help="Export photos whose top probability is below this.")
+@click.option("--limit", default=10_000, show_default=True)
+@_model_option
+@_db_option
+def relabel_export_cmd(out, max_prob, limit, model_name, db_url) -> None:
+    """Low-confidence photos and disagreements with manual labels, as a CSV for moderators.
+
+    Moderators fill the `corrected_label` column; `clazzify relabel-import` reads the result.
+    """
+    from clazzify.scoring.relabel import EXPORT_FIELDS, export_rows, write_csv
+
+    rows = _open_repo(db_url).relabel_candidates(model_name=model_name, max_probability=max_prob,
+                                                 limit=limit)
+    try:
+        n = write_csv(out, EXPORT_FIELDS, export_rows(rows))
+    except ClazzifyError as e:
+        _fail(e)
+    click.echo(f"wrote {n} photos to {out}: fill the corrected_label column, then "
+               f"`clazzify relabel-import {out} -o manifest.csv`")
+
+
+@main.command("relabel-import")
+@click.argument("file")
+@click.option("-o", "--out", "out", required=True,
+              help="uri,label manifest to write, for `clazzify ingest` / the pipeline's --source.")
+@click.option("--classes", default="",
+              help="Comma-separated allowed labels (default: the classes in the database, "
+                   "when --record-labels).")
+@click.option("--keep-unchanged/--corrected-only", default=False, show_default=True,
+              help="Also keep rows without a corrected_label, with their current label.")
+@click.option("--record-labels/--no-record-labels", default=False, show_default=True,
+              help="Also store the answers as manual labels in the database.")
+@_model_option
+@_db_option
+def relabel_import_cmd(file, out, classes, keep_unchanged, record_labels, model_name,
+                       db_url) -> None:
+    """Turn a moderated relabel CSV into a training manifest (uri,label).
+
+    FILE comes from `clazzify relabel-export` or `clazzify find-label-issues`, with the
+    corrected_label column filled in.
+    """
+    from clazzify.scoring.relabel import read_relabels, write_manifest
+
+    allowed = [c.strip() for c in classes.split(",") if c.strip()]
+    repo = _open_repo(db_url) if record_labels else None
+    if repo is not None and not allowed:
+        allowed = repo.class_names(model_name)
+    try:
+        answers, skipped = read_relabels(file, allowed, keep_unchanged=keep_unchanged)
+        n = write_manifest(out, answers)
+    except ClazzifyError as e:
+        _fail(e)
+    if repo is not None:
+        repo.add_manual_labels(((a.image_id, a.label) for a in answers),
+                               labelled_by="relabel-import")
+    click.echo(f"{n} labelled photos -> {out} ({skipped} rows skipped without a label)")

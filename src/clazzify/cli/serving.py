@@ -1,0 +1,63 @@
+"""Serving commands: the model server and rolling the champion back."""
+
+from __future__ import annotations
+
+import click
+
+from clazzify.cli.main import fail as _fail
+from clazzify.cli.main import main
+from clazzify.core.errors import ClazzifyError
+
+
+@main.command("serve", add_help_option=False,
+              context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def serve_cmd(ctx: click.Context) -> None:
+    """Serve a model over KServe V1/V2 (the same server as `python -m serving`; see --help)."""
+    from clazzify.serving.server import main as serve_main
+
+    serve_main.main(args=ctx.args, prog_name="clazzify serve")
+
+
+
+
+@main.command("rollback")
+@click.option("--model-name", default="clazzify", show_default=True, help="Registered model name.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", required=True,
+              help="MLflow tracking/registry URI (or MLFLOW_TRACKING_URI).")
+@click.option("--artifacts-destination", default="s3://mlflow", show_default=True,
+              help="The MLflow server's --artifacts-destination (maps mlflow-artifacts:/ to S3).")
+@click.option("--name", "isvc_name", default="clazzify", show_default=True, help="InferenceService name.")
+@click.option("--namespace", default="clazzify", show_default=True, help="Its namespace.")
+@click.option("--timeout", default=900, show_default=True, help="Seconds to wait for Ready.")
+@click.option("--dry-run", is_flag=True, help="Print the manifest; change neither cluster nor registry.")
+def rollback_cmd(model_name: str, tracking_uri: str, artifacts_destination: str, isvc_name: str,
+                 namespace: str, timeout: int, dry_run: bool) -> None:
+    """Serve the `previous` model version again and move `champion` back to it.
+
+    The cluster changes first (kubeconfig or in-cluster credentials); the registry
+    aliases move only once the InferenceService is Ready on the old version.
+    """
+    import yaml
+
+    from clazzify.registry.tracking import TrackingConfig, activate
+    from clazzify.registry.versions import PREVIOUS
+    from clazzify.rollout import cluster as rollout
+    from clazzify.rollout import deploy
+
+    try:
+        activate(TrackingConfig(tracking_uri))
+        target = rollout.resolve_version(model_name, PREVIOUS, artifacts_destination)
+        api = rollout.kubernetes_api()
+        if dry_run:
+            live = api.get_namespaced_custom_object(deploy.GROUP, deploy.VERSION, namespace,
+                                                    deploy.PLURAL, isvc_name)
+            click.echo(yaml.safe_dump(deploy.rollback(live, target.storage_uri, target.version),
+                                      sort_keys=False))
+            return
+        rollout.roll_back(api, namespace, isvc_name, target, timeout_s=timeout)
+        champion, demoted = rollout.move_champion_back(model_name)
+    except ClazzifyError as e:
+        _fail(e)
+    click.echo(f"rolled back: {namespace}/{isvc_name} serves {model_name} version {champion} "
+               f"at 100%; version {demoted} is tagged rolled_back=true")

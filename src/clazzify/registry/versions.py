@@ -1,0 +1,88 @@
+"""MLflow Model Registry helpers: find the champion, register a bundle, move aliases."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from clazzify.core.bundle import BundleMeta, find_bundle
+
+CHAMPION = "champion"
+PREVIOUS = "previous"
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The registered model version that currently holds the ``champion`` alias."""
+
+    version: str
+    run_id: str | None
+    bundle_dir: Path
+
+
+def champion_version(model_name: str):  # -> mlflow.entities.model_registry.ModelVersion | None
+    """The ModelVersion behind ``model_name@champion``, or None."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        return client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def download_champion(model_name: str, dest: Path | None = None) -> Champion | None:
+    """Download the champion's bundle, or None when there is no champion."""
+    import mlflow
+
+    mv = champion_version(model_name)
+    if mv is None:
+        return None
+    dest = dest or Path(tempfile.mkdtemp(prefix="clazzify-champion-"))
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{model_name}@{CHAMPION}", dst_path=str(dest)
+    )
+    return Champion(version=str(mv.version), run_id=mv.run_id, bundle_dir=find_bundle(Path(local)))
+
+
+def register_bundle(
+    bundle_dir: Path, model_name: str, run_id: str, tags: Mapping[str, str]
+) -> str:
+    """Log ``bundle_dir`` as a pyfunc model in ``run_id``, register it and make it champion.
+
+    The version that was champion gets the ``previous`` alias (rollback target).
+
+    Returns:
+        the new model version.
+    """
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    from clazzify.registry.pyfunc import ClazzifyModel
+
+    meta = BundleMeta.load(bundle_dir)
+    client = mlflow.MlflowClient()
+    old = champion_version(model_name)
+    example = np.zeros((1, meta.image_size, meta.image_size, 3), dtype=np.uint8)
+    signature = infer_signature(
+        example, np.zeros((1, len(meta.class_names)), dtype=np.float32)
+    )
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=ClazzifyModel(),
+            artifacts={"bundle": str(bundle_dir)},
+            signature=signature,
+            pip_requirements=["clazzify"],
+        )
+    mv = mlflow.register_model(info.model_uri, model_name, tags=dict(tags))
+    client.set_registered_model_alias(model_name, CHAMPION, mv.version)
+    if old is not None:
+        client.set_registered_model_alias(model_name, PREVIOUS, old.version)
+    return str(mv.version)

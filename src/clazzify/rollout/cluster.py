@@ -1,0 +1,323 @@
+"""Roll a registered model version out to KServe: resolve, apply, wait, promote.
+
+The manifests come from the pure functions in :mod:`clazzify.rollout.deploy`; this module
+is the edge that talks to MLflow and to the Kubernetes API. The Kubernetes client
+is passed in (``kubernetes.client.CustomObjectsApi`` or anything with its
+``get/create/replace_namespaced_custom_object`` methods), so the sequence can be
+driven without a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clazzify.core.errors import ClazzifyError, ConfigError
+from clazzify.rollout import deploy
+
+log = logging.getLogger(__name__)
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+class RolloutError(ClazzifyError):
+    """The InferenceService did not become ready, or the API refused a change."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A registry version and where KServe fetches it from."""
+
+    version: str
+    storage_uri: str
+
+
+def resolve_version(model_name: str, version: str, artifacts_destination: str) -> Resolved:
+    """The storage URI of ``model_name`` version ``version`` (or alias, e.g. ``previous``).
+
+    Uses the active MLflow tracking/registry URI.
+
+    Raises:
+        ConfigError: the version or alias does not exist.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        if version.isdigit():
+            mv = client.get_model_version(model_name, version)
+        else:
+            mv = client.get_model_version_by_alias(model_name, version)
+    except MlflowException as e:
+        raise ConfigError(
+            f"model {model_name!r} has no version or alias {version!r} in the registry at "
+            f"{mlflow.get_registry_uri()}: check the name, or register a model first"
+        ) from e
+    uri = client.get_model_version_download_uri(model_name, str(mv.version))
+    return Resolved(str(mv.version), deploy.storage_uri_for(uri, artifacts_destination))
+
+
+def in_cluster() -> bool:
+    """Whether this process runs in a Kubernetes pod (the kubelet sets this variable)."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def own_namespace(default: str) -> str:
+    """The pod's namespace (from its service account mount), else ``default``."""
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or default
+    except OSError:
+        return default
+
+
+def write_manifest(manifest: dict[str, Any], path: Path) -> Path:
+    """Write ``manifest`` as YAML (``kubectl apply -f`` takes it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return path
+
+
+def _status(e: Exception) -> int | None:
+    return getattr(e, "status", None)
+
+
+def _get(api: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return api.get_namespaced_custom_object(
+            deploy.GROUP, deploy.VERSION, namespace, deploy.PLURAL, name
+        )
+    except Exception as e:  # kubernetes.client.ApiException; the client is optional here
+        if _status(e) == 404:
+            return None
+        raise RolloutError(f"cannot read InferenceService {namespace}/{name}: {e}") from e
+
+
+def _replace(api: Any, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    try:
+        return api.replace_namespaced_custom_object(
+            deploy.GROUP, deploy.VERSION, namespace, deploy.PLURAL, name, body
+        )
+    except Exception as e:
+        if _status(e) == 403:
+            raise RolloutError(
+                f"forbidden to update InferenceService {namespace}/{name}: bind the pipeline's "
+                "service account to the Role in manifests/base/rbac.yaml"
+            ) from e
+        raise RolloutError(f"cannot update InferenceService {namespace}/{name}: {e}") from e
+
+
+def _create(api: Any, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return api.create_namespaced_custom_object(
+            deploy.GROUP, deploy.VERSION, namespace, deploy.PLURAL, body
+        )
+    except Exception as e:
+        raise RolloutError(
+            f"cannot create InferenceService {namespace}/{body['metadata']['name']}: {e}"
+        ) from e
+
+
+def wait_ready(
+    api: Any,
+    namespace: str,
+    name: str,
+    timeout_s: float,
+    poll_s: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Poll until :func:`clazzify.rollout.deploy.is_ready`; returns the ready object.
+
+    Raises:
+        RolloutError: not ready within ``timeout_s`` (its last conditions in the message).
+    """
+    deadline = clock() + timeout_s
+    while True:
+        live = _get(api, namespace, name)
+        if live is not None and deploy.is_ready(live):
+            return live
+        if clock() >= deadline:
+            conditions = ((live or {}).get("status") or {}).get("conditions")
+            raise RolloutError(
+                f"InferenceService {namespace}/{name} not ready after {timeout_s:.0f}s; "
+                f"conditions: {conditions}; see `kubectl describe isvc {name} -n {namespace}`"
+            )
+        sleep(poll_s)
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    """What a rollout did: ``created``, ``rolled-out`` (100 % at once), ``promoted``
+    (canary, then 100 %), or ``written`` (local run: manifest only)."""
+
+    action: str
+    version: str
+    storage_uri: str
+    manifest: dict[str, Any]
+
+
+def roll_out(
+    api: Any,
+    cfg: deploy.ServingConfig,
+    target: Resolved,
+    canary_percent: int,
+    timeout_s: float = 900,
+    poll_s: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RolloutResult:
+    """Create or update the InferenceService to serve ``target``; canary, wait, promote.
+
+    Every update starts from the live object, so what the overlays set (resources,
+    scaling, node placement) stays; only the model, its version and the traffic
+    split change.
+    """
+    deploy.check_canary_percent(canary_percent)
+    live = _get(api, cfg.namespace, cfg.name)
+    if live is None:
+        body = deploy.inference_service(cfg, target.storage_uri, target.version)
+        _create(api, cfg.namespace, body)
+        log.info(
+            "created InferenceService %s/%s serving version %s",
+            cfg.namespace,
+            cfg.name,
+            target.version,
+        )
+        wait_ready(api, cfg.namespace, cfg.name, timeout_s, poll_s, sleep)
+        return RolloutResult("created", target.version, target.storage_uri, body)
+    body = deploy.with_model(live, target.storage_uri, target.version, canary_percent)
+    _replace(api, cfg.namespace, body)
+    if not deploy.canary_in_flight(body):
+        log.info("rolled version %s out to 100%%", target.version)
+        wait_ready(api, cfg.namespace, cfg.name, timeout_s, poll_s, sleep)
+        return RolloutResult("rolled-out", target.version, target.storage_uri, body)
+    log.info(
+        "canary: version %s takes %d%% of traffic; waiting until ready",
+        target.version,
+        canary_percent,
+    )
+    ready = wait_ready(api, cfg.namespace, cfg.name, timeout_s, poll_s, sleep)
+    promoted = deploy.promote(ready)
+    _replace(api, cfg.namespace, promoted)
+    wait_ready(api, cfg.namespace, cfg.name, timeout_s, poll_s, sleep)
+    log.info("promoted version %s to 100%%", target.version)
+    return RolloutResult("promoted", target.version, target.storage_uri, promoted)
+
+
+def kubernetes_api() -> Any:
+    """A ``CustomObjectsApi`` from the pod's service account, else from kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        if in_cluster():
+            config.load_incluster_config()
+        else:
+            config.load_kube_config()
+    except config.ConfigException as e:
+        raise RolloutError(
+            f"no Kubernetes credentials ({e}): set KUBECONFIG or run inside the cluster"
+        ) from e
+    return client.CustomObjectsApi()
+
+
+def deploy_version(
+    cfg: deploy.ServingConfig,
+    model_name: str,
+    version: str,
+    artifacts_destination: str,
+    canary_percent: int,
+    manifest_path: Path,
+    *,
+    apply: bool,
+    timeout_s: float = 900,
+) -> RolloutResult:
+    """Resolve ``version`` in MLflow, then apply it (``apply``) or only write the manifest.
+
+    The manifest written to ``manifest_path`` is the full InferenceService for the
+    version, in both cases: what was (or would be) applied.
+    """
+    target = resolve_version(model_name, version, artifacts_destination)
+    manifest = deploy.inference_service(cfg, target.storage_uri, target.version)
+    write_manifest(manifest, manifest_path)
+    if not apply:
+        log.warning(
+            "not in a Kubernetes cluster: wrote the InferenceService for %s version %s to %s "
+            "instead of applying it (kubectl apply -f %s)",
+            model_name,
+            target.version,
+            manifest_path,
+            manifest_path,
+        )
+        return RolloutResult("written", target.version, target.storage_uri, manifest)
+    if target.storage_uri.startswith("file://"):
+        raise ConfigError(
+            f"{target.storage_uri} is on this machine, out of the cluster's reach: run MLflow with "
+            "--serve-artifacts --artifacts-destination s3://... (manifests/base/mlflow.yaml)"
+        )
+    result = roll_out(kubernetes_api(), cfg, target, canary_percent, timeout_s=timeout_s)
+    write_manifest(result.manifest, manifest_path)
+    return result
+
+
+def move_champion_back(model_name: str) -> tuple[str, str]:
+    """Registry side of a rollback: ``champion`` moves to the ``previous`` version.
+
+    The demoted version is tagged ``rolled_back=true`` and the ``previous`` alias is
+    removed (nothing older is known to be good), so a second rollback fails loudly
+    instead of flipping back.
+
+    Returns:
+        ``(new champion version, demoted version)``.
+
+    Raises:
+        ConfigError: there is no ``previous`` (or no ``champion``) to roll back to.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from clazzify.registry.versions import CHAMPION, PREVIOUS
+
+    client = mlflow.MlflowClient()
+    try:
+        previous = client.get_model_version_by_alias(model_name, PREVIOUS)
+        champion = client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException as e:
+        raise ConfigError(
+            f"nothing to roll back to: model {model_name!r} needs both a {CHAMPION!r} and a "
+            f"{PREVIOUS!r} alias in {mlflow.get_registry_uri()}"
+        ) from e
+    client.set_registered_model_alias(model_name, CHAMPION, previous.version)
+    client.delete_registered_model_alias(model_name, PREVIOUS)
+    client.set_model_version_tag(model_name, champion.version, "rolled_back", "true")
+    return str(previous.version), str(champion.version)
+
+
+def roll_back(
+    api: Any,
+    namespace: str,
+    name: str,
+    target: Resolved,
+    timeout_s: float = 900,
+    poll_s: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RolloutResult:
+    """Serve ``target`` (the ``previous`` version) at 100 % on the live InferenceService.
+
+    Raises:
+        RolloutError: there is no InferenceService to roll back, or it never got ready.
+    """
+    live = _get(api, namespace, name)
+    if live is None:
+        raise RolloutError(f"no InferenceService {namespace}/{name} to roll back")
+    body = deploy.rollback(live, target.storage_uri, target.version)
+    _replace(api, namespace, body)
+    wait_ready(api, namespace, name, timeout_s, poll_s, sleep)
+    return RolloutResult("rolled-back", target.version, target.storage_uri, body)

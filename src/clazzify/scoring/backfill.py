@@ -1,0 +1,243 @@
+"""Backfill: score an existing collection of photos, resumably.
+
+The collection is a folder, an ``s3://`` prefix, or a CSV/JSONL manifest with a
+``uri`` column (and optional ``image_id``, ``restaurant_id``, ``source``). A photo's
+id is its manifest ``image_id``, else its URI (``s3://bucket/key`` or the absolute
+path), which is the id the worker gives an S3 upload event for the same object.
+
+The run first asks the server which model version it serves, then walks the listing
+in chunks, skips every photo that already has a score from that version, and commits
+each scored batch. Stopping it at any point loses at most the batch in flight; the
+next run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from clazzify.core import storage
+from clazzify.core.errors import ConfigError, DataError
+from clazzify.scoring.endpoint_client import EndpointClient, EndpointError
+from clazzify.scoring.events import EventError, UploadEvent
+from clazzify.scoring.scores import Batch, ScoreRepository, is_transient
+from clazzify.scoring.worker import (
+    BatchStats,
+    Fetch,
+    ScoringConfig,
+    add_results,
+    backoff_delay,
+    score_events,
+)
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class BackfillConfig:
+    """Settings of a backfill run.
+
+    Attributes:
+        batch_size: images per database commit (sent as ``scoring``'s requests).
+        check_chunk: listed photos checked against the database at once.
+        source_tag: stored as the ``source`` of photos the listing does not tag.
+        max_attempts: tries of a batch that fails transiently before the run stops
+            (it can be resumed).
+        backoff_initial_s / backoff_max_s: delays between those tries (doubling).
+    """
+
+    batch_size: int = 32
+    check_chunk: int = 2000
+    source_tag: str = "backfill"
+    max_attempts: int = 8
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.check_chunk < self.batch_size:
+            raise ConfigError(
+                f"need 1 <= batch_size ({self.batch_size}) <= check_chunk ({self.check_chunk})"
+            )
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
+
+
+@dataclass
+class BackfillReport:
+    """What a backfill run did."""
+
+    source: str
+    model_name: str
+    model_version: str
+    listed: int = 0
+    skipped: int = 0
+    scored: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        rate = self.scored / self.seconds if self.seconds else 0.0
+        failures = ", ".join(f"{k}={v}" for k, v in sorted(self.failures.items())) or "none"
+        return (
+            f"{self.source}: listed {self.listed}, already scored {self.skipped}, "
+            f"scored {self.scored}, failed {self.failed} ({failures}) with "
+            f"{self.model_name} v{self.model_version} in {self.seconds:.1f}s ({rate:.1f} images/s)"
+        )
+
+
+def _uri_of(path: str) -> str:
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def _manifest_rows(uri: str) -> Iterator[dict]:
+    text = storage.read_bytes(uri).decode("utf-8-sig")
+    if uri.endswith(".jsonl"):
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{uri} line {lineno}: not JSON: {e}") from e
+        return
+    reader = csv.DictReader(io.StringIO(text))
+    if "uri" not in (reader.fieldnames or ()):
+        raise DataError(f"{uri}: manifest header {reader.fieldnames} lacks the 'uri' column")
+    yield from reader
+
+
+def list_collection(source: str, source_tag: str = "backfill") -> Iterator[UploadEvent]:
+    """Yield an event per photo of ``source`` (folder, ``s3://`` prefix or manifest).
+
+    Folders and prefixes yield files with an image suffix only; a manifest yields
+    every row, relative URIs resolved against the manifest's folder.
+
+    Raises:
+        DataError: a manifest row is invalid (names the row).
+        StorageError: the source cannot be listed.
+    """
+    if source.endswith((".csv", ".jsonl")):
+        base = source.rsplit("/", 1)[0] if "/" in source else "."
+        for n, row in enumerate(_manifest_rows(source), start=2):
+            raw = str(row.get("uri") or "").strip()
+            uri = raw if "://" in raw or raw.startswith("/") else storage.join(base, raw)
+            uri = _uri_of(uri) if raw else raw
+            try:
+                yield UploadEvent(
+                    image_id=str(row.get("image_id") or "").strip() or uri,
+                    uri=uri,
+                    restaurant_id=str(row.get("restaurant_id") or "").strip() or None,
+                    source=str(row.get("source") or "").strip() or source_tag,
+                )
+            except EventError as e:
+                raise DataError(f"{source} row {n}: {e}") from e
+        return
+    for uri in storage.list_files(source):
+        if uri.lower().endswith(IMAGE_SUFFIXES):
+            uri = _uri_of(uri)
+            yield UploadEvent(image_id=uri, uri=uri, source=source_tag)
+
+
+def _chunked(items: Iterable[UploadEvent], size: int) -> Iterator[list[UploadEvent]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def score_collection(
+    source: str,
+    client: EndpointClient,
+    repo: ScoreRepository,
+    cfg: BackfillConfig = BackfillConfig(),
+    *,
+    fetch: Fetch = storage.read_bytes,
+    scoring: ScoringConfig | None = None,
+    progress: bool = True,
+) -> BackfillReport:
+    """Score every photo of ``source`` that the served model version has not scored yet.
+
+    Raises:
+        EndpointError: the server stayed unavailable for ``max_attempts`` tries of a
+            batch (what was committed so far stays; run again to resume).
+        sqlalchemy.exc.OperationalError: the database stayed unavailable likewise.
+    """
+    from tqdm.auto import tqdm
+
+    scoring = scoring or ScoringConfig()
+    probe = client.probe()
+    model_name = probe.model_name or scoring.default_model_name
+    report = BackfillReport(source, model_name, probe.model_version)
+    log.info("backfill of %s with %s version %s", source, model_name, probe.model_version)
+    started = time.perf_counter()
+    bar = tqdm(desc="scoring", unit="img", disable=not progress)
+    try:
+        for chunk in _chunked(list_collection(source, cfg.source_tag), cfg.check_chunk):
+            report.listed += len(chunk)
+            done = repo.scored_ids(model_name, probe.model_version, [e.image_id for e in chunk])
+            todo = [
+                e for e in dict((e.image_id, e) for e in chunk).values() if e.image_id not in done
+            ]
+            report.skipped += len(chunk) - len(todo)
+            for batch in _chunked(todo, cfg.batch_size):
+                _score_batch(batch, client, repo, cfg, scoring, fetch, report)
+                bar.update(len(batch))
+    finally:
+        bar.close()
+        report.seconds = time.perf_counter() - started
+    return report
+
+
+def _score_batch(
+    events: list[UploadEvent],
+    client: EndpointClient,
+    repo: ScoreRepository,
+    cfg: BackfillConfig,
+    scoring: ScoringConfig,
+    fetch: Fetch,
+    report: BackfillReport,
+) -> None:
+    import sqlalchemy.exc
+
+    for attempt in range(cfg.max_attempts):
+        results = score_events(events, client, fetch, scoring, BatchStats())
+        retry = next((r.failure for r in results if r.failure and r.failure.retry), None)
+        if retry is None:
+            batch = add_results(Batch(), results)
+            try:
+                repo.save(batch)
+            except sqlalchemy.exc.SQLAlchemyError as e:
+                if not is_transient(e) or attempt == cfg.max_attempts - 1:
+                    raise
+                retry_detail = f"database: {e.__class__.__name__}"
+            else:
+                report.scored += len(batch.scores)
+                report.failed += len(batch.dead_letters)
+                for d in batch.dead_letters:
+                    report.failures[d.reason] = report.failures.get(d.reason, 0) + 1
+                return
+        else:
+            retry_detail = f"{retry.reason}: {retry.detail}"
+            if attempt == cfg.max_attempts - 1:
+                raise EndpointError(
+                    "transient",
+                    f"gave up after {cfg.max_attempts} tries: {retry_detail}. Scores committed "
+                    "so far are kept; run the same command again to resume",
+                )
+        delay = backoff_delay(attempt, cfg.backoff_initial_s, cfg.backoff_max_s)
+        log.warning(
+            "batch failed (%s); retry %d/%d in %.1fs",
+            retry_detail[:200],
+            attempt + 1,
+            cfg.max_attempts - 1,
+            delay,
+        )
+        time.sleep(delay)

@@ -1,0 +1,518 @@
+"""The AMQP edge of the scoring worker: consume, batch, acknowledge, dead-letter, retry.
+
+Built on pika's ``BlockingConnection``: the work of a batch (HTTP to the model server,
+a database transaction) is blocking, so an event loop (aio-pika) would buy nothing but
+an async rewrite of the HTTP and database layers. Batches run in helper threads (two at
+a time by default, so the server scores one while the worker reads, commits and
+acknowledges the other) while the main thread alone touches the connection, as pika
+requires, and keeps servicing it (heartbeats, deliveries) however long a batch or a
+backoff takes.
+
+Delivery guarantees:
+
+- at most ``prefetch`` unacknowledged messages are held (``basic.qos``);
+- a message is acknowledged only after :func:`~clazzify.scoring.worker.process_batch`
+  committed its scores (or its dead letter) to the database;
+- a dead message is published to the dead-letter queue with ``x-clazzify-reason`` /
+  ``x-clazzify-detail`` headers, confirmed by the broker, then acknowledged;
+- a message that met a transient failure is kept and retried with exponential backoff
+  and never acknowledged until it succeeds; if the worker dies meanwhile the broker
+  hands it to another worker (scores are upserts, so a redelivery never doubles a row);
+- SIGTERM (``stop`` set) lets the batches in flight finish and be acknowledged, hands
+  the prefetched rest (and batches waiting for a retry) back to the broker, and returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+from clazzify.core.errors import ConfigError
+from clazzify.scoring.events import UploadEvent
+from clazzify.scoring.worker import BatchStats, Message, Outcome, backoff_delay
+
+log = logging.getLogger(__name__)
+
+REASON_HEADER = "x-clazzify-reason"
+_FATAL_AT_START = ("does not exist", "password authentication failed")
+DETAIL_HEADER = "x-clazzify-detail"
+
+ProcessFn = Callable[[Sequence[Message], BatchStats], list[Outcome]]
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """Where to consume from and how.
+
+    Attributes:
+        amqp_url: broker URL, e.g. ``amqp://guest:guest@127.0.0.1:5672/%2F``.
+        queue: the durable queue of upload events.
+        dead_letter_queue: where dead messages go; default ``<queue>.dead``.
+        exchange: when set, a durable topic exchange bound to ``queue`` with
+            ``routing_key`` (what a MinIO AMQP notification target publishes to).
+        routing_key: binding key for ``exchange``.
+        batch_size: most messages scored together.
+        batch_wait_s: how long to wait for a batch to fill once a message is in.
+        batches_in_flight: batches processed at once (one is scored while another is
+            read, committed and acknowledged).
+        prefetch: unacknowledged messages held at most; default ``batch_size`` times
+            ``batches_in_flight + 1``, so the next batch is already here when one finishes.
+        backoff_initial_s / backoff_max_s: retry delays of transient failures (doubling).
+        heartbeat_s: AMQP heartbeat.
+        idle_exit_s: return after this long without any message (None: run forever).
+    """
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    queue: str = "clazzify.uploads"
+    dead_letter_queue: str = ""
+    exchange: str = ""
+    routing_key: str = "#"
+    batch_size: int = 32
+    batch_wait_s: float = 0.2
+    batches_in_flight: int = 2
+    prefetch: int = 0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    heartbeat_s: int = 30
+    idle_exit_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.amqp_url.startswith(("amqp://", "amqps://")):
+            raise ConfigError(f"AMQP URL {self.amqp_url!r} must start with amqp:// or amqps://")
+        if not self.queue:
+            raise ConfigError("queue name must not be empty")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batches_in_flight < 1:
+            raise ConfigError(f"batches_in_flight must be >= 1, got {self.batches_in_flight}")
+        if self.prefetch and self.prefetch < self.batch_size:
+            raise ConfigError(
+                f"prefetch={self.prefetch} is below batch_size={self.batch_size}: batches "
+                "could never fill; raise prefetch or leave it 0 (automatic)"
+            )
+        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
+            raise ConfigError(
+                f"need 0 < backoff_initial_s ({self.backoff_initial_s}) <= "
+                f"backoff_max_s ({self.backoff_max_s})"
+            )
+        if self.batch_wait_s < 0:
+            raise ConfigError(f"batch_wait_s must be >= 0, got {self.batch_wait_s}")
+
+    @property
+    def dlq(self) -> str:
+        return self.dead_letter_queue or f"{self.queue}.dead"
+
+    @property
+    def prefetch_count(self) -> int:
+        return self.prefetch or (self.batches_in_flight + 1) * self.batch_size
+
+
+def declare_topology(channel, cfg: ConsumerConfig) -> None:  # noqa: ANN001 - pika channel
+    """Declare the durable queue, its dead-letter queue and the optional exchange binding."""
+    channel.queue_declare(queue=cfg.queue, durable=True)
+    channel.queue_declare(queue=cfg.dlq, durable=True)
+    if cfg.exchange:
+        channel.exchange_declare(exchange=cfg.exchange, exchange_type="topic", durable=True)
+        channel.queue_bind(queue=cfg.queue, exchange=cfg.exchange, routing_key=cfg.routing_key)
+
+
+class _Delivery:
+    __slots__ = ("arrived", "body", "headers", "properties", "tag")
+
+    def __init__(self, method, properties, body: bytes) -> None:  # noqa: ANN001
+        self.tag = method.delivery_tag
+        self.properties = properties
+        self.headers = dict(properties.headers or {})
+        self.body = body
+        self.arrived = time.monotonic()
+
+
+@dataclass
+class _Batch:
+    deliveries: list[_Delivery]
+    attempt: int = 0
+    due: float = 0.0  # monotonic time of the next try, for a batch waiting to be retried
+
+
+class Consumer:
+    """Runs the consume loop on one connection; see the module docstring.
+
+    Up to ``cfg.batches_in_flight`` batches are processed at once in helper threads, so
+    the model server works on one batch while the worker reads, commits and
+    acknowledges another. Only the main thread touches the connection.
+
+    Args:
+        cfg: broker and batching settings.
+        process: scores a batch (``process_batch`` with its dependencies bound); must be
+            safe to call from several threads at once.
+        stop: set it (from a signal handler) to finish the batches in flight and return.
+        on_batch: called with each batch's stats and outcomes (metrics, logs).
+    """
+
+    def __init__(
+        self,
+        cfg: ConsumerConfig,
+        process: ProcessFn,
+        stop: threading.Event | None = None,
+        on_batch: Callable[[BatchStats, list[Outcome], float], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.process = process
+        self.stop = stop or threading.Event()
+        self.on_batch = on_batch
+        self._pending: list[_Delivery] = []
+        self._pool = ThreadPoolExecutor(
+            max_workers=cfg.batches_in_flight, thread_name_prefix="clazzify-batch"
+        )
+
+    # -- connection --------------------------------------------------------------------------
+
+    def _connect(self):  # -> pika.BlockingConnection
+        import pika
+
+        params = pika.URLParameters(self.cfg.amqp_url)
+        params.heartbeat = self.cfg.heartbeat_s
+        params.blocked_connection_timeout = 300
+        params.connection_attempts = 1
+        return pika.BlockingConnection(params)
+
+    def run(self) -> None:
+        """Consume until ``stop`` is set (or the queue stayed idle ``idle_exit_s``).
+
+        Reconnects with backoff when the broker goes away; messages it held unacknowledged
+        are redelivered by the broker, and their rewrite is an idempotent upsert.
+        """
+        import pika.exceptions
+
+        attempt = 0
+        try:
+            while not self.stop.is_set():
+                try:
+                    connection = self._connect()
+                except pika.exceptions.AMQPConnectionError as e:
+                    delay = backoff_delay(
+                        attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s
+                    )
+                    log.warning(
+                        "cannot reach the broker (%s); retrying in %.1fs",
+                        e.__class__.__name__,
+                        delay,
+                        extra={"retry_in_s": delay},
+                    )
+                    attempt += 1
+                    self.stop.wait(delay)
+                    continue
+                attempt = 0
+                try:
+                    if self._consume(connection):
+                        return
+                except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+                    log.warning(
+                        "lost the broker connection (%s: %s); reconnecting", e.__class__.__name__, e
+                    )
+                    self._pending.clear()  # the broker requeues what this connection held
+                finally:
+                    if connection.is_open:
+                        with contextlib.suppress(pika.exceptions.AMQPError):
+                            connection.close()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _consume(self, connection) -> bool:  # noqa: ANN001
+        """Consume on ``connection``; True when done (stop or idle), False to reconnect."""
+        channel = connection.channel()
+        channel.confirm_delivery()
+        declare_topology(channel, self.cfg)
+        channel.basic_qos(prefetch_count=self.cfg.prefetch_count)
+        activity = [time.monotonic()]
+
+        def on_message(_ch, method, props, body: bytes) -> None:  # noqa: ANN001
+            self._pending.append(_Delivery(method, props, body))
+            activity[0] = time.monotonic()
+
+        consumer_tag = channel.basic_consume(self.cfg.queue, on_message_callback=on_message)
+        log.info(
+            "consuming %s (dead letters to %s), batch %d, %d batches in flight, prefetch %d",
+            self.cfg.queue,
+            self.cfg.dlq,
+            self.cfg.batch_size,
+            self.cfg.batches_in_flight,
+            self.cfg.prefetch_count,
+        )
+        inflight: dict[Future, tuple[_Batch, BatchStats, float]] = {}
+        waiting: list[_Batch] = []  # failed transiently; retried when due
+        while True:
+            for future in [f for f in inflight if f.done()]:
+                batch, stats, started = inflight.pop(future)
+                retry = self._finish(channel, batch, future, stats, time.perf_counter() - started)
+                if retry is not None:
+                    waiting.append(retry)
+                activity[0] = time.monotonic()
+            if self.stop.is_set():
+                if not inflight:
+                    if waiting:
+                        log.warning(
+                            "stopping with %d messages still failing transiently; the broker "
+                            "will redeliver them",
+                            sum(len(b.deliveries) for b in waiting),
+                        )
+                    break
+            else:
+                while len(inflight) < self.cfg.batches_in_flight:
+                    batch = self._next_batch(waiting)
+                    if batch is None:
+                        break
+                    stats = BatchStats()
+                    messages = [Message(d.body, d.tag) for d in batch.deliveries]
+                    future = self._pool.submit(self.process, messages, stats)
+                    future.add_done_callback(
+                        lambda _f: connection.add_callback_threadsafe(lambda: None)
+                    )
+                    inflight[future] = (batch, stats, time.perf_counter())
+                idle = time.monotonic() - activity[0]
+                if (
+                    self.cfg.idle_exit_s is not None
+                    and not (inflight or waiting or self._pending)
+                    and idle >= self.cfg.idle_exit_s
+                ):
+                    log.info("queue %s idle for %.1fs; exiting", self.cfg.queue, idle)
+                    break
+            connection.process_data_events(time_limit=self._wait_s(waiting))
+        channel.basic_cancel(consumer_tag)
+        for delivery in self._pending:  # prefetched, never started: hand back now
+            channel.basic_nack(delivery.tag, requeue=True)
+        self._pending.clear()
+        channel.close()
+        return True
+
+    def _next_batch(self, waiting: list[_Batch]) -> _Batch | None:
+        """A retry that is due, else a full batch, else a partial one that waited long enough."""
+        now = time.monotonic()
+        for i, batch in enumerate(waiting):
+            if batch.due <= now:
+                return waiting.pop(i)
+        if not self._pending:
+            return None
+        full = len(self._pending) >= self.cfg.batch_size
+        if not full and now - self._pending[0].arrived < self.cfg.batch_wait_s:
+            return None
+        taken = self._pending[: self.cfg.batch_size]
+        del self._pending[: self.cfg.batch_size]
+        return _Batch(taken)
+
+    def _wait_s(self, waiting: list[_Batch]) -> float:
+        """How long to wait for broker events before looking at the batches again."""
+        now = time.monotonic()
+        deadlines = [b.due for b in waiting]
+        if self._pending:
+            deadlines.append(self._pending[0].arrived + self.cfg.batch_wait_s)
+        wait = min([0.25, *(d - now for d in deadlines)])
+        return max(wait, 0.001)
+
+    def _finish(
+        self,
+        channel,
+        batch: _Batch,
+        future: Future,
+        stats: BatchStats,
+        seconds: float,  # noqa: ANN001
+    ) -> _Batch | None:
+        """Settle a processed batch; the part to retry later, if any."""
+        try:
+            outcomes = future.result()
+        except Exception as e:  # noqa: BLE001 - a bug must not ack, drop or crash-loop
+            log.error("batch failed unexpectedly; keeping its messages for a retry", exc_info=e)
+            outcomes = [Outcome("retry", "internal_error", repr(e)) for _ in batch.deliveries]
+        if self.on_batch is not None:
+            self.on_batch(stats, outcomes, seconds)
+        retry = self._settle(channel, batch.deliveries, outcomes)
+        if not retry:
+            return None
+        delay = backoff_delay(batch.attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
+        first = next(o for o in outcomes if o.status == "retry")
+        log.warning(
+            "%d messages failed transiently (%s: %s); retry %d in %.1fs",
+            len(retry),
+            first.reason,
+            first.detail[:200],
+            batch.attempt + 1,
+            delay,
+            extra={
+                "retry_reason": first.reason,
+                "retry_in_s": delay,
+                "messages": len(retry),
+            },
+        )
+        return _Batch(retry, batch.attempt + 1, time.monotonic() + delay)
+
+    def _settle(self, channel, todo: list[_Delivery], outcomes: list[Outcome]) -> list[_Delivery]:  # noqa: ANN001
+        """Dead-letter and acknowledge what is done; return the deliveries to retry."""
+        import pika
+
+        retry: list[_Delivery] = []
+        for delivery, outcome in zip(todo, outcomes, strict=True):
+            if outcome.status == "retry":
+                retry.append(delivery)
+                continue
+            if outcome.status == "dead":
+                headers = dict(delivery.headers)
+                headers.update(
+                    {
+                        REASON_HEADER: outcome.reason,
+                        DETAIL_HEADER: outcome.detail[:2000],
+                        "x-clazzify-queue": self.cfg.queue,
+                    }
+                )
+                channel.basic_publish(
+                    exchange="",
+                    routing_key=self.cfg.dlq,
+                    body=delivery.body,
+                    properties=pika.BasicProperties(
+                        delivery_mode=2,
+                        headers=headers,
+                        content_type=delivery.properties.content_type,
+                    ),
+                    mandatory=True,
+                )
+            # Batches finish out of order, so each message is acknowledged on its own.
+            channel.basic_ack(delivery.tag)
+        return retry
+
+
+def open_repository(db_url: str, stop: threading.Event, backoff_max_s: float = 30.0):  # noqa: ANN201
+    """Open (and migrate) the score database, waiting with backoff while it is unreachable.
+
+    Returns:
+        the :class:`~clazzify.scoring.scores.ScoreRepository`, or None when ``stop`` was set first.
+    """
+    import sqlalchemy.exc
+
+    from clazzify.scoring.scores import ScoreRepository, is_transient
+
+    attempt = 0
+    while not stop.is_set():
+        try:
+            return ScoreRepository.open(db_url)
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            first_line = str(e).splitlines()[0]
+            # psycopg reports no SQLSTATE for failed connections; these two messages
+            # mean a wrong --db, which waiting will not fix, so fail at start-up.
+            if any(m in first_line for m in _FATAL_AT_START):
+                raise ConfigError(
+                    f"cannot open the scores database: {first_line}. Create the database "
+                    "(e.g. createdb) or fix --db / CLAZZIFY_DB_URL"
+                ) from e
+            if not is_transient(e):
+                raise
+            delay = backoff_delay(attempt, 0.5, backoff_max_s)
+            attempt += 1
+            log.warning(
+                "database unreachable (%s); retrying in %.1fs",
+                str(e).splitlines()[0],
+                delay,
+                extra={"retry_in_s": delay},
+            )
+            stop.wait(delay)
+    return None
+
+
+def run_worker(
+    consumer_cfg: ConsumerConfig,
+    endpoint_cfg,  # noqa: ANN001 - clazzify.scoring.endpoint_client.EndpointConfig
+    db_url: str,
+    scoring_cfg=None,  # noqa: ANN001 - clazzify.scoring.worker.ScoringConfig
+    *,
+    stop: threading.Event | None = None,
+    metrics=None,  # noqa: ANN001 - clazzify.scoring.metrics.WorkerMetrics
+) -> None:
+    """Wire the endpoint client, the score repository and metrics into a consume loop.
+
+    Returns when ``stop`` is set (after the batches in flight) or the queue stayed idle
+    for ``consumer_cfg.idle_exit_s``.
+    """
+    from clazzify.scoring.endpoint_client import EndpointClient
+    from clazzify.scoring.worker import ScoringConfig, process_batch
+
+    stop = stop or threading.Event()
+    scoring_cfg = scoring_cfg or ScoringConfig(default_model_name=endpoint_cfg.model_name)
+    repo = open_repository(db_url, stop, consumer_cfg.backoff_max_s)
+    if repo is None:
+        return
+    client = EndpointClient(endpoint_cfg)
+
+    def process(messages: Sequence[Message], stats: BatchStats) -> list[Outcome]:
+        return process_batch(messages, client, repo, cfg=scoring_cfg, stats=stats)
+
+    def on_batch(stats: BatchStats, outcomes: list[Outcome], seconds: float) -> None:
+        if metrics is not None:
+            metrics.observe(stats, outcomes, seconds)
+        log.info(
+            "batch: %d messages, %d scored, %d dead, %d retry in %.3fs",
+            stats.messages,
+            stats.scored,
+            stats.dead,
+            stats.retry,
+            seconds,
+            extra={
+                "messages": stats.messages,
+                "scored": stats.scored,
+                "dead": stats.dead,
+                "retry": stats.retry,
+                "seconds": round(seconds, 4),
+                "fetch_s": round(stats.fetch_s, 4),
+                "infer_s": round(stats.infer_s, 4),
+                "save_s": round(stats.save_s, 4),
+                "reasons": stats.reasons,
+                "model_versions": stats.model_versions,
+            },
+        )
+
+    log.info(
+        "worker: endpoint %s model %s, database %s",
+        endpoint_cfg.url,
+        endpoint_cfg.model_name,
+        repo.url,
+    )
+    try:
+        Consumer(consumer_cfg, process, stop, on_batch).run()
+    finally:
+        client.close()
+        repo.close()
+
+
+def publish_events(cfg: ConsumerConfig, events: Iterable[UploadEvent]) -> int:
+    """Publish plain upload messages for ``events`` to ``cfg.queue`` (persistent, confirmed).
+
+    Returns:
+        the number of messages published.
+    """
+    import json
+
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(cfg.amqp_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        declare_topology(channel, cfg)
+        n = 0
+        for event in events:
+            body = json.dumps({k: v for k, v in asdict(event).items() if v is not None})
+            channel.basic_publish(
+                exchange="",
+                routing_key=cfg.queue,
+                body=body.encode(),
+                properties=pika.BasicProperties(delivery_mode=2, content_type="application/json"),
+                mandatory=True,
+            )
+            n += 1
+        return n
+    finally:
+        connection.close()

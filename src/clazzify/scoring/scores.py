@@ -1,0 +1,541 @@
+"""The scores database: PostgreSQL in production, an SQLite file as the embedded default.
+
+Tables (created by the Alembic migrations in :mod:`clazzify.scoring.migrations`):
+
+- ``images``: one row per photo: ``image_id``, ``uri``, ``restaurant_id``, ``source``.
+- ``scores``: one row per (``image_id``, ``model_name``, ``model_version``): top ``label``
+  and its ``probability``, ``source_uri``, ``scored_at`` (first write), ``updated_at``
+  (last write) and ``writes`` (how many times the row was written: redeliveries after a
+  crash show up here, never as a second row).
+- ``score_probabilities``: the probability of every class for each score.
+- ``manual_labels``: labels people gave a photo (moderators, relabel imports).
+- ``dead_letters``: messages that could never be scored, with the reason.
+
+Views (documented in the README): ``latest_scores``, ``class_scores``, ``image_labels``.
+
+Every write is an idempotent upsert inside one transaction, so a batch that is
+written twice (the worker died between the commit and the ack) leaves the same rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+from clazzify.core.errors import ConfigError
+
+#: Where ``clazzify`` keeps its scores unless told otherwise (relative to the working folder).
+DEFAULT_DB_URL = "sqlite:///.clazzify/scores.db"
+
+#: Key of the PostgreSQL advisory lock that serialises concurrent migrations.
+_MIGRATION_LOCK_KEY = 0x636C617A7A  # "clazz"
+
+# Chunk size for IN (...) lists; far below SQLite's and PostgreSQL's parameter limits.
+_IN_CHUNK = 500
+
+metadata = sa.MetaData()
+
+images = sa.Table(
+    "images",
+    metadata,
+    sa.Column("image_id", sa.String(512), primary_key=True),
+    sa.Column("uri", sa.String(2048), nullable=False),
+    sa.Column("restaurant_id", sa.String(512)),
+    sa.Column("source", sa.String(512)),
+    sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+scores = sa.Table(
+    "scores",
+    metadata,
+    sa.Column("image_id", sa.String(512), primary_key=True),
+    sa.Column("model_name", sa.String(128), primary_key=True),
+    sa.Column("model_version", sa.String(64), primary_key=True),
+    sa.Column("label", sa.String(128), nullable=False),
+    sa.Column("probability", sa.Float, nullable=False),
+    sa.Column("source_uri", sa.String(2048), nullable=False),
+    sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("writes", sa.Integer, nullable=False, server_default="1"),
+)
+
+score_probabilities = sa.Table(
+    "score_probabilities",
+    metadata,
+    sa.Column("image_id", sa.String(512), primary_key=True),
+    sa.Column("model_name", sa.String(128), primary_key=True),
+    sa.Column("model_version", sa.String(64), primary_key=True),
+    sa.Column("class_name", sa.String(128), primary_key=True),
+    sa.Column("probability", sa.Float, nullable=False),
+)
+
+manual_labels = sa.Table(
+    "manual_labels",
+    metadata,
+    sa.Column("image_id", sa.String(512), primary_key=True),
+    sa.Column("label", sa.String(128), nullable=False),
+    sa.Column("labelled_by", sa.String(128)),
+    sa.Column("labelled_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("image_id", sa.String(512)),
+    sa.Column("uri", sa.String(2048)),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("dead_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """What is known about a photo apart from its scores."""
+
+    image_id: str
+    uri: str
+    restaurant_id: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """One model's verdict on one photo.
+
+    Attributes:
+        probabilities: class name -> probability, for every class of the model.
+    """
+
+    image_id: str
+    model_name: str
+    model_version: str
+    probabilities: dict[str, float]
+    source_uri: str
+
+    def __post_init__(self) -> None:
+        if not self.probabilities:
+            raise ConfigError(f"score of {self.image_id!r} has no class probabilities")
+
+    @property
+    def label(self) -> str:
+        return max(self.probabilities, key=self.probabilities.__getitem__)
+
+    @property
+    def probability(self) -> float:
+        return self.probabilities[self.label]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that can never be scored, and why."""
+
+    reason: str
+    detail: str
+    body: str
+    image_id: str | None = None
+    uri: str | None = None
+
+
+@dataclass
+class Batch:
+    """Everything one transaction writes."""
+
+    images: list[ImageRow] = field(default_factory=list)
+    scores: list[ScoreRow] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.images or self.scores or self.dead_letters)
+
+
+def normalise_url(url: str) -> str:
+    """Accept the URLs people type and pick the bundled drivers.
+
+    ``postgresql://`` and ``postgres://`` use psycopg 3; a bare path is an SQLite file.
+
+    Raises:
+        ConfigError: the URL cannot be parsed or names an unsupported database.
+    """
+    if "://" not in url:
+        url = f"sqlite:///{url}"
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise ConfigError(f"cannot parse database URL {url!r}: {e}") from e
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("postgresql", "sqlite"):
+        raise ConfigError(
+            f"database {parsed.get_backend_name()!r} is not supported: use "
+            "postgresql://user@host/db or sqlite:///path/to/scores.db"
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def create_db_engine(url: str) -> Engine:
+    """An engine that survives database restarts and concurrent SQLite writers."""
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            # WAL lets readers (the query commands) run while a worker writes.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return sa.create_engine(
+        url,
+        pool_pre_ping=True,  # a restarted server leaves dead pooled connections behind
+        pool_size=2,
+        max_overflow=2,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for database failures that a retry can fix (down, restarting, locked)."""
+    if isinstance(error, OperationalError):
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    database = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def upgrade_database(engine: Engine, revision: str = "head") -> None:
+    """Apply the Alembic migrations up to ``revision``; safe to run from many workers at once."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", "clazzify.scoring:migrations")
+    with _sqlite_file_lock(engine), engine.begin() as conn:
+        if engine.url.get_backend_name() == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def _insert(engine: Engine, table: sa.Table):  # -> an Insert with on_conflict_* methods
+    if engine.url.get_backend_name() == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
+def _chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class ScoreRepository:
+    """Reads and idempotent writes of scores; one per process, thread-safe like its engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> ScoreRepository:
+        """Connect to ``url`` and bring its schema up to date.
+
+        Raises:
+            ConfigError: the URL is invalid.
+            sqlalchemy.exc.OperationalError: the database cannot be reached.
+        """
+        engine = create_db_engine(url)
+        if migrate:
+            upgrade_database(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def save(self, batch: Batch) -> None:
+        """Write images, scores and dead letters in one transaction (all or nothing).
+
+        Rows are sorted by key so two workers writing overlapping batches (a redelivery)
+        lock rows in the same order and cannot deadlock.
+        """
+        if not batch:
+            return
+        now = utcnow()
+        with self.engine.begin() as conn:
+            if batch.images:
+                rows = {i.image_id: i for i in batch.images}
+                stmt = _insert(self.engine, images)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[images.c.image_id],
+                    set_={
+                        "uri": stmt.excluded.uri,
+                        "restaurant_id": sa.func.coalesce(
+                            stmt.excluded.restaurant_id, images.c.restaurant_id
+                        ),
+                        "source": sa.func.coalesce(stmt.excluded.source, images.c.source),
+                    },
+                )
+                conn.execute(
+                    stmt,
+                    [
+                        {
+                            "image_id": r.image_id,
+                            "uri": r.uri,
+                            "restaurant_id": r.restaurant_id,
+                            "source": r.source,
+                            "first_seen_at": now,
+                        }
+                        for _, r in sorted(rows.items())
+                    ],
+                )
+            if batch.scores:
+                by_key = {(s.image_id, s.model_name, s.model_version): s for s in batch.scores}
+                ordered = [by_key[k] for k in sorted(by_key)]
+                stmt = _insert(self.engine, scores)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[scores.c.image_id, scores.c.model_name, scores.c.model_version],
+                    set_={
+                        "label": stmt.excluded.label,
+                        "probability": stmt.excluded.probability,
+                        "source_uri": stmt.excluded.source_uri,
+                        "updated_at": stmt.excluded.updated_at,
+                        "writes": scores.c.writes + 1,
+                    },
+                )
+                conn.execute(
+                    stmt,
+                    [
+                        {
+                            "image_id": s.image_id,
+                            "model_name": s.model_name,
+                            "model_version": s.model_version,
+                            "label": s.label,
+                            "probability": float(s.probability),
+                            "source_uri": s.source_uri,
+                            "scored_at": now,
+                            "updated_at": now,
+                            "writes": 1,
+                        }
+                        for s in ordered
+                    ],
+                )
+                stmt = _insert(self.engine, score_probabilities)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[
+                        score_probabilities.c.image_id,
+                        score_probabilities.c.model_name,
+                        score_probabilities.c.model_version,
+                        score_probabilities.c.class_name,
+                    ],
+                    set_={"probability": stmt.excluded.probability},
+                )
+                conn.execute(
+                    stmt,
+                    [
+                        {
+                            "image_id": s.image_id,
+                            "model_name": s.model_name,
+                            "model_version": s.model_version,
+                            "class_name": name,
+                            "probability": float(p),
+                        }
+                        for s in ordered
+                        for name, p in sorted(s.probabilities.items())
+                    ],
+                )
+            if batch.dead_letters:
+                conn.execute(
+                    sa.insert(dead_letters),
+                    [
+                        {
+                            "reason": d.reason,
+                            "detail": d.detail,
+                            "body": d.body,
+                            "image_id": d.image_id,
+                            "uri": d.uri,
+                            "dead_at": now,
+                        }
+                        for d in batch.dead_letters
+                    ],
+                )
+
+    def add_manual_labels(
+        self, labels: Iterable[tuple[str, str]], labelled_by: str | None = None
+    ) -> int:
+        """Record people's labels ``(image_id, label)``; a newer label replaces an older one."""
+        rows = {image_id: label for image_id, label in labels}
+        if not rows:
+            return 0
+        now = utcnow()
+        stmt = _insert(self.engine, manual_labels)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[manual_labels.c.image_id],
+            set_={
+                "label": stmt.excluded.label,
+                "labelled_by": stmt.excluded.labelled_by,
+                "labelled_at": stmt.excluded.labelled_at,
+            },
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                stmt,
+                [
+                    {"image_id": i, "label": lbl, "labelled_by": labelled_by, "labelled_at": now}
+                    for i, lbl in sorted(rows.items())
+                ],
+            )
+        return len(rows)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def scored_ids(self, model_name: str, model_version: str, image_ids: Sequence[str]) -> set[str]:
+        """Which of ``image_ids`` already have a score from this model version."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(image_ids)):
+                found.update(
+                    conn.scalars(
+                        sa.select(scores.c.image_id).where(
+                            scores.c.model_name == model_name,
+                            scores.c.model_version == model_version,
+                            scores.c.image_id.in_(chunk),
+                        )
+                    )
+                )
+        return found
+
+    def count_scores(self, model_name: str | None = None, model_version: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(scores)
+        if model_name is not None:
+            query = query.where(scores.c.model_name == model_name)
+        if model_version is not None:
+            query = query.where(scores.c.model_version == model_version)
+        with self.engine.connect() as conn:
+            return int(conn.scalar(query) or 0)
+
+    def _rows(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            result = conn.execute(sa.text(sql), params)
+            return [dict(row._mapping) for row in result]
+
+    def restaurant_images(
+        self,
+        restaurant_id: str,
+        label: str,
+        *,
+        model_name: str,
+        min_probability: float = 0.0,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Photos of a restaurant whose predicted label is ``label``, most confident first."""
+        return self._rows(
+            "SELECT image_id, uri, probability, model_version, scored_at FROM class_scores "
+            "WHERE restaurant_id = :restaurant AND model_name = :model AND label = :label "
+            "AND class_name = :label AND probability >= :min_p "
+            "ORDER BY probability DESC, image_id LIMIT :limit",
+            {
+                "restaurant": restaurant_id,
+                "model": model_name,
+                "label": label,
+                "min_p": min_probability,
+                "limit": limit,
+            },
+        )
+
+    def review_queue(
+        self, labels: Sequence[str], *, model_name: str, min_probability: float, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Photos with probability >= ``min_probability`` for any of ``labels``, most likely first.
+
+        A photo likely to be both a person and a menu appears once per queue.
+        """
+        query = sa.text(
+            "SELECT class_name AS queue, image_id, uri, restaurant_id, probability, label, "
+            "model_version, scored_at FROM class_scores "
+            "WHERE model_name = :model AND class_name IN :labels AND probability >= :min_p "
+            "ORDER BY class_name, probability DESC, image_id LIMIT :limit"
+        ).bindparams(sa.bindparam("labels", expanding=True))
+        with self.engine.connect() as conn:
+            result = conn.execute(
+                query,
+                {
+                    "model": model_name,
+                    "labels": list(labels),
+                    "min_p": min_probability,
+                    "limit": limit,
+                },
+            )
+            return [dict(row._mapping) for row in result]
+
+    def relabel_candidates(
+        self, *, model_name: str, max_probability: float, limit: int = 10_000
+    ) -> list[dict[str, Any]]:
+        """Low-confidence photos and photos whose prediction disagrees with a manual label.
+
+        Disagreements come first, then the least confident predictions.
+        """
+        return self._rows(
+            "SELECT image_id, uri, restaurant_id, label AS predicted_label, probability, "
+            "manual_label, model_version, disagrees FROM image_labels "
+            "WHERE model_name = :model AND (probability < :max_p OR disagrees = 1) "
+            "ORDER BY disagrees DESC, probability ASC, image_id LIMIT :limit",
+            {"model": model_name, "max_p": max_probability, "limit": limit},
+        )
+
+    def class_names(self, model_name: str) -> list[str]:
+        """Every class this model has given a probability for."""
+        query = (
+            sa.select(score_probabilities.c.class_name)
+            .where(score_probabilities.c.model_name == model_name)
+            .distinct()
+            .order_by(score_probabilities.c.class_name)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.scalars(query))
+
+    def dead_letter_rows(self, limit: int = 100) -> list[dict[str, Any]]:
+        query = sa.select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]

@@ -1,0 +1,151 @@
+"""The ``kserve.Model``: preprocess -> batched engine -> answers, with hot swaps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve.errors import InvalidInput
+
+from clazzify.serving.batching import Batcher
+from clazzify.serving.config import ServeConfig, parse_model_uri
+from clazzify.serving.engine import AliasWatcher, Engine, load_engine, resolve_alias
+from clazzify.serving.metrics import ServingMetrics
+from clazzify.serving.protocol import (
+    PayloadError,
+    check_probabilities,
+    images_to_batch,
+    v1_images,
+    v1_predictions,
+    v2_images,
+    v2_metadata,
+    v2_outputs,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    pixels: np.ndarray
+    engine: Engine
+    v2: InferRequest | None
+
+
+@dataclass(frozen=True)
+class _Scored:
+    probs: np.ndarray
+    engine: Engine
+    v2: InferRequest | None
+
+
+class ClazzifyModel(Model):
+    """Classifies encoded photos sent as KServe V1 ``b64`` instances or a V2 BYTES input."""
+
+    def __init__(
+        self, cfg: ServeConfig, metrics: ServingMetrics, version_override: str | None = None
+    ) -> None:
+        super().__init__(cfg.model_name)
+        self.cfg = cfg
+        self.source = parse_model_uri(cfg.model_uri)
+        self.metrics = metrics
+        self.version_override = version_override
+        self.engine: Engine | None = None
+        self._watcher: AliasWatcher | None = None
+        self._batcher = Batcher(
+            lambda engine, images: engine.predict(images),
+            cfg.max_batch_size,
+            cfg.max_latency_ms / 1000.0,
+            on_batch=metrics.batch_size.observe,
+        )
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def load(self) -> bool:
+        engine = load_engine(self.source, self.cfg.engine, version_override=self.version_override)
+        self._install(engine)
+        if self.cfg.watch_interval_s:
+            self._watcher = AliasWatcher(
+                self.source.uri, lambda: resolve_alias(self.source), self.cfg.watch_interval_s,
+                lambda: self.engine.version, self.swap_to,
+            )
+            self._watcher.start()
+        self.ready = True
+        return self.ready
+
+    def _install(self, engine: Engine) -> None:
+        old, self.engine = self.engine, engine  # one reference swap: requests hold their own
+        self.metrics.set_model(self.name, engine.version, engine.predictor.engine)
+        if old is not None and old.owned_dir is not None:
+            # Both engines have their weights in memory; the old download folder can go.
+            shutil.rmtree(old.owned_dir, ignore_errors=True)
+
+    def swap_to(self, version: str) -> None:
+        """Load ``version`` of the watched alias and make it the served model.
+
+        Requests already decoded for the old model finish on it (the batcher keys batches
+        on the engine object), so a swap fails nothing in flight.
+        """
+        log.info("alias %s moved to version %s: loading it", self.source.uri, version)
+        self._install(load_engine(self.source, self.cfg.engine, version=version))
+        self.metrics.swaps.inc()
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+        self._batcher.close()
+        self.ready = False
+
+    # ---------------------------------------------------------------- metadata
+
+    def get_input_types(self) -> list[dict]:
+        return v2_metadata(self.engine.meta.class_names)[0]
+
+    def get_output_types(self) -> list[dict]:
+        return v2_metadata(self.engine.meta.class_names)[1]
+
+    # ---------------------------------------------------------------- inference
+
+    def validate(self, payload: Any) -> Any:
+        return payload  # preprocess has validated it already
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Prepared:
+        engine = self.engine
+        limits = self.cfg.limits
+        with self._batcher.expecting():
+            try:
+                if isinstance(payload, InferRequest):
+                    blobs = v2_images([inp.to_dict() for inp in payload.inputs], limits)
+                else:
+                    blobs = v1_images(payload, limits)
+                pixels = await asyncio.get_running_loop().run_in_executor(
+                    None, images_to_batch, blobs, engine.meta.image_size, limits
+                )
+            except PayloadError as e:
+                raise InvalidInput(str(e)) from e
+        return _Prepared(pixels, engine, payload if isinstance(payload, InferRequest) else None)
+
+    async def predict(self, payload: _Prepared, headers: dict[str, str] | None = None) -> _Scored:
+        probs = await self._batcher.submit(payload.engine, payload.pixels)
+        return _Scored(probs, payload.engine, payload.v2)
+
+    async def postprocess(
+        self, result: _Scored, headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict | InferResponse:
+        names = result.engine.meta.class_names
+        probs = check_probabilities(result.probs, len(result.probs), names)
+        for label in probs.argmax(axis=1).tolist():
+            self.metrics.predictions.labels(names[label]).inc()
+        if result.v2 is None:
+            return {"predictions": v1_predictions(probs, names, self.name, result.engine.version)}
+        outputs = [InferOutput(**out) for out in v2_outputs(probs, names)]
+        return InferResponse(
+            response_id=result.v2.id, model_name=self.name, infer_outputs=outputs,
+            model_version=result.engine.version,
+        )

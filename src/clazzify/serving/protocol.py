@@ -1,0 +1,298 @@
+"""Serving's logic as pure functions: payloads in, training's pixels to the model, answers out.
+
+The model server (:mod:`clazzify.serving.model`) is a thin KServe edge over this module:
+
+- :func:`v1_images` / :func:`parse_v2_body` + :func:`v2_images` turn a request body into
+  encoded image bytes, with a :class:`PayloadError` naming the problem for any bad input;
+- :func:`images_to_batch` decodes them with :func:`clazzify.core.imaging.image_to_array`, the
+  very function the HDF5 builder used, so the model sees the pixels training stored;
+- :func:`v1_predictions` / :func:`v2_outputs` shape the model's probabilities into answers;
+
+Authentication lives in :mod:`clazzify.serving.auth`, the server's configuration in
+:mod:`clazzify.serving.config`.
+"""
+
+from __future__ import annotations
+
+import binascii
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from clazzify.core.errors import ClazzifyError, ImageError
+from clazzify.core.imaging import image_to_array
+from clazzify.serving.config import ServingLimits
+
+#: Name of the single V2 input tensor (any name is accepted; this is what metadata advertises).
+V2_INPUT = "image"
+#: Header of the V2 binary-data extension: length of the JSON part before the raw tensors.
+V2_BINARY_HEADER = "inference-header-content-length"
+
+
+class PayloadError(ClazzifyError, ValueError):
+    """A request body the server cannot use; the message names the problem (HTTP 400)."""
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def decode_b64(value: object, where: str) -> bytes:
+    """Strict base64 (standard alphabet, padding required) -> bytes.
+
+    Raises:
+        PayloadError: ``value`` is not a string or not valid base64.
+    """
+    if not isinstance(value, str):
+        raise PayloadError(f"{where}: expected a base64 string, got {type(value).__name__}")
+    try:
+        return binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError) as e:
+        raise PayloadError(f"{where}: invalid base64 ({e})") from e
+
+
+def load_json(body: bytes | str) -> object:
+    """Parse a JSON body.
+
+    Raises:
+        PayloadError: the body is empty or not valid JSON.
+    """
+    if not body:
+        raise PayloadError("request body is empty: send JSON")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise PayloadError(f"malformed JSON: {e}") from e
+
+
+def _check_count(n: int, limits: ServingLimits, what: str) -> None:
+    if n == 0:
+        raise PayloadError(f"{what} is empty: send at least one image")
+    if n > limits.max_images:
+        raise PayloadError(
+            f"{what} holds {n} images; at most {limits.max_images} per request: split the request"
+        )
+
+
+def v1_images(body: object, limits: ServingLimits) -> list[bytes]:
+    """Encoded images of a KServe V1 body ``{"instances": [{"b64": "..."}, ...]}``.
+
+    Raises:
+        PayloadError: wrong shape, too many or no instances, or bad base64.
+    """
+    if isinstance(body, bytes | str):
+        body = load_json(body)
+    if not isinstance(body, Mapping) or "instances" not in body:
+        raise PayloadError('expected a JSON object {"instances": [{"b64": "<image bytes>"}, ...]}')
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        raise PayloadError(f'"instances" must be a list, got {type(instances).__name__}')
+    _check_count(len(instances), limits, '"instances"')
+    out = []
+    for i, inst in enumerate(instances):
+        if not isinstance(inst, Mapping) or "b64" not in inst:
+            raise PayloadError(f'instances[{i}]: expected {{"b64": "<base64 image bytes>"}}')
+        out.append(decode_b64(inst["b64"], f"instances[{i}].b64"))
+    return out
+
+
+def unpack_bytes_tensor(raw: bytes, where: str) -> list[bytes]:
+    """Split a V2 binary BYTES tensor (4-byte little-endian length, then the bytes, repeated).
+
+    Raises:
+        PayloadError: a length runs past the end of the data.
+    """
+    out, offset = [], 0
+    view = memoryview(raw)
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise PayloadError(f"{where}: truncated element length at byte {offset}")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise PayloadError(
+                f"{where}: element of {length} bytes at byte {offset} runs past the "
+                f"{len(raw)}-byte tensor"
+            )
+        out.append(bytes(view[offset : offset + length]))
+        offset += length
+    return out
+
+
+def parse_v2_body(body: bytes, header_length: str | None) -> dict[str, Any]:
+    """Parse an Open Inference Protocol (V2) infer body, JSON or binary-extension.
+
+    With the binary extension (``header_length`` set), the JSON header is followed by
+    raw tensors; a BYTES input's ``data`` is replaced by its list of raw elements.
+
+    Raises:
+        PayloadError: bad header length, malformed JSON, or binary sizes that do not add up.
+    """
+    if header_length is None:
+        request = load_json(body)
+        raw = b""
+    else:
+        try:
+            json_length = int(header_length)
+        except ValueError as e:
+            raise PayloadError(
+                f"{V2_BINARY_HEADER} must be an integer, got {header_length[:40]!r}"
+            ) from e
+        if not 0 < json_length <= len(body):
+            raise PayloadError(
+                f"{V2_BINARY_HEADER}={json_length} is outside the {len(body)}-byte body"
+            )
+        request = load_json(body[:json_length])
+        raw = body[json_length:]
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+        raise PayloadError(
+            'expected a JSON object {"inputs": [{"name", "shape", "datatype", "data"}]}'
+        )
+    offset = 0
+    for i, inp in enumerate(request["inputs"]):
+        if not isinstance(inp, dict):
+            raise PayloadError(f"inputs[{i}] must be an object, got {type(inp).__name__}")
+        params = inp.get("parameters")
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is None:
+            continue
+        if header_length is None:
+            raise PayloadError(
+                f"inputs[{i}] has binary_data_size but the {V2_BINARY_HEADER} header is missing"
+            )
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise PayloadError(f"inputs[{i}].parameters.binary_data_size must be an integer >= 0")
+        if offset + size > len(raw):
+            raise PayloadError(
+                f"inputs[{i}] declares {size} binary bytes but only {len(raw) - offset} follow"
+            )
+        chunk = raw[offset : offset + size]
+        offset += size
+        if inp.get("datatype") != "BYTES":
+            raise PayloadError(f"inputs[{i}]: only BYTES inputs (encoded images) are accepted")
+        inp["data"] = unpack_bytes_tensor(chunk, f"inputs[{i}]")
+    return request
+
+
+def v2_images(inputs: Sequence[Mapping[str, Any]], limits: ServingLimits) -> list[bytes]:
+    """Encoded images of the one V2 BYTES input (base64 strings in JSON, raw bytes in binary).
+
+    Raises:
+        PayloadError: not exactly one input, not BYTES, a shape that does not match the
+            data, too many or no images, or bad base64.
+    """
+    if len(inputs) != 1:
+        raise PayloadError(f"expected exactly one input (the encoded images), got {len(inputs)}")
+    inp = inputs[0]
+    name = inp.get("name") or V2_INPUT
+    if inp.get("datatype") != "BYTES":
+        raise PayloadError(
+            f"input {name!r} has datatype {inp.get('datatype')!r}: send encoded image bytes as "
+            "BYTES (pixel tensors are not accepted)"
+        )
+    data = inp.get("data")
+    if not isinstance(data, list):
+        raise PayloadError(f"input {name!r}: 'data' must be a list of base64 strings")
+    if data and all(isinstance(row, list) for row in data):
+        data = [item for row in data for item in row]  # [[b64], [b64]] for shape [N, 1]
+    shape = inp.get("shape")
+    if not (
+        isinstance(shape, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        and len(shape) in (1, 2)
+        and (len(shape) == 1 or shape[1] == 1)
+    ):
+        raise PayloadError(f"input {name!r}: shape must be [N] or [N, 1], got {shape!r}")
+    if shape[0] != len(data):
+        raise PayloadError(
+            f"input {name!r}: shape says {shape[0]} images but data holds {len(data)}"
+        )
+    _check_count(len(data), limits, f"input {name!r}")
+    return [
+        item if isinstance(item, bytes) else decode_b64(item, f"input {name!r}[{i}]")
+        for i, item in enumerate(data)
+    ]
+
+
+def images_to_batch(blobs: Sequence[bytes], image_size: int, limits: ServingLimits) -> np.ndarray:
+    """Decode encoded images into the uint8 ``[N, S, S, 3]`` batch the model takes.
+
+    Uses :func:`clazzify.core.imaging.image_to_array`, the function that built the training data.
+
+    Raises:
+        PayloadError: naming the index and the reason (empty, not an image, corrupt or
+            truncated, too small, too many pixels).
+    """
+    batch = np.empty((len(blobs), image_size, image_size, 3), dtype=np.uint8)
+    image_limits = limits.image_limits
+    for i, blob in enumerate(blobs):
+        try:
+            batch[i] = image_to_array(blob, image_size, image_limits)
+        except ImageError as e:
+            raise PayloadError(f"image {i}: {e.reason}: {e}") from e
+    return batch
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def check_probabilities(probs: np.ndarray, n_images: int, class_names: Sequence[str]) -> np.ndarray:
+    """The engine's output as float32 ``[n_images, n_classes]``; anything else is a model fault.
+
+    Raises:
+        ClazzifyError: wrong shape or non-finite values (a broken model, not bad input).
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.shape != (n_images, len(class_names)):
+        raise ClazzifyError(
+            f"model returned shape {probs.shape} for {n_images} images and {len(class_names)} "
+            "classes: the bundle's clazzify.json does not match its model"
+        )
+    if not np.isfinite(probs).all():
+        raise ClazzifyError("model returned non-finite probabilities")
+    return probs
+
+
+def v1_predictions(
+    probs: np.ndarray, class_names: Sequence[str], model_name: str, model_version: str
+) -> list[dict[str, Any]]:
+    """One answer per image: top label, its probability, every class's probability, model."""
+    top = probs.argmax(axis=1)
+    rows = probs.tolist()
+    return [
+        {
+            "label": class_names[k],
+            "probability": row[k],
+            "probabilities": dict(zip(class_names, row, strict=True)),
+            "model_name": model_name,
+            "model_version": model_version,
+        }
+        for k, row in zip(top.tolist(), rows, strict=True)
+    ]
+
+
+def v2_outputs(probs: np.ndarray, class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """V2 output tensors: ``label`` [N], ``probabilities`` [N, C] and ``class_names`` [C]."""
+    n, c = probs.shape
+    return [
+        {"name": "label", "datatype": "BYTES", "shape": [n],
+         "data": [class_names[k] for k in probs.argmax(axis=1).tolist()]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [n, c],
+         "data": probs.reshape(-1).tolist()},
+        {"name": "class_names", "datatype": "BYTES", "shape": [c], "data": list(class_names)},
+    ]
+
+
+def v2_metadata(class_names: Sequence[str]) -> tuple[list[dict], list[dict]]:
+    """V2 model metadata: the input and output tensors of :func:`v2_images` / :func:`v2_outputs`."""
+    c = len(class_names)
+    inputs = [{"name": V2_INPUT, "datatype": "BYTES", "shape": [-1]}]
+    outputs = [
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, c]},
+        {"name": "class_names", "datatype": "BYTES", "shape": [c]},
+    ]
+    return inputs, outputs
+

@@ -1,0 +1,122 @@
+"""The model server's command line: ``python -m clazzify.serving``, ``python -m serving`` and
+``clazzify serve`` all run :func:`main`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from clazzify.core.errors import ClazzifyError
+from clazzify.serving.auth import load_api_keys
+from clazzify.serving.config import ENGINES, ServeConfig, ServingLimits, parse_model_uri
+
+KEYS_ENV = "CLAZZIFY_API_KEYS"
+log = logging.getLogger("serving")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--model-uri", envvar="CLAZZIFY_MODEL_URI", default="models:/clazzify@champion",
+              help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, "
+                   "s3://bucket/prefix or a local folder (/mnt/models under KServe).")
+@click.option("--model-name", default="clazzify", help="Name in the URLs: /v1/models/NAME:predict.")
+@click.option("--model-version", default=None,
+              help="Version to report; default: the registry version, else a hash of the "
+                   "model file.")
+@click.option("--engine", type=click.Choice(ENGINES), default="auto",
+              help="auto = ONNX Runtime, falling back to Keras if the ONNX model cannot load; "
+                   "openvino[-bf16] = OpenVINO on the ONNX export (pip install "
+                   "'clazzify[openvino]'; check accuracy before adopting bf16).")
+@click.option("--http-port", default=8080, help="HTTP port (listens on all interfaces).")
+@click.option("--max-batch-size", default=8,
+              help="Most images per engine call. On CPU, ONNX Runtime peaks at small batches "
+                   "(benchmarks/model_server.py prints the engine's rate per batch size).")
+@click.option("--max-latency-ms", default=5.0,
+              help="Longest a request waits for concurrent ones to share its batch.")
+@click.option("--watch-alias", is_flag=True,
+              help="Re-resolve the models:/NAME@ALIAS URI every --watch-interval seconds and "
+                   "swap in a new version without failing requests.")
+@click.option("--watch-interval", default=30.0, help="Seconds between alias checks.")
+@click.option("--api-keys-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help=f"Accepted bearer keys, one per line (merged with ${KEYS_ENV}).")
+@click.option("--insecure", is_flag=True,
+              help="Allow starting with no API key (no authentication).")
+@click.option("--max-body-mb", default=10.0, help="Largest request body, in MB (413 above).")
+@click.option("--max-images", default=64, help="Most images per request.")
+@click.option("--max-pixels", default=40_000_000, help="Largest width*height per image.")
+@click.option("--min-side", default=32, help="Smallest accepted image side (as ingest).")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+              help="MLflow tracking URI for models:/ and runs:/ URIs "
+                   "(default: the local store under .clazzify/).")
+def main(model_uri: str, model_name: str, model_version: str | None, engine: str, http_port: int,
+         max_batch_size: int, max_latency_ms: float, watch_alias: bool, watch_interval: float,
+         api_keys_file: Path | None, insecure: bool, max_body_mb: float, max_images: int,
+         max_pixels: int, min_side: int, tracking_uri: str | None) -> None:
+    """Serve a clazzify model over KServe's V1 and V2 (Open Inference) REST protocols.
+
+    \b
+    POST /v1/models/NAME:predict  {"instances": [{"b64": "<jpeg/png/webp bytes>"}]}
+    POST /v2/models/NAME/infer    one BYTES input: base64 strings in JSON, or raw bytes
+                                  with the binary extension
+    GET  /v2/health/ready, /v2/health/live, /v1/models/NAME, /metrics  (no key needed)
+
+    Every other call needs 'Authorization: Bearer <key>', with keys from --api-keys-file
+    and/or $CLAZZIFY_API_KEYS.
+    """
+    try:
+        cfg = ServeConfig(
+            model_uri=model_uri, model_name=model_name, engine=engine, http_port=http_port,
+            max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
+            watch_interval_s=watch_interval if watch_alias else 0.0,
+            limits=ServingLimits(max_body_bytes=int(max_body_mb * 1024 * 1024),
+                                 max_images=max_images, max_pixels=max_pixels, min_side=min_side),
+        )
+        file_text = api_keys_file.read_text() if api_keys_file else None
+        keys = load_api_keys(file_text, os.environ.get(KEYS_ENV))
+    except (ClazzifyError, OSError) as e:
+        raise click.UsageError(str(e)) from e
+    if model_version and cfg.watch_interval_s:
+        raise click.UsageError("--model-version and --watch-alias exclude each other: a "
+                               "watched alias reports the registry's version")
+    if not keys and not insecure:
+        raise click.UsageError(
+            f"no API key configured: put keys in --api-keys-file or ${KEYS_ENV}, or pass "
+            "--insecure to serve without authentication"
+        )
+    if parse_model_uri(cfg.model_uri).from_registry:
+        import mlflow
+
+        from clazzify.registry.tracking import default_tracking_uri
+
+        uri = tracking_uri or default_tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+
+    # kserve parses sys.argv when imported; import it only once our options are checked.
+    from kserve import ModelServer
+    from kserve.model_server import app
+
+    from clazzify.serving.http import GuardMiddleware, add_v2_infer_route
+    from clazzify.serving.metrics import ServingMetrics
+    from clazzify.serving.model import ClazzifyModel
+
+    metrics = ServingMetrics()
+    model = ClazzifyModel(cfg, metrics, version_override=model_version)
+    try:
+        model.load()
+    except ClazzifyError as e:
+        raise click.ClickException(f"cannot load {cfg.model_uri}: {e}") from e
+    if not keys:
+        log.warning("serving WITHOUT authentication (--insecure)")
+    app.add_middleware(GuardMiddleware, keys=keys or None,
+                       max_body_bytes=cfg.limits.max_body_bytes, metrics=metrics)
+    add_v2_infer_route(app, model)
+    server = ModelServer(http_port=cfg.http_port, enable_grpc=False, workers=1,
+                         enable_latency_logging=False)
+    # KServe's timing middleware logs two trace lines per request; /metrics has the same
+    # latencies, and on a small CPU the log writes cost throughput. Access logs stay.
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    server.start([model])
+

@@ -1,0 +1,117 @@
+"""The promotion gate: a pure decision on evaluation metrics, with its reasons."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+from clazzify.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Thresholds a challenger must meet.
+
+    Attributes:
+        min_accuracy: absolute floor on test accuracy, in [0, 1].
+        max_regression: how much lower than the champion's accuracy (re-measured on
+            the same test split) the challenger may be, in [0, 1].
+        min_class_recall: recall floor applied to every class, in [0, 1]; on by default
+            (0.5), so no class can be silently sacrificed to the average; 0 disables it.
+        class_recall: per-class floors overriding ``min_class_recall`` ({class: floor}).
+    """
+
+    min_accuracy: float = 0.5
+    max_regression: float = 0.0
+    min_class_recall: float = 0.5
+    class_recall: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("min_accuracy", "max_regression", "min_class_recall"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"gate threshold {name}={value} is outside [0, 1]")
+        for cls, value in self.class_recall.items():
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"gate recall floor for class {cls!r} = {value} is outside [0, 1]")
+
+    def check_classes(self, class_names: Sequence[str]) -> None:
+        """Fail loudly when a per-class floor names a class the model does not have."""
+        unknown = sorted(set(self.class_recall) - set(class_names))
+        if unknown:
+            raise ConfigError(
+                f"gate names unknown class(es) {unknown}; the model's classes are {list(class_names)}"
+            )
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether the challenger may be registered, and why."""
+
+    passed: bool
+    reasons: list[str]
+    challenger_accuracy: float
+    champion_accuracy: float | None = None
+    champion_version: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.passed else "fail"
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "verdict": self.verdict}, indent=2)
+
+
+def passes_gate(
+    accuracy: float,
+    recall: Mapping[str, float],
+    cfg: GateConfig,
+    *,
+    champion_accuracy: float | None = None,
+    champion_version: str | None = None,
+) -> GateDecision:
+    """Decide whether a challenger passes.
+
+    Args:
+        accuracy: challenger's test accuracy.
+        recall: challenger's recall per class.
+        cfg: thresholds.
+        champion_accuracy: the current champion's accuracy on the same test split,
+            or None when there is no champion (absolute gate only).
+        champion_version: for the report.
+
+    Raises:
+        ConfigError: the gate names a class the model does not have.
+    """
+    cfg.check_classes(list(recall))
+    reasons: list[str] = []
+    ok = True
+    if accuracy >= cfg.min_accuracy:
+        reasons.append(f"accuracy {accuracy:.4f} >= min_accuracy {cfg.min_accuracy:.4f}")
+    else:
+        ok = False
+        reasons.append(f"accuracy {accuracy:.4f} < min_accuracy {cfg.min_accuracy:.4f}")
+    floors = {cls: cfg.class_recall.get(cls, cfg.min_class_recall) for cls in recall}
+    below = [cls for cls in sorted(recall) if floors[cls] and recall[cls] < floors[cls]]
+    for cls in below:
+        ok = False
+        reasons.append(f"recall of {cls!r} {recall[cls]:.4f} < floor {floors[cls]:.4f}")
+    floored = [cls for cls in recall if floors[cls]]
+    if floored and not below:
+        # the class with the least room above its floor: what a reader wants to check
+        tight = min(floored, key=lambda cls: (recall[cls] - floors[cls], cls))
+        reasons.append(
+            f"every class's recall >= its floor (closest: {tight!r} {recall[tight]:.4f} >= {floors[tight]:.4f})"
+        )
+    if champion_accuracy is None:
+        reasons.append("no champion yet: absolute gate only")
+    else:
+        floor = champion_accuracy - cfg.max_regression
+        relation = ">=" if accuracy >= floor else "<"
+        ok = ok and accuracy >= floor
+        reasons.append(
+            f"accuracy {accuracy:.4f} {relation} champion v{champion_version} "
+            f"{champion_accuracy:.4f} - max_regression {cfg.max_regression:.4f}"
+        )
+    return GateDecision(ok, reasons, accuracy, champion_accuracy, champion_version)
