@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import numpy as np
 import pytest
@@ -147,3 +148,20 @@ def test_request_parses_with_the_model_servers_own_parser() -> None:
     parsed = parse_v2_body(body, str(json_length))
     assert v2_images(parsed["inputs"], ServingLimits()) == images
     assert V2_BINARY_HEADER.lower() == "inference-header-content-length"
+
+
+def test_a_binary_bytes_output_that_runs_past_its_end_is_a_bad_response() -> None:
+    # Before the shared codec the client sliced past the end and returned short labels.
+    raw = struct.pack("<I", 9) + b"abc"
+    doc = {
+        "model_name": "m",
+        "model_version": "1",
+        "outputs": [
+            {"name": "label", "datatype": "BYTES", "shape": [1],
+             "parameters": {"binary_data_size": len(raw)}},
+        ],
+    }
+    head = json.dumps(doc).encode()
+    with pytest.raises(EndpointError, match="'label': element of 9 bytes") as info:
+        decode_infer_response(head + raw, len(head))
+    assert info.value.kind == "transient"

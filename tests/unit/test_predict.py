@@ -21,7 +21,6 @@ from clazzify.serving.protocol import (
     decode_b64,
     images_to_batch,
     parse_v2_body,
-    unpack_bytes_tensor,
     v1_images,
     v1_predictions,
     v2_images,
@@ -153,12 +152,11 @@ def test_parse_v2_body_rejects_binary_sizes_that_do_not_add_up():
         parse_v2_body(header + _pack(b"abcd"), str(len(header)))
 
 
-def test_unpack_bytes_tensor_catches_lengths_past_the_end():
-    assert unpack_bytes_tensor(_pack(b"", b"xy"), "t") == [b"", b"xy"]
-    with pytest.raises(PayloadError, match="runs past"):
-        unpack_bytes_tensor(struct.pack("<I", 9) + b"abc", "t")
-    with pytest.raises(PayloadError, match="truncated element length"):
-        unpack_bytes_tensor(_pack(b"ab") + b"\x01", "t")
+def test_parse_v2_body_rejects_a_bytes_tensor_whose_lengths_run_past_its_end():
+    bad = struct.pack("<I", 9) + b"abc"
+    header = _v2_header("BYTES", len(bad))
+    with pytest.raises(PayloadError, match=r"inputs\[0\]: element of 9 bytes .* runs past"):
+        parse_v2_body(header + bad, str(len(header)))
 
 
 @pytest.mark.parametrize(

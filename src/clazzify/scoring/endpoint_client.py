@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import httpx
 import numpy as np
 
 from clazzify.core.errors import ClazzifyError, ConfigError
+from clazzify.core.v2codec import pack_bytes_tensor, unpack_bytes_tensor
 
 INFERENCE_HEADER = "Inference-Header-Content-Length"
 
@@ -136,7 +136,7 @@ def encode_infer_request(
     Returns:
         (body, json_length): send ``body`` with ``Inference-Header-Content-Length: json_length``.
     """
-    raw = b"".join(struct.pack("<I", len(img)) + img for img in images)
+    raw = pack_bytes_tensor(images)
     header = {
         "id": request_id or uuid.uuid4().hex,
         "inputs": [
@@ -152,20 +152,14 @@ def encode_infer_request(
     return head + raw, len(head)
 
 
-def _deserialize_bytes(raw: bytes) -> list[bytes]:
-    out, pos = [], 0
-    while pos < len(raw):
-        (n,) = struct.unpack_from("<I", raw, pos)
-        out.append(raw[pos + 4 : pos + 4 + n])
-        pos += 4 + n
-    return out
-
-
 def _tensor(output: Mapping[str, Any], raw: bytes | None) -> np.ndarray:
     dtype_name = output.get("datatype")
     shape = [int(d) for d in output.get("shape", [])]
     if dtype_name == "BYTES":
-        items = _deserialize_bytes(raw) if raw is not None else output.get("data", [])
+        if raw is not None:
+            items = unpack_bytes_tensor(raw, f"output {output.get('name')!r}")
+        else:
+            items = output.get("data", [])
         values = [v.decode() if isinstance(v, bytes) else str(v) for v in items]
         return np.array(values, dtype=object).reshape(shape)
     if dtype_name not in _V2_DTYPES:
@@ -198,7 +192,7 @@ def decode_infer_response(
                 raw = body[pos : pos + int(size)]
                 pos += int(size)
             tensors[output["name"]] = _tensor(output, raw)
-    except (ValueError, KeyError, TypeError, struct.error) as e:
+    except (ValueError, KeyError, TypeError) as e:  # BytesTensorError is a ValueError
         raise EndpointError(
             "transient", f"model server sent a response that is not a V2 infer response: {e}"
         ) from e

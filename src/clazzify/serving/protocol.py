@@ -15,7 +15,6 @@ Authentication lives in :mod:`clazzify.serving.auth`, the server's configuration
 from __future__ import annotations
 
 import binascii
-import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ import orjson
 
 from clazzify.core.errors import ClazzifyError, ImageError
 from clazzify.core.imaging import image_to_array
+from clazzify.core.v2codec import BytesTensorError, unpack_bytes_tensor
 from clazzify.serving.config import ServingLimits
 
 #: Name of the single V2 input tensor (any name is accepted; this is what metadata advertises).
@@ -98,29 +98,6 @@ def v1_images(body: object, limits: ServingLimits) -> list[bytes]:
     return out
 
 
-def unpack_bytes_tensor(raw: bytes, where: str) -> list[bytes]:
-    """Split a V2 binary BYTES tensor (4-byte little-endian length, then the bytes, repeated).
-
-    Raises:
-        PayloadError: a length runs past the end of the data.
-    """
-    out, offset = [], 0
-    view = memoryview(raw)
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise PayloadError(f"{where}: truncated element length at byte {offset}")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise PayloadError(
-                f"{where}: element of {length} bytes at byte {offset} runs past the "
-                f"{len(raw)}-byte tensor"
-            )
-        out.append(bytes(view[offset : offset + length]))
-        offset += length
-    return out
-
-
 def parse_v2_body(body: bytes, header_length: str | None) -> dict[str, Any]:
     """Parse an Open Inference Protocol (V2) infer body, JSON or binary-extension.
 
@@ -172,7 +149,10 @@ def parse_v2_body(body: bytes, header_length: str | None) -> dict[str, Any]:
         offset += size
         if inp.get("datatype") != "BYTES":
             raise PayloadError(f"inputs[{i}]: only BYTES inputs (encoded images) are accepted")
-        inp["data"] = unpack_bytes_tensor(chunk, f"inputs[{i}]")
+        try:
+            inp["data"] = unpack_bytes_tensor(chunk, f"inputs[{i}]")
+        except BytesTensorError as e:
+            raise PayloadError(str(e)) from e
     return request
 
 
