@@ -92,7 +92,7 @@ def test_manifest_sources(tmp_path: Path):
     [
         ("bad.csv", "path,class\nx.png,a\n", "uri,label"),
         ("bad.jsonl", '{"uri": "x.png"}\n', "line 1"),
-        ("empty-label.csv", "uri,label\nx.png, \n", "empty label"),
+        ("empty-label.csv", "uri,label\nx.png, \n", "line 2: the label is empty"),
     ],
 )
 def test_bad_manifests_name_the_problem(tmp_path: Path, name, text, match):

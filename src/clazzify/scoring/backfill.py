@@ -13,9 +13,6 @@ next run picks up where it stopped.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -25,6 +22,7 @@ from pathlib import Path
 
 from clazzify.core import storage
 from clazzify.core.errors import ConfigError, DataError
+from clazzify.core.manifest import is_manifest, read_manifest_rows
 from clazzify.scoring.endpoint_client import EndpointClient, EndpointError
 from clazzify.scoring.events import EventError, UploadEvent
 from clazzify.scoring.scores import Batch, ScoreRepository, is_transient
@@ -99,22 +97,6 @@ def _uri_of(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def _manifest_rows(uri: str) -> Iterator[dict]:
-    text = storage.read_bytes(uri).decode("utf-8-sig")
-    if uri.endswith(".jsonl"):
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{uri} line {lineno}: not JSON: {e}") from e
-        return
-    reader = csv.DictReader(io.StringIO(text))
-    if "uri" not in (reader.fieldnames or ()):
-        raise DataError(f"{uri}: manifest header {reader.fieldnames} lacks the 'uri' column")
-    yield from reader
-
-
 def list_collection(source: str, source_tag: str = "backfill") -> Iterator[UploadEvent]:
     """Yield an event per photo of ``source`` (folder, ``s3://`` prefix or manifest).
 
@@ -122,24 +104,21 @@ def list_collection(source: str, source_tag: str = "backfill") -> Iterator[Uploa
     every row, relative URIs resolved against the manifest's folder.
 
     Raises:
-        DataError: a manifest row is invalid (names the row).
+        DataError: a manifest row is invalid (names the line).
         StorageError: the source cannot be listed.
     """
-    if source.endswith((".csv", ".jsonl")):
-        base = source.rsplit("/", 1)[0] if "/" in source else "."
-        for n, row in enumerate(_manifest_rows(source), start=2):
-            raw = str(row.get("uri") or "").strip()
-            uri = raw if "://" in raw or raw.startswith("/") else storage.join(base, raw)
-            uri = _uri_of(uri) if raw else raw
+    if is_manifest(source):
+        for row in read_manifest_rows(source, ("uri",)):
+            uri = _uri_of(row.get("uri"))
             try:
                 yield UploadEvent(
-                    image_id=str(row.get("image_id") or "").strip() or uri,
+                    image_id=row.get("image_id") or uri,
                     uri=uri,
-                    restaurant_id=str(row.get("restaurant_id") or "").strip() or None,
-                    source=str(row.get("source") or "").strip() or source_tag,
+                    restaurant_id=row.get("restaurant_id") or None,
+                    source=row.get("source") or source_tag,
                 )
             except EventError as e:
-                raise DataError(f"{source} row {n}: {e}") from e
+                raise DataError(f"{source} line {row.line}: {e}") from e
         return
     for uri in storage.list_files(source):
         if uri.lower().endswith(IMAGE_SUFFIXES):

@@ -12,7 +12,6 @@ Bad files are quarantined with a reason and never stop the run; exact duplicates
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from collections import Counter, defaultdict
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 from clazzify.core import storage
 from clazzify.core.errors import ConfigError, DataError, ImageError, StorageError
 from clazzify.core.imaging import ImageLimits, content_hash, decode_image
+from clazzify.core.manifest import is_manifest, read_manifest_rows
 
 SPLITS = ("train", "val", "test")
 MANIFEST_FIELDS = ("uri", "label", "split", "sha256", "width", "height", "group", "phash", "shard")
@@ -178,51 +178,19 @@ class IngestReport:
         return "\n".join(lines) + "\n"
 
 
-def _resolve(base: str, uri: str) -> str:
-    if "://" in uri or uri.startswith("/"):
-        return uri
-    return storage.join(base, uri)
-
-
-def _parent(uri: str) -> str:
-    return uri.rsplit("/", 1)[0] if "/" in uri else "."
-
-
 def read_manifest(uri: str) -> list[Item]:
-    """Read a CSV (``uri,label``) or JSONL manifest into items."""
-    text = storage.read_bytes(uri).decode("utf-8-sig")
-    base = _parent(uri)
-    items: list[Item] = []
-    if uri.endswith(".jsonl"):
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                items.append(Item(_resolve(base, str(row["uri"])), str(row["label"]).strip()))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(
-                    f"{uri} line {lineno}: expected a JSON object with 'uri' and 'label': {e}"
-                ) from e
-    else:
-        reader = csv.DictReader(io.StringIO(text))
-        missing = {"uri", "label"} - set(reader.fieldnames or ())
-        if missing:
-            raise DataError(
-                f"{uri}: manifest header {reader.fieldnames} lacks {sorted(missing)}; "
-                "the first line must name at least the columns uri,label"
-            )
-        for row in reader:
-            items.append(Item(_resolve(base, row["uri"].strip()), row["label"].strip()))
-    empty = [i.uri for i in items if not i.label]
-    if empty:
-        raise DataError(f"{uri}: {len(empty)} rows have an empty label, first: {empty[0]}")
-    return items
+    """Read a CSV (``uri,label`` header) or JSONL manifest into items.
+
+    Raises:
+        DataError: a row is not an object, lacks ``uri`` or ``label``, or leaves one empty.
+    """
+    rows = read_manifest_rows(uri, ("uri", "label"))
+    return [Item(row.get("uri"), row.get("label")) for row in rows]
 
 
 def list_source(source: str) -> list[Item]:
     """List every file of a class-folder source or a manifest."""
-    if source.endswith((".csv", ".jsonl")):
+    if is_manifest(source):
         return read_manifest(source)
     labels = storage.list_children(source)
     if not labels:
