@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from clazzify.core.errors import ConfigError, DataError
+from clazzify.core.manifest import RELABEL_FIELDS
 from clazzify.training.label_issues import (
-    RELABEL_FIELDS,
     LabelIssueConfig,
     find_label_issues,
     fold_bounds,

@@ -4,6 +4,8 @@ A manifest is a ``.csv`` file with a header line or a ``.jsonl`` file of one JSO
 per line, local or on S3. Each row names a photo by ``uri``; a relative ``uri`` is resolved
 against the manifest's own folder. Training's ingest reads ``uri,label`` rows, the scoring
 backfill reads ``uri`` (plus optional ``image_id``, ``restaurant_id``, ``source``).
+The relabel CSV that moderators correct is a manifest too; its columns are
+:data:`RELABEL_FIELDS`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from clazzify.core.errors import DataError
 
 #: File suffixes read as manifests rather than listed as folders.
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
+
+#: Columns of a relabel CSV, what moderators review and correct: written by training's
+#: ``find-label-issues`` and (followed by the scoring database's ids) by scoring's
+#: ``relabel-export``; ``relabel-import`` reads ``uri`` and ``corrected_label`` back.
+RELABEL_FIELDS = ("uri", "label", "suggested_label", "confidence", "reason", "corrected_label")
 
 
 @dataclass(frozen=True)

@@ -24,19 +24,10 @@ from typing import Any
 
 from clazzify.core import storage
 from clazzify.core.errors import DataError
+from clazzify.core.manifest import RELABEL_FIELDS
 
 #: The relabel format's columns, then the scoring database's own.
-EXPORT_FIELDS = (
-    "uri",
-    "label",
-    "suggested_label",
-    "confidence",
-    "reason",
-    "corrected_label",
-    "image_id",
-    "restaurant_id",
-    "model_version",
-)
+EXPORT_FIELDS = (*RELABEL_FIELDS, "image_id", "restaurant_id", "model_version")
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,10 @@ import h5py
 import numpy as np
 
 from clazzify.core.errors import ConfigError, DataError
+from clazzify.core.manifest import RELABEL_FIELDS
 from clazzify.training.data import DataDirs, inspect_split, make_dataset, read_column, read_rows, split_files
 from clazzify.training.models import ModelSpec, build_model
 from clazzify.training.plots import plot_grid
-
-#: Columns of a relabel CSV: what moderators review and correct.
-RELABEL_FIELDS = ("uri", "label", "suggested_label", "confidence", "reason", "corrected_label")
 
 
 @dataclass(frozen=True)
