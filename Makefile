@@ -9,7 +9,7 @@ DEMO_SET ?= image_size=64 architecture=compact epochs=8 batch_size=32 learning_r
 PYTEST_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test lint compile serve mlflow-ui bench clean help
+.PHONY: install demo test test-fast lint compile serve mlflow-ui bench clean help
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,6 +33,9 @@ demo: $(BIN)/clazzify ## Draw the synthetic demo set and run the whole pipeline 
 
 test: $(BIN)/clazzify ## Run every test tier (unit, components, integration)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: $(BIN)/clazzify ## The edit-test loop: every test not marked slow (under a minute, no services)
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(BIN)/clazzify ## Ruff
 	$(BIN)/ruff check src components pipelines serving tests benchmarks

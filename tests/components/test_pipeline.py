@@ -94,6 +94,7 @@ def test_overrides_are_typed_and_checked():
         parse_overrides(("epochs=many",))
 
 
+@pytest.mark.slow
 def test_cli_help_for_every_command():
     for args in (["compile"], ["run"], ["submit"]):
         out = subprocess.run([sys.executable, "pipelines/train.py", *args, "--help"], capture_output=True,
@@ -101,6 +102,7 @@ def test_cli_help_for_every_command():
         assert "Usage" in out.stdout
 
 
+@pytest.mark.slow
 def test_local_run_registers_then_gate_blocks(demo_dir: Path, tmp_path: Path):
     import mlflow
 

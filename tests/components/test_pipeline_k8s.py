@@ -155,6 +155,7 @@ def test_images_equal_the_makefiles(registry):
         assert all(v.startswith(registry + "/") for v in made.values())
 
 
+@pytest.mark.slow
 def test_local_run_writes_the_deploy_manifest_and_says_so(tmp_path: Path):
     from clazzify.training.demo_data import write_demo_data
 

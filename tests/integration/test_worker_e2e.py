@@ -31,7 +31,7 @@ from worker_support import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # real services and servers start per module
 
 VERSION = "itest-7"
 

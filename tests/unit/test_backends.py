@@ -29,6 +29,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_every_architecture_trains_a_step_under_jax():
     pytest.importorskip("jax")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}

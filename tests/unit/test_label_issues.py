@@ -39,6 +39,7 @@ def test_rank_puts_confidently_disputed_labels_first():
     assert quality[flipped].max() < quality.min() + 0.1
 
 
+@pytest.mark.slow
 def test_finds_flipped_labels_out_of_fold(hdf5_dir, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

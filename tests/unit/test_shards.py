@@ -136,6 +136,7 @@ def test_out_of_fold_segments_span_files(rows, held_out, expected):
     assert outside(rows, held_out) == expected
 
 
+@pytest.mark.slow
 def test_training_and_evaluation_read_every_shard(sharded, tmp_path):
     from clazzify.training.evaluate import evaluate_model
     from clazzify.training.train import TrainConfig, train_model
@@ -150,6 +151,7 @@ def test_training_and_evaluation_read_every_shard(sharded, tmp_path):
     assert (tmp_path / "eval" / "misclassified.png").is_file()
 
 
+@pytest.mark.slow
 def test_label_issues_score_every_photo_of_every_shard(sharded, tmp_path):
     import csv
 

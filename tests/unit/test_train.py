@@ -54,6 +54,7 @@ def test_onnx_and_keras_agree(tiny_bundle, hdf5_dir):
     assert np.abs(onnx - keras_probs).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_efficientnet_exports_to_onnx_that_takes_only_the_image(tmp_path):
     """EfficientNet's Normalization layer keeps its statistics as eager tensors, which the
     ONNX converter turned into extra graph inputs; the export folds it into the graph."""
@@ -82,6 +83,7 @@ def test_evaluate_writes_metrics_and_plots(tiny_bundle, hdf5_dir, tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_resume_from_backup(hdf5_dir, tmp_path):
     """A run killed after epoch 1 resumes at epoch 2 instead of starting over."""
     import keras
