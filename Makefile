@@ -24,7 +24,7 @@ install: $(BIN)/clazzify ## Create .venv and install the project with its test e
 
 demo: $(BIN)/clazzify ## Draw the synthetic demo set and run the whole pipeline locally
 	$(BIN)/clazzify demo-data $(DEMO_DATA) --per-class 100
-	$(BIN)/python pipelines/train.py run --local --source $(DEMO_DATA) --home $(HOME_DIR) \
+	$(BIN)/python -m pipelines.train run --local --source $(DEMO_DATA) --home $(HOME_DIR) \
 		$(foreach kv,$(DEMO_SET),--set $(kv))
 	@echo
 	@echo "MLflow UI:     make mlflow-ui   (then open http://127.0.0.1:5000)"
@@ -41,7 +41,7 @@ lint: $(BIN)/clazzify ## Ruff
 	$(BIN)/ruff check src components pipelines serving tests benchmarks
 
 compile: $(BIN)/clazzify ## Compile the pipeline to train.yaml
-	$(BIN)/python pipelines/train.py compile -o train.yaml $(if $(REGISTRY),--registry $(REGISTRY))
+	$(BIN)/python -m pipelines.train compile -o train.yaml $(if $(REGISTRY),--registry $(REGISTRY))
 
 mlflow-ui: $(BIN)/clazzify ## Open the MLflow UI on the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(HOME_DIR))/mlflow.db --host 127.0.0.1 --port 5000

@@ -2,7 +2,7 @@
 manifests take them from.
 
 The Makefile asks this file (``python3 components/images.py NAME``), the
-components import the constants, and ``pipelines/train.py compile --registry``
+components import the constants, and ``python -m pipelines.train compile --registry``
 moves every one of them to another registry with :func:`retarget`. Standard
 library only, so the Makefile can run it without the project installed.
 """

@@ -1,8 +1,8 @@
 """The clazzify training pipeline: ingest -> HDF5 -> train -> evaluate/gate -> register -> deploy.
 
-    python pipelines/train.py compile -o train.yaml [--registry HOST/NS]
-    python pipelines/train.py run --local --source DIR [--set key=value ...]
-    python pipelines/train.py submit --host URL --experiment NAME [--set key=value ...]
+    python -m pipelines.train compile -o train.yaml [--registry HOST/NS]
+    python -m pipelines.train run --local --source DIR [--set key=value ...]
+    python -m pipelines.train submit --host URL --experiment NAME [--set key=value ...]
 
 The pipeline function is a pure factory: every tunable is a typed parameter,
 nothing reads the environment; the runners below supply the values.

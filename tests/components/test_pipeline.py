@@ -65,7 +65,7 @@ def test_preprocessing_fans_out_over_the_shards_ingest_returns(compiled):
 
 def test_parallelism_is_set_at_compile_time(tmp_path):
     out = tmp_path / "p3.yaml"
-    subprocess.run([sys.executable, "pipelines/train.py", "compile", "-o", str(out), "--parallelism", "3"],
+    subprocess.run([sys.executable, "-m", "pipelines.train", "compile", "-o", str(out), "--parallelism", "3"],
                    cwd=Path(__file__).parents[2], check=True, capture_output=True)
     tasks = next(yaml.safe_load_all(out.read_text()))["root"]["dag"]["tasks"]
     loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
@@ -97,7 +97,7 @@ def test_overrides_are_typed_and_checked():
 @pytest.mark.slow
 def test_cli_help_for_every_command():
     for args in (["compile"], ["run"], ["submit"]):
-        out = subprocess.run([sys.executable, "pipelines/train.py", *args, "--help"], capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "pipelines.train", *args, "--help"], capture_output=True,
                              text=True, cwd=Path(__file__).parents[2], check=True)
         assert "Usage" in out.stdout
 

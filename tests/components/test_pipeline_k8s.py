@@ -163,7 +163,8 @@ def test_local_run_writes_the_deploy_manifest_and_says_so(tmp_path: Path):
     out = subprocess.run(
         [
             sys.executable,
-            "pipelines/train.py",
+            "-m",
+            "pipelines.train",
             "run",
             "--local",
             "--source",

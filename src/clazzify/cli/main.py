@@ -18,7 +18,7 @@ def fail(e: Exception) -> None:
 def main(verbose: bool) -> None:
     """clazzify: sort photos into content classes (food, ambiance, menu, human, ...).
 
-    The training pipeline runs with `python pipelines/train.py run --local --source DIR`;
+    The training pipeline runs with `python -m pipelines.train run --local --source DIR`;
     these subcommands run its steps one by one.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
