@@ -4,7 +4,8 @@
 
     model.keras      the Keras model (uint8 RGB in, class probabilities out)
     model.onnx       the same model as ONNX, for ONNX Runtime serving
-    clazzify.json    class_names, image_size, architecture, dataset fingerprint, code version
+    clazzify.json    class_names, image_size, architecture, dataset fingerprint, code version,
+                     and (once registered) the registered model's name and version
 
 Predictors load a bundle and map uint8 ``[B, S, S, 3]`` to float32 ``[B, C]``.
 """
@@ -12,7 +13,7 @@ Predictors load a bundle and map uint8 ``[B, S, S, 3]`` to float32 ``[B, C]``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +28,27 @@ ENGINES = ("onnx", "keras")
 
 @dataclass(frozen=True)
 class BundleMeta:
-    """What a model bundle was trained on and how to feed it."""
+    """What a model bundle was trained on and how to feed it.
+
+    ``registered_name`` and ``registry_version`` are empty until registration writes them
+    into the registered copy, so a bundle fetched outside MLflow (KServe's storage
+    initializer puts it in ``/mnt/models``) still knows which registry version it is.
+    """
 
     class_names: list[str]
     image_size: int
     architecture: str
     fingerprint: str
     code_version: str
+    registered_name: str = ""
+    registry_version: str = ""
 
     def save(self, bundle_dir: Path) -> None:
         (bundle_dir / META_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    def registered(self, name: str, version: str) -> BundleMeta:
+        """This metadata, stamped with the registered model's name and version."""
+        return replace(self, registered_name=name, registry_version=str(version))
 
     @classmethod
     def load(cls, bundle_dir: Path) -> BundleMeta:

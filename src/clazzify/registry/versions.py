@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from clazzify.core.bundle import BundleMeta, find_bundle
+from clazzify.core.bundle import META_FILE, BundleMeta, find_bundle
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
+#: Where the pyfunc model keeps the bundle inside its artifacts (``artifacts={"bundle": ...}``).
+BUNDLE_ARTIFACT_PATH = "artifacts/bundle"
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,9 @@ def register_bundle(
 ) -> str:
     """Log ``bundle_dir`` as a pyfunc model in ``run_id``, register it and make it champion.
 
-    The version that was champion gets the ``previous`` alias (rollback target).
+    The version that was champion gets the ``previous`` alias (rollback target). The
+    registered copy's ``clazzify.json`` is stamped with the model name and the new version
+    (see :func:`stamp_version`).
 
     Returns:
         the new model version.
@@ -82,7 +86,25 @@ def register_bundle(
             pip_requirements=["clazzify"],
         )
     mv = mlflow.register_model(info.model_uri, model_name, tags=dict(tags))
+    stamp_version(info.model_id, meta, model_name, str(mv.version))
     client.set_registered_model_alias(model_name, CHAMPION, mv.version)
     if old is not None:
         client.set_registered_model_alias(model_name, PREVIOUS, old.version)
     return str(mv.version)
+
+
+def stamp_version(model_id: str, meta: BundleMeta, model_name: str, version: str) -> None:
+    """Overwrite the logged model's ``clazzify.json`` with the registry name and version.
+
+    The version is known only once the model is registered, so the stamped metadata is
+    uploaded after :func:`mlflow.register_model`; the registry version and the logged
+    model share one artifact location, so every download of the version (MLflow, or
+    KServe's storage initializer into ``/mnt/models``) carries it.
+    """
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="clazzify-meta-") as tmp:
+        meta.registered(model_name, version).save(Path(tmp))
+        mlflow.MlflowClient().log_model_artifact(
+            model_id, str(Path(tmp) / META_FILE), artifact_path=BUNDLE_ARTIFACT_PATH
+        )

@@ -49,8 +49,15 @@ class Engine:
         return self.predictor.predict(images)
 
 
+def bundle_version(bundle_dir: Path) -> str:
+    """The version a bundle fetched outside the registry answers as: the registry version
+    stamped into its ``clazzify.json`` at registration, else a hash of its model file."""
+    stamped = BundleMeta.load(bundle_dir).registry_version
+    return stamped or content_version(bundle_dir)
+
+
 def content_version(bundle_dir: Path) -> str:
-    """A version for a bundle outside the registry: a hash of its model file."""
+    """A version for a bundle never registered: a hash of its model file."""
     for name in (ONNX_FILE, KERAS_FILE):
         path = bundle_dir / name
         if path.is_file():
@@ -108,13 +115,13 @@ def fetch_bundle(source: ModelSource, version: str | None = None) -> tuple[Path,
         if not root.is_dir():
             raise ConfigError(f"model folder {root} does not exist: check --model-uri")
         bundle = find_bundle(root)
-        return bundle, content_version(bundle), None
+        return bundle, bundle_version(bundle), None
     owned = Path(tempfile.mkdtemp(prefix="clazzify-serving-"))
     try:
         if source.kind == "s3":
             root = storage.download_dir(source.uri, owned)
             bundle = find_bundle(root)
-            return bundle, content_version(bundle), owned
+            return bundle, bundle_version(bundle), owned
         if source.kind == "alias":
             version = version or resolve_alias(source)
         if source.kind in ("alias", "version"):
@@ -123,7 +130,7 @@ def fetch_bundle(source: ModelSource, version: str | None = None) -> tuple[Path,
             return find_bundle(root), str(version), owned
         root = _download_registry(source.uri, owned)
         bundle = find_bundle(root)
-        return bundle, content_version(bundle), owned
+        return bundle, bundle_version(bundle), owned
     except BaseException:
         shutil.rmtree(owned, ignore_errors=True)
         raise

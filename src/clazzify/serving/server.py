@@ -14,6 +14,7 @@ from clazzify.serving.auth import load_api_keys
 from clazzify.serving.config import ENGINES, ServeConfig, ServingLimits, parse_model_uri
 
 KEYS_ENV = "CLAZZIFY_API_KEYS"
+VERSION_ENV = "CLAZZIFY_MODEL_VERSION"
 log = logging.getLogger("serving")
 
 
@@ -22,9 +23,10 @@ log = logging.getLogger("serving")
               help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, "
                    "s3://bucket/prefix or a local folder (/mnt/models under KServe).")
 @click.option("--model-name", default="clazzify", help="Name in the URLs: /v1/models/NAME:predict.")
-@click.option("--model-version", default=None,
-              help="Version to report; default: the registry version, else a hash of the "
-                   "model file.")
+@click.option("--model-version", envvar=VERSION_ENV, default=None,
+              help="Version to report (the InferenceService sets it to the registry version); "
+                   "default: the registry version (of a models:/ URI, or stamped into the "
+                   "bundle's clazzify.json at registration), else a hash of the model file.")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto",
               help="auto = ONNX Runtime, falling back to Keras if the ONNX model cannot load; "
                    "openvino[-bf16] = OpenVINO on the ONNX export (pip install "
@@ -78,8 +80,8 @@ def main(model_uri: str, model_name: str, model_version: str | None, engine: str
     except (ClazzifyError, OSError) as e:
         raise click.UsageError(str(e)) from e
     if model_version and cfg.watch_interval_s:
-        raise click.UsageError("--model-version and --watch-alias exclude each other: a "
-                               "watched alias reports the registry's version")
+        raise click.UsageError(f"--model-version (or ${VERSION_ENV}) and --watch-alias exclude "
+                               "each other: a watched alias reports the registry's version")
     if not keys and not insecure:
         raise click.UsageError(
             f"no API key configured: put keys in --api-keys-file or ${KEYS_ENV}, or pass "
