@@ -34,6 +34,7 @@ from typing import Any
 import click
 from kfp import compiler, dsl, kubernetes
 
+from clazzify.core.imaging import ImageLimits
 from components.deploy.component import deploy
 from components.evaluate.component import evaluate
 from components.images import IMAGES, SERVING_IMAGE, retarget
@@ -106,7 +107,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM):
         shard_size: int = 10_000,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
-        min_side: int = 32,
+        min_side: int = ImageLimits.min_side,
         min_accuracy: float = 0.5,
         max_regression: float = 0.0,
         min_class_recall: float = 0.5,

@@ -19,10 +19,12 @@ def ingest(
     """List, validate, de-duplicate and split the source images; returns the shard numbers."""
     from pathlib import Path
 
+    from clazzify.core.imaging import ImageLimits
     from clazzify.training.ingest import IngestConfig, ingest_images
 
     cfg = IngestConfig(
-        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, min_side=min_side, shard_size=shard_size
+        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, limits=ImageLimits(min_side=min_side),
+        shard_size=shard_size,
     )
     result = ingest_images(source, Path(manifest.path), Path(quarantine.path), cfg, progress=False)
     Path(report.path).write_text(result.to_markdown())

@@ -17,8 +17,11 @@ def preprocess(
     """Decode, resize and crop one shard's images into train/val/test HDF5 shard files."""
     from pathlib import Path
 
+    from clazzify.core.imaging import ImageLimits
     from clazzify.training.preprocess import PreprocessConfig, build_hdf5
 
-    cfg = PreprocessConfig(image_size=image_size, augment_copies=augment_copies, seed=seed, min_side=min_side)
+    cfg = PreprocessConfig(
+        image_size=image_size, augment_copies=augment_copies, seed=seed, limits=ImageLimits(min_side=min_side)
+    )
     paths = build_hdf5(Path(manifest.path), Path(train_data.path), cfg, shard=shard, progress=False)
     train_data.metadata.update({"splits": sorted(paths), "image_size": image_size, "shard": shard})

@@ -78,6 +78,18 @@ def test_limits():
     assert err.value.reason == "too_large"
     with pytest.raises(ConfigError):
         ImageLimits(min_side=64, max_pixels=100)
+    with pytest.raises(ConfigError, match="min_side must be >= 1"):
+        ImageLimits(min_side=0)
+
+
+def test_training_and_serving_apply_the_same_image_limits():
+    """A photo the model was trained on is never refused by the server for its size."""
+    from clazzify.serving.config import ServingLimits
+    from clazzify.training.ingest import IngestConfig
+    from clazzify.training.preprocess import PreprocessConfig
+
+    assert IngestConfig().limits == PreprocessConfig().limits == ServingLimits().image_limits
+    assert ServingLimits().image_limits == ImageLimits()
 
 
 def test_fit_square_centre_crops():

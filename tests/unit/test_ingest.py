@@ -141,7 +141,7 @@ def test_split_counts_and_too_small_class():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"val_fraction": 1.0}, {"test_fraction": -0.1}, {"val_fraction": 0.5, "test_fraction": 0.5}, {"min_side": 0}],
+    [{"val_fraction": 1.0}, {"test_fraction": -0.1}, {"val_fraction": 0.5, "test_fraction": 0.5}],
 )
 def test_bad_config(kwargs):
     with pytest.raises(ConfigError):

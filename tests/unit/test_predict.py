@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from clazzify.core.errors import ClazzifyError, ConfigError
-from clazzify.core.imaging import image_to_array
+from clazzify.core.imaging import ImageLimits, image_to_array
 from clazzify.serving.auth import bearer_token, is_open_path, key_matches, load_api_keys, route_label
 from clazzify.serving.config import ServeConfig, ServingLimits, parse_model_uri
 from clazzify.serving.protocol import (
@@ -204,7 +204,7 @@ def test_images_to_batch_names_the_bad_image(blob, reason):
 
 
 def test_images_to_batch_refuses_decompression_bombs_before_decoding():
-    limits = ServingLimits(max_pixels=100 * 100)
+    limits = ServingLimits(image_limits=ImageLimits(max_pixels=100 * 100))
     with pytest.raises(PayloadError, match="too_large"):
         images_to_batch([_encode("PNG", (200, 200))], 32, limits)
 
@@ -342,5 +342,5 @@ def test_serve_config_validates():
     ]:
         with pytest.raises(ConfigError, match=message):
             ServeConfig(**kwargs)
-    with pytest.raises(ConfigError):
-        ServingLimits(max_pixels=10, min_side=32)
+    with pytest.raises(ConfigError, match="max_images"):
+        ServingLimits(max_images=0)

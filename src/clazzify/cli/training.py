@@ -10,6 +10,7 @@ import click
 from clazzify.cli.main import fail as _fail
 from clazzify.cli.main import main
 from clazzify.core.errors import ClazzifyError
+from clazzify.core.imaging import ImageLimits
 
 
 @main.command("demo-data")
@@ -37,7 +38,8 @@ def demo_data(out_dir: Path, per_class: int, size: int, seed: int, bad_files: bo
 @click.option("--val-fraction", default=0.15, show_default=True)
 @click.option("--test-fraction", default=0.15, show_default=True)
 @click.option("--seed", default=42, show_default=True)
-@click.option("--min-side", default=32, show_default=True, help="Quarantine smaller images.")
+@click.option("--min-side", default=ImageLimits.min_side, show_default=True,
+              help="Quarantine smaller images.")
 @click.option("--shard-size", default=0, show_default=True,
               help="At most this many images per shard (the `shard` column; `preprocess --shard N` "
               "builds one); 0 = one shard.")
@@ -48,7 +50,7 @@ def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: f
 
     try:
         cfg = IngestConfig(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                           min_side=min_side, shard_size=shard_size)
+                           limits=ImageLimits(min_side=min_side), shard_size=shard_size)
         report = ingest_images(source, out_dir / "manifest.csv", out_dir, cfg)
     except ClazzifyError as e:
         _fail(e)

@@ -26,7 +26,10 @@ _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "F")
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Quality limits applied to every decoded image.
+    """Quality limits applied to every decoded image, the same in training and serving.
+
+    Ingest, the HDF5 builder and the model server each hold one of these (with these
+    defaults), so a photo the model was trained on is never refused in production.
 
     Attributes:
         min_side: smallest accepted width or height in pixels.

@@ -7,10 +7,6 @@ from dataclasses import dataclass, field
 from clazzify.core.errors import ConfigError
 from clazzify.core.imaging import ImageLimits
 
-#: Name of the single V2 input tensor (any name is accepted; this is what metadata advertises).
-V2_INPUT = "image"
-#: Header of the V2 binary-data extension: length of the JSON part before the raw tensors.
-
 ENGINES = ("auto", "onnx", "keras", "openvino", "openvino-bf16")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -23,25 +19,19 @@ class ServingLimits:
     Attributes:
         max_body_bytes: largest request body accepted (HTTP 413 above it).
         max_images: most images in one request.
-        max_pixels: largest width*height of one image, the decompression-bomb guard.
-        min_side: smallest accepted width or height, the same floor ingest applies.
+        image_limits: size limits of one image (the decompression-bomb guard among them),
+            the ones training applied.
     """
 
     max_body_bytes: int = 10 * 1024 * 1024
     max_images: int = 64
-    max_pixels: int = 40_000_000
-    min_side: int = 32
+    image_limits: ImageLimits = ImageLimits()
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         if not 1 <= self.max_images <= 4096:
             raise ConfigError(f"max_images must be within [1, 4096], got {self.max_images}")
-        ImageLimits(min_side=self.min_side, max_pixels=self.max_pixels)  # its own checks
-
-    @property
-    def image_limits(self) -> ImageLimits:
-        return ImageLimits(min_side=self.min_side, max_pixels=self.max_pixels)
 
 
 @dataclass(frozen=True)

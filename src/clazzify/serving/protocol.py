@@ -206,10 +206,9 @@ def images_to_batch(blobs: Sequence[bytes], image_size: int, limits: ServingLimi
             truncated, too small, too many pixels).
     """
     batch = np.empty((len(blobs), image_size, image_size, 3), dtype=np.uint8)
-    image_limits = limits.image_limits
     for i, blob in enumerate(blobs):
         try:
-            batch[i] = image_to_array(blob, image_size, image_limits)
+            batch[i] = image_to_array(blob, image_size, limits.image_limits)
         except ImageError as e:
             raise PayloadError(f"image {i}: {e.reason}: {e}") from e
     return batch

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from clazzify.core.errors import ClazzifyError
+from clazzify.core.imaging import ImageLimits
 from clazzify.serving.auth import load_api_keys
 from clazzify.serving.config import ENGINES, ServeConfig, ServingLimits, parse_model_uri
 
@@ -47,8 +48,10 @@ log = logging.getLogger("serving")
               help="Allow starting with no API key (no authentication).")
 @click.option("--max-body-mb", default=10.0, help="Largest request body, in MB (413 above).")
 @click.option("--max-images", default=64, help="Most images per request.")
-@click.option("--max-pixels", default=40_000_000, help="Largest width*height per image.")
-@click.option("--min-side", default=32, help="Smallest accepted image side (as ingest).")
+@click.option("--max-pixels", default=ImageLimits.max_pixels,
+              help="Largest width*height per image (as ingest).")
+@click.option("--min-side", default=ImageLimits.min_side,
+              help="Smallest accepted image side (as ingest).")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
               help="MLflow tracking URI for models:/ and runs:/ URIs "
                    "(default: the local store under .clazzify/).")
@@ -73,7 +76,8 @@ def main(model_uri: str, model_name: str, model_version: str | None, engine: str
             max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
             watch_interval_s=watch_interval if watch_alias else 0.0,
             limits=ServingLimits(max_body_bytes=int(max_body_mb * 1024 * 1024),
-                                 max_images=max_images, max_pixels=max_pixels, min_side=min_side),
+                                 max_images=max_images,
+                                 image_limits=ImageLimits(min_side=min_side, max_pixels=max_pixels)),
         )
         file_text = api_keys_file.read_text() if api_keys_file else None
         keys = load_api_keys(file_text, os.environ.get(KEYS_ENV))

@@ -47,8 +47,8 @@ class IngestConfig:
         val_fraction: share of each class's groups that go to validation.
         test_fraction: share of each class's groups that go to test.
         seed: seed of the split; the same seed and data give the same split.
-        min_side: images with a smaller width or height are quarantined.
-        max_pixels: images with more pixels are quarantined (decompression bombs).
+        limits: images smaller or larger than these are quarantined (the decompression-bomb
+            guard among them).
         workers: decoding threads; 0 means two per CPU core.
         near_duplicate_distance: images whose perceptual hashes differ in at most this
             many of 64 bits are one group (never split apart); -1 turns this off.
@@ -59,8 +59,7 @@ class IngestConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 42
-    min_side: int = 32
-    max_pixels: int = 50_000_000
+    limits: ImageLimits = ImageLimits()
     workers: int = 0
     near_duplicate_distance: int = 8
     shard_size: int = 0
@@ -83,11 +82,6 @@ class IngestConfig:
             )
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
-        ImageLimits(self.min_side, self.max_pixels)  # validates the limits
-
-    @property
-    def limits(self) -> ImageLimits:
-        return ImageLimits(self.min_side, self.max_pixels)
 
 
 @dataclass(frozen=True)

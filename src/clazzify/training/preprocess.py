@@ -55,7 +55,7 @@ class PreprocessConfig:
         chunk_rows: rows per HDF5 chunk; batch reads of this size are contiguous.
         task_size: images per worker task.
         workers: decoding processes; 0 means one per CPU core.
-        min_side, max_pixels: the same quality limits as ingest.
+        limits: the image quality limits, the same as ingest's.
     """
 
     image_size: int = 227
@@ -64,8 +64,7 @@ class PreprocessConfig:
     chunk_rows: int = 32
     task_size: int = 32
     workers: int = 0
-    min_side: int = 32
-    max_pixels: int = 50_000_000
+    limits: ImageLimits = ImageLimits()
 
     def __post_init__(self) -> None:
         if not 16 <= self.image_size <= 1024:
@@ -77,11 +76,6 @@ class PreprocessConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
-        ImageLimits(self.min_side, self.max_pixels)
-
-    @property
-    def limits(self) -> ImageLimits:
-        return ImageLimits(self.min_side, self.max_pixels)
 
 
 def dataset_fingerprint(records: Sequence[Record]) -> str:
