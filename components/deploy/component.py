@@ -25,10 +25,10 @@ def deploy(
 
     from clazzify.registry.tracking import TrackingConfig, activate
     from clazzify.rollout.cluster import deploy_version, in_cluster, own_namespace
-    from clazzify.rollout.deploy import ServingConfig
+    from clazzify.rollout.deploy import InferenceServiceConfig
 
     activate(TrackingConfig(mlflow_tracking_uri))
-    cfg = ServingConfig(
+    cfg = InferenceServiceConfig(
         image=serving_image,
         name=isvc_name,
         namespace=serving_namespace or own_namespace("clazzify"),

@@ -168,12 +168,12 @@ def test_kserve_objects_validate_against_the_crds(overlay):
 def test_the_crd_check_can_fail():
     if not KSERVE_SCHEMAS.is_dir():
         pytest.skip(f"{KSERVE_SCHEMAS} is absent")
-    bad = deploy.inference_service(deploy.ServingConfig(image="x"), "s3://b/m", "1")
+    bad = deploy.inference_service(deploy.InferenceServiceConfig(image="x"), "s3://b/m", "1")
     bad["spec"]["predictor"]["scaleMetric"] = "gpu"
     bad["spec"]["canary"] = [{"trafficPercent": 150, "predictor": {}}]
     errors = list(jsonschema.Draft7Validator(kserve_schema("inferenceservices")).iter_errors(bad))
     assert len(errors) >= 2
-    typo = deploy.inference_service(deploy.ServingConfig(image="x"), "s3://b/m", "1")
+    typo = deploy.inference_service(deploy.InferenceServiceConfig(image="x"), "s3://b/m", "1")
     typo["spec"]["predictor"]["minReplica"] = 1
     typo["spec"]["predictor"]["containers"][0]["envv"] = []
     assert set(pruned_fields(typo, kserve_schema("inferenceservices"))) == {
@@ -295,7 +295,7 @@ def test_each_overlay_picks_its_kserve_mode(overlay, mode):
     assert deploy.deployment_mode(isvc) == mode
     pred = isvc["spec"]["predictor"]
     # The pure config check is the same one the deploy step applies.
-    deploy.ServingConfig(
+    deploy.InferenceServiceConfig(
         image=SERVING_IMAGE,
         deployment_mode=mode,
         min_replicas=pred["minReplicas"],
@@ -310,7 +310,7 @@ def test_base_inferenceservice_is_what_the_deploy_step_builds():
         d for d in yaml.safe_load_all((MANIFESTS / "base" / "inferenceservice.yaml").read_text())
     ]
     uri, version = deploy.served_model(isvc["spec"]["predictor"])
-    assert isvc == deploy.inference_service(deploy.ServingConfig(image=SERVING_IMAGE), uri, version)
+    assert isvc == deploy.inference_service(deploy.InferenceServiceConfig(image=SERVING_IMAGE), uri, version)
 
 
 def test_deploy_step_keeps_overlay_settings_on_the_rendered_object():

@@ -67,7 +67,7 @@ def _env(container: dict, model_dir: Path) -> dict[str, str]:
 def test_the_server_started_as_the_manifest_says_reports_the_registry_version(
     registered: cluster.Resolved, tmp_path: Path, demo_dir: Path
 ):
-    isvc = deploy.inference_service(deploy.ServingConfig(image="clazzify-serving:test"),
+    isvc = deploy.inference_service(deploy.InferenceServiceConfig(image="clazzify-serving:test"),
                                     registered.storage_uri, registered.version)
     container = isvc["spec"]["predictor"]["containers"][0]
     # The storage initializer: STORAGE_URI -> /mnt/models.

@@ -8,7 +8,7 @@ import pytest
 
 from clazzify.core.errors import ConfigError
 from clazzify.rollout import deploy
-from clazzify.rollout.deploy import KNATIVE, STANDARD, ServingConfig
+from clazzify.rollout.deploy import KNATIVE, STANDARD, InferenceServiceConfig
 
 pytestmark = pytest.mark.unit
 
@@ -17,10 +17,10 @@ V1 = "s3://mlflow/1/models/m-aaa/artifacts"
 V2 = "s3://mlflow/1/models/m-bbb/artifacts"
 
 
-def cfg(mode: str = KNATIVE, **kw) -> ServingConfig:
+def cfg(mode: str = KNATIVE, **kw) -> InferenceServiceConfig:
     mode = kw.pop("deployment_mode", mode)
     metric = "concurrency" if deploy.LEGACY_MODES.get(mode, mode) == KNATIVE else "cpu"
-    return ServingConfig(
+    return InferenceServiceConfig(
         image=IMAGE, deployment_mode=mode, scale_metric=kw.pop("scale_metric", metric), **kw
     )
 
@@ -213,7 +213,7 @@ def test_serving_config_rejects(kwargs, message):
     ("mode", "metric", "target"), [(KNATIVE, "concurrency", 16), (STANDARD, "cpu", 70)]
 )
 def test_scaling_defaults_follow_the_mode(mode, metric, target):
-    c = ServingConfig(image=IMAGE, deployment_mode=mode)
+    c = InferenceServiceConfig(image=IMAGE, deployment_mode=mode)
     assert (c.scale_metric, c.scale_target) == (metric, target)
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from clazzify.core.errors import ClazzifyError, ConfigError
 from clazzify.core.imaging import ImageLimits, image_to_array
 from clazzify.serving.auth import bearer_token, is_open_path, key_matches, load_api_keys, route_label
-from clazzify.serving.config import ServeConfig, ServingLimits, parse_model_uri
+from clazzify.serving.config import ServerConfig, ServingLimits, parse_model_uri
 from clazzify.serving.protocol import (
     PayloadError,
     check_probabilities,
@@ -330,8 +330,8 @@ def test_parse_model_uri_rejects(uri):
 
 
 def test_serve_config_validates():
-    assert ServeConfig(model_uri="/mnt/models").engine == "auto"
-    ServeConfig(model_uri="models:/m@champion", watch_interval_s=5)
+    assert ServerConfig(model_uri="/mnt/models").engine == "auto"
+    ServerConfig(model_uri="models:/m@champion", watch_interval_s=5)
     for kwargs, message in [
         ({"model_name": "a/b"}, "URL-safe"),
         ({"engine": "tensorrt"}, "unknown engine"),
@@ -341,6 +341,6 @@ def test_serve_config_validates():
         ({"model_uri": "/mnt/models", "watch_interval_s": 5}, "needs a models:/NAME@ALIAS"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            ServeConfig(**kwargs)
+            ServerConfig(**kwargs)
     with pytest.raises(ConfigError, match="max_images"):
         ServingLimits(max_images=0)

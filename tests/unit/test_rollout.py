@@ -12,7 +12,7 @@ import yaml
 from clazzify.rollout import cluster as rollout
 from clazzify.rollout import deploy
 from clazzify.rollout.cluster import Resolved, RolloutError
-from clazzify.rollout.deploy import KNATIVE, STANDARD, ServingConfig
+from clazzify.rollout.deploy import KNATIVE, STANDARD, InferenceServiceConfig
 
 pytestmark = pytest.mark.unit
 
@@ -73,8 +73,8 @@ class FakeCustomObjects:
         return self._store(body)
 
 
-def cfg(mode: str = KNATIVE) -> ServingConfig:
-    return ServingConfig(
+def cfg(mode: str = KNATIVE) -> InferenceServiceConfig:
+    return InferenceServiceConfig(
         image="r/serving:1",
         deployment_mode=mode,
         scale_metric="concurrency" if mode == KNATIVE else "cpu",

@@ -9,6 +9,7 @@ import click
 
 from clazzify.cli.main import fail as _fail
 from clazzify.cli.main import main
+from clazzify.core.bundle import BUNDLE_ENGINES
 from clazzify.core.errors import ClazzifyError
 from clazzify.core.imaging import ImageLimits
 
@@ -114,7 +115,7 @@ def train_cmd(data_dir: Path, out_dir: Path, architecture: str, epochs: int, bat
 @click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("test_h5", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--engine", type=click.Choice(["onnx", "keras"]), default="onnx", show_default=True)
+@click.option("--engine", type=click.Choice(BUNDLE_ENGINES), default="onnx", show_default=True)
 def evaluate_cmd(bundle_dir: Path, test_h5: tuple[Path, ...], out_dir: Path, engine: str) -> None:
     """Evaluate a model bundle on an HDF5 split (TEST_H5: one file or every shard); writes
     metrics and plots."""

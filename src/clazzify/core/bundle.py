@@ -23,7 +23,8 @@ from clazzify.core.errors import DataError
 META_FILE = "clazzify.json"
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
-ENGINES = ("onnx", "keras")
+#: The engines a bundle carries a model file for, each loaded by :func:`load_predictor`.
+BUNDLE_ENGINES = ("onnx", "keras")
 
 
 @dataclass(frozen=True)
@@ -130,4 +131,4 @@ def load_predictor(bundle_dir: Path, engine: str = "onnx") -> Predictor:
         return OnnxPredictor(bundle_dir)
     if engine == "keras":
         return KerasPredictor(bundle_dir)
-    raise DataError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    raise DataError(f"unknown engine {engine!r}: choose one of {', '.join(BUNDLE_ENGINES)}")

@@ -167,7 +167,7 @@ class RolloutResult:
 
 def roll_out(
     api: Any,
-    cfg: deploy.ServingConfig,
+    cfg: deploy.InferenceServiceConfig,
     target: Resolved,
     canary_percent: int,
     timeout_s: float = 900,
@@ -229,7 +229,7 @@ def kubernetes_api() -> Any:
 
 
 def deploy_version(
-    cfg: deploy.ServingConfig,
+    cfg: deploy.InferenceServiceConfig,
     model_name: str,
     version: str,
     artifacts_destination: str,

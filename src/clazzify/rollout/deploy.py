@@ -69,7 +69,7 @@ def normalize_mode(mode: str) -> str:
 
 
 @dataclass(frozen=True)
-class ServingConfig:
+class InferenceServiceConfig:
     """How the champion is served: everything in the InferenceService but the model.
 
     Attributes:
@@ -207,7 +207,7 @@ def storage_uri_for(artifact_uri: str, artifacts_destination: str) -> str:
     )
 
 
-def predictor(cfg: ServingConfig, storage_uri: str, model_version: str) -> dict[str, Any]:
+def predictor(cfg: InferenceServiceConfig, storage_uri: str, model_version: str) -> dict[str, Any]:
     """The predictor spec: the serving container fed through the storage initializer."""
     container = {
         "name": CONTAINER,
@@ -260,7 +260,7 @@ def predictor(cfg: ServingConfig, storage_uri: str, model_version: str) -> dict[
     }
 
 
-def inference_service(cfg: ServingConfig, storage_uri: str, model_version: str) -> dict[str, Any]:
+def inference_service(cfg: InferenceServiceConfig, storage_uri: str, model_version: str) -> dict[str, Any]:
     """The whole InferenceService serving ``model_version`` at 100 %."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}",

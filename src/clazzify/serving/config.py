@@ -4,10 +4,13 @@
 import re
 from dataclasses import dataclass, field
 
+from clazzify.core.bundle import BUNDLE_ENGINES
 from clazzify.core.errors import ConfigError
 from clazzify.core.imaging import ImageLimits
 
-ENGINES = ("auto", "onnx", "keras", "openvino", "openvino-bf16")
+#: The model server's ``--engine`` choices: a bundle's own engines, ``auto`` (ONNX, falling
+#: back to Keras) and OpenVINO on the ONNX file.
+SERVER_ENGINES = ("auto", *BUNDLE_ENGINES, "openvino", "openvino-bf16")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -105,7 +108,7 @@ def parse_model_uri(uri: str) -> ModelSource:
 
 
 @dataclass(frozen=True)
-class ServeConfig:
+class ServerConfig:
     """Settings of the model server.
 
     Attributes:
@@ -137,8 +140,10 @@ class ServeConfig:
                 f"model name {self.model_name!r} is not URL-safe: "
                 "use letters, digits, '.', '_' or '-'"
             )
-        if self.engine not in ENGINES:
-            raise ConfigError(f"unknown engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
+        if self.engine not in SERVER_ENGINES:
+            raise ConfigError(
+                f"unknown engine {self.engine!r}: choose one of {', '.join(SERVER_ENGINES)}"
+            )
         if not 1 <= self.http_port <= 65535:
             raise ConfigError(f"http_port must be within [1, 65535], got {self.http_port}")
         if not 1 <= self.max_batch_size <= 1024:

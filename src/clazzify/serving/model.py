@@ -13,7 +13,7 @@ from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 
 from clazzify.serving.batching import Batcher
-from clazzify.serving.config import ServeConfig, parse_model_uri
+from clazzify.serving.config import ServerConfig, parse_model_uri
 from clazzify.serving.engine import AliasWatcher, Engine, load_engine, resolve_alias
 from clazzify.serving.metrics import ServingMetrics
 from clazzify.serving.protocol import (
@@ -44,11 +44,11 @@ class _Scored:
     v2: InferRequest | None
 
 
-class ClazzifyModel(Model):
+class ClazzifyKServeModel(Model):
     """Classifies encoded photos sent as KServe V1 ``b64`` instances or a V2 BYTES input."""
 
     def __init__(
-        self, cfg: ServeConfig, metrics: ServingMetrics, version_override: str | None = None
+        self, cfg: ServerConfig, metrics: ServingMetrics, version_override: str | None = None
     ) -> None:
         super().__init__(cfg.model_name)
         self.cfg = cfg

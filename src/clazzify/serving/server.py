@@ -12,7 +12,7 @@ import click
 from clazzify.core.errors import ClazzifyError
 from clazzify.core.imaging import ImageLimits
 from clazzify.serving.auth import load_api_keys
-from clazzify.serving.config import ENGINES, ServeConfig, ServingLimits, parse_model_uri
+from clazzify.serving.config import SERVER_ENGINES, ServerConfig, ServingLimits, parse_model_uri
 
 KEYS_ENV = "CLAZZIFY_API_KEYS"
 VERSION_ENV = "CLAZZIFY_MODEL_VERSION"
@@ -28,7 +28,7 @@ log = logging.getLogger("serving")
               help="Version to report (the InferenceService sets it to the registry version); "
                    "default: the registry version (of a models:/ URI, or stamped into the "
                    "bundle's clazzify.json at registration), else a hash of the model file.")
-@click.option("--engine", type=click.Choice(ENGINES), default="auto",
+@click.option("--engine", type=click.Choice(SERVER_ENGINES), default="auto",
               help="auto = ONNX Runtime, falling back to Keras if the ONNX model cannot load; "
                    "openvino[-bf16] = OpenVINO on the ONNX export (pip install "
                    "'clazzify[openvino]'; check accuracy before adopting bf16).")
@@ -71,7 +71,7 @@ def main(model_uri: str, model_name: str, model_version: str | None, engine: str
     and/or $CLAZZIFY_API_KEYS.
     """
     try:
-        cfg = ServeConfig(
+        cfg = ServerConfig(
             model_uri=model_uri, model_name=model_name, engine=engine, http_port=http_port,
             max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
             watch_interval_s=watch_interval if watch_alias else 0.0,
@@ -106,10 +106,10 @@ def main(model_uri: str, model_name: str, model_version: str | None, engine: str
 
     from clazzify.serving.http import GuardMiddleware, add_v2_infer_route
     from clazzify.serving.metrics import ServingMetrics
-    from clazzify.serving.model import ClazzifyModel
+    from clazzify.serving.model import ClazzifyKServeModel
 
     metrics = ServingMetrics()
-    model = ClazzifyModel(cfg, metrics, version_override=model_version)
+    model = ClazzifyKServeModel(cfg, metrics, version_override=model_version)
     try:
         model.load()
     except ClazzifyError as e:
