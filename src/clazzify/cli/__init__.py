@@ -2,10 +2,11 @@
 
 - :mod:`.training`: demo-data, ingest, preprocess, train, evaluate, find-label-issues;
 - :mod:`.scoring`: worker, enqueue, score, images, review-queue, relabel-export/-import;
-- :mod:`.serving`: serve, rollback.
+- :mod:`.serving`: serve, rollback;
+- :mod:`.review`: review-ui (the moderators' web page) and its users.
 """
 
-from clazzify.cli import scoring, serving, training  # noqa: F401  (registers the commands)
+from clazzify.cli import review, scoring, serving, training  # noqa: F401  (registers the commands)
 from clazzify.cli.main import main
 
 __all__ = ["main"]

@@ -8,7 +8,11 @@ Tables (created by the Alembic migrations in :mod:`clazzify.scoring.migrations`)
   (last write) and ``writes`` (how many times the row was written: redeliveries after a
   crash show up here, never as a second row).
 - ``score_probabilities``: the probability of every class for each score.
-- ``manual_labels``: labels people gave a photo (moderators, relabel imports).
+- ``manual_labels``: the current label people gave a photo (moderators, relabel imports);
+  the last write wins.
+- ``label_history``: every write to ``manual_labels`` (who, when, old and new label, action),
+  so nothing is overwritten without a trace; an undo is a row of its own.
+- ``review_users``: the review app's accounts (argon2 password hashes, role).
 - ``dead_letters``: messages that could never be scored, with the reason.
 
 Views (documented in the README): ``latest_scores``, ``class_scores``, ``image_labels``.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +58,7 @@ images = sa.Table(
     sa.Column("source", sa.String(512)),
     sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
 )
+sa.Index("ix_images_restaurant_id", images.c.restaurant_id)
 
 scores = sa.Table(
     "scores",
@@ -67,6 +73,22 @@ scores = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("writes", sa.Integer, nullable=False, server_default="1"),
 )
+# The review queues page by (probability, image_id) inside one model version (keyset).
+sa.Index(
+    "ix_scores_queue_label",
+    scores.c.model_name,
+    scores.c.model_version,
+    scores.c.label,
+    scores.c.probability,
+    scores.c.image_id,
+)
+sa.Index(
+    "ix_scores_queue_probability",
+    scores.c.model_name,
+    scores.c.model_version,
+    scores.c.probability,
+    scores.c.image_id,
+)
 
 score_probabilities = sa.Table(
     "score_probabilities",
@@ -77,6 +99,12 @@ score_probabilities = sa.Table(
     sa.Column("class_name", sa.String(128), primary_key=True),
     sa.Column("probability", sa.Float, nullable=False),
 )
+sa.Index(
+    "ix_score_probabilities_class",
+    score_probabilities.c.model_name,
+    score_probabilities.c.class_name,
+    score_probabilities.c.probability,
+)
 
 manual_labels = sa.Table(
     "manual_labels",
@@ -85,6 +113,34 @@ manual_labels = sa.Table(
     sa.Column("label", sa.String(128), nullable=False),
     sa.Column("labelled_by", sa.String(128)),
     sa.Column("labelled_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+label_history = sa.Table(
+    "label_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("image_id", sa.String(512), nullable=False),
+    sa.Column("old_label", sa.String(128)),
+    sa.Column("new_label", sa.String(128)),  # None: an undo removed the label
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("labelled_by", sa.String(128)),
+    sa.Column("labelled_at", sa.DateTime(timezone=True), nullable=False),
+    # One decision (a key press, a bulk accept, an import) shares a batch id; `u` undoes one.
+    sa.Column("batch_id", sa.String(32), nullable=False),
+    sa.Column("undoes", sa.String(32)),  # on undo rows: the batch id they reverted
+)
+sa.Index("ix_label_history_image", label_history.c.image_id, label_history.c.id)
+sa.Index("ix_label_history_user", label_history.c.labelled_by, label_history.c.id)
+sa.Index("ix_label_history_time", label_history.c.labelled_at)
+sa.Index("ix_label_history_undoes", label_history.c.undoes)
+
+review_users = sa.Table(
+    "review_users",
+    metadata,
+    sa.Column("username", sa.String(128), primary_key=True),
+    sa.Column("password_hash", sa.String(256), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 dead_letters = sa.Table(
@@ -139,6 +195,16 @@ class ScoreRow:
     @property
     def probability(self) -> float:
         return self.probabilities[self.label]
+
+
+@dataclass(frozen=True)
+class LabelChange:
+    """One write to ``manual_labels``, as ``label_history`` records it."""
+
+    image_id: str
+    old_label: str | None
+    new_label: str | None
+    action: str
 
 
 @dataclass(frozen=True)
@@ -405,10 +471,94 @@ class ScoreRepository:
         self, labels: Iterable[tuple[str, str]], labelled_by: str | None = None
     ) -> int:
         """Record people's labels ``(image_id, label)``; a newer label replaces an older one."""
+        changes = self.record_labels(labels, labelled_by=labelled_by, action="import")
+        return len(changes)
+
+    def record_labels(
+        self,
+        labels: Iterable[tuple[str, str]],
+        *,
+        labelled_by: str | None,
+        action: str,
+    ) -> list[LabelChange]:
+        """Set the current label of each photo and append the change to ``label_history``.
+
+        The last write wins in ``manual_labels``; every write (even one that repeats the
+        current label) stays in the history under one batch id, which ``undo_last`` reverts.
+        """
         rows = {image_id: label for image_id, label in labels}
         if not rows:
-            return 0
+            return []
+        batch_id = uuid.uuid4().hex
         now = utcnow()
+        ids = sorted(rows)
+        with self.engine.begin() as conn:
+            current = self._current_labels(conn, ids)
+            self._write_labels(conn, [(i, rows[i]) for i in ids], labelled_by, now)
+            changes = [LabelChange(i, current.get(i), rows[i], action) for i in ids]
+            self._append_history(conn, changes, labelled_by, now, batch_id)
+        return changes
+
+    def undo_last(self, labelled_by: str) -> tuple[list[LabelChange], list[str]]:
+        """Revert ``labelled_by``'s newest decision that is not undone yet.
+
+        A photo someone else relabelled since is left alone (last write wins) and reported.
+
+        Returns:
+            The changes made, and the image ids skipped because of a newer label.
+        """
+        h = label_history
+        undone = sa.select(h.c.undoes).where(h.c.undoes.is_not(None), h.c.labelled_by == labelled_by)
+        with self.engine.begin() as conn:
+            batch_id = conn.scalar(
+                sa.select(h.c.batch_id)
+                .where(h.c.labelled_by == labelled_by, h.c.undoes.is_(None),
+                       h.c.batch_id.not_in(undone))
+                .order_by(h.c.id.desc())
+                .limit(1)
+            )
+            if batch_id is None:
+                return [], []
+            decided = conn.execute(
+                sa.select(h.c.image_id, h.c.old_label, h.c.new_label)
+                .where(h.c.batch_id == batch_id)
+                .order_by(h.c.image_id)
+            ).all()
+            current = self._current_labels(conn, [r.image_id for r in decided])
+            changes, kept = [], []
+            for image_id, old_label, new_label in decided:
+                now_label = current.get(image_id)
+                if now_label != new_label:
+                    kept.append(LabelChange(image_id, now_label, now_label, "undo_skipped"))
+                    continue
+                changes.append(LabelChange(image_id, new_label, old_label, "undo"))
+            now = utcnow()
+            restore = [(c.image_id, c.new_label) for c in changes if c.new_label is not None]
+            remove = [c.image_id for c in changes if c.new_label is None]
+            self._write_labels(conn, restore, labelled_by, now)
+            for chunk in _chunks(remove):
+                conn.execute(sa.delete(manual_labels).where(manual_labels.c.image_id.in_(chunk)))
+            # Skipped photos get an ``undo_skipped`` row: the trace says why nothing changed,
+            # and the batch counts as handled so the next `u` moves to the decision before.
+            self._append_history(conn, changes + kept, labelled_by, now, uuid.uuid4().hex,
+                                 undoes=batch_id)
+        return changes, [c.image_id for c in kept]
+
+    def _current_labels(self, conn: sa.Connection, ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for chunk in _chunks(list(ids)):
+            query = sa.select(manual_labels.c.image_id, manual_labels.c.label).where(
+                manual_labels.c.image_id.in_(chunk)
+            )
+            found.update(dict(conn.execute(query.with_for_update()).tuples().all()))
+        return found
+
+    def _write_labels(
+        self, conn: sa.Connection, rows: list[tuple[str, str]], labelled_by: str | None,
+        now: datetime,
+    ) -> None:
+        if not rows:
+            return
         stmt = _insert(self.engine, manual_labels)
         stmt = stmt.on_conflict_do_update(
             index_elements=[manual_labels.c.image_id],
@@ -418,15 +568,33 @@ class ScoreRepository:
                 "labelled_at": stmt.excluded.labelled_at,
             },
         )
-        with self.engine.begin() as conn:
-            conn.execute(
-                stmt,
-                [
-                    {"image_id": i, "label": lbl, "labelled_by": labelled_by, "labelled_at": now}
-                    for i, lbl in sorted(rows.items())
-                ],
-            )
-        return len(rows)
+        conn.execute(
+            stmt,
+            [
+                {"image_id": i, "label": lbl, "labelled_by": labelled_by, "labelled_at": now}
+                for i, lbl in rows
+            ],
+        )
+
+    def _append_history(
+        self, conn: sa.Connection, changes: list[LabelChange], labelled_by: str | None,
+        now: datetime, batch_id: str, *, undoes: str | None = None,
+    ) -> None:
+        rows = [
+            {
+                "image_id": c.image_id,
+                "old_label": c.old_label,
+                "new_label": c.new_label,
+                "action": c.action,
+                "labelled_by": labelled_by,
+                "labelled_at": now,
+                "batch_id": batch_id,
+                "undoes": undoes,
+            }
+            for c in changes
+        ]
+        if rows:
+            conn.execute(sa.insert(label_history), rows)
 
     # -- reads ----------------------------------------------------------------------------
 

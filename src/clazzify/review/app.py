@@ -1,0 +1,637 @@
+"""The moderators' review web app: Starlette + Jinja2 + htmx, rendered on the server.
+
+Routes:
+
+- ``GET /login``, ``POST /login``, ``POST /logout``: accounts (:mod:`.users`);
+- ``GET /queue/{kind}`` and ``GET /queue/class/{label}``: a page of a queue (:mod:`.queues`);
+- ``GET /counts``: the queue sizes, loaded by htmx after the page;
+- ``POST /label``, ``POST /accept``, ``POST /undo``: decisions, written to ``manual_labels``
+  with a row in ``label_history`` each;
+- ``GET /thumb?id=``: a photo's thumbnail (:mod:`.thumbs`), only for ids the database holds;
+- ``GET /stats``: reviewed today, model-vs-moderator confusion, queue sizes;
+- ``GET /export.csv``: every manual label (admins only).
+
+Sessions are signed cookies (itsdangerous through Starlette's ``SessionMiddleware``),
+HttpOnly and SameSite=Lax; every POST must carry the session's CSRF token (form field
+``csrf_token`` or header ``X-CSRF-Token``) or gets 403.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from functools import wraps
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import sqlalchemy as sa
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from clazzify.core.errors import ClazzifyError, ConfigError, ImageError, StorageError
+from clazzify.review import queues, users
+from clazzify.review.thumbs import ThumbnailCache
+from clazzify.scoring.scores import ScoreRepository
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "clazzify_review"
+_SECURITY_HEADERS = {
+    # Everything the page loads is served by the app itself: htmx and the page script too.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self'; style-src 'self'; "
+    "script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    """Settings of the review app.
+
+    Attributes:
+        model_name: the model whose scores are reviewed.
+        low_threshold: top probabilities below this fill the low-confidence queue.
+        page_size: photos per page.
+        routes: class -> the team its queue goes to (shown next to the queue).
+        classes: the label choices, in key order (digits 1..9); empty: from the database.
+        thumb_size: longer side of a thumbnail in px.
+        thumb_cache: folder of cached thumbnails.
+        secret_key: signs the session cookies; empty: a random one (sessions end on restart).
+        https_only: mark cookies Secure (behind TLS).
+        cache_ttl_s: how long versions, classes and queue counts are reused.
+    """
+
+    model_name: str = "clazzify"
+    low_threshold: float = 0.6
+    page_size: int = 100
+    routes: tuple[tuple[str, str], ...] = (("human", "photo moderation"), ("menu", "content team"))
+    classes: tuple[str, ...] = ()
+    thumb_size: int = 256
+    thumb_cache: Path = Path(".clazzify/thumbs")
+    secret_key: str = ""
+    https_only: bool = False
+    cache_ttl_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.low_threshold <= 1.0:
+            raise ConfigError(f"low_threshold must be in (0, 1], got {self.low_threshold}")
+        if not 1 <= self.page_size <= 500:
+            raise ConfigError(f"page_size must be 1..500, got {self.page_size}")
+        if not 16 <= self.thumb_size <= 1024:
+            raise ConfigError(f"thumb_size must be 16..1024 px, got {self.thumb_size}")
+
+
+class _TTLCache:
+    """A few slow answers (versions, classes, counts) kept for ``ttl`` seconds."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._items: dict[Any, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._items.get(key)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        value = make()
+        with self._lock:
+            self._items[key] = (now, value)
+        return value
+
+    def forget(self, prefix: str) -> None:
+        """Drop every entry whose key is a tuple starting with ``prefix``."""
+        with self._lock:
+            for key in [k for k in self._items if isinstance(k, tuple) and k[0] == prefix]:
+                del self._items[key]
+
+
+@dataclass
+class _State:
+    config: ReviewConfig
+    repo: ScoreRepository
+    thumbs: ThumbnailCache
+    cache: _TTLCache
+    templates: Jinja2Templates
+    classes_override: tuple[str, ...] = field(default=())
+
+    @property
+    def engine(self) -> sa.Engine:
+        return self.repo.engine
+
+    def versions(self) -> list[str]:
+        def make() -> list[str]:
+            with self.engine.connect() as conn:
+                return queues.versions(conn, self.config.model_name)
+
+        return self.cache.get("versions", make)
+
+    def classes(self) -> list[str]:
+        if self.config.classes:
+            return list(self.config.classes)
+
+        def make() -> list[str]:
+            with self.engine.connect() as conn:
+                return queues.class_names(conn, self.config.model_name)
+
+        return self.cache.get("classes", make)
+
+    def scope(self, request: Request) -> queues.Scope | None:
+        """The versions this request reviews (``?version=``, ``?compare=``), None: no scores."""
+        versions = self.versions()
+        if not versions:
+            return None
+        version = request.query_params.get("version") or versions[0]
+        if version not in versions:
+            raise HTTPException(404, f"model version {version!r} has no scores; known: {', '.join(versions)}")
+        others = [v for v in versions if v != version]
+        other = request.query_params.get("compare") or (others[0] if others else None)
+        if other is not None and other not in others:
+            raise HTTPException(404, f"model version {other!r} has no scores to compare with")
+        return queues.Scope(self.config.model_name, version, other, self.config.low_threshold)
+
+
+def dom_id(image_id: str) -> str:
+    """A valid, stable HTML id for a photo's card (image ids may hold any character)."""
+    return "c-" + hashlib.blake2s(image_id.encode(), digest_size=8).hexdigest()
+
+
+def _state(request: Request) -> _State:
+    return request.app.state.review
+
+
+def _csrf_token(request: Request) -> str:
+    token = request.session.get("csrf")
+    if not token:
+        token = secrets.token_urlsafe(32)
+        request.session["csrf"] = token
+    return token
+
+
+async def _check_csrf(request: Request) -> None:
+    expected = request.session.get("csrf")
+    sent = request.headers.get("x-csrf-token")
+    if sent is None:
+        form = await request.form()
+        sent = form.get("csrf_token")
+    if not expected or not isinstance(sent, str) or not hmac.compare_digest(sent, expected):
+        raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def login_required(*, admin: bool = False) -> Callable[[Handler], Handler]:
+    """Redirect to /login without a session; 403 for a moderator on an admin route.
+
+    POST handlers also get their CSRF token checked (403 without it).
+    """
+
+    def wrap(handler: Handler) -> Handler:
+        @wraps(handler)
+        async def inner(request: Request) -> Response:
+            if request.method == "POST":
+                await _check_csrf(request)
+            name = request.session.get("user")
+            user = await run_in_threadpool(users.find_user, _state(request).engine, name) if name else None
+            if user is None:
+                request.session.pop("user", None)
+                if request.headers.get("hx-request"):  # htmx: send the whole page to the login
+                    return Response(status_code=401, headers={"HX-Redirect": "/login"})
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+            if admin and not user.can_export:
+                raise HTTPException(403, f"{user.username} is a {user.role}: only admins may do this")
+            request.state.user = user
+            return await handler(request)
+
+        return inner
+
+    return wrap
+
+
+def _render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
+    state = _state(request)
+    base = {
+        "user": getattr(request.state, "user", None),
+        "csrf_token": _csrf_token(request),
+        "config": state.config,
+    }
+    return state.templates.TemplateResponse(request, name, {**base, **context}, status_code=status_code)
+
+
+# -- accounts ---------------------------------------------------------------------------------
+
+
+async def login_page(request: Request) -> Response:
+    return _render(request, "login.html", {"error": None, "next": _safe_next(request.query_params.get("next"))})
+
+
+def _safe_next(target: str | None) -> str:
+    """Only local paths: a login link cannot send the moderator to another site."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+async def login(request: Request) -> Response:
+    await _check_csrf(request)
+    form = await request.form()
+    username = str(form.get("username", "")).strip()
+    password = str(form.get("password", ""))
+    user = await run_in_threadpool(users.authenticate, _state(request).engine, username, password)
+    target = _safe_next(str(form.get("next", "/")))
+    if user is None:
+        log.info("failed login for %r", username)
+        return _render(request, "login.html", {"error": "Wrong user name or password.", "next": target},
+                       status_code=401)
+    request.session.clear()  # a new session id and CSRF token after login (no fixation)
+    request.session["user"] = user.username
+    _csrf_token(request)
+    return RedirectResponse(target, status_code=303)
+
+
+@login_required()
+async def logout(request: Request) -> Response:
+    request.session.clear()
+    return RedirectResponse("/login", status_code=303)
+
+
+# -- queues -----------------------------------------------------------------------------------
+
+
+def _queue_from(request: Request, kind: str, label: str | None) -> queues.Queue:
+    params = request.query_params
+    try:
+        return queues.Queue(
+            kind=kind,
+            label=label,
+            restaurant=params.get("restaurant") or None,
+            source=params.get("source") or None,
+            pending=params.get("status", "pending") != "all",
+        )
+    except ConfigError as e:
+        raise HTTPException(404, str(e)) from e
+
+
+def _filters(request: Request) -> dict[str, str]:
+    """The query parameters a queue link keeps (filters and versions, not the cursor)."""
+    keep = ("restaurant", "source", "status", "version", "compare")
+    return {k: v for k in keep if (v := request.query_params.get(k))}
+
+
+@login_required()
+async def home(request: Request) -> Response:
+    return RedirectResponse("/queue/low", status_code=303)
+
+
+@login_required()
+async def queue_page(request: Request) -> Response:
+    kind = request.path_params.get("kind", "class")
+    label = request.path_params.get("label")
+    queue = _queue_from(request, kind, label)
+    state = _state(request)
+    after = None
+    if cursor := request.query_params.get("after"):
+        try:
+            after = queues.Cursor.decode(cursor)
+        except ConfigError as e:
+            raise HTTPException(400, str(e)) from e
+
+    def load() -> tuple[queues.Scope | None, list[queues.Card], queues.Cursor | None]:
+        scope = state.scope(request)
+        if scope is None:
+            return None, [], None
+        if queue.kind == "disagree" and scope.other_version is None:
+            return scope, [], None
+        with state.engine.connect() as conn:
+            cards, nxt = queues.page(conn, scope, queue, after=after, limit=state.config.page_size)
+        return scope, cards, nxt
+
+    scope, cards, nxt = await run_in_threadpool(load)
+    filters = _filters(request)
+    classes = await run_in_threadpool(state.classes)
+    return _render(
+        request,
+        "queue.html",
+        {
+            "queue": queue,
+            "scope": scope,
+            "cards": cards,
+            "classes": classes,
+            "routes": dict(state.config.routes),
+            "filters": filters,
+            "query": urlencode(filters),
+            "next_url": f"{request.url.path}?{urlencode({**filters, 'after': nxt.encode()})}" if nxt else None,
+            "first_url": f"{request.url.path}?{urlencode(filters)}" if after else None,
+            "versions": await run_in_threadpool(state.versions),
+        },
+    )
+
+
+@login_required()
+async def counts_fragment(request: Request) -> Response:
+    state = _state(request)
+    params = request.query_params
+    restaurant, source = params.get("restaurant") or None, params.get("source") or None
+
+    def load() -> tuple[queues.Scope | None, queues.Counts | None]:
+        scope = state.scope(request)
+        if scope is None:
+            return None, None
+
+        def make() -> queues.Counts:
+            with state.engine.connect() as conn:
+                return queues.counts(conn, scope, restaurant, source)
+
+        key = ("counts", scope, restaurant, source)
+        return scope, state.cache.get(key, make)
+
+    scope, counts = await run_in_threadpool(load)
+    return _render(
+        request,
+        "_counts.html",
+        {
+            "counts": counts,
+            "classes": await run_in_threadpool(state.classes),
+            "routes": dict(state.config.routes),
+            "query": urlencode(_filters(request)),
+            "current": params.get("current", ""),
+            "scope": scope,
+        },
+    )
+
+
+# -- decisions --------------------------------------------------------------------------------
+
+
+async def _form_ids(request: Request) -> list[str]:
+    form = await request.form()
+    ids = [str(v) for v in form.getlist("image_id") if str(v)]
+    if not ids:
+        raise HTTPException(400, "no image_id in the request")
+    if len(ids) > 500:
+        raise HTTPException(400, f"{len(ids)} photos in one request: at most 500")
+    return ids
+
+
+def _cards_response(request: Request, scope: queues.Scope | None, ids: list[str], message: str) -> Response:
+    state = _state(request)
+    cards: list[queues.Card] = []
+    if scope is not None:
+        with state.engine.connect() as conn:
+            cards = queues.cards(conn, scope, ids)
+    state.cache.forget("counts")
+    response = _render(request, "_decided.html", {"cards": cards, "message": message, "classes": state.classes()})
+    response.headers["HX-Trigger"] = "decided"  # the queue counts reload (debounced)
+    return response
+
+
+@login_required()
+async def label(request: Request) -> Response:
+    """Set one photo's label (``label``), or accept the model's (``action=accept``)."""
+    state = _state(request)
+    form = await request.form()
+    ids = await _form_ids(request)
+    user = request.state.user
+    accept = form.get("action") == "accept"
+
+    def work() -> Response:
+        scope = state.scope(request)
+        if accept:
+            if scope is None:
+                raise HTTPException(404, "no scores to accept")
+            with state.engine.connect() as conn:
+                decided = queues.model_labels(conn, scope, ids)
+            if not decided:
+                raise HTTPException(404, f"no score of version {scope.version} for {ids[0]!r}")
+        else:
+            chosen = str(form.get("label", ""))
+            if chosen not in state.classes():
+                raise HTTPException(400, f"unknown label {chosen!r}: choose one of {', '.join(state.classes())}")
+            decided = dict.fromkeys(ids, chosen)
+        _known_or_404(state, list(decided))
+        changes = state.repo.record_labels(decided.items(), labelled_by=user.username,
+                                           action="accept" if accept else "label")
+        text = ", ".join(f"{c.image_id} → {c.new_label}" for c in changes[:3])
+        return _cards_response(request, scope, list(decided), f"Labelled {text}")
+
+    return await run_in_threadpool(work)
+
+
+def _known_or_404(state: _State, ids: list[str]) -> None:
+    with state.engine.connect() as conn:
+        for image_id in ids:
+            if queues.uri_of(conn, image_id) is None:
+                raise HTTPException(404, f"no photo {image_id!r} in the database")
+
+
+@login_required()
+async def accept_page(request: Request) -> Response:
+    """Accept the model's label for every photo of the page that has no manual label yet."""
+    state = _state(request)
+    ids = await _form_ids(request)
+    user = request.state.user
+
+    def work() -> Response:
+        scope = state.scope(request)
+        if scope is None:
+            raise HTTPException(404, "no scores to accept")
+        with state.engine.connect() as conn:
+            todo = queues.unlabelled(conn, ids)
+            decided = queues.model_labels(conn, scope, todo)
+        changes = state.repo.record_labels(decided.items(), labelled_by=user.username, action="bulk_accept")
+        kept = len(ids) - len(changes)
+        message = f"Accepted the model's label for {len(changes)} photos"
+        if kept:
+            message += f" ({kept} already labelled, left as they were)"
+        return _cards_response(request, scope, [c.image_id for c in changes], message)
+
+    return await run_in_threadpool(work)
+
+
+@login_required()
+async def undo(request: Request) -> Response:
+    """Undo the user's last decision (one key press, or one bulk accept)."""
+    state = _state(request)
+    user = request.state.user
+
+    def work() -> Response:
+        changes, skipped = state.repo.undo_last(user.username)
+        if not changes and not skipped:
+            message = "Nothing to undo."
+        else:
+            message = f"Undid {len(changes)} label{'s' if len(changes) != 1 else ''}"
+            if skipped:
+                message += f"; {len(skipped)} relabelled by someone else since, kept"
+        return _cards_response(request, state.scope(request), [c.image_id for c in changes] + skipped, message)
+
+    return await run_in_threadpool(work)
+
+
+# -- thumbnails, stats, export ----------------------------------------------------------------
+
+
+@login_required()
+async def thumbnail(request: Request) -> Response:
+    state = _state(request)
+    image_id = request.query_params.get("id", "")
+
+    def work() -> bytes:
+        with state.engine.connect() as conn:
+            uri = queues.uri_of(conn, image_id)
+        if uri is None:
+            raise HTTPException(404, "no such photo in the database")
+        try:
+            return state.thumbs.get(uri)
+        except StorageError as e:
+            log.warning("thumbnail of %s: %s", image_id, e)
+            raise HTTPException(404, "the photo cannot be read from storage") from e
+        except ImageError as e:
+            raise HTTPException(422, f"the photo is not a readable image: {e}") from e
+
+    data = await run_in_threadpool(work)
+    return Response(data, media_type="image/jpeg",
+                    headers={"Cache-Control": "private, max-age=86400"})
+
+
+@login_required()
+async def stats_page(request: Request) -> Response:
+    state = _state(request)
+
+    def load() -> tuple[queues.Scope | None, queues.Stats | None, queues.Counts | None]:
+        scope = state.scope(request)
+        if scope is None:
+            return None, None, None
+        with state.engine.connect() as conn:
+            stats = queues.stats(conn, scope, state.classes())
+        counts = state.cache.get(("counts", scope, None, None), lambda: _counts(state, scope))
+        return scope, stats, counts
+
+    scope, stats, counts = await run_in_threadpool(load)
+    return _render(request, "stats.html", {"scope": scope, "stats": stats, "counts": counts,
+                                           "routes": dict(state.config.routes)})
+
+
+def _counts(state: _State, scope: queues.Scope) -> queues.Counts:
+    with state.engine.connect() as conn:
+        return queues.counts(conn, scope)
+
+
+@login_required(admin=True)
+async def export_csv(request: Request) -> Response:
+    state = _state(request)
+    scope = await run_in_threadpool(state.scope, request)
+    if scope is None:
+        raise HTTPException(404, "no scores yet")
+
+    def rows() -> Iterator[str]:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=queues.EXPORT_FIELDS)
+        writer.writeheader()
+        with state.engine.connect() as conn:
+            for row in queues.export_rows(conn, scope):
+                writer.writerow(row)
+                if buf.tell() > 64_000:
+                    yield buf.getvalue()
+                    buf.seek(0)
+                    buf.truncate()
+        yield buf.getvalue()
+
+    filename = f"manual-labels-{scope.model_name}-v{scope.version}.csv"
+    return StreamingResponse(rows(), media_type="text/csv",
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+# -- the app ----------------------------------------------------------------------------------
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return PlainTextResponse(f"{exc.status_code}: {exc.detail}\n", status_code=exc.status_code)
+
+
+async def _clazzify_error(request: Request, exc: Exception) -> Response:
+    return PlainTextResponse(f"400: {exc}\n", status_code=400)
+
+
+class _SecurityHeaders:
+    """Adds the CSP and friends to every response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [(k.lower().encode(), v.encode()) for k, v in _SECURITY_HEADERS.items()]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(repo: ScoreRepository, config: ReviewConfig = ReviewConfig()) -> Starlette:
+    """The review app on ``repo``'s database (migrated to the head revision by the caller)."""
+    secret = config.secret_key or secrets.token_urlsafe(48)
+    if not config.secret_key:
+        log.warning("no --secret-file: sessions are signed with a random key and end on restart")
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.globals["percent"] = lambda p: f"{100 * float(p):.0f}%"
+    templates.env.globals["dom_id"] = dom_id
+    routes = [
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/", home),
+        Route("/queue/class/{label}", queue_page),
+        Route("/queue/{kind}", queue_page),
+        Route("/counts", counts_fragment),
+        Route("/label", label, methods=["POST"]),
+        Route("/accept", accept_page, methods=["POST"]),
+        Route("/undo", undo, methods=["POST"]),
+        Route("/thumb", thumbnail),
+        Route("/stats", stats_page),
+        Route("/export.csv", export_csv),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    middleware = [
+        Middleware(_SecurityHeaders),
+        Middleware(SessionMiddleware, secret_key=secret, session_cookie=SESSION_COOKIE,
+                   max_age=12 * 3600, same_site="lax", https_only=config.https_only),
+    ]
+    app = Starlette(routes=routes, middleware=middleware,
+                    exception_handlers={HTTPException: _http_error, ClazzifyError: _clazzify_error})
+    app.state.review = _State(
+        config=config,
+        repo=repo,
+        thumbs=ThumbnailCache(config.thumb_cache, config.thumb_size),
+        cache=_TTLCache(config.cache_ttl_s),
+        templates=templates,
+    )
+    return app

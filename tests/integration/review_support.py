@@ -1,0 +1,114 @@
+"""A small review database for the browser tests and the docs screenshot.
+
+Photos are drawn by the demo-data painters (no files from outside), written as JPEGs, and
+scored by two model versions with made-up probabilities: version "2" first, then "3", so
+"3" is the version under review and "2" the one the disagreement queue compares with.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from clazzify import DEMO_CLASSES
+from clazzify.scoring.scores import Batch, ImageRow, ScoreRepository, ScoreRow
+from clazzify.training import demo_data
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+RESTAURANTS = ("r-bistro", "r-noodle", "r-pizza")
+
+
+def seed_review_db(db_url: str, photos: Path, per_class: int = 6, size: int = 160, seed: int = 0) -> list[str]:
+    """Write ``per_class`` photos of each demo class and two versions' scores of them.
+
+    Returns:
+        The image ids, in the order written.
+    """
+    rng = np.random.default_rng(seed)
+    painters = {"ambiance": demo_data.draw_ambiance, "food": demo_data.draw_food,
+                "human": demo_data.draw_human, "menu": demo_data.draw_menu}
+    photos.mkdir(parents=True, exist_ok=True)
+    rows, truth = [], []
+    for c, cls in enumerate(DEMO_CLASSES):
+        for k in range(per_class):
+            image_id = f"{cls}-{k:02d}"
+            path = photos / f"{image_id}.jpg"
+            buf = io.BytesIO()
+            painters[cls](rng, size, size).save(buf, format="JPEG", quality=90)
+            path.write_bytes(buf.getvalue())
+            rows.append(ImageRow(image_id, str(path), RESTAURANTS[(c + k) % 3], "upload" if k % 2 else "crawler"))
+            truth.append(c)
+    repo = ScoreRepository.open(db_url)
+    try:
+        for version, sharpness in (("2", 2.0), ("3", 3.0)):
+            scores = []
+            for row, c in zip(rows, truth, strict=True):
+                logits = rng.normal(0.0, 1.0, len(DEMO_CLASSES))
+                logits[c] += sharpness * rng.uniform(0.0, 1.2)
+                p = np.exp(logits) / np.exp(logits).sum()
+                scores.append(ScoreRow(row.image_id, "clazzify", version,
+                                       {n: float(v) for n, v in zip(DEMO_CLASSES, p, strict=True)}, row.uri))
+            repo.save(Batch(images=rows, scores=scores))
+            time.sleep(0.01)  # version 3's scores are strictly newer
+    finally:
+        repo.close()
+    return [r.image_id for r in rows]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clazzify(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run the ``clazzify`` command line from this checkout."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'src'}{os.pathsep}{REPO_ROOT}"}
+    return subprocess.run([sys.executable, "-m", "clazzify.cli", *args], input=stdin, text=True,
+                          capture_output=True, env=env, timeout=60, check=False)
+
+
+@contextmanager
+def review_server(db_url: str, thumb_cache: Path, *extra: str) -> Iterator[str]:
+    """`clazzify review-ui` in a child process on a free port; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'src'}{os.pathsep}{REPO_ROOT}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clazzify.cli", "review-ui", "--db", db_url, "--port", str(port),
+         "--thumb-cache", str(thumb_cache), *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"review-ui exited {proc.returncode}: {proc.stdout.read()}")
+            try:
+                httpx.get(f"{base}/login", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("review-ui did not answer within 30 s") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

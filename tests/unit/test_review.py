@@ -1,0 +1,205 @@
+"""The review app's logic without a browser: labels and their history, queues, users, thumbnails."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from clazzify.core.errors import ConfigError, ImageError
+from clazzify.review import queues, users
+from clazzify.review.thumbs import ThumbnailCache, make_thumbnail
+from clazzify.scoring.scores import Batch, ImageRow, ScoreRepository, ScoreRow, label_history, manual_labels
+
+CLASSES = ("ambiance", "food", "human", "menu")
+
+
+def _score(image_id: str, version: str, label: str, p: float) -> ScoreRow:
+    rest = (1.0 - p) / 3
+    return ScoreRow(image_id, "clazzify", version, {c: (p if c == label else rest) for c in CLASSES},
+                    f"/photos/{image_id}.jpg")
+
+
+@pytest.fixture
+def filled(repo: ScoreRepository) -> ScoreRepository:
+    """20 photos; version 3 predicts food/human/menu/ambiance in turn with rising probability."""
+    rows = [ImageRow(f"p{i:02d}", f"/photos/p{i:02d}.jpg", f"r{i % 2}", "upload" if i % 4 else "crawler")
+            for i in range(20)]
+    v2 = [_score(r.image_id, "2", CLASSES[(i + (i % 3 == 0)) % 4], 0.9) for i, r in enumerate(rows)]
+    v3 = [_score(r.image_id, "3", CLASSES[i % 4], 0.3 + 0.03 * i) for i, r in enumerate(rows)]
+    repo.save(Batch(images=rows, scores=v2))
+    repo.save(Batch(scores=v3))
+    return repo
+
+
+def _history(repo: ScoreRepository) -> list[tuple]:
+    with repo.engine.connect() as conn:
+        return conn.execute(
+            sa.select(label_history.c.image_id, label_history.c.old_label, label_history.c.new_label,
+                      label_history.c.action, label_history.c.labelled_by).order_by(label_history.c.id)
+        ).all()
+
+
+def _current(repo: ScoreRepository) -> dict[str, str]:
+    with repo.engine.connect() as conn:
+        return dict(conn.execute(sa.select(manual_labels.c.image_id, manual_labels.c.label)).tuples().all())
+
+
+def test_last_write_wins_and_both_decisions_stay_in_the_history(repo: ScoreRepository):
+    repo.record_labels([("a", "food")], labelled_by="ann", action="label")
+    repo.record_labels([("a", "menu")], labelled_by="bob", action="label")
+    assert _current(repo) == {"a": "menu"}
+    assert _history(repo) == [("a", None, "food", "label", "ann"), ("a", "food", "menu", "label", "bob")]
+
+
+def test_undo_reverts_the_users_last_decision_then_the_one_before(repo: ScoreRepository):
+    repo.record_labels([("a", "food")], labelled_by="ann", action="label")
+    repo.record_labels([("b", "menu"), ("c", "human")], labelled_by="ann", action="bulk_accept")
+    changes, skipped = repo.undo_last("ann")
+    assert sorted((c.image_id, c.new_label) for c in changes) == [("b", None), ("c", None)] and skipped == []
+    assert _current(repo) == {"a": "food"}
+    changes, _ = repo.undo_last("ann")
+    assert [(c.image_id, c.old_label, c.new_label) for c in changes] == [("a", "food", None)]
+    assert _current(repo) == {}
+    assert repo.undo_last("ann") == ([], [])
+    assert [h[3] for h in _history(repo)] == ["label", "bulk_accept", "bulk_accept", "undo", "undo", "undo"]
+
+
+def test_undo_keeps_a_label_someone_else_wrote_since(repo: ScoreRepository):
+    repo.record_labels([("a", "food")], labelled_by="ann", action="label")
+    repo.record_labels([("a", "ambiance")], labelled_by="ann", action="label")
+    repo.record_labels([("a", "menu")], labelled_by="bob", action="label")
+    changes, skipped = repo.undo_last("ann")
+    assert changes == [] and skipped == ["a"]
+    assert _current(repo) == {"a": "menu"}
+    assert _history(repo)[-1] == ("a", "menu", "menu", "undo_skipped", "ann")
+    # The skipped decision counts as handled: the next undo reaches the one before it, which
+    # bob's label also overrode.
+    assert repo.undo_last("ann") == ([], ["a"])
+
+
+def test_relabel_imports_leave_a_trace_too(repo: ScoreRepository):
+    repo.add_manual_labels([("a", "food")], labelled_by="relabel-import")
+    assert _history(repo) == [("a", None, "food", "import", "relabel-import")]
+
+
+def _scope(other: str | None = "2", threshold: float = 0.6) -> queues.Scope:
+    return queues.Scope("clazzify", "3", other, threshold)
+
+
+def test_keyset_pages_cover_a_queue_once_in_order(filled: ScoreRepository):
+    seen = []
+    after = None
+    with filled.engine.connect() as conn:
+        while True:
+            cards, after = queues.page(conn, _scope(), queues.Queue("unreviewed"), after=after, limit=3)
+            seen += cards
+            if after is None:
+                break
+    assert [c.image_id for c in seen] == [f"p{i:02d}" for i in range(20)]
+    assert [c.probability for c in seen] == sorted(c.probability for c in seen)
+
+
+def test_queues_select_what_they_say(filled: ScoreRepository):
+    filled.record_labels([("p00", "food")], labelled_by="ann", action="label")
+    with filled.engine.connect() as conn:
+        def ids(queue: queues.Queue) -> list[str]:
+            return [c.image_id for c in queues.page(conn, _scope(), queue, limit=100)[0]]
+
+        low = ids(queues.Queue("low"))
+        assert low == [f"p{i:02d}" for i in range(1, 10)]  # p = 0.3 + 0.03 i < 0.6, p00 reviewed
+        assert ids(queues.Queue("low", pending=False))[0] == "p00"
+        assert ids(queues.Queue("class", label="human")) == ["p02", "p06", "p10", "p14", "p18"]
+        assert ids(queues.Queue("class", label="food", restaurant="r1")) == ["p01", "p05", "p09", "p13", "p17"]
+        assert ids(queues.Queue("unreviewed", source="crawler")) == ["p04", "p08", "p12", "p16"]
+        disagree = queues.page(conn, _scope(), queues.Queue("disagree"), limit=100)[0]
+        assert [c.image_id for c in disagree] == ["p03", "p06", "p09", "p12", "p15", "p18"]
+        assert all(c.other_label != c.label for c in disagree)
+        counts = queues.counts(conn, _scope())
+        assert counts.low == (9, 10)
+        assert counts.unreviewed == (19, 19)
+        assert counts.by_class["ambiance"] == (4, 5) and counts.by_class["food"] == (5, 5)
+        assert counts.disagree == (6, 7)
+        assert queues.counts(conn, _scope(), restaurant="r1").by_class["food"] == (5, 5)
+        assert queues.versions(conn, "clazzify") == ["3", "2"]
+        assert queues.class_names(conn, "clazzify") == list(CLASSES)
+
+
+def test_stats_count_todays_decisions_and_the_confusion(filled: ScoreRepository):
+    filled.record_labels([("p00", "food"), ("p01", "food")], labelled_by="ann", action="label")
+    filled.record_labels([("p02", "menu")], labelled_by="ann", action="label")
+    filled.undo_last("ann")
+    with filled.engine.connect() as conn:
+        stats = queues.stats(conn, _scope(), CLASSES)
+        rows = list(queues.export_rows(conn, _scope()))
+    assert stats.reviewed_today == {"food": 2}
+    assert stats.confusion == {("ambiance", "food"): 1, ("food", "food"): 1}
+    assert stats.agreement == (1, 2)
+    assert [(r["image_id"], r["label"], r["model_label"]) for r in rows] == [
+        ("p00", "food", "ambiance"), ("p01", "food", "food")]
+
+
+@pytest.mark.parametrize("text", ["", "x:y", "nan:a", "0.5"])
+def test_a_bad_cursor_is_refused_by_name(text: str):
+    with pytest.raises(ConfigError, match="bad page cursor"):
+        queues.Cursor.decode(text)
+
+
+def test_a_cursor_round_trips_ids_with_colons():
+    cursor = queues.Cursor(0.123456789, "s3://b/k:1.jpg")
+    assert queues.Cursor.decode(cursor.encode()) == cursor
+
+
+def test_queue_arguments_are_checked():
+    with pytest.raises(ConfigError, match="unknown queue 'nope'"):
+        queues.Queue("nope")
+    with pytest.raises(ConfigError, match="needs a label"):
+        queues.Queue("class")
+
+
+def test_users_hash_passwords_and_check_them(repo: ScoreRepository):
+    users.add_user(repo.engine, "ann", "correct horse", "admin")
+    with repo.engine.connect() as conn:
+        stored = conn.scalar(sa.text("SELECT password_hash FROM review_users"))
+    assert stored.startswith("$argon2") and "correct horse" not in stored
+    assert users.authenticate(repo.engine, "ann", "correct horse") == users.User("ann", "admin")
+    assert users.authenticate(repo.engine, "ann", "wrong horse") is None
+    assert users.authenticate(repo.engine, "nobody", "correct horse") is None
+    users.remove_user(repo.engine, "ann")
+    assert users.find_user(repo.engine, "ann") is None
+    with pytest.raises(ConfigError, match="no review user 'ann'"):
+        users.remove_user(repo.engine, "ann")
+
+
+@pytest.mark.parametrize(("name", "password", "role", "match"), [
+    ("ann", "short", "moderator", "too short"),
+    ("a b", "long enough", "moderator", "bad user name"),
+    ("ann", "long enough", "root", "unknown role 'root'"),
+])
+def test_bad_accounts_are_refused_by_name(repo: ScoreRepository, name, password, role, match):
+    with pytest.raises(ConfigError, match=match):
+        users.add_user(repo.engine, name, password, role)
+
+
+def _jpeg(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (200, 30, 30)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_thumbnails_keep_the_aspect_and_are_cached(tmp_path: Path):
+    photo = tmp_path / "big.jpg"
+    photo.write_bytes(_jpeg(800, 400))
+    cache = ThumbnailCache(tmp_path / "cache", size=128)
+    first = cache.get(str(photo))
+    assert Image.open(io.BytesIO(first)).size == (128, 64)
+    photo.unlink()  # a second read comes from the cache, not the original
+    assert cache.get(str(photo)) == first
+
+
+def test_a_broken_photo_gives_a_clear_error():
+    with pytest.raises(ImageError):
+        make_thumbnail(b"not an image", 64)
