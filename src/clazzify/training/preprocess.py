@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 import clazzify
 from clazzify.core import storage
 from clazzify.core.errors import ConfigError, DataError, ImageError
-from clazzify.core.imaging import RESAMPLE, ImageLimits, decode_image, fit_square
+from clazzify.core.imaging import RESAMPLE, ImageLimits, decode_image, image_to_array
 from clazzify.training.ingest import SPLITS, Record, read_split_manifest
 
 _STR = h5py.string_dtype(encoding="utf-8")
@@ -106,20 +106,17 @@ def decode_task(
     """Decode one task's images into ``[len(uris) * (1 + copies), S, S, 3]`` (runs in a worker)."""
     out = np.empty((len(uris) * (1 + copies), image_size, image_size, 3), dtype=np.uint8)
     for i, (uri, seed) in enumerate(zip(uris, seeds, strict=True)):
+        base = i * (1 + copies)
         try:
             data = storage.read_bytes(uri)
-            draft = image_size if copies == 0 else int(image_size * 1.5)
-            img = decode_image(data, limits, draft_size=draft)
+            # The one image path: the model server computes these very pixels from the bytes.
+            out[base] = image_to_array(data, image_size, limits)
+            # Augmentations zoom in, so they start from a finer draft decode.
+            img = decode_image(data, limits, draft_size=int(image_size * 1.5)) if copies else None
         except ImageError as e:
             raise DataError(
                 f"{uri} passed ingest but now fails to decode ({e}): re-run ingest"
             ) from e
-        base = i * (1 + copies)
-        out[base] = (
-            fit_square(img, image_size)
-            if copies == 0
-            else fit_square(decode_image(data, limits, draft_size=image_size), image_size)
-        )
         rng = np.random.default_rng(seed)
         for k in range(1, copies + 1):
             out[base + k] = augment_variant(img, image_size, rng)
