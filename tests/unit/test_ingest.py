@@ -15,7 +15,6 @@ from clazzify.training.ingest import (
     read_manifest,
     read_split_manifest,
     remove_duplicates,
-    split_counts,
 )
 
 pytestmark = pytest.mark.unit
@@ -131,10 +130,10 @@ def test_groups_never_span_splits():
     assert all(len(s) == 1 for s in by_group.values())
 
 
-def test_split_counts_and_too_small_class():
-    assert split_counts(10, 0.1, 0.1) == (8, 1, 1)
-    assert split_counts(3, 0.01, 0.01) == (1, 1, 1)  # each non-zero share gets one
-    assert split_counts(100, 0.1, 0.2) == (70, 10, 20)
+def test_small_classes_fill_every_split_or_fail():
+    cfg = IngestConfig(val_fraction=0.01, test_fraction=0.01)
+    out = assign_splits([rec(str(i), "x", str(i)) for i in range(3)], cfg)
+    assert sorted(r.split for r in out) == ["test", "train", "val"]  # each non-zero share gets one
     with pytest.raises(DataError, match="only 2 distinct"):
         assign_splits([rec("a", "x", "1"), rec("b", "x", "2")], IngestConfig())
 
@@ -194,18 +193,65 @@ def test_near_duplicates_never_span_splits(tmp_path: Path):
     assert "Near-duplicate groups" in (tmp_path / "r" / "report.md").read_text()
 
 
-def test_near_duplicate_banding_finds_every_close_pair():
-    from clazzify.training.ingest import hash_distance, near_duplicate_pairs
+def test_leader_index_finds_the_nearest_leader_like_brute_force():
+    from clazzify.training.ingest import LeaderIndex, hash_distance
 
     rng = np.random.default_rng(0)
-    base = [int(v) for v in rng.integers(0, 2**63, 40, dtype=np.int64)]
-    hashes = [[h] for h in base]
-    for i in range(20):  # flip up to 6 random bits of a base hash
-        h = base[i]
-        for bit in rng.choice(64, size=int(rng.integers(0, 7)), replace=False):
+    leaders = [[int(v) for v in rng.integers(0, 2**63, 3, dtype=np.int64)] for _ in range(300)]
+    index = LeaderIndex(8, capacity=300)
+    for hs in leaders:
+        index.add(hs)
+    queries = []
+    for i in range(200):  # flip up to 10 random bits of one of a leader's hashes
+        h = leaders[i][int(rng.integers(3))]
+        for bit in rng.choice(64, size=int(rng.integers(0, 11)), replace=False):
             h ^= 1 << int(bit)
-        hashes.append([h])
-    pairs = near_duplicate_pairs(hashes, 6)
-    brute = {(i, j) for i in range(len(hashes)) for j in range(i + 1, len(hashes))
-             if hash_distance(hashes[i], hashes[j]) <= 6}
-    assert pairs == brute and len(brute) >= 20
+        queries.append([h, int(rng.integers(0, 2**63))])
+    for q in queries:
+        dists = [hash_distance(q, hs) for hs in leaders]
+        best = min(range(len(leaders)), key=lambda i: (dists[i], i))
+        expected = (best, dists[best]) if dists[best] <= 8 else None
+        assert index.nearest(q) == expected
+
+
+def test_groups_do_not_chain():
+    from clazzify.training.ingest import group_near_duplicates
+
+    # a chain a - b - c - d, each 6 bits from the next: pairs are near, the ends are not
+    chain, h = [], 0
+    for step in range(4):
+        chain.append(h)
+        h ^= (1 << 6) - 1 << (6 * step)
+    records = [Record(f"p{i}", "x", f"{i:064x}", 50, 50, "", phash=f"{v:016x}") for i, v in enumerate(chain)]
+    grouping = group_near_duplicates(records, 8)
+    leader = records[0].sha256
+    assert [r.group for r in records] == [leader, leader, records[2].sha256, records[2].sha256]
+    assert all(len(g) <= 2 for g in grouping.groups)
+
+
+def test_oversized_groups_are_reported_as_suspect():
+    from clazzify.training.ingest import group_near_duplicates
+
+    records = [Record(f"p{i}", "x", f"{i:064x}", 50, 50, "", phash=f"{1 << (i % 60):016x}") for i in range(12)]
+    grouping = group_near_duplicates(records, 8, max_group_size=10)
+    assert len(grouping.groups) == 1 and grouping.suspect == grouping.groups
+
+
+def test_a_photo_keeps_its_split_as_the_collection_grows():
+    base = [rec(f"u{i}", "ab"[i % 2], f"{i:064x}") for i in range(400)]
+    first = {r.uri: r.split for r in assign_splits(base, IngestConfig(seed=3))}
+    grown = base + [rec(f"n{i}", "abc"[i % 3], f"{10_000 + i:064x}") for i in range(600)]
+    second = {r.uri: r.split for r in assign_splits(grown, IngestConfig(seed=3))}
+    assert all(second[u] == s for u, s in first.items())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_class_shares_are_within_three_points_of_the_fractions(seed):
+    rng = np.random.default_rng(seed)
+    records = [rec(f"u{i}", f"c{i % 4}", rng.bytes(32).hex()) for i in range(4 * 1_000)]
+    cfg = IngestConfig(val_fraction=0.15, test_fraction=0.15, seed=seed)
+    out = assign_splits(records, cfg)
+    for label in ("c0", "c1", "c2", "c3"):
+        splits = [r.split for r in out if r.label == label]
+        for split, asked in (("train", 0.7), ("val", 0.15), ("test", 0.15)):
+            assert abs(splits.count(split) / len(splits) - asked) <= 0.03, (label, split)
