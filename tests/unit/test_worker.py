@@ -130,6 +130,31 @@ def test_a_row_the_database_refuses_is_isolated(tmp_path: Path, repo: ScoreRepos
     assert rows(repo, "SELECT reason FROM dead_letters") == [("db_rejected",)]
 
 
+class _RefusingEverythingRepo:
+    """Refuses image 'bad' and every dead letter (as a full disk or a broken table would)."""
+
+    def __init__(self, inner: ScoreRepository) -> None:
+        self.inner = inner
+        self.saves = 0
+
+    def save(self, batch: Batch) -> None:
+        self.saves += 1
+        if batch.dead_letters or any(s.image_id == "bad" for s in batch.scores):
+            raise sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("refused"))
+        self.inner.save(batch)
+
+
+def test_a_refused_row_whose_dead_letter_is_refused_too_is_retried(
+    tmp_path: Path, repo: ScoreRepository
+) -> None:
+    paths = write_images(tmp_path / "img", 2)
+    store = _RefusingEverythingRepo(repo)
+    outcomes = process_batch([plain("ok", paths[0]), plain("bad", paths[1])], FakeScorer(), store)
+    assert [(o.status, o.reason) for o in outcomes] == [("scored", ""), ("retry", "db_unavailable")]
+    assert store.saves == 4  # the batch, then "ok" alone, "bad" alone and its dead letter
+    assert rows(repo, "SELECT image_id FROM scores") == [("ok",)]
+
+
 def test_s3_notification_with_several_records(tmp_path: Path, repo: ScoreRepository) -> None:
     [path] = write_images(tmp_path / "bucket", 1)
     blobs = {"s3://uploads/ok.png": path.read_bytes()}

@@ -2,9 +2,12 @@
 
 :func:`process_batch` is the whole job of a worker for one batch of queue messages,
 with its dependencies passed in (endpoint client, score repository, fetch function),
-so it is tested without a broker. It returns one :class:`Outcome` per message and
-never raises for a message's sake; the AMQP loop (:mod:`clazzify.scoring.consumer`) turns
-outcomes into acks, dead letters and retries:
+so it is tested without a broker. Each message becomes a :class:`MessageResult` (its
+events, then their results); the events of the whole batch are scored together, the
+messages with no retryable failure are committed in one transaction, and one
+:class:`Outcome` per message comes back. It never raises for a message's sake; the
+AMQP loop (:mod:`clazzify.scoring.consumer`) turns outcomes into acks, dead letters and
+retries:
 
 - ``scored`` / ``skipped``: the scores are committed; acknowledge.
 - ``dead``: nothing can ever score this message (bad JSON, missing object, not an
@@ -306,10 +309,6 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float) -> float:
     return min(max_s, initial_s * (2 ** min(attempt, 30)))
 
 
-def _body_text(body: bytes, limit: int = 10_000) -> str:
-    return body[:limit].decode("utf-8", errors="replace")
-
-
 def add_results(batch: Batch, results: Sequence[EventResult], body: str = "") -> Batch:
     """Add scored events (image + score) and failed ones (dead letter) to ``batch``."""
     for r in results:
@@ -324,26 +323,56 @@ def add_results(batch: Batch, results: Sequence[EventResult], body: str = "") ->
     return batch
 
 
-def _batch_for(pairs: Sequence[tuple[Message, list[EventResult] | EventError]]) -> Batch:
-    batch = Batch()
-    for message, results in pairs:
-        if isinstance(results, EventError):
-            batch.dead_letters.append(
-                DeadLetter(results.reason, str(results), _body_text(message.body))
-            )
-        else:
-            add_results(batch, results, _body_text(message.body))
-    return batch
+@dataclass
+class MessageResult:
+    """One queue message on its way through :func:`process_batch`.
 
+    Attributes:
+        message: the message as received.
+        events: the upload events it carries (empty when it could not be parsed, or when
+            it names nothing to score, e.g. an S3 deletion).
+        results: one result per event, in order, once they are scored.
+        error: why the message could not be parsed; it is dead without any event.
+    """
 
-def _final_outcome(results: list[EventResult] | EventError) -> Outcome:
-    if isinstance(results, EventError):
-        return Outcome("dead", results.reason, str(results))
-    scored = sum(r.score is not None for r in results)
-    dead = [r.failure for r in results if r.failure is not None]
-    if dead:
-        return Outcome("dead", dead[0].reason, dead[0].detail, scored=scored)
-    return Outcome("scored" if scored else "skipped", scored=scored)
+    message: Message
+    events: list[UploadEvent] = field(default_factory=list)
+    results: list[EventResult] = field(default_factory=list)
+    error: EventError | None = None
+
+    @classmethod
+    def parse(cls, message: Message) -> MessageResult:
+        try:
+            return cls(message, events=parse_message(message.body))
+        except EventError as e:
+            return cls(message, error=e)
+
+    @property
+    def body_text(self) -> str:
+        """The body as stored with a dead letter (its first 10 kB)."""
+        return self.message.body[:10_000].decode("utf-8", errors="replace")
+
+    @property
+    def retry(self) -> Failure | None:
+        """The first retryable failure among its events: the message must not be written."""
+        return next((r.failure for r in self.results if r.failure and r.failure.retry), None)
+
+    def add_to(self, batch: Batch) -> Batch:
+        """Add what committing this message writes (images, scores, dead letters) to ``batch``."""
+        if self.error is not None:
+            batch.dead_letters.append(DeadLetter(self.error.reason, str(self.error), self.body_text))
+            return batch
+        return add_results(batch, self.results, self.body_text)
+
+    def outcome(self) -> Outcome:
+        """The outcome once its rows (:meth:`add_to`) are committed."""
+        if self.error is not None:
+            return Outcome("dead", self.error.reason, str(self.error))
+        scored = sum(r.score is not None for r in self.results)
+        dead = next((r.failure for r in self.results if r.failure is not None), None)
+        if dead is not None:
+            return Outcome("dead", dead.reason, dead.detail, scored=scored)
+        return Outcome("scored" if scored else "skipped", scored=scored)
 
 
 def process_batch(
@@ -372,79 +401,80 @@ def process_batch(
     """
     stats = stats if stats is not None else BatchStats()
     stats.messages += len(messages)
-    per_message: list[list[EventResult] | EventError] = []
-    flat: list[tuple[int, UploadEvent]] = []
-    for m, message in enumerate(messages):
-        try:
-            flat.extend((m, e) for e in parse_message(message.body))
-            per_message.append([])
-        except EventError as e:
-            per_message.append(e)
-    stats.events += len(flat)
-    results = score_events([e for _, e in flat], client, fetch, cfg, stats)
-    for (m, _), result in zip(flat, results, strict=True):
-        per_message[m].append(result)  # type: ignore[union-attr]
+    parsed = [MessageResult.parse(m) for m in messages]
+    events = [e for p in parsed for e in p.events]
+    stats.events += len(events)
+    results = iter(score_events(events, client, fetch, cfg, stats))
+    for p in parsed:
+        p.results = [next(results) for _ in p.events]
 
-    outcomes: dict[int, Outcome] = {}
-    for m, res in enumerate(per_message):
-        retry = (
-            None
-            if isinstance(res, EventError)
-            else next((r.failure for r in res if r.failure and r.failure.retry), None)
-        )
-        if retry is not None:
-            outcomes[m] = Outcome("retry", retry.reason, retry.detail)
-    writable = [m for m in range(len(messages)) if m not in outcomes]
-    outcomes.update(_commit(messages, per_message, writable, repo, stats))
+    writable = [p for p in parsed if p.retry is None]
+    committed = iter(_commit(writable, repo, stats))
+    outcomes = [
+        next(committed) if p.retry is None else Outcome("retry", p.retry.reason, p.retry.detail)
+        for p in parsed
+    ]
+    _count(stats, parsed, outcomes)
+    return outcomes
 
-    final = [outcomes[m] for m in range(len(messages))]
-    for o, res in zip(final, per_message, strict=True):
+
+def _count(stats: BatchStats, parsed: Sequence[MessageResult], outcomes: Sequence[Outcome]) -> None:
+    for p, o in zip(parsed, outcomes, strict=True):
         if o.status in ("retry", "dead"):
             setattr(stats, o.status, getattr(stats, o.status) + 1)
             stats.reasons[o.reason] = stats.reasons.get(o.reason, 0) + 1
-        if o.scored and isinstance(res, list):
+        if o.scored:
             stats.scored += o.scored
-            for r in res:
+            for r in p.results:
                 if r.score is not None:
                     v = r.score.model_version
                     stats.model_versions[v] = stats.model_versions.get(v, 0) + 1
-    return final
 
 
-def _commit(
-    messages: Sequence[Message],
-    per_message: list[list[EventResult] | EventError],
-    writable: list[int],
-    repo: Repository,
-    stats: BatchStats,
-) -> dict[int, Outcome]:
-    """Write the ``writable`` messages in one transaction; the outcome of each."""
-    if not writable:
-        return {}
+def _save(repo: Repository, batch: Batch, stats: BatchStats) -> sqlalchemy.exc.SQLAlchemyError | None:
+    """Commit ``batch``; the database's error, None when it was written."""
     started = time.perf_counter()
     try:
-        repo.save(_batch_for([(messages[m], per_message[m]) for m in writable]))
+        repo.save(batch)
     except sqlalchemy.exc.SQLAlchemyError as e:
-        detail = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        if is_transient(e):
-            return {m: Outcome("retry", "db_unavailable", detail) for m in writable}
-        if len(writable) > 1:
-            # The database refuses a row (not a transient failure): commit message by
-            # message so one bad message cannot hold the others back.
-            out: dict[int, Outcome] = {}
-            for m in writable:
-                out.update(_commit(messages, per_message, [m], repo, stats))
-            return out
-        m = writable[0]
-        try:
-            repo.save(
-                Batch(
-                    dead_letters=[DeadLetter("db_rejected", detail, _body_text(messages[m].body))]
-                )
-            )
-        except sqlalchemy.exc.SQLAlchemyError as e2:
-            return {m: Outcome("retry", "db_unavailable", f"{e2.__class__.__name__}: {e2}")}
-        return {m: Outcome("dead", "db_rejected", detail)}
+        return e
     finally:
         stats.save_s += time.perf_counter() - started
-    return {m: _final_outcome(per_message[m]) for m in writable}
+    return None
+
+
+def _commit(results: Sequence[MessageResult], repo: Repository, stats: BatchStats) -> list[Outcome]:
+    """Write ``results`` in one transaction; the outcome of each, in order."""
+    if not results:
+        return []
+    merged = Batch()
+    for r in results:
+        r.add_to(merged)
+    error = _save(repo, merged, stats)
+    if error is None or is_transient(error) or len(results) == 1:
+        return [_outcome_after(r, error, repo, stats) for r in results]
+    # The database refuses a row (not a transient failure): commit message by message so
+    # one bad message cannot hold the others back.
+    return [_outcome_after(r, _save(repo, r.add_to(Batch()), stats), repo, stats) for r in results]
+
+
+def _outcome_after(
+    result: MessageResult,
+    error: sqlalchemy.exc.SQLAlchemyError | None,
+    repo: Repository,
+    stats: BatchStats,
+) -> Outcome:
+    """The outcome of a message whose commit raised ``error`` (None: it was committed).
+
+    A transient error means retry; a refused row makes the message a ``db_rejected``
+    dead letter, itself committed (or retried when even that cannot be written).
+    """
+    if error is None:
+        return result.outcome()
+    detail = f"{error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    if is_transient(error):
+        return Outcome("retry", "db_unavailable", detail)
+    dead = Batch(dead_letters=[DeadLetter("db_rejected", detail, result.body_text)])
+    if (again := _save(repo, dead, stats)) is not None:
+        return Outcome("retry", "db_unavailable", f"{again.__class__.__name__}: {again}")
+    return Outcome("dead", "db_rejected", detail)
