@@ -9,7 +9,7 @@ DEMO_SET ?= image_size=64 architecture=compact epochs=8 batch_size=32 learning_r
 PYTEST_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test test-fast lint compile serve mlflow-ui bench clean help
+.PHONY: install demo test test-fast lint compile serve mlflow-ui review bench clean help
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -52,6 +52,10 @@ serve: $(BIN)/clazzify ## Serve the local MLflow champion on :8080 (API key in .
 	@echo "API key: $$(head -n1 $(HOME_DIR)/api-keys)   (send 'Authorization: Bearer <key>')"
 	MLFLOW_TRACKING_URI=sqlite:///$(abspath $(HOME_DIR))/mlflow.db $(BIN)/clazzify serve \
 		--model-uri models:/clazzify@champion --watch-alias --api-keys-file $(HOME_DIR)/api-keys $(SERVE_ARGS)
+
+REVIEW_DB ?= sqlite:///$(abspath $(HOME_DIR))/scores.db
+review: $(BIN)/clazzify ## Serve the moderators' review page on :8090 (REVIEW_DB=postgresql://...)
+	$(BIN)/clazzify review-ui --db $(REVIEW_DB) --thumb-cache $(HOME_DIR)/thumbs $(REVIEW_ARGS)
 
 clean: ## Remove local state (MLflow store, KFP outputs, demo data)
 	rm -rf $(HOME_DIR)

@@ -7,6 +7,7 @@
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const query = grid.dataset.query ? "?" + grid.dataset.query : "";
   let pos = 0;
+  let refocusChanged = false;  // after an undo, focus the photo it gave back
 
   const cards = () => Array.from(grid.querySelectorAll(".card"));
 
@@ -36,8 +37,9 @@
   function decide(values) {
     const card = cards()[pos];
     if (!card) return;
-    const at = pos;
-    post("/label", Object.assign({ image_id: card.dataset.id }, values)).then(() => focusCard(at + 1));
+    // Move on at once, so a fast typist's next key goes to the next photo.
+    focusCard(pos + 1);
+    post("/label", Object.assign({ image_id: card.dataset.id }, values));
   }
 
   function classFor(key) {
@@ -59,10 +61,9 @@
       return;
     }
     if (e.key === "u") {
-      post("/undo", {}).then(() => {
-        const changed = grid.querySelector(".card.just-changed");
-        focusCard(changed ? cards().indexOf(changed) : pos);
-      });
+      grid.querySelectorAll(".card.just-changed").forEach((c) => c.classList.remove("just-changed"));
+      refocusChanged = true;
+      post("/undo", {});
       e.preventDefault();
       return;
     }
@@ -77,6 +78,10 @@
     if (card) focusCard(cards().indexOf(card));
   });
   // Swapped-in cards are new elements: put the focus mark back.
-  document.body.addEventListener("htmx:afterSettle", () => focusCard(pos));
+  document.body.addEventListener("htmx:afterSettle", () => {
+    const changed = refocusChanged && grid.querySelector(".card.just-changed");
+    if (changed) refocusChanged = false;
+    focusCard(changed ? cards().indexOf(changed) : pos);
+  });
   focusCard(0);
 })();
