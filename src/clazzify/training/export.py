@@ -13,12 +13,17 @@ from clazzify.training.models import inference_model
 
 
 def export_bundle(model, meta: BundleMeta, bundle_dir: Path, *, onnx: bool = True) -> Path:
-    """Save ``model`` as .keras (and ONNX) plus metadata into ``bundle_dir``."""
+    """Save ``model``'s inference twin (no augmentation layers) as .keras (and ONNX) plus
+    metadata into ``bundle_dir``.
+
+    The twin holds only stock Keras layers, so the model server loads the .keras file
+    without importing the training code's augmentation layer.
+    """
     bundle_dir.mkdir(parents=True, exist_ok=True)
 
-    model.save(bundle_dir / KERAS_FILE)
+    twin = inference_model(model)
+    twin.save(bundle_dir / KERAS_FILE)
     if onnx:
-        twin = inference_model(model)
         twin(np.zeros((1, meta.image_size, meta.image_size, 3), dtype=np.uint8))  # export needs a call
         twin.export(str(bundle_dir / ONNX_FILE), format="onnx", verbose=False)
         check_onnx_parity(twin, bundle_dir / ONNX_FILE, meta.image_size)

@@ -61,18 +61,6 @@ class ModelSpec:
             )
 
 
-def _augmentation(keras):
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal"),
-            keras.layers.RandomRotation(0.05, fill_mode="reflect"),
-            keras.layers.RandomZoom((-0.15, 0.0), fill_mode="reflect"),
-            keras.layers.RandomContrast(0.2),
-        ],
-        name="augment",
-    )
-
-
 def _alexnet_features(keras, x):
     """AlexNet (Krizhevsky et al. 2012) with batch norm in place of LRN; 'same' padding
     keeps it valid down to small inputs."""
@@ -171,7 +159,9 @@ def build_model(spec: ModelSpec):  # -> keras.Model
     # Rescaling casts its input, so this turns uint8 into floats in [0, 255].
     x = keras.layers.Rescaling(1.0, name="to_float")(inputs)
     if spec.augment:
-        x = _augmentation(keras)(x)
+        from clazzify.training.augment import augmentation
+
+        x = augmentation()(x)
     model = keras.Model(inputs, core(x), name=f"clazzify_{spec.architecture}")
     if spec.init_weights and spec.init_weights != "imagenet":
         load_init_weights(model, spec.init_weights)
