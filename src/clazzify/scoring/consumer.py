@@ -30,7 +30,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from clazzify.core.errors import ConfigError
 from clazzify.scoring.events import UploadEvent
@@ -139,6 +140,32 @@ class _Batch:
     due: float = 0.0  # monotonic time of the next try, for a batch waiting to be retried
 
 
+@dataclass(frozen=True)
+class _Running:
+    """A batch handed to a helper thread."""
+
+    batch: _Batch
+    stats: BatchStats
+    started: float  # perf_counter at submission
+
+
+@dataclass
+class _Session:
+    """Everything the consume loop holds on one connection; a reconnect starts a new one
+    (the broker requeues what the old connection held unacknowledged)."""
+
+    connection: Any
+    channel: Any
+    pending: list[_Delivery] = field(default_factory=list)  # received, not in a batch yet
+    running: dict[Future, _Running] = field(default_factory=dict)
+    waiting: list[_Batch] = field(default_factory=list)  # failed transiently; retried when due
+    last_activity: float = field(default_factory=time.monotonic)
+
+    def receive(self, _ch, method, props, body: bytes) -> None:  # noqa: ANN001 - pika callback
+        self.pending.append(_Delivery(method, props, body))
+        self.last_activity = time.monotonic()
+
+
 class Consumer:
     """Runs the consume loop on one connection; see the module docstring.
 
@@ -165,7 +192,6 @@ class Consumer:
         self.process = process
         self.stop = stop or threading.Event()
         self.on_batch = on_batch
-        self._pending: list[_Delivery] = []
         self._pool = ThreadPoolExecutor(
             max_workers=cfg.batches_in_flight, thread_name_prefix="clazzify-batch"
         )
@@ -212,10 +238,10 @@ class Consumer:
                     if self._consume(connection):
                         return
                 except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+                    # The broker requeues what this connection held; the next session starts empty.
                     log.warning(
                         "lost the broker connection (%s: %s); reconnecting", e.__class__.__name__, e
                     )
-                    self._pending.clear()  # the broker requeues what this connection held
                 finally:
                     if connection.is_open:
                         with contextlib.suppress(pika.exceptions.AMQPError):
@@ -231,13 +257,8 @@ class Consumer:
         channel.confirm_delivery()
         declare_topology(channel, self.cfg)
         channel.basic_qos(prefetch_count=self.cfg.prefetch_count)
-        activity = [time.monotonic()]
-
-        def on_message(_ch, method, props, body: bytes) -> None:  # noqa: ANN001
-            self._pending.append(_Delivery(method, props, body))
-            activity[0] = time.monotonic()
-
-        consumer_tag = channel.basic_consume(self.cfg.queue, on_message_callback=on_message)
+        session = _Session(connection, channel)
+        consumer_tag = channel.basic_consume(self.cfg.queue, on_message_callback=session.receive)
         log.info(
             "consuming %s (dead letters to %s), batch %d, %d batches in flight, prefetch %d",
             self.cfg.queue,
@@ -246,73 +267,88 @@ class Consumer:
             self.cfg.batches_in_flight,
             self.cfg.prefetch_count,
         )
-        inflight: dict[Future, tuple[_Batch, BatchStats, float]] = {}
-        waiting: list[_Batch] = []  # failed transiently; retried when due
         while True:
-            for future in [f for f in inflight if f.done()]:
-                batch, stats, started = inflight.pop(future)
-                retry = self._finish(channel, batch, future, stats, time.perf_counter() - started)
-                if retry is not None:
-                    waiting.append(retry)
-                activity[0] = time.monotonic()
-            if self.stop.is_set():
-                if not inflight:
-                    if waiting:
-                        log.warning(
-                            "stopping with %d messages still failing transiently; the broker "
-                            "will redeliver them",
-                            sum(len(b.deliveries) for b in waiting),
-                        )
-                    break
-            else:
-                while len(inflight) < self.cfg.batches_in_flight:
-                    batch = self._next_batch(waiting)
-                    if batch is None:
-                        break
-                    stats = BatchStats()
-                    messages = [Message(d.body, d.tag) for d in batch.deliveries]
-                    future = self._pool.submit(self.process, messages, stats)
-                    future.add_done_callback(
-                        lambda _f: connection.add_callback_threadsafe(lambda: None)
-                    )
-                    inflight[future] = (batch, stats, time.perf_counter())
-                idle = time.monotonic() - activity[0]
-                if (
-                    self.cfg.idle_exit_s is not None
-                    and not (inflight or waiting or self._pending)
-                    and idle >= self.cfg.idle_exit_s
-                ):
-                    log.info("queue %s idle for %.1fs; exiting", self.cfg.queue, idle)
-                    break
-            connection.process_data_events(time_limit=self._wait_s(waiting))
+            self._settle_finished(session)
+            if not self.stop.is_set():
+                self._schedule(session)
+            if self._done(session):
+                break
+            connection.process_data_events(time_limit=self._wait_s(session))
         channel.basic_cancel(consumer_tag)
-        for delivery in self._pending:  # prefetched, never started: hand back now
+        for delivery in session.pending:  # prefetched, never started: hand back now
             channel.basic_nack(delivery.tag, requeue=True)
-        self._pending.clear()
         channel.close()
         return True
 
-    def _next_batch(self, waiting: list[_Batch]) -> _Batch | None:
+    def _settle_finished(self, session: _Session) -> None:
+        """Acknowledge and dead-letter the batches that finished; queue their retries."""
+        for future in [f for f in session.running if f.done()]:
+            running = session.running.pop(future)
+            seconds = time.perf_counter() - running.started
+            retry = self._finish(session.channel, running.batch, future, running.stats, seconds)
+            if retry is not None:
+                session.waiting.append(retry)
+            session.last_activity = time.monotonic()
+
+    def _schedule(self, session: _Session) -> None:
+        """Hand batches to the helper threads while fewer than ``batches_in_flight`` run."""
+        while len(session.running) < self.cfg.batches_in_flight:
+            batch = self._next_batch(session)
+            if batch is None:
+                return
+            stats = BatchStats()
+            messages = [Message(d.body, d.tag) for d in batch.deliveries]
+            future = self._pool.submit(self.process, messages, stats)
+            # Wake process_data_events as soon as the batch is done.
+            future.add_done_callback(
+                lambda _f: session.connection.add_callback_threadsafe(lambda: None)
+            )
+            session.running[future] = _Running(batch, stats, time.perf_counter())
+
+    def _done(self, session: _Session) -> bool:
+        """Whether to leave the loop: stopping with nothing in flight, or idle long enough."""
+        if self.stop.is_set():
+            if session.running:
+                return False  # let the batches in flight finish and be acknowledged
+            if session.waiting:
+                log.warning(
+                    "stopping with %d messages still failing transiently; the broker "
+                    "will redeliver them",
+                    sum(len(b.deliveries) for b in session.waiting),
+                )
+            return True
+        idle = time.monotonic() - session.last_activity
+        if (
+            self.cfg.idle_exit_s is not None
+            and not (session.running or session.waiting or session.pending)
+            and idle >= self.cfg.idle_exit_s
+        ):
+            log.info("queue %s idle for %.1fs; exiting", self.cfg.queue, idle)
+            return True
+        return False
+
+    def _next_batch(self, session: _Session) -> _Batch | None:
         """A retry that is due, else a full batch, else a partial one that waited long enough."""
         now = time.monotonic()
-        for i, batch in enumerate(waiting):
+        for i, batch in enumerate(session.waiting):
             if batch.due <= now:
-                return waiting.pop(i)
-        if not self._pending:
+                return session.waiting.pop(i)
+        pending = session.pending
+        if not pending:
             return None
-        full = len(self._pending) >= self.cfg.batch_size
-        if not full and now - self._pending[0].arrived < self.cfg.batch_wait_s:
+        full = len(pending) >= self.cfg.batch_size
+        if not full and now - pending[0].arrived < self.cfg.batch_wait_s:
             return None
-        taken = self._pending[: self.cfg.batch_size]
-        del self._pending[: self.cfg.batch_size]
+        taken = pending[: self.cfg.batch_size]
+        del pending[: self.cfg.batch_size]
         return _Batch(taken)
 
-    def _wait_s(self, waiting: list[_Batch]) -> float:
+    def _wait_s(self, session: _Session) -> float:
         """How long to wait for broker events before looking at the batches again."""
         now = time.monotonic()
-        deadlines = [b.due for b in waiting]
-        if self._pending:
-            deadlines.append(self._pending[0].arrived + self.cfg.batch_wait_s)
+        deadlines = [b.due for b in session.waiting]
+        if session.pending:
+            deadlines.append(session.pending[0].arrived + self.cfg.batch_wait_s)
         wait = min([0.25, *(d - now for d in deadlines)])
         return max(wait, 0.001)
 
