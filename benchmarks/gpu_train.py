@@ -7,8 +7,9 @@ For alexnet@227, mobilenet_v2@224 and resnet50@224, with mixed precision (bf16):
   contiguous HDF5 blocks on threads) - what training on real files gets;
 - ``device``: the same train step on a batch already in device memory - the ceiling.
 It measures the GPU's bf16 matmul peak (8192^3 GEMMs) and reports, per model, the
-fraction of that peak the training step reaches (FLOPs from XLA's cost analysis of the
-forward pass x 3 for forward + backward).
+fraction of that peak the training step reaches (FLOPs counted from the layer shapes by
+``clazzify.training.flops.forward_macs``, 2 FLOPs a MAC, x 3 for forward + backward; XLA's
+cost analysis, used before, counted about 100x too few).
 
 Runs under JAX with only keras/optree/namex added (no TensorFlow): the GPU machines
 here carry JAX but not TensorFlow. ``--smoke`` runs tiny sizes on a CPU to check the
@@ -48,28 +49,12 @@ def matmul_peak(n: int, repeats: int) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
-def forward_flops(model, size: int) -> float:
-    import jax
-
-    x = np.zeros((1, size, size, 3), np.uint8)
-
-    def fwd(trainable, non_trainable, x):
-        y, _ = model.stateless_call(trainable, non_trainable, x, training=False)
-        return y
-
-    trainable = [v.value for v in model.trainable_variables]
-    non_trainable = [v.value for v in model.non_trainable_variables]
-    lowered = jax.jit(fwd).lower(trainable, non_trainable, x)
-    cost = lowered.compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost.get("flops", 0.0))
-
-
 def bench_model(arch: str, size: int, rows: int, batch: int, steps: int, tmp: Path) -> dict:
     import jax
     import keras
 
     from clazzify.training.data import pydataset
+    from clazzify.training.flops import forward_macs
     from clazzify.training.models import ModelSpec, build_model
 
     path = tmp / f"{arch}-{size}.h5"
@@ -91,7 +76,7 @@ def bench_model(arch: str, size: int, rows: int, batch: int, steps: int, tmp: Pa
         loss = model.train_on_batch(x, y)
     float(np.asarray(loss).ravel()[0])  # wait for the device
     device_rate = steps * batch / (time.perf_counter() - start)
-    flops = forward_flops(model, size)
+    flops = 2 * forward_macs(model)
     keras.mixed_precision.set_global_policy("float32")
     return {"model": f"{arch}@{size}", "hdf5_images_s": hdf5_rate, "device_images_s": device_rate,
             "forward_gflops_per_image": flops / 1e9}
