@@ -9,9 +9,8 @@ from pathlib import Path
 
 import click
 
-from clazzify.cli.main import fail as _fail
 from clazzify.cli.main import main
-from clazzify.core.errors import ClazzifyError
+from clazzify.core.errors import StorageError
 
 _DB_HELP = "Scores database: postgresql://user@host/db or sqlite:///path (env CLAZZIFY_DB_URL)."
 
@@ -74,7 +73,7 @@ def _open_repo(db_url: str):
     try:
         return ScoreRepository.open(db_url)
     except sqlalchemy.exc.OperationalError as e:
-        raise click.ClickException(
+        raise StorageError(
             f"cannot open the scores database {db_url}: {str(e).splitlines()[0]}. Is it "
             "running, and does the database exist?"
         ) from e
@@ -170,24 +169,21 @@ def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    try:
-        endpoint_cfg = _endpoint_config(endpoint, model_name, api_key, api_key_file, timeout,
-                                        class_names)
-        consumer_cfg = ConsumerConfig(amqp_url=amqp_url, queue=queue,
-                                      dead_letter_queue=dead_letter_queue, exchange=exchange,
-                                      batch_size=batch_size, batch_wait_s=batch_wait,
-                                      batches_in_flight=batches_in_flight,
-                                      prefetch=prefetch, idle_exit_s=idle_exit,
-                                      backoff_max_s=max_retry_delay)
-        scoring_cfg = ScoringConfig(request_images=request_size,
-                                    request_concurrency=request_concurrency,
-                                    fetch_threads=fetch_threads, default_model_name=model_name)
-        metrics = WorkerMetrics()
-        if metrics_port is not None:
-            metrics.serve(metrics_port)
-        run_worker(consumer_cfg, endpoint_cfg, db_url, scoring_cfg, stop=stop, metrics=metrics)
-    except ClazzifyError as e:
-        _fail(e)
+    endpoint_cfg = _endpoint_config(endpoint, model_name, api_key, api_key_file, timeout,
+                                    class_names)
+    consumer_cfg = ConsumerConfig(amqp_url=amqp_url, queue=queue,
+                                  dead_letter_queue=dead_letter_queue, exchange=exchange,
+                                  batch_size=batch_size, batch_wait_s=batch_wait,
+                                  batches_in_flight=batches_in_flight,
+                                  prefetch=prefetch, idle_exit_s=idle_exit,
+                                  backoff_max_s=max_retry_delay)
+    scoring_cfg = ScoringConfig(request_images=request_size,
+                                request_concurrency=request_concurrency,
+                                fetch_threads=fetch_threads, default_model_name=model_name)
+    metrics = WorkerMetrics()
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
+    run_worker(consumer_cfg, endpoint_cfg, db_url, scoring_cfg, stop=stop, metrics=metrics)
 
 
 @main.command("enqueue")
@@ -207,11 +203,8 @@ def enqueue_cmd(source, amqp_url, queue, source_tag) -> None:
     from clazzify.scoring.backfill import list_collection
     from clazzify.scoring.consumer import ConsumerConfig, publish_events
 
-    try:
-        n = publish_events(ConsumerConfig(amqp_url=amqp_url, queue=queue),
-                           list_collection(source, source_tag))
-    except ClazzifyError as e:
-        _fail(e)
+    n = publish_events(ConsumerConfig(amqp_url=amqp_url, queue=queue),
+                       list_collection(source, source_tag))
     click.echo(f"published {n} upload events to {queue}")
 
 
@@ -234,18 +227,15 @@ def score_cmd(source, endpoint, model_name, api_key, api_key_file, timeout, clas
     from clazzify.scoring.worker import ScoringConfig
 
     _quiet_libraries()
-    try:
-        endpoint_cfg = _endpoint_config(endpoint, model_name, api_key, api_key_file, timeout,
-                                        class_names)
-        repo = _open_repo(db_url)
-        with EndpointClient(endpoint_cfg) as client:
-            scoring = ScoringConfig(request_images=request_size,
-                                    request_concurrency=request_concurrency,
-                                    default_model_name=model_name)
-            report = score_collection(source, client, repo, BackfillConfig(batch_size=batch_size),
-                                      scoring=scoring, progress=progress)
-    except ClazzifyError as e:
-        _fail(e)
+    endpoint_cfg = _endpoint_config(endpoint, model_name, api_key, api_key_file, timeout,
+                                    class_names)
+    repo = _open_repo(db_url)
+    with EndpointClient(endpoint_cfg) as client:
+        scoring = ScoringConfig(request_images=request_size,
+                                request_concurrency=request_concurrency,
+                                default_model_name=model_name)
+        report = score_collection(source, client, repo, BackfillConfig(batch_size=batch_size),
+                                  scoring=scoring, progress=progress)
     click.echo(report.summary())
 
 
@@ -302,10 +292,7 @@ def relabel_export_cmd(out, max_prob, limit, model_name, db_url) -> None:
 
     rows = _open_repo(db_url).relabel_candidates(model_name=model_name, max_probability=max_prob,
                                                  limit=limit)
-    try:
-        n = write_csv(out, EXPORT_FIELDS, export_rows(rows))
-    except ClazzifyError as e:
-        _fail(e)
+    n = write_csv(out, EXPORT_FIELDS, export_rows(rows))
     click.echo(f"wrote {n} photos to {out}: fill the corrected_label column, then "
                f"`clazzify relabel-import {out} -o manifest.csv`")
 
@@ -336,11 +323,8 @@ def relabel_import_cmd(file, out, classes, keep_unchanged, record_labels, model_
     repo = _open_repo(db_url) if record_labels else None
     if repo is not None and not allowed:
         allowed = repo.class_names(model_name)
-    try:
-        answers, skipped = read_relabels(file, allowed, keep_unchanged=keep_unchanged)
-        n = write_manifest(out, answers)
-    except ClazzifyError as e:
-        _fail(e)
+    answers, skipped = read_relabels(file, allowed, keep_unchanged=keep_unchanged)
+    n = write_manifest(out, answers)
     if repo is not None:
         repo.add_manual_labels(((a.image_id, a.label) for a in answers),
                                labelled_by="relabel-import")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import click
 
-from clazzify.cli.main import fail as _fail
 from clazzify.cli.main import main
-from clazzify.core.errors import ClazzifyError
 
 
 @main.command("serve", add_help_option=False,
@@ -45,19 +43,16 @@ def rollback_cmd(model_name: str, tracking_uri: str, artifacts_destination: str,
     from clazzify.rollout import cluster as rollout
     from clazzify.rollout import deploy
 
-    try:
-        activate(TrackingConfig(tracking_uri))
-        target = rollout.resolve_version(model_name, PREVIOUS, artifacts_destination)
-        api = rollout.kubernetes_api()
-        if dry_run:
-            live = api.get_namespaced_custom_object(deploy.GROUP, deploy.VERSION, namespace,
-                                                    deploy.PLURAL, isvc_name)
-            click.echo(yaml.safe_dump(deploy.rollback(live, target.storage_uri, target.version),
-                                      sort_keys=False))
-            return
-        rollout.roll_back(api, namespace, isvc_name, target, timeout_s=timeout)
-        champion, demoted = rollout.move_champion_back(model_name)
-    except ClazzifyError as e:
-        _fail(e)
+    activate(TrackingConfig(tracking_uri))
+    target = rollout.resolve_version(model_name, PREVIOUS, artifacts_destination)
+    api = rollout.kubernetes_api()
+    if dry_run:
+        live = api.get_namespaced_custom_object(deploy.GROUP, deploy.VERSION, namespace,
+                                                deploy.PLURAL, isvc_name)
+        click.echo(yaml.safe_dump(deploy.rollback(live, target.storage_uri, target.version),
+                                  sort_keys=False))
+        return
+    rollout.roll_back(api, namespace, isvc_name, target, timeout_s=timeout)
+    champion, demoted = rollout.move_champion_back(model_name)
     click.echo(f"rolled back: {namespace}/{isvc_name} serves {model_name} version {champion} "
                f"at 100%; version {demoted} is tagged rolled_back=true")

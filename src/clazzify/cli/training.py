@@ -7,10 +7,8 @@ from pathlib import Path
 
 import click
 
-from clazzify.cli.main import fail as _fail
 from clazzify.cli.main import main
 from clazzify.core.bundle import BUNDLE_ENGINES
-from clazzify.core.errors import ClazzifyError
 from clazzify.core.imaging import ImageLimits
 
 
@@ -25,10 +23,7 @@ def demo_data(out_dir: Path, per_class: int, size: int, seed: int, bad_files: bo
     """Write the SYNTHETIC 4-class demo set to OUT_DIR/<class>/."""
     from clazzify.training.demo_data import write_demo_data
 
-    try:
-        counts = write_demo_data(out_dir, per_class, size=size, seed=seed, bad_files=bad_files)
-    except ClazzifyError as e:
-        _fail(e)
+    counts = write_demo_data(out_dir, per_class, size=size, seed=seed, bad_files=bad_files)
     click.echo(f"wrote {sum(counts.values())} synthetic files to {out_dir}: {counts}")
 
 
@@ -49,12 +44,9 @@ def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: f
     """Validate, de-duplicate and split SOURCE (class folders, s3:// prefix or CSV/JSONL manifest)."""
     from clazzify.training.ingest import IngestConfig, ingest_images
 
-    try:
-        cfg = IngestConfig(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                           limits=ImageLimits(min_side=min_side), shard_size=shard_size)
-        report = ingest_images(source, out_dir / "manifest.csv", out_dir, cfg)
-    except ClazzifyError as e:
-        _fail(e)
+    cfg = IngestConfig(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                       limits=ImageLimits(min_side=min_side), shard_size=shard_size)
+    report = ingest_images(source, out_dir / "manifest.csv", out_dir, cfg)
     click.echo(report.to_markdown())
 
 
@@ -75,12 +67,9 @@ def preprocess_cmd(manifest: Path, out_dir: Path, image_size: int, augment_copie
     """Build the HDF5 split files from an ingest MANIFEST."""
     from clazzify.training.preprocess import PreprocessConfig, build_hdf5
 
-    try:
-        cfg = PreprocessConfig(image_size=image_size, augment_copies=augment_copies, workers=workers,
-                               seed=seed)
-        paths = build_hdf5(manifest, out_dir, cfg, shard=shard)
-    except ClazzifyError as e:
-        _fail(e)
+    cfg = PreprocessConfig(image_size=image_size, augment_copies=augment_copies, workers=workers,
+                           seed=seed)
+    paths = build_hdf5(manifest, out_dir, cfg, shard=shard)
     click.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
 
 
@@ -100,13 +89,10 @@ def train_cmd(data_dir: Path, out_dir: Path, architecture: str, epochs: int, bat
     from clazzify.registry.tracking import TrackingConfig, default_tracking_uri
     from clazzify.training.train import TrainConfig, train_model
 
-    try:
-        cfg = TrainConfig(architecture=architecture, epochs=epochs, batch_size=batch_size,
-                          learning_rate=learning_rate, init_weights=init_weights)
-        tracking = TrackingConfig(default_tracking_uri()) if track else None
-        result = train_model(data_dir, out_dir, cfg, tracking=tracking)
-    except ClazzifyError as e:
-        _fail(e)
+    cfg = TrainConfig(architecture=architecture, epochs=epochs, batch_size=batch_size,
+                      learning_rate=learning_rate, init_weights=init_weights)
+    tracking = TrackingConfig(default_tracking_uri()) if track else None
+    result = train_model(data_dir, out_dir, cfg, tracking=tracking)
     click.echo(f"bundle: {result.bundle_dir}  best val accuracy {result.best_val_accuracy:.4f} "
                f"(epoch {result.best_epoch})  run {result.run_id}")
 
@@ -121,10 +107,7 @@ def evaluate_cmd(bundle_dir: Path, test_h5: tuple[Path, ...], out_dir: Path, eng
     metrics and plots."""
     from clazzify.training.evaluate import evaluate_model
 
-    try:
-        metrics = evaluate_model(bundle_dir, test_h5, out_dir, engine=engine)
-    except ClazzifyError as e:
-        _fail(e)
+    metrics = evaluate_model(bundle_dir, test_h5, out_dir, engine=engine)
     click.echo(metrics.to_json())
 
 
@@ -146,11 +129,8 @@ def find_label_issues_cmd(data_dir: Path, out_dir: Path, folds: int, architectur
     """
     from clazzify.training.label_issues import LabelIssueConfig, find_label_issues
 
-    try:
-        cfg = LabelIssueConfig(folds=folds, architecture=architecture, epochs=epochs, batch_size=batch_size)
-        report = find_label_issues(data_dir, out_dir, cfg)
-    except ClazzifyError as e:
-        _fail(e)
+    cfg = LabelIssueConfig(folds=folds, architecture=architecture, epochs=epochs, batch_size=batch_size)
+    report = find_label_issues(data_dir, out_dir, cfg)
     click.echo(f"{report.issues} likely label issues among {report.scored} training images "
                f"(out-of-fold accuracy {report.out_of_fold_accuracy:.3f}): {report.csv}, {report.grid}")
 # -- scoring: worker, backfill and the queries the scores exist for ---------------------------
