@@ -33,6 +33,10 @@ def _cases() -> list[tuple[str, list[str]]]:
             ("score --db", ["score", "--source", "{tmp}/photos", "--endpoint",
                             UNREACHABLE_ENDPOINT, "--db", db]),
         ]
+    cases += [
+        ("review-ui --db", ["review-ui", "--db", BAD_DB[0]]),
+        ("review-ui --db users", ["review-ui", "--db", BAD_DB[0], "users", "remove", "nobody"]),
+    ]
     # An unreachable database is no bad value for the worker: it waits for it with backoff
     # (a pod may start before PostgreSQL); a URL no driver reads is.
     cases.append(("worker --db", ["worker", "--endpoint", UNREACHABLE_ENDPOINT, "--db", BAD_DB[0]]))
@@ -56,7 +60,7 @@ def test_every_command_with_a_db_endpoint_or_source_is_covered():
     options = {"db_url": "--db", "endpoint": "--endpoint", "source": "SOURCE"}
     having = {(name, flag) for name, cmd in main.commands.items() for p in cmd.params
               for key, flag in options.items() if p.name == key}
-    covered = {(argv[0], case_id.split(" ", 1)[1].replace("--source", "SOURCE"))
+    covered = {(argv[0], case_id.split(" ")[1].replace("--source", "SOURCE"))
                for case_id, argv in _cases()}
     assert having == covered
 

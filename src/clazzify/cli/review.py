@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from clazzify.cli.main import fail, main
+from clazzify.cli.main import main
 from clazzify.cli.scoring import _db_option, _model_option, _open_repo, _quiet_libraries
-from clazzify.core.errors import ClazzifyError
 
 
 def _route(_ctx, _param, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -70,14 +69,11 @@ def review_ui(ctx: click.Context, db_url, model_name, host, port, low_threshold,
             raise click.BadParameter(f"{secret_file} holds under 32 characters: write a long random "
                                      "line, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`",
                                      param_hint="--secret-file")
-    try:
-        config = ReviewConfig(
-            model_name=model_name, low_threshold=low_threshold, page_size=page_size, routes=routes,
-            classes=tuple(c.strip() for c in classes.split(",") if c.strip()), thumb_size=thumb_size,
-            thumb_cache=thumb_cache, secret_key=secret, https_only=secure_cookies,
-        )
-    except ClazzifyError as e:
-        fail(e)
+    config = ReviewConfig(
+        model_name=model_name, low_threshold=low_threshold, page_size=page_size, routes=routes,
+        classes=tuple(c.strip() for c in classes.split(",") if c.strip()), thumb_size=thumb_size,
+        thumb_cache=thumb_cache, secret_key=secret, https_only=secure_cookies,
+    )
     repo = _open_repo(db_url)
     from clazzify.review.users import list_users
 
@@ -110,10 +106,7 @@ def users_add(ctx: click.Context, username, role, password_stdin) -> None:
         password = click.prompt(f"password for {username}", hide_input=True, confirmation_prompt=True)
     _quiet_libraries()
     repo = _open_repo(ctx.obj["db_url"])
-    try:
-        user = add_user(repo.engine, username, password, role)
-    except ClazzifyError as e:
-        fail(e)
+    user = add_user(repo.engine, username, password, role)
     click.echo(f"{user.username} ({user.role}) can log in to the review page")
 
 
@@ -126,10 +119,7 @@ def users_remove(ctx: click.Context, username) -> None:
 
     _quiet_libraries()
     repo = _open_repo(ctx.obj["db_url"])
-    try:
-        remove_user(repo.engine, username)
-    except ClazzifyError as e:
-        fail(e)
+    remove_user(repo.engine, username)
     click.echo(f"removed {username}")
 
 
