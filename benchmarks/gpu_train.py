@@ -22,14 +22,14 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-from common import write_random_hdf5  # noqa: E402
+import numpy as np
+from common import write_random_hdf5
 
 MODELS = (("alexnet", 227), ("mobilenet_v2", 224), ("resnet50", 224))
 

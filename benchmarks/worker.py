@@ -111,7 +111,7 @@ def measure_server(url: str, server_pid: int, blobs: Sequence[bytes], batch: int
             while time.monotonic() < stop_at:
                 try:
                     client.infer(batches[k % len(batches)])
-                except Exception as e:  # noqa: BLE001 - report, do not hide
+                except Exception as e:  # report, do not hide
                     errors.append(e)
                     return
                 done[idx] += len(batches[k % len(batches)])
@@ -285,7 +285,7 @@ def main() -> None:
     ratios: dict[str, list[float]] = {name: [] for name in names[2:]}
     loads = [os.getloadavg()[0]]
 
-    def workers(n: int, *extra: str):  # noqa: ANN202
+    def workers(n: int, *extra: str):
         return lambda: measure_workers(url, proc.pid, paths, args.n_events, n, args.batch_size,
                                        args.db, work, extra)
 

@@ -74,7 +74,7 @@ def test_every_architecture_compiles_whole_under_tensorflow():
 def test_augmentation_stays_out_of_the_inference_model():
     model = build_model(ModelSpec("compact", num_classes=3, image_size=32))
     twin = inference_model(model)
-    names = {layer.name for layer in twin._flatten_layers()}  # noqa: SLF001
+    names = {layer.name for layer in twin._flatten_layers()}
     assert "augment" not in names and not any("random" in n for n in names)
 
 

@@ -134,7 +134,7 @@ def test_list_collection_from_a_folder_and_a_manifest(tmp_path: Path) -> None:
 class _ProbingScorer(FakeScorer):
     """FakeScorer with the probe() of the HTTP client."""
 
-    def probe(self):  # noqa: ANN201
+    def probe(self):
         from _scoring import png_bytes
 
         return self.infer([png_bytes((128, 128, 128))])

@@ -228,7 +228,7 @@ class _PairScorer(FakeScorer):
         super().__init__()
         self.barrier = threading.Barrier(2, timeout=5)
 
-    def infer(self, images):  # noqa: ANN001, ANN201
+    def infer(self, images):
         self.barrier.wait()
         return super().infer(images)
 

@@ -31,11 +31,23 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clazzify.core.errors import ConfigError
 from clazzify.scoring.events import UploadEvent
-from clazzify.scoring.worker import BatchStats, Message, Outcome, backoff_delay
+from clazzify.scoring.worker import (
+    BatchStats,
+    Message,
+    Outcome,
+    ScoringConfig,
+    backoff_delay,
+    process_batch,
+)
+
+if TYPE_CHECKING:  # imported where used: httpx, SQLAlchemy and prometheus_client load late
+    from clazzify.scoring.endpoint_client import EndpointConfig
+    from clazzify.scoring.metrics import WorkerMetrics
+    from clazzify.scoring.scores import ScoreRepository
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +125,7 @@ class ConsumerConfig:
         return self.prefetch or (self.batches_in_flight + 1) * self.batch_size
 
 
-def declare_topology(channel, cfg: ConsumerConfig) -> None:  # noqa: ANN001 - pika channel
+def declare_topology(channel, cfg: ConsumerConfig) -> None:  # channel: a pika channel
     """Declare the durable queue, its dead-letter queue and the optional exchange binding."""
     channel.queue_declare(queue=cfg.queue, durable=True)
     channel.queue_declare(queue=cfg.dlq, durable=True)
@@ -125,7 +137,7 @@ def declare_topology(channel, cfg: ConsumerConfig) -> None:  # noqa: ANN001 - pi
 class _Delivery:
     __slots__ = ("arrived", "body", "headers", "properties", "tag")
 
-    def __init__(self, method, properties, body: bytes) -> None:  # noqa: ANN001
+    def __init__(self, method, properties, body: bytes) -> None:
         self.tag = method.delivery_tag
         self.properties = properties
         self.headers = dict(properties.headers or {})
@@ -161,7 +173,7 @@ class _Session:
     waiting: list[_Batch] = field(default_factory=list)  # failed transiently; retried when due
     last_activity: float = field(default_factory=time.monotonic)
 
-    def receive(self, _ch, method, props, body: bytes) -> None:  # noqa: ANN001 - pika callback
+    def receive(self, _ch, method, props, body: bytes) -> None:  # pika's on_message_callback
         self.pending.append(_Delivery(method, props, body))
         self.last_activity = time.monotonic()
 
@@ -251,7 +263,7 @@ class Consumer:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def _consume(self, connection) -> bool:  # noqa: ANN001
+    def _consume(self, connection) -> bool:
         """Consume on ``connection``; True when done (stop or idle), False to reconnect."""
         channel = connection.channel()
         channel.confirm_delivery()
@@ -358,12 +370,12 @@ class Consumer:
         batch: _Batch,
         future: Future,
         stats: BatchStats,
-        seconds: float,  # noqa: ANN001
+        seconds: float,
     ) -> _Batch | None:
         """Settle a processed batch; the part to retry later, if any."""
         try:
             outcomes = future.result()
-        except Exception as e:  # noqa: BLE001 - a bug must not ack, drop or crash-loop
+        except Exception as e:  # a bug must not ack, drop or crash-loop
             log.error("batch failed unexpectedly; keeping its messages for a retry", exc_info=e)
             outcomes = [Outcome("retry", "internal_error", repr(e)) for _ in batch.deliveries]
         if self.on_batch is not None:
@@ -388,7 +400,7 @@ class Consumer:
         )
         return _Batch(retry, batch.attempt + 1, time.monotonic() + delay)
 
-    def _settle(self, channel, todo: list[_Delivery], outcomes: list[Outcome]) -> list[_Delivery]:  # noqa: ANN001
+    def _settle(self, channel, todo: list[_Delivery], outcomes: list[Outcome]) -> list[_Delivery]:
         """Dead-letter and acknowledge what is done; return the deliveries to retry."""
         import pika
 
@@ -422,7 +434,9 @@ class Consumer:
         return retry
 
 
-def open_repository(db_url: str, stop: threading.Event, backoff_max_s: float = 30.0):  # noqa: ANN201
+def open_repository(
+    db_url: str, stop: threading.Event, backoff_max_s: float = 30.0
+) -> ScoreRepository | None:
     """Open (and migrate) the score database, waiting with backoff while it is unreachable.
 
     Returns:
@@ -461,12 +475,12 @@ def open_repository(db_url: str, stop: threading.Event, backoff_max_s: float = 3
 
 def run_worker(
     consumer_cfg: ConsumerConfig,
-    endpoint_cfg,  # noqa: ANN001 - clazzify.scoring.endpoint_client.EndpointConfig
+    endpoint_cfg: EndpointConfig,
     db_url: str,
-    scoring_cfg=None,  # noqa: ANN001 - clazzify.scoring.worker.ScoringConfig
+    scoring_cfg: ScoringConfig | None = None,
     *,
     stop: threading.Event | None = None,
-    metrics=None,  # noqa: ANN001 - clazzify.scoring.metrics.WorkerMetrics
+    metrics: WorkerMetrics | None = None,
 ) -> None:
     """Wire the endpoint client, the score repository and metrics into a consume loop.
 
@@ -474,7 +488,6 @@ def run_worker(
     for ``consumer_cfg.idle_exit_s``.
     """
     from clazzify.scoring.endpoint_client import EndpointClient
-    from clazzify.scoring.worker import ScoringConfig, process_batch
 
     stop = stop or threading.Event()
     scoring_cfg = scoring_cfg or ScoringConfig(default_model_name=endpoint_cfg.model_name)

@@ -178,7 +178,7 @@ def _fetch_all(
             data = fetch(event.uri)
         except (StorageError, OSError) as e:
             return classify_fetch_error(e)
-        except Exception as e:  # noqa: BLE001 - urllib3/minio raise many types for a dead endpoint
+        except Exception as e:  # urllib3/minio raise many types for a dead endpoint
             return Failure(True, "storage_unavailable", f"{e.__class__.__name__}: {e}")
         if not data:
             return Failure(False, "invalid_image", f"{event.uri} is empty (0 bytes)")

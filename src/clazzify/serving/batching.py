@@ -129,7 +129,7 @@ class Batcher:
                     outputs = await loop.run_in_executor(
                         self._executor, self._call, run[0].key, images
                     )
-                except Exception as e:  # noqa: BLE001 - every waiter must hear of an engine fault
+                except Exception as e:  # every waiter must hear of an engine fault
                     for it in live:
                         if not it.future.done():
                             it.future.set_exception(e)

@@ -19,7 +19,7 @@ def _shape(tensors) -> tuple[int, ...]:
 
 def layer_macs(layer, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> int:
     """MACs of one call of ``layer`` for one example (the batch axis is ignored)."""
-    from keras import layers as L  # noqa: N812
+    from keras import layers as L
 
     def split(shape):  # (spatial positions, channels) under the layer's data format
         if getattr(layer, "data_format", "channels_last") == "channels_first":
@@ -54,7 +54,7 @@ def forward_macs(model) -> int:
     the training-only augmentation has no convolutions and adds nothing.
     """
     total = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):  # noqa: SLF001
+    for layer in model._flatten_layers(include_self=False, recursive=True):
         nodes = [n for n in getattr(layer, "_inbound_nodes", []) if n.input_tensors and n.outputs]
         if nodes:
             total += layer_macs(layer, _shape(nodes[0].input_tensors), _shape(nodes[0].outputs))

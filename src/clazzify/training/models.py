@@ -205,7 +205,7 @@ def inference_model(model):  # -> keras.Model
     inputs = keras.Input(model.input.shape[1:], dtype="uint8", name="image")
     x = model.get_layer("to_float")(inputs)
     twin = keras.Model(inputs, model.get_layer("core")(x), name=model.name)
-    if not any(isinstance(layer, keras.layers.Normalization) for layer in twin._flatten_layers()):  # noqa: SLF001
+    if not any(isinstance(layer, keras.layers.Normalization) for layer in twin._flatten_layers()):
         return twin
     return keras.models.clone_model(twin, clone_function=_fold_normalization, recursive=True)
 

@@ -175,7 +175,7 @@ def _write_split(
         # task -> first row; written in the order tasks finish (each knows its rows), so
         # one slow task (a 4000 px scan) never leaves the other workers idle behind it.
         in_flight: dict[Future, int] = {}
-        max_in_flight = 2 * (pool._max_workers if pool else 1)  # noqa: SLF001
+        max_in_flight = 2 * (pool._max_workers if pool else 1)
         row = 0
         for task in _tasks(records, cfg.task_size):
             pending = submit(task)

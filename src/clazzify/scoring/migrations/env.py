@@ -12,7 +12,7 @@ from clazzify.scoring.scores import create_db_engine
 config = context.config
 
 
-def _run(connection) -> None:  # noqa: ANN001
+def _run(connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=None,
