@@ -112,3 +112,38 @@ def review_server(db_url: str, thumb_cache: Path, *extra: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def take_screenshot(out: Path, work: Path) -> None:
+    """The docs' picture of the review page: a seeded SQLite database, a few decisions made."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    from clazzify.review.users import add_user
+    from clazzify.scoring.scores import create_db_engine
+
+    work.mkdir(parents=True, exist_ok=True)
+    db_url = f"sqlite:///{tempfile.mkdtemp(dir=work)}/scores.db"
+    seed_review_db(db_url, work / "photos", per_class=8, seed=4)
+    engine = create_db_engine(db_url)
+    add_user(engine, "maria", "screenshot-password", "admin")
+    engine.dispose()
+    with review_server(db_url, work / "thumbs") as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1360, "height": 860}, device_scale_factor=1)
+        page.goto(f"{base}/login?next=/queue/low")
+        page.fill("input[name=username]", "maria")
+        page.fill("input[name=password]", "screenshot-password")
+        page.click("main.login button[type=submit]")
+        page.wait_for_selector("#counts .queues")
+        for key in ("Enter", "2", "ArrowRight"):
+            page.keyboard.press(key)
+            page.wait_for_timeout(250)
+        page.wait_for_timeout(2000)  # the counts reload after a decision
+        page.screenshot(path=str(out))
+        browser.close()
+
+
+if __name__ == "__main__":
+    take_screenshot(Path(sys.argv[1]), Path(sys.argv[2]))
