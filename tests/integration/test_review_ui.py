@@ -172,6 +172,8 @@ def test_the_app_refuses_what_it_should(site):
             assert bob.get("/thumb", params={"id": forged}).status_code == 404, forged
 
         assert bob.get("/export.csv").status_code == 403  # moderators label; admins export
+        stats = bob.get("/stats")
+        assert stats.status_code == 200 and "Model (rows) vs moderator (columns)" in stats.text
         assert "Export CSV" not in bob.get("/queue/low").text
 
     with httpx.Client(base_url=base, follow_redirects=False) as alice:

@@ -196,6 +196,7 @@ def test_thumbnails_keep_the_aspect_and_are_cached(tmp_path: Path):
     cache = ThumbnailCache(tmp_path / "cache", size=128)
     first = cache.get(str(photo))
     assert Image.open(io.BytesIO(first)).size == (128, 64)
+    assert Image.open(io.BytesIO(cache.get(f"file://{photo}"))).size == (128, 64)  # storage URIs
     photo.unlink()  # a second read comes from the cache, not the original
     assert cache.get(str(photo)) == first
 
