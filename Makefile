@@ -57,6 +57,11 @@ REVIEW_DB ?= sqlite:///$(abspath $(HOME_DIR))/scores.db
 review: $(BIN)/clazzify ## Serve the moderators' review page on :8090 (REVIEW_DB=postgresql://...)
 	$(BIN)/clazzify review-ui --db $(REVIEW_DB) --thumb-cache $(HOME_DIR)/thumbs $(REVIEW_ARGS)
 
+bench: $(BIN)/clazzify ## Smoke-run the CPU benchmarks at tiny sizes (~1 min; full runs: benchmarks/README.md)
+	$(BIN)/python benchmarks/ingest_hdf5.py --limit 64 --image-size 64 --shards 2
+	$(BIN)/python benchmarks/input_pipeline.py --rows 256 --image-size 64 --batch-size 32 --architecture compact \
+		--train-steps 2
+
 clean: ## Remove local state (MLflow store, KFP outputs, demo data)
 	rm -rf $(HOME_DIR)
 
@@ -83,7 +88,6 @@ image-pipeline-gpu:
 	$(DOCKER) build --target gpu --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(call IMAGE,pipeline-gpu) .
 
 image-serving:
-	@test -f serving/Dockerfile || { echo "serving/Dockerfile is missing: it comes with the serving work (issue 3); merge it first" >&2; exit 1; }
 	$(DOCKER) build -f serving/Dockerfile --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(call IMAGE,serving) .
 
 image-mlflow:
