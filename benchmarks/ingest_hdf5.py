@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=227)
     parser.add_argument("--limit", type=int, default=0, help="use at most N images (0 = all)")
     parser.add_argument("--shards", type=int, default=4, help="shards for the sharded build")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "ingest_hdf5.json",
+                        help="where the JSON results go (the recorded run's file by default)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="clazzify-bench-"))
     source = args.source
@@ -139,8 +141,8 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, rate in rows.items():
         print(f"| {name} | {rate:,.0f} | {rate / base:.2f} | {rate / limit:.0%} |")
-    out = Path(__file__).with_name("results") / "ingest_hdf5.json"
-    out.parent.mkdir(exist_ok=True)
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"images": len(paths), "image_size": size, "cores": cores,
                                "source": str(source), "images_per_s": rows,
                                "ingest_s": t_ingest, "hdf5_s": t_hdf5, "hdf5_shards_s": t_shards,

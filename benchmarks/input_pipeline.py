@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--architecture", default="alexnet")
     parser.add_argument("--train-steps", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "input_pipeline.json",
+                        help="where the JSON results go (the recorded run's file by default)")
     args = parser.parse_args()
     import keras
     import tensorflow as tf
@@ -94,8 +96,8 @@ def main() -> None:
         ("per-image from_generator", gen_rate),
     ):
         print(f"| {name} | {rate:,.0f} | {rate / train_rate:.1f} |")
-    out = Path(__file__).with_name("results") / "input_pipeline.json"
-    out.parent.mkdir(exist_ok=True)
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"train": train_rate, "clazzify": ours, "fancy": fancy_rate,
                                "from_generator": gen_rate, "rows": args.rows, "image_size": size,
                                "architecture": args.architecture}, indent=2))
