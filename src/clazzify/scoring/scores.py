@@ -44,6 +44,9 @@ DEFAULT_DB_URL = "sqlite:///.clazzify/scores.db"
 #: Key of the PostgreSQL advisory lock that serialises concurrent migrations.
 _MIGRATION_LOCK_KEY = 0x636C617A7A  # "clazz"
 
+#: First key of the advisory locks that serialise label writes per photo (PostgreSQL).
+_LABEL_LOCK_SPACE = 0x6C61  # "la"
+
 # Chunk size for IN (...) lists; far below SQLite's and PostgreSQL's parameter limits.
 _IN_CHUNK = 500
 
@@ -545,12 +548,28 @@ class ScoreRepository:
         return changes, [c.image_id for c in kept]
 
     def _current_labels(self, conn: sa.Connection, ids: Sequence[str]) -> dict[str, str]:
+        """The current labels of ``ids``, locked until the transaction ends.
+
+        On PostgreSQL a transaction-scoped advisory lock per photo (taken in id order, so two
+        writers cannot deadlock) also covers photos without a label yet, which FOR UPDATE
+        cannot lock: two moderators labelling a new photo at once then write the history in
+        turn, the second row's ``old_label`` being the first one's label. SQLite runs one
+        writer at a time anyway.
+        """
+        ordered = sorted(set(ids))
+        if conn.dialect.name == "postgresql":
+            for chunk in _chunks(ordered):
+                conn.execute(
+                    sa.text("SELECT count(pg_advisory_xact_lock(:space, hashtext(x))) FROM "
+                            "(SELECT x FROM unnest(CAST(:ids AS text[])) AS t(x) ORDER BY x) AS s"),
+                    {"space": _LABEL_LOCK_SPACE, "ids": list(chunk)},
+                )
         found: dict[str, str] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(ordered):
             query = sa.select(manual_labels.c.image_id, manual_labels.c.label).where(
                 manual_labels.c.image_id.in_(chunk)
             )
-            found.update(dict(conn.execute(query.with_for_update()).tuples().all()))
+            found.update(dict(conn.execute(query).tuples().all()))
         return found
 
     def _write_labels(
