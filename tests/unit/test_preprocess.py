@@ -9,15 +9,16 @@ from clazzify.core.errors import ConfigError
 from clazzify.core.imaging import image_to_array
 from clazzify.training.data import block_index
 from clazzify.training.ingest import IngestConfig, ingest_images, read_split_manifest
-from clazzify.training.preprocess import PreprocessConfig, augment_variant, build_hdf5, read_attrs
+from clazzify.training.preprocess import PreprocessConfig, augment_variant, build_hdf5
 
 pytestmark = pytest.mark.unit
 
 
 def test_hdf5_layout_and_parity(hdf5_dir):
-    attrs = read_attrs(hdf5_dir / "train.h5")
-    assert attrs["class_names"] == ["ambiance", "food", "human", "menu"]
-    assert attrs["image_size"] == 32 and attrs["fingerprint"]
+    with h5py.File(hdf5_dir / "train.h5") as f:
+        attrs = dict(f.attrs)
+    assert json.loads(attrs["class_names"]) == ["ambiance", "food", "human", "menu"]
+    assert int(attrs["image_size"]) == 32 and attrs["fingerprint"]
     total = 0
     for split in ("train", "val", "test"):
         with h5py.File(hdf5_dir / f"{split}.h5") as f:

@@ -197,19 +197,6 @@ def write_bytes(uri: str, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def upload_dir(local_dir: Path, uri: str) -> None:
-    """Copy a local folder's files to ``uri`` (s3:// prefix or local folder)."""
-    for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-        rel = file.relative_to(local_dir).as_posix()
-        if is_s3(uri):
-            bucket, key = split_s3(join(uri, rel))
-            client().fput_object(bucket, key, str(file))
-        else:
-            dest = local_path(uri) / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(file, dest)
-
-
 def download_dir(uri: str, local_dir: Path) -> Path:
     """Copy every object under ``uri`` into ``local_dir``; returns ``local_dir``."""
     local_dir.mkdir(parents=True, exist_ok=True)
@@ -268,18 +255,3 @@ def list_children(uri: str) -> list[str]:
     if not root.is_dir():
         raise StorageError(f"source folder {root} does not exist or is not a folder")
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def exists(uri: str) -> bool:
-    if is_s3(uri):
-        from minio.error import S3Error
-
-        bucket, key = split_s3(uri)
-        try:
-            client().stat_object(bucket, key)
-        except S3Error as e:
-            if e.code in {"NoSuchKey", "NoSuchObject", "NotFound"}:
-                return False
-            raise StorageError(f"cannot stat {uri}: {e.code}: {e.message}") from e
-        return True
-    return local_path(uri).exists()

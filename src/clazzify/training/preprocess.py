@@ -280,12 +280,3 @@ def build_hdf5(
     name = "summary.json" if shard is None else f"summary-{shard:05d}.json"
     (out_dir / name).write_text(json.dumps(summary, indent=2))
     return paths
-
-
-def read_attrs(path: Path) -> dict:
-    """The attributes of an HDF5 split file, with ``class_names`` decoded."""
-    with h5py.File(path, "r") as f:
-        attrs = dict(f.attrs)
-    attrs["class_names"] = json.loads(attrs["class_names"])
-    attrs["image_size"] = int(attrs["image_size"])
-    return attrs
