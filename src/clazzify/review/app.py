@@ -27,7 +27,7 @@ import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -133,7 +133,6 @@ class _State:
     thumbs: ThumbnailCache
     cache: _TTLCache
     templates: Jinja2Templates
-    classes_override: tuple[str, ...] = field(default=())
 
     @property
     def engine(self) -> sa.Engine:

@@ -213,11 +213,6 @@ class Counts:
     disagree: tuple[int, int] | None
     by_class: dict[str, tuple[int, int]]
 
-    def of(self, kind: str, label: str | None = None) -> tuple[int, int] | None:
-        if kind == "class":
-            return self.by_class.get(label or "", (0, 0))
-        return getattr(self, kind)
-
 
 def counts(conn: sa.Connection, scope: Scope, restaurant: str | None = None,
            source: str | None = None) -> Counts:
