@@ -22,7 +22,7 @@ def test_dataset_yields_every_row_once_per_epoch(hdf5_dir):
     with h5py.File(hdf5_dir / "train.h5") as f:
         expected = np.sort(f["labels"][:])
         n = len(expected)
-    ds = make_dataset([hdf5_dir / "train.h5"], batch_size=8, shuffle=True, seed=1, block_rows=4, shuffle_buffer=16)
+    ds = make_dataset([hdf5_dir / "train.h5"], batch_size=8, shuffle=True, seed=1, block_rows=4)
     assert int(ds.cardinality()) == -(-n // 8)
     for _ in range(2):
         labels = np.concatenate([y.numpy() for _, y in ds])
