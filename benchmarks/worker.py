@@ -78,7 +78,7 @@ def start_server(bundle: Path, work: Path) -> tuple[subprocess.Popen, str]:
     with logfile.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "serving", "--model-uri", str(bundle), "--http-port", str(port),
-             "--api-keys-file", str(keys), "--model-version", VERSION],
+             "--grpc-port", str(free_port()), "--api-keys-file", str(keys), "--model-version", VERSION],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )

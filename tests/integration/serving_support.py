@@ -97,8 +97,13 @@ def running_server(
     args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
     keys: str | None = f"{KEY},{OTHER_KEY}", ready_timeout: float = 120.0,
 ) -> Iterator[int]:
-    """Start ``python -m clazzify.serving ARGS`` on a free port; yields the port once it is ready."""
+    """Start ``python -m clazzify.serving ARGS`` on a free port; yields the port once it is ready.
+
+    gRPC listens on another free port unless ARGS name one (``--grpc-port``/``--grpc_port``).
+    """
     port = free_port()
+    if not any(a in ("--grpc-port", "--grpc_port", "--enable_grpc") for a in args):
+        args = ["--grpc-port", str(free_port()), *args]
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     full_env.pop("CLAZZIFY_API_KEYS", None)
     if keys:

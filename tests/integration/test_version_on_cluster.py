@@ -80,7 +80,8 @@ def test_the_server_started_as_the_manifest_says_reports_the_registry_version(
     port = free_port()
     log = tmp_path / "server.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([*command, *args, "--http-port", str(port)], stdout=out,
+        proc = subprocess.Popen([*command, *args, "--http-port", str(port),
+                                 "--grpc-port", str(free_port())], stdout=out,
                                 stderr=subprocess.STDOUT, env=_env(container, model_dir))
     try:
         client = Client(port)

@@ -41,7 +41,8 @@ def test_full_manifest_carries_the_storage_initializer_contract():
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
     assert isvc["metadata"]["annotations"][deploy.MODE_ANNOTATION] == KNATIVE
     assert env["STORAGE_URI"]["value"] == V1
-    assert container["args"][:2] == ["--model-uri", "/mnt/models"]
+    args = container["args"]
+    assert args[args.index("--model-uri") + 1] == "/mnt/models"
     assert env["CLAZZIFY_API_KEYS"]["valueFrom"]["secretKeyRef"] == {
         "name": "clazzify-api-keys",
         "key": "api-keys",
@@ -269,3 +270,32 @@ def test_mode_comes_from_status_then_annotation():
     assert deploy.deployment_mode(obj) == STANDARD
     del obj["status"]["deploymentMode"], obj["metadata"]["annotations"]
     assert deploy.deployment_mode(obj) == STANDARD, "KServe's default mode"
+
+
+def test_batch_size_is_the_serving_benchmarks_best():
+    """One source for serving sizes: the benchmark's file, the deploy step, the server."""
+    import json
+    from pathlib import Path
+
+    from clazzify.serving.config import ServerConfig
+
+    sizes = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+                        / "serving_sizes.json").read_text())
+    best = sizes["best_batch_size"]
+    assert deploy.InferenceServiceConfig(image="x").max_batch_size == best
+    assert ServerConfig().max_batch_size == best
+    args = deploy.inference_service(cfg(), V1, "1")["spec"]["predictor"]["containers"][0]["args"]
+    assert args[args.index("--max-batch-size") + 1] == str(best)
+
+
+@pytest.mark.parametrize(("mode", "names"), [(KNATIVE, ["http1"]), (STANDARD, ["http1", "grpc"])])
+def test_ports_and_scraping_follow_kserve(mode, names):
+    isvc = deploy.inference_service(cfg(mode), V1, "1")
+    pred = isvc["spec"]["predictor"]
+    (container,) = pred["containers"]
+    assert [p["name"] for p in container["ports"]] == names
+    assert isvc["metadata"]["annotations"][deploy.SCRAPE_ANNOTATION] == "true"
+    assert pred["annotations"][deploy.PROMETHEUS_PORT_ANNOTATION] == str(deploy.HTTP_PORT)
+    args = container["args"]
+    assert args[args.index("--model_name") + 1] == "clazzify"
+    assert args[args.index("--grpc_port") + 1] == str(deploy.GRPC_PORT)

@@ -138,7 +138,9 @@ _FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "js
 @click.option("--fetch-threads", default=8, show_default=True, help="Parallel image downloads.")
 @click.option("--max-retry-delay", default=30.0, show_default=True,
               help="Longest wait between retries of a transient failure (the wait doubles).")
-@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics here.")
+@click.option("--metrics-port", type=int, default=None, envvar="CLAZZIFY_METRICS_PORT",
+              help="Serve Prometheus /metrics here (env CLAZZIFY_METRICS_PORT; the manifest "
+                   "sets 9100).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json: one JSON object per log line.")
 @click.option("--idle-exit", type=float, default=None,

@@ -44,6 +44,16 @@ CONTAINER = "kserve-container"
 STORAGE_URI_ENV = "STORAGE_URI"
 MODEL_DIR = "/mnt/models"
 HTTP_PORT = 8080
+GRPC_PORT = 8081
+#: KServe's scraping switch (InferenceService metadata) and where the predictor's metrics
+#: are (predictor annotations); KServe copies them onto the pods as prometheus.io/*.
+SCRAPE_ANNOTATION = "serving.kserve.io/enable-prometheus-scraping"
+PROMETHEUS_PORT_ANNOTATION = "prometheus.kserve.io/port"
+PROMETHEUS_PATH_ANNOTATION = "prometheus.kserve.io/path"
+#: The serving benchmark's measured best engine batch size
+#: (benchmarks/results/serving_sizes.json, written by benchmarks/model_server.py; a test
+#: holds this default equal to it).
+BENCHMARKED_BATCH_SIZE = 8
 
 SCALE_METRICS = {KNATIVE: ("concurrency", "rps"), STANDARD: ("cpu", "memory")}
 # Knative: in-flight requests per replica (the server batches up to 32 of them);
@@ -111,7 +121,7 @@ class InferenceServiceConfig:
     cpu_limit: str = "2"
     memory_request: str = "1Gi"
     memory_limit: str = "2Gi"
-    max_batch_size: int = 32
+    max_batch_size: int = BENCHMARKED_BATCH_SIZE
     max_latency_ms: int = 5
 
     def __post_init__(self) -> None:
@@ -213,11 +223,17 @@ def predictor(cfg: InferenceServiceConfig, storage_uri: str, model_version: str)
         "name": CONTAINER,
         "image": cfg.image,
         "command": ["python", "-m", "clazzify.serving"],
+        # KServe's ModelServer spelling where it has one (a ServingRuntime's args template
+        # works unchanged), clazzify's own options after.
         "args": [
+            "--model_name",
+            cfg.model_name,
+            "--http_port",
+            str(HTTP_PORT),
+            "--grpc_port",
+            str(GRPC_PORT),
             "--model-uri",
             MODEL_DIR,
-            "--model-name",
-            cfg.model_name,
             "--max-batch-size",
             str(cfg.max_batch_size),
             "--max-latency-ms",
@@ -233,7 +249,7 @@ def predictor(cfg: InferenceServiceConfig, storage_uri: str, model_version: str)
                 },
             },
         ],
-        "ports": [{"name": "http1", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "ports": ports(cfg.deployment_mode),
         "readinessProbe": {
             "httpGet": {"path": f"/v2/models/{cfg.model_name}/ready", "port": HTTP_PORT},
             "periodSeconds": 5,
@@ -255,9 +271,25 @@ def predictor(cfg: InferenceServiceConfig, storage_uri: str, model_version: str)
         "maxReplicas": cfg.max_replicas,
         "scaleMetric": cfg.scale_metric,
         "scaleTarget": cfg.scale_target,
-        "annotations": {VERSION_ANNOTATION: str(model_version)},
+        "annotations": {
+            VERSION_ANNOTATION: str(model_version),
+            PROMETHEUS_PORT_ANNOTATION: str(HTTP_PORT),
+            PROMETHEUS_PATH_ANNOTATION: "/metrics",
+        },
         "containers": [container],
     }
+
+
+def ports(mode: str) -> list[dict[str, Any]]:
+    """The container's ports: HTTP, and in Standard mode V2 gRPC as well.
+
+    Knative routes exactly one port per container, so in Knative mode the gRPC listener
+    (always on 8081 inside the pod) is not declared; Standard mode's Service exposes both.
+    """
+    out = [{"name": "http1", "containerPort": HTTP_PORT, "protocol": "TCP"}]
+    if mode == STANDARD:
+        out.append({"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"})
+    return out
 
 
 def inference_service(cfg: InferenceServiceConfig, storage_uri: str, model_version: str) -> dict[str, Any]:
@@ -272,7 +304,7 @@ def inference_service(cfg: InferenceServiceConfig, storage_uri: str, model_versi
                 "app.kubernetes.io/name": "clazzify",
                 "app.kubernetes.io/component": "serving",
             },
-            "annotations": {MODE_ANNOTATION: cfg.deployment_mode},
+            "annotations": {MODE_ANNOTATION: cfg.deployment_mode, SCRAPE_ANNOTATION: "true"},
         },
         "spec": {"predictor": predictor(cfg, storage_uri, model_version)},
     }
