@@ -1,7 +1,10 @@
-"""Train: Keras 3 on TensorFlow, fed out of core from the HDF5 split files.
+"""Train: Keras 3 on TensorFlow or JAX, fed out of core from the HDF5 split files.
 
-Uses every visible GPU (MirroredStrategy) with mixed precision, the CPU
-otherwise. Early stopping keeps the best epoch; with a checkpoint folder a
+One function for both backends (``KERAS_BACKEND``): on TensorFlow the batches come
+through ``tf.data`` and several GPUs train under MirroredStrategy; on JAX through a
+``keras.utils.PyDataset`` and ``keras.distribution.DataParallel``. Mixed precision
+is bf16 where every GPU has it (compute capability >= 8.0), fp16 on older GPUs, off on
+the CPU unless asked for. Early stopping keeps the best epoch; with a checkpoint folder a
 restarted run resumes from its last finished epoch. The result is a model
 bundle (.keras + ONNX + metadata) and, when tracking is on, an MLflow run with
 the resolved config, per-epoch metrics, class counts and the learning curve.
@@ -12,7 +15,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +28,7 @@ from clazzify.core import storage
 from clazzify.core.bundle import BundleMeta
 from clazzify.core.errors import ConfigError, DataError, StorageError
 from clazzify.registry.tracking import TrackingConfig, activate, epoch_logger, flatten_params
-from clazzify.training.data import DataDirs, inspect_split, make_dataset, read_column, split_files
+from clazzify.training.data import DataDirs, inspect_split, make_dataset, pydataset, read_column, split_files
 from clazzify.training.export import export_bundle
 from clazzify.training.models import ModelSpec, build_model
 from clazzify.training.plots import plot_history
@@ -46,7 +50,8 @@ class TrainConfig:
         augment: online augmentation layers in the model.
         patience: early-stopping patience in epochs (0 disables early stopping).
         label_smoothing: cross-entropy label smoothing.
-        mixed_precision: 'auto' (on when a GPU is visible), 'on' or 'off'.
+        mixed_precision: 'auto' (on when a GPU is visible), 'on' or 'off'; 'on' is bf16
+            where the hardware has it (see :func:`precision_policy`).
         seed: seed for weights init and shuffling.
         onnx: also export ONNX.
         class_weighting: 'balanced' weighs each class's loss by total / (classes x its
@@ -124,18 +129,89 @@ def fetch_weights(init_weights: str | None, out_dir: Path) -> str | None:
     return str(local)
 
 
-def _strategy_and_devices(cfg: TrainConfig):
-    import keras
-    import tensorflow as tf
+def precision_policy(setting: str, capabilities: Sequence[tuple[int, int] | None]) -> str:
+    """The Keras dtype policy for ``setting`` on GPUs of these compute capabilities.
 
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, True)
-    use_mixed = cfg.mixed_precision == "on" or (cfg.mixed_precision == "auto" and bool(gpus))
-    keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
-    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-    devices = [g.name for g in gpus] or ["CPU"]
-    return strategy, devices
+    bf16 keeps fp32's range (no loss scaling) and runs at fp16's speed on Ampere (8.0) and
+    later; older GPUs get fp16 with Keras' loss scaling. No GPU: float32 unless 'on'.
+    """
+    if setting == "off" or (setting == "auto" and not capabilities):
+        return "float32"
+    if all(cc is not None and cc >= (8, 0) for cc in capabilities):
+        return "mixed_bfloat16"
+    return "mixed_float16"
+
+
+def gpus() -> list[tuple[str, tuple[int, int] | None]]:
+    """(name, compute capability) of every GPU the Keras backend sees.
+
+    Raises:
+        ConfigError: a backend this trainer does not drive.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        found = []
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+            cc = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+            found.append((gpu.name, tuple(cc) if cc else None))
+        return found
+    if backend == "jax":
+        import jax
+
+        return [(str(d), _capability(getattr(d, "compute_capability", None)))
+                for d in jax.devices() if d.platform == "gpu"]
+    raise ConfigError(f"KERAS_BACKEND={backend!r}: train_model runs on 'tensorflow' or 'jax'")
+
+
+def _capability(text: str | None) -> tuple[int, int] | None:
+    try:
+        major, minor = str(text).split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return None
+
+
+@contextmanager
+def _distributed(n_gpus: int) -> Iterator[None]:
+    """Build, compile and fit inside: data-parallel over ``n_gpus`` when there are several."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        strategy = tf.distribute.MirroredStrategy() if n_gpus > 1 else tf.distribute.get_strategy()
+        with strategy.scope():
+            yield
+        return
+    if n_gpus <= 1:
+        yield
+        return
+    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(None)
+
+
+def _loaders(train_paths, val_paths, cfg: TrainConfig, num_classes: int):
+    """(train, val) batches with one-hot labels: tf.data on TensorFlow, a PyDataset elsewhere."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        def one_hot(images, labels):
+            return images, tf.one_hot(labels, num_classes)
+
+        return (make_dataset(train_paths, cfg.batch_size, shuffle=True, seed=cfg.seed).map(one_hot),
+                make_dataset(val_paths, cfg.batch_size, shuffle=False).map(one_hot))
+    return (pydataset(train_paths, cfg.batch_size, shuffle=True, seed=cfg.seed, one_hot=num_classes),
+            pydataset(val_paths, cfg.batch_size, shuffle=False, one_hot=num_classes))
 
 
 def _compile(model, cfg: TrainConfig, steps_per_epoch: int) -> None:
@@ -178,7 +254,6 @@ def train_model(
         ConfigError: bad settings.
     """
     import keras
-    import tensorflow as tf
 
     train_paths, val_paths = split_files(data_dirs, "train"), split_files(data_dirs, "val")
     info, val_info = inspect_split(train_paths), inspect_split(val_paths)
@@ -191,13 +266,11 @@ def train_model(
     counts = class_counts(train_paths, class_names)
 
     keras.utils.set_random_seed(cfg.seed)
-    strategy, devices = _strategy_and_devices(cfg)
-
-    def one_hot(images, labels):
-        return images, tf.one_hot(labels, num_classes)
-
-    train_ds = make_dataset(train_paths, cfg.batch_size, shuffle=True, seed=cfg.seed).map(one_hot)
-    val_ds = make_dataset(val_paths, cfg.batch_size, shuffle=False).map(one_hot)
+    found = gpus()
+    devices = [name for name, _ in found] or ["CPU"]
+    policy = precision_policy(cfg.mixed_precision, [cc for _, cc in found])
+    keras.mixed_precision.set_global_policy(policy)  # reset to float32 on the way out
+    train_ds, val_ds = _loaders(train_paths, val_paths, cfg, num_classes)
     steps = int(np.ceil(info.total / cfg.batch_size))
 
     spec = ModelSpec(
@@ -207,81 +280,84 @@ def train_model(
         init_weights=fetch_weights(cfg.init_weights, out_dir),
         augment=cfg.augment,
     )
-    with strategy.scope():
+    with ExitStack() as stack:
+        stack.callback(keras.mixed_precision.set_global_policy, "float32")
+        stack.enter_context(_distributed(len(found)))
         model = build_model(spec)
         _compile(model, cfg, steps)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    best_path = out_dir / "best.weights.h5"
-    extra = list(callbacks)
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(
-            best_path, monitor="val_accuracy", save_best_only=True, save_weights_only=True
-        ),
-        keras.callbacks.BackupAndRestore(str(checkpoint_dir or out_dir / "backup")),
-    ]
-    if cfg.patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience)
-        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        best_path = out_dir / "best.weights.h5"
+        extra = list(callbacks)
+        callbacks = [
+            keras.callbacks.ModelCheckpoint(
+                best_path, monitor="val_accuracy", save_best_only=True, save_weights_only=True
+            ),
+            keras.callbacks.BackupAndRestore(str(checkpoint_dir or out_dir / "backup")),
+        ]
+        if cfg.patience:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience)
+            )
 
-    import mlflow
+        import mlflow
 
-    run = None
-    if tracking:
-        activate(tracking)
-        run = mlflow.start_run(run_id=tracking.run_id, run_name=tracking.run_name)
-        mlflow.log_params(flatten_params({"train": asdict(cfg), "data": {
-            "image_size": info.image_size,
-            "classes": ",".join(class_names),
-            "train_rows": info.total,
-            "val_rows": val_info.total,
-            "fingerprint": fingerprint,
-        }}))
-        mlflow.log_dict(counts, "data/class_counts.json")
-        mlflow.set_tags({"clazzify.version": clazzify.__version__, "dataset.fingerprint": fingerprint})
-        callbacks.append(epoch_logger())
-    callbacks += extra  # after the backup, so a failing extra callback leaves a backup
-    try:
-        start = time.perf_counter()
-        fit = model.fit(
-            train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose,
-            class_weight=balanced_class_weights(list(counts.values())) if cfg.class_weighting == "balanced" else None,
-            shuffle=False,  # tf.data shuffles blocks and rows itself
-        )
-        seconds = time.perf_counter() - start
-        history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
-        if best_path.is_file():
-            model.load_weights(best_path)
-        val_acc = history.get("val_accuracy", [0.0])
-        best_epoch = int(np.argmax(val_acc))
-        meta = BundleMeta(
-            class_names=class_names,
-            image_size=info.image_size,
-            architecture=cfg.architecture,
-            fingerprint=fingerprint,
-            code_version=clazzify.__version__,
-        )
-        keras.mixed_precision.set_global_policy("float32")
-        bundle_dir = export_bundle(model, meta, out_dir / "bundle", onnx=cfg.onnx)
-        (out_dir / "history.json").write_text(json.dumps(history, indent=2))
-        curve = plot_history(history, out_dir / "learning_curve.png")
-        result = TrainResult(
-            bundle_dir=bundle_dir,
-            history=history,
-            best_epoch=best_epoch + 1,
-            best_val_accuracy=float(val_acc[best_epoch]),
-            epochs_run=len(val_acc),
-            seconds=seconds,
-            devices=devices,
-            class_counts=counts,
-        )
-        if run:
-            mlflow.log_metrics({"best_val_accuracy": result.best_val_accuracy,
-                                "train_seconds": seconds, "epochs_run": result.epochs_run})
-            mlflow.log_artifact(str(curve), "plots")
-            result.run_id = run.info.run_id
-        return result
-    finally:
-        if run:
-            mlflow.end_run()
+        run = None
+        if tracking:
+            activate(tracking)
+            run = mlflow.start_run(run_id=tracking.run_id, run_name=tracking.run_name)
+            mlflow.log_params(flatten_params({"train": asdict(cfg), "data": {
+                "image_size": info.image_size,
+                "classes": ",".join(class_names),
+                "train_rows": info.total,
+                "val_rows": val_info.total,
+                "fingerprint": fingerprint,
+            }}))
+            mlflow.log_dict(counts, "data/class_counts.json")
+            mlflow.set_tags({"clazzify.version": clazzify.__version__, "dataset.fingerprint": fingerprint})
+            callbacks.append(epoch_logger())
+        callbacks += extra  # after the backup, so a failing extra callback leaves a backup
+        try:
+            start = time.perf_counter()
+            weights = balanced_class_weights(list(counts.values())) if cfg.class_weighting == "balanced" else None
+            fit = model.fit(
+                train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose,
+                class_weight=weights,
+                shuffle=False,  # the loaders plan each epoch's order themselves
+            )
+            seconds = time.perf_counter() - start
+            history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+            if best_path.is_file():
+                model.load_weights(best_path)
+            val_acc = history.get("val_accuracy", [0.0])
+            best_epoch = int(np.argmax(val_acc))
+            meta = BundleMeta(
+                class_names=class_names,
+                image_size=info.image_size,
+                architecture=cfg.architecture,
+                fingerprint=fingerprint,
+                code_version=clazzify.__version__,
+            )
+            keras.mixed_precision.set_global_policy("float32")
+            bundle_dir = export_bundle(model, meta, out_dir / "bundle", onnx=cfg.onnx)
+            (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+            curve = plot_history(history, out_dir / "learning_curve.png")
+            result = TrainResult(
+                bundle_dir=bundle_dir,
+                history=history,
+                best_epoch=best_epoch + 1,
+                best_val_accuracy=float(val_acc[best_epoch]),
+                epochs_run=len(val_acc),
+                seconds=seconds,
+                devices=devices,
+                class_counts=counts,
+            )
+            if run:
+                mlflow.log_metrics({"best_val_accuracy": result.best_val_accuracy,
+                                    "train_seconds": seconds, "epochs_run": result.epochs_run})
+                mlflow.log_artifact(str(curve), "plots")
+                result.run_id = run.info.run_id
+            return result
+        finally:
+            if run:
+                mlflow.end_run()
