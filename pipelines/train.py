@@ -25,6 +25,7 @@ factory :func:`make_pipeline` and a ``--parallelism`` option of each command.
 
 # No `from __future__ import annotations`: KFP reads the real annotation types.
 
+import contextlib
 import inspect
 import json
 import sys
@@ -41,6 +42,7 @@ from components.images import IMAGES, SERVING_IMAGE, retarget
 from components.ingest.component import ingest
 from components.preprocess.component import preprocess
 from components.register.component import register
+from components.retrain_check.component import retrain_check
 from components.train.component import train
 
 # Requests and limits of the tasks whose size does not depend on the data set size
@@ -74,8 +76,14 @@ def use_s3(task: dsl.PipelineTask, secret: str, config: str) -> dsl.PipelineTask
 DEFAULT_PARALLELISM = 8
 
 
-def make_pipeline(parallelism: int = DEFAULT_PARALLELISM):
-    """The pipeline with at most ``parallelism`` preprocessing shards at once (0 = no limit)."""
+def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False):
+    """The pipeline with at most ``parallelism`` preprocessing shards at once (0 = no limit).
+
+    With ``trigger`` (for recurring runs) a ``retrain-check`` step runs first and every other
+    step sits inside ``dsl.If(check == 'retrain')``: a daily run trains only when at least
+    ``min_new_photos`` photos or ``min_new_labels`` manual labels are new since the
+    champion's data set. Like ``parallelism`` it is fixed when the pipeline is compiled.
+    """
     if parallelism < 0:
         raise ValueError(f"parallelism must be >= 0 (0 = no limit), got {parallelism}")
 
@@ -112,6 +120,14 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM):
         max_regression: float = 0.0,
         min_class_recall: float = 0.5,
         seed: int = 42,
+        # Moderators' labels win over folder/manifest labels: a scores database URL whose
+        # manual_labels are read ('' = none) and/or a relabel CSV with corrected_label filled.
+        labels_from: str = "",
+        relabel_csv: str = "",
+        # Recurring runs (compiled with trigger=True): train only when this much is new since the
+        # champion's data set (0 = that condition off; both 0 = always).
+        min_new_photos: int = 0,
+        min_new_labels: int = 0,
         s3_secret: str = "clazzify-minio",
         s3_config: str = "clazzify-s3",
         accelerator_type: str = "nvidia.com/gpu",
@@ -127,9 +143,20 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM):
         canary_traffic_percent: int = 10,
         deploy_timeout_s: int = 900,
     ):
+        # With the trigger every step below runs inside the check's dsl.If (entered here and
+        # closed at the end, so the steps read the same either way).
+        steps = contextlib.ExitStack()
+        if trigger:
+            check = retrain_check(source=source, labels_from=labels_from, min_new_photos=min_new_photos,
+                                  min_new_labels=min_new_labels, mlflow_tracking_uri=mlflow_tracking_uri,
+                                  model_name=model_name)
+            check.set_caching_options(False)  # new photos and labels arrive under the same parameters
+            size(use_s3(check, s3_secret, s3_config), **SMALL)
+            steps.enter_context(dsl.If(check.output == "retrain", name="enough-new-data"))
         ingest_task = ingest(
             source=source, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, min_side=min_side,
-            shard_size=shard_size,
+            shard_size=shard_size, labels_from=labels_from, relabel_csv=relabel_csv,
+            mlflow_tracking_uri=mlflow_tracking_uri, model_name=model_name,
         )
         ingest_task.set_caching_options(False)  # a live source changes under the same parameters
         size(use_s3(ingest_task, s3_secret, s3_config), **SMALL)
@@ -167,6 +194,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM):
         eval_task = evaluate(
             model=train_task.outputs["model"],
             train_data=dsl.Collected(hdf5_task.outputs["train_data"]),
+            manifest=ingest_task.outputs["manifest"],
             run_id=train_task.outputs["run_id"],
             model_name=model_name,
             min_accuracy=min_accuracy,
@@ -201,6 +229,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM):
                 ready_timeout_s=deploy_timeout_s,
             ).set_caching_options(False)  # the cluster's state is not among its inputs
             size(deploy_task, **SMALL)
+        steps.close()
 
     return train_pipeline
 
@@ -285,7 +314,9 @@ def retarget_spec(spec: Any, registry: str | None) -> Any:
     return spec
 
 
-def compile_to(output: Path, registry: str | None, parallelism: int = DEFAULT_PARALLELISM) -> Path:
+def compile_to(
+    output: Path, registry: str | None, parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False
+) -> Path:
     """Compile the pipeline to ``output``, images moved to ``registry`` when given."""
     import yaml
 
@@ -293,7 +324,7 @@ def compile_to(output: Path, registry: str | None, parallelism: int = DEFAULT_PA
         retarget(IMAGES["pipeline"], registry)  # a malformed registry fails before any work
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--registry") from e
-    compiler.Compiler().compile(make_pipeline(parallelism), str(output))
+    compiler.Compiler().compile(make_pipeline(parallelism, trigger), str(output))
     if registry:
         docs = [retarget_spec(d, registry) for d in yaml.safe_load_all(output.read_text())]
         output.write_text(yaml.safe_dump_all(docs, sort_keys=False))
@@ -388,10 +419,14 @@ def run_cmd(is_local: bool, source: str, sets: tuple[str, ...], preset: str, hom
               help=PRESET_HELP)
 @click.option("--registry", default=None, metavar="HOST/NS", help=REGISTRY_HELP)
 @parallelism_option
+@click.option("--schedule", default=None, metavar="CRON",
+              help="Create a KFP recurring run on this cron schedule (KFP's 6 fields, e.g. '0 0 3 * * *' "
+              "daily at 03:00) instead of one run; it checks first and trains only when "
+              "min_new_photos / min_new_labels (set them with --set) say so.")
 def submit_cmd(host: str, experiment: str, namespace: str | None, token: str | None,
                run_name: str | None, sets: tuple[str, ...], params_file: Path | None,
-               preset: str, registry: str | None, parallelism: int) -> None:
-    """Submit the pipeline to a KFP API server and print the run URL."""
+               preset: str, registry: str | None, parallelism: int, schedule: str | None) -> None:
+    """Submit the pipeline to a KFP API server and print the run URL (or create a recurring run)."""
     import tempfile
 
     import kfp
@@ -401,7 +436,15 @@ def submit_cmd(host: str, experiment: str, namespace: str | None, token: str | N
         raise click.UsageError("--set source=s3://bucket/prefix is required for a cluster run")
     client = kfp.Client(host=host, namespace=namespace, existing_token=token)
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_to(Path(tmp) / "train.yaml", registry, parallelism)
+        package = compile_to(Path(tmp) / "train.yaml", registry, parallelism, trigger=schedule is not None)
+        if schedule:
+            exp = client.create_experiment(experiment, namespace=namespace)
+            job = client.create_recurring_run(
+                exp.experiment_id, run_name or "clazzify-daily", cron_expression=schedule, params=args,
+                pipeline_package_path=str(package), max_concurrency=1, no_catchup=True,
+            )
+            click.echo(f"recurring run {job.recurring_run_id} on '{schedule}'")
+            return
         run = client.create_run_from_pipeline_package(
             str(package), arguments=args, experiment_name=experiment, run_name=run_name,
             namespace=namespace,

@@ -8,6 +8,7 @@ from components.images import PIPELINE_IMAGE
 def evaluate(
     model: Input[Model],
     train_data: Input[list[Dataset]],  # one per preprocessing shard; the test split is read
+    manifest: Input[Dataset],  # ingest's split manifest: the data set's lineage
     run_id: str,
     model_name: str,
     min_accuracy: float,
@@ -30,6 +31,8 @@ def evaluate(
     result, decision = evaluate_and_gate(
         Path(model.path) / "bundle", [Path(d.path) for d in train_data], Path(evaluation.path), gate,
         model_name=model_name, tracking=TrackingConfig(mlflow_tracking_uri, mlflow_experiment, run_id=run_id),
+        manifest=Path(manifest.path), ingested_at=manifest.metadata.get("ingested_at", ""),
+        source=manifest.metadata.get("source", ""),
     )
     for name, value in result.flat().items():
         metrics.log_metric(name, value)

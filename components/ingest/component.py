@@ -12,23 +12,38 @@ def ingest(
     test_fraction: float,
     min_side: int,
     shard_size: int,
+    labels_from: str,
+    relabel_csv: str,
+    mlflow_tracking_uri: str,
+    model_name: str,
     manifest: Output[Dataset],
     report: Output[Markdown],
     quarantine: Output[Dataset],
 ) -> list:
     """List, validate, de-duplicate and split the source images; returns the shard numbers."""
+    import tempfile
     from pathlib import Path
 
     from clazzify.core.imaging import ImageLimits
-    from clazzify.training.ingest import IngestConfig, ingest_images
+    from clazzify.scoring.scores import read_manual_labels
+    from clazzify.training.ingest import IngestConfig, ingest_images, manual_label_overrides, read_relabel_overrides
+    from clazzify.training.lineage import champion_lineage
 
     cfg = IngestConfig(
         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, limits=ImageLimits(min_side=min_side),
         shard_size=shard_size,
     )
-    result = ingest_images(source, Path(manifest.path), Path(quarantine.path), cfg, progress=False)
+    # people's labels win over folder/manifest labels: the database's, then a relabel CSV's
+    overrides = manual_label_overrides(read_manual_labels(labels_from)) if labels_from else {}
+    overrides |= read_relabel_overrides(relabel_csv) if relabel_csv else {}
+    champion = champion_lineage(model_name, Path(tempfile.mkdtemp()), mlflow_tracking_uri)
+    result = ingest_images(source, Path(manifest.path), Path(quarantine.path), cfg, progress=False,
+                           label_overrides=overrides, champion_data=champion[1] if champion else None)
     Path(report.path).write_text(result.to_markdown())
     manifest.metadata.update({"accepted": result.accepted, "class_names": result.class_names})
     quarantine.metadata.update({"quarantined": result.quarantined, "duplicates": result.duplicates_removed})
     manifest.metadata["shard_sizes"] = result.shard_sizes
+    manifest.metadata.update({"ingested_at": result.ingested_at, "source": source,
+                              "new_since_champion": result.new_since_champion,
+                              "label_overrides": result.label_overrides})
     return result.shards

@@ -229,6 +229,22 @@ def test_groups_do_not_chain():
     assert all(len(g) <= 2 for g in grouping.groups)
 
 
+def test_old_photos_keep_their_group_when_a_near_copy_sorts_first():
+    from clazzify.training.ingest import group_near_duplicates
+
+    old = [Record("a", "x", "5" * 64, 50, 50, "", phash=f"{0:016x}"),
+           Record("b", "x", "6" * 64, 50, 50, "", phash=f"{0b111:016x}")]
+    group_near_duplicates(old, 8)
+    assert [r.group for r in old] == ["5" * 64] * 2
+    previous = {r.sha256[:32]: r.group[:32] for r in old}
+    newcomer = Record("c", "x", "1" * 64, 50, 50, "", phash=f"{0b11:016x}")  # sorts before "5..."
+    fresh = [Record(r.uri, r.label, r.sha256, 50, 50, "", phash=r.phash) for r in old] + [newcomer]
+    group_near_duplicates(fresh, 8, previous=previous)
+    assert [r.group for r in fresh] == ["5" * 64] * 3  # without the memory "1..." would lead
+    group_near_duplicates(fresh, 8)
+    assert {r.group for r in fresh} == {"1" * 64}
+
+
 def test_oversized_groups_are_reported_as_suspect():
     from clazzify.training.ingest import group_near_duplicates
 

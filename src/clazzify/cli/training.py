@@ -27,26 +27,62 @@ def demo_data(out_dir: Path, per_class: int, size: int, seed: int, bad_files: bo
     click.echo(f"wrote {sum(counts.values())} synthetic files to {out_dir}: {counts}")
 
 
+def read_label_overrides(labels_from: str | None, relabel_csv: str | None) -> dict:
+    """People's labels for ingest: the scores database's manual labels, then a relabel CSV's
+    corrections (a photo in both takes the CSV's). The database is read here, in the command
+    layer, so the training package needs no database code (the import rule)."""
+    from clazzify.training.ingest import manual_label_overrides, read_relabel_overrides
+
+    overrides = {}
+    if labels_from:
+        from clazzify.scoring.scores import read_manual_labels
+
+        overrides.update(manual_label_overrides(read_manual_labels(labels_from)))
+    if relabel_csv:
+        overrides.update(read_relabel_overrides(relabel_csv))
+    return overrides
+
+
 @main.command("ingest")
 @click.argument("source")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for manifest.csv, quarantine.csv and the reports.")
 @click.option("--val-fraction", default=0.15, show_default=True)
 @click.option("--test-fraction", default=0.15, show_default=True)
-@click.option("--seed", default=42, show_default=True)
+@click.option("--seed", default=42, show_default=True,
+              help="Salt of the split hash: keep it fixed, or every photo may change split.")
 @click.option("--min-side", default=ImageLimits.min_side, show_default=True,
               help="Quarantine smaller images.")
 @click.option("--shard-size", default=0, show_default=True,
               help="At most this many images per shard (the `shard` column; `preprocess --shard N` "
               "builds one); 0 = one shard.")
+@click.option("--labels-from", "labels_from", default=None, metavar="DB_URL",
+              help="Scores database (PostgreSQL or SQLite URL) whose manual labels override the "
+              "folder/manifest labels of the photos they name (matched by URI).")
+@click.option("--relabel-csv", default=None, metavar="CSV",
+              help="Relabel CSV (relabel-export / find-label-issues, corrected_label filled in); "
+              "its corrections override every other label.")
+@click.option("--champion", "champion_model", default=None, metavar="MODEL_NAME",
+              help="Count the photos new since this registered model's champion data set "
+              "(MLflow at MLFLOW_TRACKING_URI or .clazzify/).")
 def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: float, seed: int,
-               min_side: int, shard_size: int) -> None:
+               min_side: int, shard_size: int, labels_from: str | None, relabel_csv: str | None,
+               champion_model: str | None) -> None:
     """Validate, de-duplicate and split SOURCE (class folders, s3:// prefix or CSV/JSONL manifest)."""
     from clazzify.training.ingest import IngestConfig, ingest_images
 
     cfg = IngestConfig(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                        limits=ImageLimits(min_side=min_side), shard_size=shard_size)
-    report = ingest_images(source, out_dir / "manifest.csv", out_dir, cfg)
+    overrides = read_label_overrides(labels_from, relabel_csv)
+    champion_data = None
+    if champion_model:
+        from clazzify.registry.tracking import default_tracking_uri
+        from clazzify.training.lineage import champion_lineage
+
+        found = champion_lineage(champion_model, out_dir / "champion", default_tracking_uri())
+        champion_data = found[1] if found else None
+    report = ingest_images(source, out_dir / "manifest.csv", out_dir, cfg,
+                           label_overrides=overrides, champion_data=champion_data)
     click.echo(report.to_markdown())
 
 
@@ -134,3 +170,63 @@ def find_label_issues_cmd(data_dir: Path, out_dir: Path, folds: int, architectur
     click.echo(f"{report.issues} likely label issues among {report.scored} training images "
                f"(out-of-fold accuracy {report.out_of_fold_accuracy:.3f}): {report.csv}, {report.grid}")
 # -- scoring: worker, backfill and the queries the scores exist for ---------------------------
+
+
+@main.command("retrain")
+@click.argument("source")
+@click.option("--labels-from", "labels_from", default=None, metavar="DB_URL",
+              help="Scores database whose manual labels count as new labels and feed the run.")
+@click.option("--relabel-csv", default=None, metavar="CSV", help="Relabel CSV passed on to the run.")
+@click.option("--min-new-photos", default=1000, show_default=True,
+              help="Retrain when at least this many photos are new since the champion's data set (0 = off).")
+@click.option("--min-new-labels", default=100, show_default=True,
+              help="... or when at least this many manual labels were given since then (0 = off).")
+@click.option("--model-name", default="clazzify", show_default=True)
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=Path(".clazzify"),
+              show_default=True, help="Local MLflow store and KFP outputs (as `pipelines.train run --home`).")
+@click.option("--host", default=None, help="KFP API server: submit the run there instead of running locally.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Pipeline parameter for the run.")
+@click.option("--checkout", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="The repository checkout holding pipelines/train.py.")
+@click.option("--dry-run", is_flag=True, help="Decide and print; start nothing.")
+def retrain_cmd(source: str, labels_from: str | None, relabel_csv: str | None, min_new_photos: int,
+                min_new_labels: int, model_name: str, home: Path, host: str | None, sets: tuple[str, ...],
+                checkout: Path, dry_run: bool) -> None:
+    """Run the training pipeline on SOURCE if enough is new since the champion's data set.
+
+    Counts photos (by content hash) that the champion's data set did not hold and manual
+    labels given after it was read; retrains when either reaches its threshold, then runs
+    `python -m pipelines.train run --local` (or `submit --host`) from the checkout. Exit
+    status 0 either way; the decision is printed as JSON.
+    """
+    import subprocess
+    import sys
+
+    from clazzify.registry.tracking import default_tracking_uri
+    from clazzify.training.trigger import RetrainPolicy, check_retrain
+
+    policy = RetrainPolicy(min_new_photos, min_new_labels)
+    label_times = None
+    if labels_from:
+        from clazzify.scoring.scores import read_manual_labels
+
+        label_times = [r["labelled_at"] for r in read_manual_labels(labels_from)]
+    decision = check_retrain(source, policy, model_name, default_tracking_uri(home), label_times)
+    click.echo(decision.to_json())
+    if not decision.retrain or dry_run:
+        return
+    if not (checkout / "pipelines" / "train.py").exists():
+        raise click.UsageError(f"{checkout} holds no pipelines/train.py: run from the checkout or pass --checkout")
+    params = [f"model_name={model_name}", *sets]
+    if labels_from:
+        params.append(f"labels_from={labels_from}")
+    if relabel_csv:
+        params.append(f"relabel_csv={relabel_csv}")
+    if host:
+        cmd = [sys.executable, "-m", "pipelines.train", "submit", "--host", host, "--set", f"source={source}"]
+    else:
+        cmd = [sys.executable, "-m", "pipelines.train", "run", "--local", "--source", source, "--home", str(home)]
+    for p in params:
+        cmd += ["--set", p]
+    click.echo(f"retraining: {' '.join(cmd)}", err=True)
+    raise SystemExit(subprocess.run(cmd, cwd=checkout).returncode)

@@ -63,5 +63,8 @@ def register_model(
         "gate_accuracy": f"{decision['challenger_accuracy']:.6f}",
         "gate_reasons": "; ".join(decision["reasons"])[:5000],
     }
+    card = gate_report.with_name("model_card.md")
     activate(tracking)
-    return register_bundle(bundle_dir, model_name, tracking.run_id, tags)
+    return register_bundle(
+        bundle_dir, model_name, tracking.run_id, tags, description=card.read_text() if card.exists() else None
+    )

@@ -53,7 +53,7 @@ def download_champion(model_name: str, dest: Path | None = None) -> Champion | N
 
 
 def register_bundle(
-    bundle_dir: Path, model_name: str, run_id: str, tags: Mapping[str, str]
+    bundle_dir: Path, model_name: str, run_id: str, tags: Mapping[str, str], description: str | None = None
 ) -> str:
     """Log ``bundle_dir`` as a pyfunc model in ``run_id``, register it and make it champion.
 
@@ -86,6 +86,8 @@ def register_bundle(
             pip_requirements=["clazzify"],
         )
     mv = mlflow.register_model(info.model_uri, model_name, tags=dict(tags))
+    if description:
+        client.update_model_version(model_name, mv.version, description=description)
     stamp_version(info.model_id, meta, model_name, str(mv.version))
     client.set_registered_model_alias(model_name, CHAMPION, mv.version)
     if old is not None:
@@ -108,3 +110,20 @@ def stamp_version(model_id: str, meta: BundleMeta, model_name: str, version: str
         mlflow.MlflowClient().log_model_artifact(
             model_id, str(Path(tmp) / META_FILE), artifact_path=BUNDLE_ARTIFACT_PATH
         )
+
+
+def download_run_file(run_id: str, artifact_path: str, dest: Path) -> Path | None:
+    """One artifact file of a run (e.g. the champion's ``lineage/dataset.npz``), or None when
+    the run has no such artifact (older runs)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    parent = artifact_path.rsplit("/", 1)[0] if "/" in artifact_path else ""
+    try:
+        listed = {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, parent or None)}
+    except MlflowException:
+        return None
+    if artifact_path not in listed:
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dest)))

@@ -547,6 +547,30 @@ class ScoreRepository:
                                  undoes=batch_id)
         return changes, [c.image_id for c in kept]
 
+    def manual_labels(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        """The current manual label of every photo (last write wins), with the photo's URI.
+
+        What the next training run learns from (``clazzify ingest --labels-from``) and what
+        the retraining trigger counts.
+
+        Args:
+            since: only labels given after this time.
+
+        Returns:
+            rows of ``image_id, uri, label, labelled_by, labelled_at``, by ``image_id``;
+            ``uri`` is None for a photo the images table does not know.
+        """
+        query = (
+            sa.select(manual_labels.c.image_id, images.c.uri, manual_labels.c.label,
+                      manual_labels.c.labelled_by, manual_labels.c.labelled_at)
+            .select_from(manual_labels.outerjoin(images, images.c.image_id == manual_labels.c.image_id))
+            .order_by(manual_labels.c.image_id)
+        )
+        if since is not None:
+            query = query.where(manual_labels.c.labelled_at > since)
+        with self.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+
     def _current_labels(self, conn: sa.Connection, ids: Sequence[str]) -> dict[str, str]:
         """The current labels of ``ids``, locked until the transaction ends.
 
@@ -726,3 +750,13 @@ class ScoreRepository:
         query = sa.select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def read_manual_labels(url: str, since: datetime | None = None) -> list[dict[str, Any]]:
+    """:meth:`ScoreRepository.manual_labels` of the database at ``url`` (opened, read, closed;
+    the schema is not migrated: a reader never changes the database)."""
+    repo = ScoreRepository.open(url, migrate=False)
+    try:
+        return repo.manual_labels(since)
+    finally:
+        repo.close()

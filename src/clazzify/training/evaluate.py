@@ -20,8 +20,9 @@ from clazzify.core.bundle import Predictor, load_predictor
 from clazzify.core.errors import DataError
 from clazzify.core.imaging import RESAMPLE
 from clazzify.registry.tracking import TrackingConfig, activate, flatten_params
-from clazzify.training.data import DataDirs, as_paths, read_rows, split_files
-from clazzify.training.gate import GateConfig, GateDecision, passes_gate
+from clazzify.training.data import DataDirs, as_paths, read_column, read_rows, split_files
+from clazzify.training.gate import Comparison, GateConfig, GateDecision, passes_gate
+from clazzify.training.lineage import LINEAGE_ARTIFACT, DatasetLineage, digests, lineage_from_manifest
 from clazzify.training.plots import plot_confusion, plot_grid
 
 GRID_MAX = 24
@@ -151,7 +152,14 @@ def evaluate_model(
     test_paths = as_paths(test_paths)
     predictor = load_predictor(bundle_dir, engine)
     probs, labels = predict_split(predictor, test_paths)
-    names = predictor.meta.class_names
+    return write_metrics(test_paths, probs, labels, predictor.meta.class_names, out_dir)
+
+
+def write_metrics(
+    test_paths: Sequence[Path], probs: np.ndarray, labels: np.ndarray, names: Sequence[str], out_dir: Path
+) -> EvalMetrics:
+    """Metrics, confusion matrix and the grid of mistakes of one model's test predictions."""
+    names = list(names)
     metrics = compute_metrics(labels, probs, names)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(metrics.to_json())
@@ -181,6 +189,198 @@ def gate_markdown(decision: GateDecision, metrics: EvalMetrics) -> str:
     return "\n".join(lines) + "\n"
 
 
+def data_class_names(paths: Sequence[Path]) -> list[str]:
+    """The class names the HDF5 ``labels`` index (the ``class_names`` attribute)."""
+    with h5py.File(as_paths(paths)[0], "r") as f:
+        return list(json.loads(f.attrs["class_names"]))
+
+
+def predicted_names(probs: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """Each row's predicted class, by name (what lets two models with different class lists
+    be scored on the same photos)."""
+    return np.asarray(class_names, dtype=object)[probs.argmax(axis=1)]
+
+
+@dataclass(frozen=True)
+class ComparisonSet:
+    """Which test rows champion and challenger are compared on, and why others are left out."""
+
+    mask: np.ndarray  # bool per test row
+    seen_by_champion: np.ndarray  # bool per test row
+    seen_by_challenger: np.ndarray  # bool per test row
+    outside_shared_classes: np.ndarray  # bool per test row
+    shared_classes: list[str]
+
+
+def comparison_set(
+    test_sha256: Sequence[str],
+    true_names: np.ndarray,
+    challenger_classes: Sequence[str],
+    champion_classes: Sequence[str],
+    champion_data: DatasetLineage | None,
+    challenger_data: DatasetLineage | None,
+) -> ComparisonSet:
+    """The test rows neither model learned from, of classes both models have.
+
+    A row is left out when the champion trained (train or val split) on the photo, or on a
+    photo of its near-duplicate group (groups as the challenger's data set draws them, and
+    the champion's own group keys), or when the challenger's data set has it in train/val.
+    """
+    digest = digests(test_sha256)
+    seen_champ = np.zeros(len(digest), dtype=bool)
+    seen_chall = np.zeros(len(digest), dtype=bool)
+    if champion_data is not None:
+        champ_seen = champion_data.seen()
+        seen_champ = np.isin(digest, champ_seen)
+        if challenger_data is not None:
+            # a group is tainted when any member, or its key, was learned from by the champion
+            tainted = np.union1d(
+                challenger_data.group[np.isin(challenger_data.sha, champ_seen)], champion_data.seen_groups()
+            )
+            row_group = dict(zip(challenger_data.sha.tolist(), challenger_data.group.tolist(), strict=True))
+            groups = np.array([row_group.get(d, d) for d in digest.tolist()], dtype=digest.dtype)
+            seen_champ |= np.isin(groups, tainted)
+    if challenger_data is not None:
+        seen_chall = np.isin(digest, challenger_data.seen())
+    shared = sorted(set(challenger_classes) & set(champion_classes))
+    outside = ~np.isin(true_names.astype(str), shared)
+    return ComparisonSet(~seen_champ & ~seen_chall & ~outside, seen_champ, seen_chall, outside, shared)
+
+
+def compare_models(
+    champion: Predictor,
+    test_paths: Sequence[Path],
+    labels: np.ndarray,
+    challenger_probs: np.ndarray,
+    challenger_classes: Sequence[str],
+    champion_data: DatasetLineage | None,
+    challenger_data: DatasetLineage | None,
+    out_dir: Path,
+) -> Comparison:
+    """Score champion and challenger by class name on the test photos neither trained on.
+
+    Writes ``comparison.json``: the counts, the per-class accuracies of both, and the
+    content hashes of every compared photo (so anyone can check them against either
+    model's training set).
+    """
+    data_names = data_class_names(test_paths)
+    true_names = np.asarray(data_names, dtype=object)[labels.astype(int)]
+    sha = read_column(test_paths, "sha256")
+    champion_classes = list(champion.meta.class_names)
+    chosen = comparison_set(sha, true_names, challenger_classes, champion_classes, champion_data, challenger_data)
+    rows = np.flatnonzero(chosen.mask)
+    champion_probs = predict_rows(champion, test_paths, rows)
+    truth = true_names[rows]
+    right_chall = predicted_names(challenger_probs[rows], challenger_classes) == truth
+    right_champ = predicted_names(champion_probs, champion_classes) == truth if len(rows) else np.zeros(0, bool)
+    comparison = Comparison(
+        photos=int(len(rows)),
+        challenger_accuracy=float(right_chall.mean()) if len(rows) else 0.0,
+        champion_accuracy=float(right_champ.mean()) if len(rows) else 0.0,
+        excluded_seen=int((chosen.seen_by_champion & ~chosen.outside_shared_classes).sum()),
+        excluded_classes=int(chosen.outside_shared_classes.sum()),
+        classes_added=sorted(set(challenger_classes) - set(champion_classes)),
+        classes_removed=sorted(set(champion_classes) - set(challenger_classes)),
+        champion_lineage=champion_data is not None,
+    )
+    per_class = {
+        name: {
+            "photos": int((truth == name).sum()),
+            "challenger_accuracy": float(right_chall[truth == name].mean()) if (truth == name).any() else None,
+            "champion_accuracy": float(right_champ[truth == name].mean()) if (truth == name).any() else None,
+        }
+        for name in chosen.shared_classes
+    }
+    (out_dir / "comparison.json").write_text(json.dumps({
+        **asdict(comparison),
+        "seen_by_challenger": int(chosen.seen_by_challenger.sum()),
+        "per_class": per_class,
+        "compared_sha256": sorted(sha[rows].tolist()),
+    }, indent=1))
+    return comparison
+
+
+def predict_rows(predictor: Predictor, paths: Sequence[Path], rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Probabilities of ``predictor`` for the given rows of HDF5 split files."""
+    out = [np.zeros((0, len(predictor.meta.class_names)), dtype=np.float32)]
+    for start in range(0, len(rows), batch_size):
+        images = read_rows(paths, rows[start : start + batch_size])
+        out.append(predictor.predict(resize_batch(images, predictor.meta.image_size)))
+    return np.concatenate(out)
+
+
+def log_lineage(lineage: DatasetLineage, out_dir: Path, source: str = "") -> None:
+    """Write ``lineage/dataset.npz`` + ``dataset.json`` and log them, with an MLflow dataset
+    input (digest, per-class counts, manual labels), to the active run."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    folder = out_dir / "lineage"
+    lineage.save(folder / "dataset.npz")
+    (folder / "dataset.json").write_text(lineage.to_json())
+    summary = lineage.summary()
+    mlflow.log_artifacts(str(folder), "lineage")
+    mlflow.log_input(
+        MetaDataset(resolve_dataset_source(source or str(folder / "dataset.npz")), name="photos",
+                    digest=summary["digest"]),
+        context="training",
+        tags={
+            "photos": str(summary["photos"]),
+            "per_class": json.dumps(summary["per_class"]),
+            "manual_labels": str(summary["manual_labels"]),
+            "label_sources": json.dumps(summary["label_sources"]),
+        },
+    )
+
+
+def model_card(
+    metrics: EvalMetrics, decision: GateDecision, lineage: DatasetLineage | None, model_name: str
+) -> str:
+    """A short Markdown description of the model version: its data, its test metrics per class,
+    the gate's decision and the champion comparison (the registry shows it on the version)."""
+    lines = [f"# {model_name}: {', '.join(metrics.class_names)}", ""]
+    if lineage is not None:
+        summary = lineage.summary()
+        lines += [
+            f"**Data** `{summary['digest']}`: {summary['photos']} photos, "
+            f"{summary['manual_labels']} labels given by people "
+            f"({', '.join(f'{k} {v}' for k, v in summary['label_sources'].items())}).",
+            "",
+            "| class | train | val | test |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {name} | " + " | ".join(str(summary["per_split"][s].get(name, 0)) for s in ("train", "val", "test"))
+            + " |"
+            for name in summary["class_names"]
+        ]
+        lines.append("")
+    lines += [
+        f"**Test** ({metrics.n} photos): accuracy {metrics.accuracy:.4f}, ECE {metrics.ece:.4f}.",
+        "",
+        "| class | precision | recall | f1 | support |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {n} | {metrics.precision[n]:.3f} | {metrics.recall[n]:.3f} | {metrics.f1[n]:.3f} | {metrics.support[n]} |"
+        for n in metrics.class_names
+    ]
+    c = decision.comparison
+    lines += ["", f"**Gate**: {decision.verdict}."]
+    if c is not None:
+        lines.append(
+            f"Compared with champion v{decision.champion_version} on {c.photos} test photos neither trained on: "
+            f"{c.challenger_accuracy:.4f} vs {c.champion_accuracy:.4f}"
+            + (f"; class set changed (added {c.classes_added}, removed {c.classes_removed})"
+               if c.class_set_changed else "") + "."
+        )
+    else:
+        lines.append("No champion to compare with.")
+    lines += [""] + [f"- {r}" for r in decision.reasons]
+    return "\n".join(lines) + "\n"
+
+
 def evaluate_and_gate(
     bundle_dir: Path,
     data_dirs: DataDirs,
@@ -189,44 +389,81 @@ def evaluate_and_gate(
     *,
     model_name: str,
     tracking: TrackingConfig | None = None,
+    manifest: Path | None = None,
+    ingested_at: str = "",
+    source: str = "",
 ) -> tuple[EvalMetrics, GateDecision]:
-    """Evaluate the challenger, re-evaluate the champion on the same split, decide.
+    """Evaluate the challenger; compare it with the champion on the test photos neither
+    trained on, scoring both by class name; decide.
+
+    Args:
+        manifest: ingest's split manifest of this run's data set. With it the data set's
+            lineage (content hashes, splits, labels and their sources) is written to
+            ``lineage/`` and logged to the run, and near-duplicates of the champion's
+            training photos are left out of the comparison too.
+        ingested_at: when ingest read the source and labels (recorded in the lineage).
+        source: where the photos came from (the MLflow dataset's source).
 
     Raises:
         ConfigError: the gate is mis-set (names an unknown class).
         DataError: the test split is missing or empty.
     """
     test_paths = split_files(data_dirs, "test")  # the gate needs a test split
-    metrics = evaluate_model(bundle_dir, test_paths, out_dir)
+    predictor = load_predictor(bundle_dir)
+    probs, labels = predict_split(predictor, test_paths)
+    names = list(predictor.meta.class_names)
+    if data_class_names(test_paths) != names:
+        raise DataError(
+            f"the model's classes {names} are not the test data's {data_class_names(test_paths)}: "
+            "evaluate a model on the data set it was trained from"
+        )
+    metrics = write_metrics(test_paths, probs, labels, names, out_dir)
     gate.check_classes(metrics.class_names)
+    lineage = lineage_from_manifest(manifest, ingested_at) if manifest else None
     champion = None
-    champion_metrics = None
+    comparison = None
     if tracking:
         import mlflow
 
-        from clazzify.registry.versions import download_champion
+        from clazzify.registry.versions import download_champion, download_run_file
 
         activate(tracking)
         champion = download_champion(model_name, out_dir / "champion")
         if champion:
-            champion_metrics = evaluate_model(champion.bundle_dir, test_paths, out_dir / "champion_eval")
+            lineage_file = (
+                download_run_file(champion.run_id, LINEAGE_ARTIFACT, out_dir / "champion_lineage")
+                if champion.run_id else None
+            )
+            champion_data = DatasetLineage.load(lineage_file) if lineage_file else None
+            comparison = compare_models(
+                load_predictor(champion.bundle_dir), test_paths, labels, probs, names,
+                champion_data, lineage, out_dir,
+            )
     decision = passes_gate(
         metrics.accuracy,
         metrics.recall,
         gate,
-        champion_accuracy=champion_metrics.accuracy if champion_metrics else None,
         champion_version=champion.version if champion else None,
+        comparison=comparison,
     )
     (out_dir / "gate_report.json").write_text(decision.to_json())
     (out_dir / "gate_report.md").write_text(gate_markdown(decision, metrics))
+    (out_dir / "model_card.md").write_text(model_card(metrics, decision, lineage, model_name))
     if tracking:
         with mlflow.start_run(run_id=tracking.run_id):
             mlflow.log_params(flatten_params({"gate": asdict(gate)}))
             mlflow.log_metrics(metrics.flat())
-            if champion_metrics:
-                mlflow.log_metric("champion_test_accuracy", champion_metrics.accuracy)
-            for name in ("metrics.json", "confusion.json", "confusion.png", "misclassified.png",
-                         "gate_report.json", "gate_report.md"):
+            if comparison and comparison.photos:
+                mlflow.log_metrics({"champion_compared_accuracy": comparison.champion_accuracy,
+                                    "challenger_compared_accuracy": comparison.challenger_accuracy,
+                                    "compared_photos": comparison.photos})
+            if lineage is not None:
+                log_lineage(lineage, out_dir, source)
+            names_out = ["metrics.json", "confusion.json", "confusion.png", "misclassified.png",
+                         "gate_report.json", "gate_report.md", "model_card.md"]
+            if comparison:
+                names_out.append("comparison.json")
+            for name in names_out:
                 mlflow.log_artifact(str(out_dir / name), "evaluation")
             mlflow.set_tags({"gate": "passed" if decision.passed else "failed",
                              "gate.reasons": "; ".join(decision.reasons)[:5000]})

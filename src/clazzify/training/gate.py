@@ -46,6 +46,37 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """Champion and challenger measured on the same photos, which neither trained on.
+
+    Attributes:
+        photos: test photos both were scored on.
+        challenger_accuracy: the challenger's accuracy on them (by class name).
+        champion_accuracy: the champion's accuracy on them (by class name).
+        excluded_seen: test photos left out because the champion learned from them or from a
+            near-duplicate of them (its train or val split).
+        excluded_classes: test photos of a class one of the two models does not have.
+        classes_added: classes the challenger has and the champion lacks.
+        classes_removed: classes the champion has and the challenger lacks.
+        champion_lineage: False when the champion recorded no training photos (registered
+            before lineage was kept): then no photo could be excluded as seen.
+    """
+
+    photos: int
+    challenger_accuracy: float
+    champion_accuracy: float
+    excluded_seen: int = 0
+    excluded_classes: int = 0
+    classes_added: list[str] = field(default_factory=list)
+    classes_removed: list[str] = field(default_factory=list)
+    champion_lineage: bool = True
+
+    @property
+    def class_set_changed(self) -> bool:
+        return bool(self.classes_added or self.classes_removed)
+
+
+@dataclass(frozen=True)
 class GateDecision:
     """Whether the challenger may be registered, and why."""
 
@@ -54,6 +85,7 @@ class GateDecision:
     challenger_accuracy: float
     champion_accuracy: float | None = None
     champion_version: str | None = None
+    comparison: Comparison | None = None
 
     @property
     def verdict(self) -> str:
@@ -70,6 +102,7 @@ def passes_gate(
     *,
     champion_accuracy: float | None = None,
     champion_version: str | None = None,
+    comparison: Comparison | None = None,
 ) -> GateDecision:
     """Decide whether a challenger passes.
 
@@ -78,8 +111,12 @@ def passes_gate(
         recall: challenger's recall per class.
         cfg: thresholds.
         champion_accuracy: the current champion's accuracy on the same test split,
-            or None when there is no champion (absolute gate only).
+            or None when there is no champion (absolute gate only); ignored when
+            ``comparison`` is given.
         champion_version: for the report.
+        comparison: both models on the test photos neither trained on; the regression
+            check compares these two accuracies. The absolute thresholds always apply to
+            the challenger's whole test split.
 
     Raises:
         ConfigError: the gate names a class the model does not have.
@@ -104,7 +141,34 @@ def passes_gate(
         reasons.append(
             f"every class's recall >= its floor (closest: {tight!r} {recall[tight]:.4f} >= {floors[tight]:.4f})"
         )
-    if champion_accuracy is None:
+    if comparison is not None:
+        if comparison.class_set_changed:
+            reasons.append(
+                f"the class set changed since champion v{champion_version}: added "
+                f"{comparison.classes_added or 'none'}, removed {comparison.classes_removed or 'none'}; "
+                "the comparison uses the shared classes only"
+            )
+        if not comparison.champion_lineage:
+            reasons.append(
+                f"champion v{champion_version} recorded no training photos (registered before lineage): "
+                "the comparison cannot exclude what it trained on"
+            )
+        seen = f"{comparison.excluded_seen} test photos the champion trained on left out"
+        if comparison.photos == 0:
+            reasons.append(f"no test photo left to compare with champion v{champion_version} ({seen}): "
+                           "absolute gate only")
+            champion_accuracy = None
+        else:
+            floor = comparison.champion_accuracy - cfg.max_regression
+            passed = comparison.challenger_accuracy >= floor
+            ok = ok and passed
+            reasons.append(
+                f"on {comparison.photos} test photos neither model trained on ({seen}): accuracy "
+                f"{comparison.challenger_accuracy:.4f} {'>=' if passed else '<'} champion v{champion_version} "
+                f"{comparison.champion_accuracy:.4f} - max_regression {cfg.max_regression:.4f}"
+            )
+            champion_accuracy = comparison.champion_accuracy
+    elif champion_accuracy is None:
         reasons.append("no champion yet: absolute gate only")
     else:
         floor = champion_accuracy - cfg.max_regression
@@ -114,4 +178,4 @@ def passes_gate(
             f"accuracy {accuracy:.4f} {relation} champion v{champion_version} "
             f"{champion_accuracy:.4f} - max_regression {cfg.max_regression:.4f}"
         )
-    return GateDecision(ok, reasons, accuracy, champion_accuracy, champion_version)
+    return GateDecision(ok, reasons, accuracy, champion_accuracy, champion_version, comparison)

@@ -16,12 +16,14 @@ import hashlib
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from itertools import combinations
+from datetime import UTC, datetime
+from itertools import chain, combinations
 from math import comb
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -30,11 +32,14 @@ from clazzify.core import storage
 from clazzify.core.errors import ConfigError, DataError, ImageError, StorageError
 from clazzify.core.imaging import ImageLimits, content_hash, decode_image
 from clazzify.core.manifest import is_manifest, read_manifest_rows
+from clazzify.training.lineage import DatasetLineage
 
 SPLITS = ("train", "val", "test")
-MANIFEST_FIELDS = ("uri", "label", "split", "sha256", "width", "height", "group", "phash", "shard")
+MANIFEST_FIELDS = (
+    "uri", "label", "split", "sha256", "width", "height", "group", "phash", "shard", "label_source",
+)
 #: Columns a split manifest may lack (older manifests); they read as the field default.
-OPTIONAL_FIELDS = frozenset({"phash", "shard"})
+OPTIONAL_FIELDS = frozenset({"phash", "shard", "label_source"})
 #: JPEGs are validated with DCT scaling down to at least this side (pHash needs ~128 px).
 VALIDATE_DRAFT = 256
 #: Centre-crop scales hashed per image, so lightly cropped copies still match.
@@ -94,10 +99,25 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class Item:
-    """One image as listed by a source."""
+    """One image as listed by a source, and where its label came from
+    (``folder``, ``manifest``, ``manual`` or ``relabel_csv``: the lineage's label sources)."""
 
     uri: str
     label: str
+    source: str = "folder"
+
+
+@dataclass(frozen=True)
+class LabelOverride:
+    """A label a person gave a photo, which wins over its folder or manifest label.
+
+    Attributes:
+        label: the class.
+        source: ``manual`` (the scores database's manual labels) or ``relabel_csv``.
+    """
+
+    label: str
+    source: str = "manual"
 
 
 @dataclass
@@ -113,6 +133,7 @@ class Record:
     split: str = ""
     phash: str = ""
     shard: int = 0
+    label_source: str = "folder"
 
     @property
     def hashes(self) -> list[int]:
@@ -147,6 +168,14 @@ class IngestReport:
     shard_sizes: list[int] = field(default_factory=list)
     #: accepted photos whose content the champion's dataset did not hold (None: no champion known)
     new_since_champion: int | None = None
+    #: labels changed by a person's label, per source (manual, relabel_csv)
+    label_overrides: dict[str, int] = field(default_factory=dict)
+    #: people's labels for photos the source does not list
+    label_overrides_unmatched: int = 0
+    #: accepted photos per label source (folder, manifest, manual, relabel_csv)
+    label_sources: dict[str, int] = field(default_factory=dict)
+    #: when the source and the labels were read (UTC, ISO 8601): labels given later are new
+    ingested_at: str = ""
 
     @property
     def shards(self) -> list[int]:
@@ -164,6 +193,12 @@ class IngestReport:
             f"{sum(self.quarantined.values())} quarantined, "
             f"{self.duplicates_removed} exact duplicates removed, "
             f"{len(self.near_duplicate_groups)} near-duplicate groups kept within one split.",
+            "",
+            "Labels by source: " + (", ".join(f"{k} {v}" for k, v in sorted(self.label_sources.items())) or "-")
+            + "; overridden by people: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(self.label_overrides.items())) or "none")
+            + (f" ({self.label_overrides_unmatched} labels matched no listed photo)"
+               if self.label_overrides_unmatched else "") + ".",
             "",
             "New since the champion's dataset: "
             + ("unknown (no champion dataset)" if self.new_since_champion is None
@@ -202,7 +237,71 @@ def read_manifest(uri: str) -> list[Item]:
         DataError: a row is not an object, lacks ``uri`` or ``label``, or leaves one empty.
     """
     rows = read_manifest_rows(uri, ("uri", "label"))
-    return [Item(row.get("uri"), row.get("label")) for row in rows]
+    return [Item(row.get("uri"), row.get("label"), "manifest") for row in rows]
+
+
+def uri_key(uri: str) -> str:
+    """A URI as labels are matched on: ``file://`` and relative local paths made absolute."""
+    uri = uri.strip()
+    if uri.startswith("file://"):
+        uri = uri.removeprefix("file://")
+    if "://" in uri:
+        return uri
+    return os.path.abspath(uri)
+
+
+def read_relabel_overrides(uri: str) -> dict[str, LabelOverride]:
+    """The corrected labels of a relabel CSV (``uri``, ``corrected_label``), keyed by :func:`uri_key`.
+
+    Rows with an empty ``corrected_label`` are skipped; a photo answered twice keeps the last.
+
+    Raises:
+        DataError: the CSV lacks the columns (names them and the file).
+    """
+    rows = read_manifest_rows(uri, ("uri",))
+    if rows and "corrected_label" not in rows[0].values:
+        raise DataError(
+            f"{uri}: a relabel CSV needs a corrected_label column (written by relabel-export or "
+            "find-label-issues, filled in by moderators)"
+        )
+    return {
+        uri_key(row.get("uri")): LabelOverride(row.get("corrected_label"), "relabel_csv")
+        for row in rows
+        if row.get("corrected_label")
+    }
+
+
+def manual_label_overrides(rows: Iterable[Mapping[str, Any]]) -> dict[str, LabelOverride]:
+    """Overrides from the scores database's manual labels (rows with ``uri`` and ``label``, as
+    ``ScoreRepository.manual_labels()`` returns them; the caller reads the database, so
+    training needs no database code). Rows without a URI cannot match a photo and are skipped."""
+    return {uri_key(str(r["uri"])): LabelOverride(str(r["label"]), "manual") for r in rows if r.get("uri")}
+
+
+def apply_label_overrides(
+    items: Sequence[Item], overrides: Mapping[str, LabelOverride]
+) -> tuple[list[Item], dict[str, int], int]:
+    """Give each listed photo the label a person gave it, if any.
+
+    Returns:
+        (items, how many labels each source changed, how many overrides matched no listed photo).
+    """
+    if not overrides:
+        return list(items), {}, 0
+    out: list[Item] = []
+    changed: Counter[str] = Counter()
+    used: set[str] = set()
+    for item in items:
+        key = uri_key(item.uri)
+        override = overrides.get(key)
+        if override is None:
+            out.append(item)
+            continue
+        used.add(key)
+        if override.label != item.label:
+            changed[override.source] += 1
+        out.append(Item(item.uri, override.label, override.source))
+    return out, dict(changed), len(set(overrides) - used)
 
 
 def list_source(source: str) -> list[Item]:
@@ -236,7 +335,8 @@ def check_item(item: Item, limits: ImageLimits) -> Record | Rejected:
     except ImageError as e:
         return Rejected(item.uri, item.label, e.reason, str(e))
     digest = content_hash(data)
-    return Record(item.uri, item.label, digest, img.width, img.height, group=digest, phash=perceptual_hashes(img))
+    return Record(item.uri, item.label, digest, img.width, img.height, group=digest, phash=perceptual_hashes(img),
+                  label_source=item.source)
 
 
 def perceptual_hashes(img) -> str:
@@ -284,8 +384,9 @@ def _band_plan(max_distance: int, n: int) -> tuple[list[tuple[int, int]], int]:
     best: tuple[float, int] | None = None
     for m in range(1, 9):
         width, radius = 64 // m, max_distance // m
-        probes = m * sum(comb(width, k) for k in range(radius + 1))
-        cost = probes * (1 + 3 * n / 2.0**width)
+        probes = 3 * m * sum(comb(width, k) for k in range(radius + 1))  # 3 hashes per photo
+        # measured in CPython: a band lookup costs ~30 probes, a bucket hit ~20 (set.update)
+        cost = 30 * 3 * m + probes * (1 + 20 * 3 * n / 2.0**width)
         if best is None or cost < best[0]:
             best = (cost, m)
     m = best[1] if best else 1
@@ -331,10 +432,10 @@ class LeaderIndex:
         found: set[int] = set()
         for b, bucket in enumerate(self.buckets):
             shift, width = self.bands[b]
-            for h in hashes:
-                probes = (np.uint64((h >> shift) & ((1 << width) - 1)) ^ self.masks[b]).tolist()
-                for value in bucket.keys() & set(probes):
-                    found.update(bucket[value])
+            values = np.array([(h >> shift) & ((1 << width) - 1) for h in hashes], dtype=np.uint64)
+            probes = set(np.bitwise_xor.outer(values, self.masks[b]).ravel().tolist())
+            # the set operations and the gathering run in C: no Python loop per probe or hit
+            found.update(chain.from_iterable(map(bucket.__getitem__, bucket.keys() & probes)))
         if not found:
             return None
         ids = np.fromiter(found, dtype=np.int64, count=len(found))
@@ -354,41 +455,64 @@ class Grouping:
     suspect: list[list[str]]
 
 
-def group_near_duplicates(records: Sequence[Record], max_distance: int, max_group_size: int = 50) -> Grouping:
+#: Hex digits of a content hash that name a photo or group in the lineage (128 bits).
+KEY_HEX = 32
+
+
+def group_near_duplicates(
+    records: Sequence[Record],
+    max_distance: int,
+    max_group_size: int = 50,
+    previous: Mapping[str, str] | None = None,
+) -> Grouping:
     """Give near-identical records one ``group``: the content hash of its representative.
 
-    Records are visited in content-hash order; each joins the nearest representative within
-    ``max_distance`` bits, or becomes one. A photo joins a group only when it is near the
-    group's representative, never through a chain of members (the old union-find made one
-    4,687-photo group out of 10,000 synthetic photos), so any two members are within
-    ``2 * max_distance`` bits. The group key is the representative's content hash, which is
-    what the split hashes: a group keeps its split as the collection grows unless a new
-    near-duplicate that sorts before its representative arrives.
+    Photos the previous data set held (``previous``: photo key -> group key, the first
+    :data:`KEY_HEX` hex digits of each, from the champion's lineage) keep their group, so a
+    group's key, and with it its split, stays put as the collection grows. The other photos
+    are visited in content-hash order; each joins the nearest representative (an old group's
+    or a new one's) within ``max_distance`` bits, or becomes one. A photo joins a group only
+    when it is near the group's representative, never through a chain of members (the old
+    union-find made one 4,687-photo group out of 10,000 synthetic photos), so any two
+    members are within ``2 * max_distance`` bits.
 
     Returns:
         the groups of more than one URI, and those larger than ``max_group_size`` (suspect:
         a look-alike class such as blank menu pages, worth a look before training).
     """
+    previous = previous or {}
     for rec in records:
         rec.group = rec.sha256
     if max_distance < 0 or len(records) < 2:
         return Grouping([], [])
     ordered = sorted(records, key=lambda r: r.sha256)
+    by_key = {r.sha256[:KEY_HEX]: r for r in ordered}
     index = LeaderIndex(max_distance, capacity=len(ordered))
-    leaders: list[Record] = []
-    members: dict[int, list[Record]] = defaultdict(list)
+    leaders: list[str] = []  # leader id -> group key
+    members: dict[str, list[Record]] = defaultdict(list)
+    new: list[Record] = []
     for rec in ordered:
+        old_group = previous.get(rec.sha256[:KEY_HEX])
+        if old_group is None:
+            new.append(rec)
+            continue
+        representative = by_key.get(old_group)
+        rec.group = representative.sha256 if representative else old_group
+        members[rec.group].append(rec)
+        if rec is representative and rec.hashes:
+            index.add(rec.hashes)
+            leaders.append(rec.group)
+    for rec in new:
         hashes = rec.hashes
         if not hashes:
             continue
         hit = index.nearest(hashes)
         if hit is None:
-            leader = index.add(hashes)
-            leaders.append(rec)
+            index.add(hashes)
+            leaders.append(rec.sha256)
         else:
-            leader = hit[0]
-            rec.group = leaders[leader].sha256
-        members[leader].append(rec)
+            rec.group = leaders[hit[0]]
+        members[rec.group].append(rec)
     groups = sorted(sorted(r.uri for r in recs) for recs in members.values() if len(recs) > 1)
     suspect = [g for g in groups if len(g) > max_group_size]
     return Grouping(groups, suspect)
@@ -428,7 +552,7 @@ def split_position(group: str, seed: int) -> float:
     group to another split (the old seeded permutation reshuffled every group whenever one
     was added, putting the champion's training photos into the next test split).
     """
-    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}:{group[:KEY_HEX]}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
@@ -520,6 +644,7 @@ def read_split_manifest(path: Path) -> list[Record]:
                 split=row["split"],
                 phash=row.get("phash") or "",
                 shard=int(row.get("shard") or 0),
+                label_source=row.get("label_source") or "folder",
             )
             for row in reader
         ]
@@ -532,7 +657,8 @@ def ingest_images(
     cfg: IngestConfig = IngestConfig(),
     *,
     progress: bool = True,
-    champion_hashes: Collection[str] | None = None,
+    champion_data: DatasetLineage | None = None,
+    label_overrides: Mapping[str, LabelOverride] | None = None,
 ) -> IngestReport:
     """Validate, de-duplicate and split every image of ``source``.
 
@@ -542,16 +668,21 @@ def ingest_images(
         report_dir: folder for ``report.json``, ``report.md`` and ``quarantine.csv``.
         cfg: split and quality settings.
         progress: show a progress bar.
-        champion_hashes: content hashes of the champion's dataset, to count what is new.
+        champion_data: the champion's data set (its lineage), to count the photos that are new.
+        label_overrides: labels people gave photos, keyed by :func:`uri_key` (the scores
+            database's manual labels, a relabel CSV's corrections); they win over the folder
+            or manifest label, and the manifest's ``label_source`` column records which won.
 
     Raises:
         StorageError: the source cannot be reached.
         DataError: nothing usable was found, or a class is too small to split.
     """
+    started = datetime.now(UTC).isoformat()
     storage.preflight(source)
     items = list_source(source)
     if not items:
         raise DataError(f"no files found under {source}")
+    items, overridden, unmatched = apply_label_overrides(items, label_overrides or {})
     workers = cfg.workers or 2 * (os.cpu_count() or 1)
     limits = cfg.limits
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -568,7 +699,8 @@ def ingest_images(
     rejected = [r for r in results if isinstance(r, Rejected)]
     kept, conflicts, dup_groups = remove_duplicates(accepted)
     rejected += conflicts
-    grouping = group_near_duplicates(kept, cfg.near_duplicate_distance, cfg.max_group_size)
+    grouping = group_near_duplicates(kept, cfg.near_duplicate_distance, cfg.max_group_size,
+                                     champion_data.group_keys() if champion_data is not None else None)
     if not kept:
         reasons = Counter(r.reason for r in rejected)
         raise DataError(f"no usable image in {source}: all {len(items)} quarantined {dict(reasons)}")
@@ -593,8 +725,12 @@ def ingest_images(
         near_duplicate_groups=grouping.groups,
         suspect_groups=grouping.suspect,
         shard_sizes=shard_sizes,
-        new_since_champion=None if champion_hashes is None
-        else sum(r.sha256 not in champion_hashes for r in split),
+        new_since_champion=None if champion_data is None
+        else int((~champion_data.holds(r.sha256 for r in split)).sum()),
+        label_overrides=overridden,
+        label_overrides_unmatched=unmatched,
+        label_sources=dict(Counter(r.label_source for r in split)),
+        ingested_at=started,
     )
     (report_dir / "report.json").write_text(report.to_json())
     (report_dir / "report.md").write_text(report.to_markdown())

@@ -1,0 +1,80 @@
+"""`clazzify retrain` end to end on the KFP local runner: no champion trains one; nothing new
+does nothing; manual labels given since the champion's data set start a run that learns them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from clazzify.cli import main
+from clazzify.scoring.scores import Batch, ImageRow, ScoreRepository
+
+pytestmark = pytest.mark.components
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+TINY = ["image_size=32", "architecture=compact", "epochs=1", "batch_size=16", "patience=0",
+        "min_class_recall=0.0", "min_accuracy=0.0", "max_regression=1.0"]
+
+
+def retrain(source: Path, home: Path, db: str, *extra: str) -> tuple[dict, str]:
+    args = ["retrain", str(source), "--home", str(home), "--labels-from", db, "--min-new-photos", "50",
+            "--min-new-labels", "3", "--checkout", str(CHECKOUT), *extra]
+    for s in TINY:
+        args += ["--set", s]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    text = result.output
+    return json.loads(text[text.index("{"): text.rindex("}") + 1]), text
+
+
+@pytest.mark.slow
+def test_added_labels_trigger_a_run(demo_dir: Path, tmp_path: Path):
+    import mlflow
+
+    source = tmp_path / "photos"
+    shutil.copytree(demo_dir, source)
+    home = tmp_path / "home"
+    db = f"sqlite:///{tmp_path / 'scores.db'}"
+    ScoreRepository.open(db).close()
+
+    first, _ = retrain(source, home, db)
+    assert first["retrain"] and "no champion" in first["reason"]
+    quiet, _ = retrain(source, home, db, "--dry-run")
+    assert not quiet["retrain"] and quiet["evidence"]["new_photos"] == 0
+    assert quiet["evidence"]["new_labels"] == 0
+
+    food = sorted((source / "food").glob("*.png"))[:3]
+    repo = ScoreRepository.open(db)
+    repo.save(Batch(images=[ImageRow(f"i{k}", str(p)) for k, p in enumerate(food)]))
+    repo.add_manual_labels([(f"i{k}", "menu") for k in range(3)], labelled_by="moderator")
+    repo.close()
+    labelled, _ = retrain(source, home, db)
+    assert labelled["retrain"] and "3 new manual labels" in labelled["reason"]
+
+    mlflow.set_tracking_uri(f"sqlite:///{(home / 'mlflow.db').resolve()}")
+    runs = mlflow.search_runs(experiment_names=["clazzify"], order_by=["start_time DESC"])
+    latest = mlflow.MlflowClient().get_run(runs.iloc[0]["run_id"])
+    tags = {t.key: t.value for t in latest.inputs.dataset_inputs[0].tags}
+    assert tags["manual_labels"] == "3"
+
+
+def test_the_recurring_pipeline_checks_before_every_step(tmp_path: Path):
+    import yaml
+    from kfp import compiler
+
+    from pipelines.train import make_pipeline
+
+    path = tmp_path / "daily.yaml"
+    compiler.Compiler().compile(make_pipeline(trigger=True), str(path))
+    spec = next(yaml.safe_load_all(path.read_text()))
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"retrain-check", "condition-1"}
+    assert "retrain" in root["condition-1"]["triggerPolicy"]["condition"]
+    inner = spec["components"][root["condition-1"]["componentRef"]["name"]]["dag"]["tasks"]
+    assert {"ingest", "train", "evaluate"} <= set(inner)
+    assert any(name.startswith("condition") for name in inner)  # the gate, nested
+    assert spec["root"]["inputDefinitions"]["parameters"]["min_new_labels"]["parameterType"] == "NUMBER_INTEGER"
