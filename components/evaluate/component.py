@@ -14,6 +14,7 @@ def evaluate(
     min_accuracy: float,
     max_regression: float,
     min_class_recall: float,
+    min_class_precision: float,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
     metrics: Output[Metrics],
@@ -27,7 +28,8 @@ def evaluate(
     from clazzify.training.evaluate import evaluate_and_gate, gate_markdown
     from clazzify.training.gate import GateConfig
 
-    gate = GateConfig(min_accuracy=min_accuracy, max_regression=max_regression, min_class_recall=min_class_recall)
+    gate = GateConfig(min_accuracy=min_accuracy, max_regression=max_regression, min_class_recall=min_class_recall,
+                      min_class_precision=min_class_precision)
     result, decision = evaluate_and_gate(
         Path(model.path) / "bundle", [Path(d.path) for d in train_data], Path(evaluation.path), gate,
         model_name=model_name, tracking=TrackingConfig(mlflow_tracking_uri, mlflow_experiment, run_id=run_id),

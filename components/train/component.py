@@ -18,6 +18,9 @@ def train(
     init_weights: str,
     label_smoothing: float,
     class_weighting: str,
+    frozen_backbone: bool,
+    head_l2: float,
+    feature_cache: str,
     seed: int,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
@@ -36,6 +39,7 @@ def train(
         architecture=architecture, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         patience=patience, init_weights=init_weights or None, seed=seed,
         label_smoothing=label_smoothing, class_weighting=class_weighting,
+        frozen_backbone=frozen_backbone, head_l2=head_l2, feature_cache=feature_cache,
     )
     out = Path(model.path)
     result = train_model(

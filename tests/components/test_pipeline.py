@@ -16,7 +16,7 @@ from pipelines.train import DEFAULT_PARALLELISM, make_pipeline, parse_overrides,
 pytestmark = pytest.mark.components
 
 TINY = {"image_size": 32, "architecture": "compact", "epochs": 1, "batch_size": 16, "patience": 0,
-        "min_class_recall": 0.0}
+        "init_weights": "", "frozen_backbone": False, "min_class_recall": 0.0, "min_class_precision": 0.0}
 
 
 @pytest.fixture(scope="module")

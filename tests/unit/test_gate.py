@@ -66,3 +66,35 @@ def test_a_passing_recall_floor_names_the_class_closest_to_it():
     assert "every class's recall >= its floor (closest: 'menu' 0.8000 >= 0.7500)" in decision.reasons
     off = passes_gate(0.9, RECALL, GateConfig(min_class_recall=0.0))
     assert not any("floor" in r for r in off.reasons)  # no floor, nothing claimed
+
+
+# The issue-15 champion: 56% of the photos it called ambiance were ambiance.
+PRECISION = {"ambiance": 0.56, "food": 0.97, "human": 0.95, "menu": 0.99}
+PRECISION_CASES = [
+    # (config, precision, expected pass, reason fragment)
+    (GateConfig(min_class_precision=0.8), PRECISION, False, "precision of 'ambiance' 0.5600 < floor 0.8000"),
+    (GateConfig(min_class_precision=0.5), PRECISION, True, "closest: 'ambiance' 0.5600 >= 0.5000"),
+    (GateConfig(min_class_precision=0.8, class_precision={"ambiance": 0.5}), PRECISION, True, "closest: 'ambiance'"),
+    (GateConfig(min_class_precision=0.0), PRECISION, True, None),  # off
+    (GateConfig(min_class_precision=0.99), None, True, None),  # no precision given: not checked
+]
+
+
+@pytest.mark.parametrize(("cfg", "precision", "expected", "fragment"), PRECISION_CASES)
+def test_precision_floor(cfg, precision, expected, fragment):
+    recall = {"ambiance": 1.0, "food": 0.9, "human": 0.9, "menu": 0.9}
+    decision = passes_gate(0.9, recall, cfg, precision=precision)
+    assert decision.passed is expected
+    if fragment:
+        assert any(fragment in r for r in decision.reasons), decision.reasons
+    else:
+        assert not any("precision" in r for r in decision.reasons)
+
+
+def test_precision_floor_validation():
+    with pytest.raises(ConfigError, match="min_class_precision"):
+        GateConfig(min_class_precision=1.5)
+    with pytest.raises(ConfigError, match="precision floor for class 'food'"):
+        GateConfig(class_precision={"food": -0.1})
+    with pytest.raises(ConfigError, match="pizza"):
+        passes_gate(0.9, RECALL, GateConfig(class_precision={"pizza": 0.5}), precision=RECALL)

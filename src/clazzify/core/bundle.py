@@ -34,6 +34,10 @@ class BundleMeta:
     ``registered_name`` and ``registry_version`` are empty until registration writes them
     into the registered copy, so a bundle fetched outside MLflow (KServe's storage
     initializer puts it in ``/mnt/models``) still knows which registry version it is.
+
+    ``temperature``: the softmax temperature fitted on validation data (temperature
+    scaling). It is already folded into the model's classifier, so the model's outputs are
+    the calibrated probabilities; it is recorded here for audit (1.0 = not calibrated).
     """
 
     class_names: list[str]
@@ -43,6 +47,7 @@ class BundleMeta:
     code_version: str
     registered_name: str = ""
     registry_version: str = ""
+    temperature: float = 1.0
 
     def save(self, bundle_dir: Path) -> None:
         (bundle_dir / META_FILE).write_text(json.dumps(asdict(self), indent=2))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import h5py
@@ -20,10 +20,12 @@ from clazzify.core.bundle import Predictor, load_predictor
 from clazzify.core.errors import DataError
 from clazzify.core.imaging import RESAMPLE
 from clazzify.registry.tracking import TrackingConfig, activate, flatten_params
+from clazzify.training.calibration import expected_calibration_error
 from clazzify.training.data import DataDirs, as_paths, read_column, read_rows, split_files
 from clazzify.training.gate import Comparison, GateConfig, GateDecision, passes_gate
 from clazzify.training.lineage import LINEAGE_ARTIFACT, DatasetLineage, digests, lineage_from_manifest
 from clazzify.training.plots import plot_confusion, plot_grid
+from clazzify.training.stats import wilson_interval
 
 GRID_MAX = 24
 
@@ -41,34 +43,23 @@ class EvalMetrics:
     support: dict[str, int]
     confusion: list[list[int]]
     ece: float
+    #: 95% Wilson intervals: what the numbers above say about photos not in this split.
+    accuracy_interval: tuple[float, float] = (0.0, 1.0)
+    recall_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
+    precision_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
     def flat(self, prefix: str = "test_") -> dict[str, float]:
         """Scalar metrics for MLflow (``test_accuracy``, ``test_recall_food`` ...)."""
-        out = {f"{prefix}accuracy": self.accuracy, f"{prefix}ece": self.ece}
+        out = {f"{prefix}accuracy": self.accuracy, f"{prefix}ece": self.ece,
+               f"{prefix}accuracy_low": self.accuracy_interval[0], f"{prefix}accuracy_high": self.accuracy_interval[1]}
         for name in self.class_names:
             out[f"{prefix}precision_{name}"] = self.precision[name]
             out[f"{prefix}recall_{name}"] = self.recall[name]
             out[f"{prefix}f1_{name}"] = self.f1[name]
         return out
-
-
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
-    """ECE: mean |accuracy - confidence| over equal-width confidence bins, weighted by size."""
-    if len(y_true) == 0:
-        return 0.0
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y_true
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(ece)
 
 
 def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> EvalMetrics:
@@ -97,6 +88,9 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence
         support=dict(zip(names, actual.astype(int).tolist(), strict=True)),
         confusion=confusion.tolist(),
         ece=expected_calibration_error(y_true, probs),
+        accuracy_interval=wilson_interval(int(tp.sum()), int(len(y_true))),
+        recall_interval={n: wilson_interval(int(tp[i]), int(actual[i])) for i, n in enumerate(names)},
+        precision_interval={n: wilson_interval(int(tp[i]), int(predicted[i])) for i, n in enumerate(names)},
     )
 
 
@@ -177,15 +171,21 @@ def gate_markdown(decision: GateDecision, metrics: EvalMetrics) -> str:
         "",
         *[f"- {r}" for r in decision.reasons],
         "",
-        "| class | precision | recall | f1 | support |",
+        "| class | precision (95% CI) | recall (95% CI) | f1 | support |",
         "|---|---:|---:|---:|---:|",
     ]
+
+    def ci(interval) -> str:
+        return f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
+
     for name in metrics.class_names:
         lines.append(
-            f"| {name} | {metrics.precision[name]:.3f} | {metrics.recall[name]:.3f} | "
+            f"| {name} | {metrics.precision[name]:.3f}{ci(metrics.precision_interval.get(name))} | "
+            f"{metrics.recall[name]:.3f}{ci(metrics.recall_interval.get(name))} | "
             f"{metrics.f1[name]:.3f} | {metrics.support[name]} |"
         )
-    lines += ["", f"accuracy {metrics.accuracy:.4f} on {metrics.n} test images, ECE {metrics.ece:.4f}"]
+    lines += ["", f"accuracy {metrics.accuracy:.4f} (95% Wilson interval {metrics.accuracy_interval[0]:.3f}-"
+              f"{metrics.accuracy_interval[1]:.3f}) on {metrics.n} test images, ECE {metrics.ece:.4f}"]
     return "\n".join(lines) + "\n"
 
 
@@ -445,6 +445,7 @@ def evaluate_and_gate(
         gate,
         champion_version=champion.version if champion else None,
         comparison=comparison,
+        precision=metrics.precision,
     )
     (out_dir / "gate_report.json").write_text(decision.to_json())
     (out_dir / "gate_report.md").write_text(gate_markdown(decision, metrics))

@@ -20,25 +20,32 @@ class GateConfig:
         min_class_recall: recall floor applied to every class, in [0, 1]; on by default
             (0.5), so no class can be silently sacrificed to the average; 0 disables it.
         class_recall: per-class floors overriding ``min_class_recall`` ({class: floor}).
+        min_class_precision: precision floor applied to every class, in [0, 1]: of the
+            photos the model calls X, at least this share must be X, so no class becomes a
+            dumping ground for the others' errors (0 disables it).
+        class_precision: per-class floors overriding ``min_class_precision``.
     """
 
     min_accuracy: float = 0.5
     max_regression: float = 0.0
     min_class_recall: float = 0.5
     class_recall: Mapping[str, float] = field(default_factory=dict)
+    min_class_precision: float = 0.0
+    class_precision: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("min_accuracy", "max_regression", "min_class_recall"):
+        for name in ("min_accuracy", "max_regression", "min_class_recall", "min_class_precision"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"gate threshold {name}={value} is outside [0, 1]")
-        for cls, value in self.class_recall.items():
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"gate recall floor for class {cls!r} = {value} is outside [0, 1]")
+        for kind, floors in (("recall", self.class_recall), ("precision", self.class_precision)):
+            for cls, value in floors.items():
+                if not 0.0 <= value <= 1.0:
+                    raise ConfigError(f"gate {kind} floor for class {cls!r} = {value} is outside [0, 1]")
 
     def check_classes(self, class_names: Sequence[str]) -> None:
         """Fail loudly when a per-class floor names a class the model does not have."""
-        unknown = sorted(set(self.class_recall) - set(class_names))
+        unknown = sorted((set(self.class_recall) | set(self.class_precision)) - set(class_names))
         if unknown:
             raise ConfigError(
                 f"gate names unknown class(es) {unknown}; the model's classes are {list(class_names)}"
@@ -103,6 +110,7 @@ def passes_gate(
     champion_accuracy: float | None = None,
     champion_version: str | None = None,
     comparison: Comparison | None = None,
+    precision: Mapping[str, float] | None = None,
 ) -> GateDecision:
     """Decide whether a challenger passes.
 
@@ -110,6 +118,7 @@ def passes_gate(
         accuracy: challenger's test accuracy.
         recall: challenger's recall per class.
         cfg: thresholds.
+        precision: challenger's precision per class; None skips the precision floors.
         champion_accuracy: the current champion's accuracy on the same test split,
             or None when there is no champion (absolute gate only); ignored when
             ``comparison`` is given.
@@ -129,18 +138,25 @@ def passes_gate(
     else:
         ok = False
         reasons.append(f"accuracy {accuracy:.4f} < min_accuracy {cfg.min_accuracy:.4f}")
-    floors = {cls: cfg.class_recall.get(cls, cfg.min_class_recall) for cls in recall}
-    below = [cls for cls in sorted(recall) if floors[cls] and recall[cls] < floors[cls]]
-    for cls in below:
-        ok = False
-        reasons.append(f"recall of {cls!r} {recall[cls]:.4f} < floor {floors[cls]:.4f}")
-    floored = [cls for cls in recall if floors[cls]]
-    if floored and not below:
-        # the class with the least room above its floor: what a reader wants to check
-        tight = min(floored, key=lambda cls: (recall[cls] - floors[cls], cls))
-        reasons.append(
-            f"every class's recall >= its floor (closest: {tight!r} {recall[tight]:.4f} >= {floors[tight]:.4f})"
-        )
+    for kind, values, default, overrides in (
+        ("recall", recall, cfg.min_class_recall, cfg.class_recall),
+        ("precision", precision, cfg.min_class_precision, cfg.class_precision),
+    ):
+        if values is None:
+            continue
+        floors = {cls: overrides.get(cls, default) for cls in values}
+        below = [cls for cls in sorted(values) if floors[cls] and values[cls] < floors[cls]]
+        for cls in below:
+            ok = False
+            reasons.append(f"{kind} of {cls!r} {values[cls]:.4f} < floor {floors[cls]:.4f}")
+        floored = [cls for cls in values if floors[cls]]
+        if floored and not below:
+            # the class with the least room above its floor: what a reader wants to check
+            tight = min(floored, key=lambda cls: (values[cls] - floors[cls], cls))
+            reasons.append(
+                f"every class's {kind} >= its floor "
+                f"(closest: {tight!r} {values[tight]:.4f} >= {floors[tight]:.4f})"
+            )
     if comparison is not None:
         if comparison.class_set_changed:
             reasons.append(

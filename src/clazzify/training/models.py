@@ -16,8 +16,10 @@ import numpy as np
 
 from clazzify.core.errors import ConfigError
 
-ARCHITECTURES = ("alexnet", "compact", "mobilenet_v2", "efficientnet_b0", "resnet50")
+ARCHITECTURES = ("alexnet", "compact", "mobilenet_v2", "efficientnet_b0", "resnet50", "efficientnet_lite0")
 _APPLICATIONS = {"mobilenet_v2", "efficientnet_b0", "resnet50"}
+#: Architectures whose ImageNet weights ship in a package dependency (no network needed).
+PACKAGED = {"efficientnet_lite0"}
 # Keras' default 0.99 leaves the moving statistics far off after the few hundred
 # steps a small dataset gives; 0.9 converges within tens of steps.
 _BN_MOMENTUM = 0.9
@@ -31,8 +33,9 @@ class ModelSpec:
         architecture: one of :data:`ARCHITECTURES`.
         num_classes: size of the softmax.
         image_size: side of the square uint8 input.
-        init_weights: ``None`` (from scratch), ``"imagenet"`` (needs network access)
-            or a local weights file (see :func:`load_init_weights`).
+        init_weights: ``None`` (from scratch), ``"packaged"`` (ImageNet weights from a
+            package dependency, offline: efficientnet_lite0), ``"imagenet"`` (keras.applications,
+            needs network access) or a local weights file (see :func:`load_init_weights`).
         augment: add online augmentation layers (active in training only).
         dropout: dropout before the classifier.
     """
@@ -57,7 +60,12 @@ class ModelSpec:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.init_weights == "imagenet" and self.architecture not in _APPLICATIONS:
             raise ConfigError(
-                f"imagenet weights exist only for {sorted(_APPLICATIONS)}, not {self.architecture!r}"
+                f"imagenet weights exist only for {sorted(_APPLICATIONS)}, not {self.architecture!r}; "
+                "efficientnet_lite0 takes init_weights=packaged"
+            )
+        if self.init_weights == "packaged" and self.architecture not in PACKAGED:
+            raise ConfigError(
+                f"packaged weights exist only for {sorted(PACKAGED)}, not {self.architecture!r}"
             )
 
 
@@ -121,9 +129,26 @@ def _application(keras, name: str, spec: ModelSpec, x):
     return base(x)
 
 
+def _lite0(keras, spec: ModelSpec, x):
+    from clazzify.training.lite0 import build_lite0, load_lite0_weights
+
+    base = build_lite0((spec.image_size, spec.image_size, 3))
+    if spec.init_weights == "packaged":
+        load_lite0_weights(base)
+    else:
+        for layer in base.layers:  # see _application: from scratch, our momentum
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = _BN_MOMENTUM
+    return base(x)
+
+
 def _normalise(keras, name: str, x):
     """Map uint8 [0, 255] to what each network expects."""
     layers = keras.layers
+    if name == "efficientnet_lite0":  # TF-Lite's (x - 127) / 128
+        from clazzify.training.lite0 import MEAN, STD
+
+        return layers.Rescaling(1.0 / STD, offset=-MEAN / STD, name="rescale")(x)
     if name == "efficientnet_b0":
         return layers.Rescaling(1.0, name="rescale")(x)  # EfficientNet rescales internally
     return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)
@@ -148,6 +173,8 @@ def build_model(spec: ModelSpec):  # -> keras.Model
         x = _alexnet_features(keras, x)
     elif spec.architecture == "compact":
         x = _compact_features(keras, x)
+    elif spec.architecture == "efficientnet_lite0":
+        x = _lite0(keras, spec, x)
     else:
         x = _application(keras, spec.architecture, spec, x)
     if spec.dropout:
@@ -163,9 +190,18 @@ def build_model(spec: ModelSpec):  # -> keras.Model
 
         x = augmentation()(x)
     model = keras.Model(inputs, core(x), name=f"clazzify_{spec.architecture}")
-    if spec.init_weights and spec.init_weights != "imagenet":
+    if spec.init_weights and spec.init_weights not in ("imagenet", "packaged"):
         load_init_weights(model, spec.init_weights)
     return model
+
+
+def feature_model(model):  # -> keras.Model
+    """The part of ``model``'s core below the classifier: float pixels in ``[0, 255]`` in,
+    the features the ``probs`` layer reads out (same layers, shared weights)."""
+    import keras
+
+    core = model.get_layer("core")
+    return keras.Model(core.input, core.get_layer("probs").input, name="features")
 
 
 def load_init_weights(model, path: str) -> None:

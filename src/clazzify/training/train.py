@@ -28,13 +28,15 @@ from clazzify.core import storage
 from clazzify.core.bundle import BundleMeta
 from clazzify.core.errors import ConfigError, DataError, StorageError
 from clazzify.registry.tracking import TrackingConfig, activate, epoch_logger, flatten_params
-from clazzify.training.data import DataDirs, inspect_split, make_dataset, pydataset, read_column, split_files
+from clazzify.training.calibration import fit_temperature
+from clazzify.training.data import DataDirs, inspect_split, make_dataset, pydataset, read_column, read_rows, split_files
 from clazzify.training.export import export_bundle
-from clazzify.training.models import ModelSpec, build_model
+from clazzify.training.head import CLASS_WEIGHTING, FeatureCache, class_weights, extract_features, fit_head, softmax
+from clazzify.training.models import ModelSpec, build_model, feature_model
 from clazzify.training.plots import plot_history
 
 MIXED_PRECISION = ("auto", "on", "off")
-CLASS_WEIGHTING = ("balanced", "none")
+__all__ = ["CLASS_WEIGHTING", "TrainConfig", "TrainResult", "train_model"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,16 @@ class TrainConfig:
         seed: seed for weights init and shuffling.
         onnx: also export ONNX.
         class_weighting: 'balanced' weighs each class's loss by total / (classes x its
-            count), so a rare class (few ambiance shots) is not sacrificed; 'none'.
+            count), so a rare class (few ambiance shots) is not sacrificed; 'sqrt' by the
+            square root of that; 'none'.
+        frozen_backbone: keep the pretrained backbone as it is: compute its features once per
+            image (no augmentation) and fit only the classifier, a multinomial logistic
+            regression (:mod:`clazzify.training.head`); ``epochs``, ``learning_rate``,
+            ``batch_size`` (except for feature batches) and ``label_smoothing`` do not apply.
+        head_l2: L2 penalty of that regression.
+        feature_cache: folder caching backbone features by image pixels ('' = none).
+        calibrate: fit a softmax temperature on the validation split and fold it into the
+            classifier, so every consumer of the model gets calibrated probabilities.
     """
 
     architecture: str = "alexnet"
@@ -70,8 +81,19 @@ class TrainConfig:
     seed: int = 42
     onnx: bool = True
     class_weighting: str = "balanced"
+    frozen_backbone: bool = False
+    head_l2: float = 1.0
+    feature_cache: str = ""
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
+        if self.head_l2 <= 0:
+            raise ConfigError(f"head_l2 must be > 0, got {self.head_l2}")
+        if self.frozen_backbone and not self.init_weights:
+            raise ConfigError(
+                "frozen_backbone needs pretrained weights (init_weights=packaged, imagenet or a file): "
+                "a frozen random backbone learns nothing"
+            )
         if self.class_weighting not in CLASS_WEIGHTING:
             raise ConfigError(f"class_weighting must be one of {CLASS_WEIGHTING}, got {self.class_weighting!r}")
         if self.epochs < 1:
@@ -103,12 +125,49 @@ class TrainResult:
     devices: list[str]
     run_id: str | None = None
     class_counts: dict[str, int] = field(default_factory=dict)
+    temperature: float = 1.0
 
 
 def balanced_class_weights(counts: Sequence[int]) -> dict[int, float]:
     """``total / (classes x count)`` per class index; classes with no images get 0."""
-    total, k = sum(counts), len(counts)
-    return {i: (total / (k * n) if n else 0.0) for i, n in enumerate(counts)}
+    return class_weights(counts, "balanced")
+
+
+def fold_temperature(model, temperature: float) -> None:
+    """Divide the classifier's logits by ``temperature`` (its kernel and bias), so the
+    model's own softmax gives the calibrated probabilities."""
+    probs = model.get_layer("core").get_layer("probs")
+    kernel, bias = probs.get_weights()
+    probs.set_weights([kernel / temperature, bias / temperature])
+
+
+def _nll(p: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1))))
+
+
+def _train_head(model, spec: ModelSpec, cfg: TrainConfig, train_paths, val_paths, num_classes: int):
+    """Fit the classifier on frozen features; returns (history, validation probabilities, labels)."""
+    fm = feature_model(model)
+    weights = cfg.init_weights if cfg.init_weights in ("packaged", "imagenet") else "file"
+    cache = FeatureCache(cfg.feature_cache or None, f"{spec.architecture}-{weights}-{spec.image_size}")
+    x_train, y_train = extract_features(fm, train_paths, cache=cache, batch_size=cfg.batch_size)
+    x_val, y_val = extract_features(fm, val_paths, cache=cache, batch_size=cfg.batch_size)
+    kernel, bias = fit_head(x_train, y_train, num_classes, class_weighting=cfg.class_weighting, l2=cfg.head_l2)
+    model.get_layer("core").get_layer("probs").set_weights([kernel, bias])
+    p_train, p_val = softmax(x_train @ kernel + bias), softmax(x_val @ kernel + bias)
+    history = {
+        "accuracy": [float((p_train.argmax(1) == y_train).mean())], "loss": [_nll(p_train, y_train)],
+        "val_accuracy": [float((p_val.argmax(1) == y_val).mean())], "val_loss": [_nll(p_val, y_val)],
+    }
+    return history, p_val, y_val
+
+
+def _predict_rows(model, paths, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The model's probabilities and the labels of every row of ``paths`` (inference mode)."""
+    labels = read_column(paths, "labels")
+    probs = [np.asarray(model(read_rows(paths, np.arange(i, min(len(labels), i + batch_size))), training=False))
+             for i in range(0, len(labels), batch_size)]
+    return np.concatenate(probs).astype(np.float64), labels
 
 
 def class_counts(paths: list[Path], class_names: list[str]) -> dict[str, int]:
@@ -278,7 +337,7 @@ def train_model(
         num_classes=num_classes,
         image_size=info.image_size,
         init_weights=fetch_weights(cfg.init_weights, out_dir),
-        augment=cfg.augment,
+        augment=cfg.augment and not cfg.frozen_backbone,
     )
     with ExitStack() as stack:
         stack.callback(keras.mixed_precision.set_global_policy, "float32")
@@ -319,16 +378,27 @@ def train_model(
         callbacks += extra  # after the backup, so a failing extra callback leaves a backup
         try:
             start = time.perf_counter()
-            weights = balanced_class_weights(list(counts.values())) if cfg.class_weighting == "balanced" else None
-            fit = model.fit(
-                train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose,
-                class_weight=weights,
-                shuffle=False,  # the loaders plan each epoch's order themselves
-            )
+            if cfg.frozen_backbone:
+                history, val_probs, val_labels = _train_head(model, spec, cfg, train_paths, val_paths, num_classes)
+            else:
+                weights = (None if cfg.class_weighting == "none"
+                           else class_weights(list(counts.values()), cfg.class_weighting))
+                fit = model.fit(
+                    train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose,
+                    class_weight=weights,
+                    shuffle=False,  # the loaders plan each epoch's order themselves
+                )
+                history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+                if best_path.is_file():
+                    model.load_weights(best_path)
+                val_probs = val_labels = None
+            temperature = 1.0
+            if cfg.calibrate:
+                if val_probs is None:
+                    val_probs, val_labels = _predict_rows(model, val_paths, cfg.batch_size)
+                temperature = fit_temperature(val_probs, val_labels)
+                fold_temperature(model, temperature)
             seconds = time.perf_counter() - start
-            history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
-            if best_path.is_file():
-                model.load_weights(best_path)
             val_acc = history.get("val_accuracy", [0.0])
             best_epoch = int(np.argmax(val_acc))
             meta = BundleMeta(
@@ -337,6 +407,7 @@ def train_model(
                 architecture=cfg.architecture,
                 fingerprint=fingerprint,
                 code_version=clazzify.__version__,
+                temperature=temperature,
             )
             keras.mixed_precision.set_global_policy("float32")
             bundle_dir = export_bundle(model, meta, out_dir / "bundle", onnx=cfg.onnx)
@@ -351,9 +422,10 @@ def train_model(
                 seconds=seconds,
                 devices=devices,
                 class_counts=counts,
+                temperature=temperature,
             )
             if run:
-                mlflow.log_metrics({"best_val_accuracy": result.best_val_accuracy,
+                mlflow.log_metrics({"best_val_accuracy": result.best_val_accuracy, "temperature": temperature,
                                     "train_seconds": seconds, "epochs_run": result.epochs_run})
                 mlflow.log_artifact(str(curve), "plots")
                 result.run_id = run.info.run_id

@@ -1,0 +1,113 @@
+"""Frozen-backbone training: class weights, the feature cache, the head, the folded temperature."""
+
+import numpy as np
+import pytest
+
+from clazzify.core.bundle import BundleMeta, load_predictor
+from clazzify.core.errors import ConfigError
+from clazzify.training.calibration import apply_temperature, negative_log_likelihood
+from clazzify.training.head import FeatureCache, class_weights, extract_features, fit_head, pixel_digests, softmax
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("none", {0: 1.0, 1: 1.0, 2: 0.0}),
+    ("balanced", {0: 40 / 30, 1: 40 / 90, 2: 0.0}),
+    ("sqrt", {0: np.sqrt(40 / 30), 1: np.sqrt(40 / 90), 2: 0.0}),
+])
+def test_class_weights(mode, expected):
+    got = class_weights([10, 30, 0], mode)
+    assert got == pytest.approx(expected)
+
+
+def test_class_weights_reject_unknown_mode():
+    with pytest.raises(ConfigError, match="class_weighting must be one of"):
+        class_weights([1, 2], "inverse")
+
+
+def test_fit_head_separates_a_linear_toy_set():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (3, 16))
+    y = np.repeat(np.arange(3), 40)
+    x = (centres[y] + rng.normal(0, 1, (120, 16))).astype(np.float32)
+    kernel, bias = fit_head(x, y, 3)
+    assert kernel.shape == (16, 3) and bias.shape == (3,)
+    assert (softmax(x @ kernel + bias).argmax(1) == y).mean() > 0.95
+
+
+class _Counting:
+    """A feature "model" that counts the rows it sees."""
+
+    def __init__(self):
+        self.rows = 0
+
+    def __call__(self, images, training=False):
+        self.rows += len(images)
+        return images.reshape(len(images), -1)[:, :5].astype(np.float32)
+
+
+def test_feature_cache_computes_each_image_once(hdf5_dir, tmp_path):
+    paths = [hdf5_dir / "train.h5"]
+    first = _Counting()
+    feats, labels = extract_features(first, paths, cache=FeatureCache(tmp_path, "k"), progress=False)
+    second = _Counting()
+    again, labels2 = extract_features(second, paths, cache=FeatureCache(tmp_path, "k"), progress=False)
+    assert first.rows == len(labels) and second.rows == 0
+    np.testing.assert_array_equal(feats, again)
+    np.testing.assert_array_equal(labels, labels2)
+    other = _Counting()
+    extract_features(other, paths, cache=FeatureCache(tmp_path, "another-backbone"), progress=False)
+    assert other.rows == len(labels)
+
+
+def test_pixel_digests_tell_images_apart():
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    a[1, 0, 0, 0] = 1
+    d = pixel_digests(a)
+    assert d[0] != d[1] and pixel_digests(a[:1]) == d[:1]
+
+
+def test_fold_temperature_divides_the_logits():
+    import keras
+
+    from clazzify.training.models import ModelSpec, build_model, inference_model
+    from clazzify.training.train import fold_temperature
+
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelSpec("compact", 4, 32, augment=False))
+    probs = model.get_layer("core").get_layer("probs")
+    kernel, bias = probs.get_weights()
+    probs.set_weights([kernel * 20, bias + 1])  # confident enough that T matters
+    images = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    before = np.asarray(inference_model(model).predict(images, verbose=0))
+    fold_temperature(model, 2.5)
+    after = np.asarray(inference_model(model).predict(images, verbose=0))
+    np.testing.assert_allclose(after, apply_temperature(before, 2.5), atol=1e-5)
+
+
+def test_frozen_lite0_trains_calibrates_and_records_the_temperature(hdf5_dir, tmp_path):
+    from clazzify.training.data import read_column, read_rows
+    from clazzify.training.train import TrainConfig, train_model
+
+    cfg = TrainConfig(architecture="efficientnet_lite0", init_weights="packaged", frozen_backbone=True,
+                      class_weighting="none", feature_cache=str(tmp_path / "cache"))
+    result = train_model(hdf5_dir, tmp_path / "out", cfg, verbose=0)
+    meta = BundleMeta.load(result.bundle_dir)
+    assert meta.architecture == "efficientnet_lite0"
+    assert meta.temperature == pytest.approx(result.temperature) and result.temperature != 1.0
+    assert list((tmp_path / "cache").glob("efficientnet_lite0-packaged-32.npz"))
+    # The bundle's probabilities are the calibrated ones: on the validation split their NLL
+    # is what temperature scaling minimised, below the uncalibrated model's.
+    val = [hdf5_dir / "val.h5"]
+    labels = read_column(val, "labels")
+    probs = load_predictor(result.bundle_dir, "onnx").predict(read_rows(val, np.arange(len(labels))))
+    raw = apply_temperature(probs, 1 / result.temperature)
+    assert negative_log_likelihood(probs, labels) <= negative_log_likelihood(raw, labels) + 1e-6
+
+
+def test_frozen_backbone_needs_pretrained_weights():
+    from clazzify.training.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="frozen_backbone needs pretrained weights"):
+        TrainConfig(architecture="efficientnet_lite0", frozen_backbone=True)
