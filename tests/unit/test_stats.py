@@ -20,3 +20,17 @@ def test_wilson_edges():
     assert wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError, match="successes"):
         wilson_interval(11, 10)
+
+
+def test_evaluation_reports_intervals():
+    import numpy as np
+
+    from clazzify.training.evaluate import compute_metrics
+
+    y = np.array([0] * 9 + [1] * 10)
+    probs = np.eye(2)[np.array([0] * 8 + [1] + [1] * 10)]  # one class-0 photo called 1
+    m = compute_metrics(y, probs, ["a", "b"])
+    assert m.accuracy_interval == wilson_interval(18, 19)
+    assert m.recall_interval["a"] == wilson_interval(8, 9)
+    assert m.precision_interval["b"] == wilson_interval(10, 11)
+    assert m.flat()["test_accuracy_low"] == m.accuracy_interval[0]

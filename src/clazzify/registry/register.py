@@ -60,6 +60,7 @@ def register_model(
         "architecture": meta.architecture,
         "image_size": str(meta.image_size),
         "class_names": ",".join(meta.class_names),
+        "temperature": f"{meta.temperature:.4f}",  # already folded into the model's softmax
         "gate_accuracy": f"{decision['challenger_accuracy']:.6f}",
         "gate_reasons": "; ".join(decision["reasons"])[:5000],
     }
