@@ -151,6 +151,10 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
         serving_namespace: str = "",
         deployment_mode: str = "Knative",
         canary_traffic_percent: int = 10,
+        canary_soak_s: int = 300,
+        canary_min_requests: int = 100,
+        canary_max_error_rate: float = 0.01,
+        canary_max_p99_ratio: float = 1.5,
         deploy_timeout_s: int = 900,
     ):
         # With the trigger every step below runs inside the check's dsl.If (entered here and
@@ -240,6 +244,10 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
                 serving_namespace=serving_namespace,
                 deployment_mode=deployment_mode,
                 canary_traffic_percent=canary_traffic_percent,
+                canary_soak_s=canary_soak_s,
+                canary_min_requests=canary_min_requests,
+                canary_max_error_rate=canary_max_error_rate,
+                canary_max_p99_ratio=canary_max_p99_ratio,
                 ready_timeout_s=deploy_timeout_s,
             ).set_caching_options(False)  # the cluster's state is not among its inputs
             size(deploy_task, **SMALL)

@@ -195,3 +195,6 @@ def test_local_run_writes_the_deploy_manifest_and_says_so(tmp_path: Path):
     assert isvc["spec"]["predictor"]["containers"][0]["image"] == IMAGES["serving"]
     env = {e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
     assert env["STORAGE_URI"].startswith("file://") and env["CLAZZIFY_MODEL_VERSION"] == "1"
+    # ... and the canary steps it would take on a cluster, with the pipeline's policy.
+    steps = (manifest.parent / "rollout-steps.txt").read_text()
+    assert "10% of traffic" in steps and "soak 300s" in steps and "fail the run" in steps

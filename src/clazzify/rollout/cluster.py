@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,11 @@ import yaml
 
 from clazzify.core.errors import ClazzifyError, ConfigError
 from clazzify.rollout import deploy
+from clazzify.rollout.canary import CanaryPolicy, CanaryVerdict, Scrape, judge_canary, window
+
+#: Reads the model server metrics of one model version's pods: version -> {pod: Scrape}.
+ReadMetrics = Callable[[str], Mapping[str, Scrape]]
+DEFAULT_POLICY = CanaryPolicy()
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,10 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 
 class RolloutError(ClazzifyError):
     """The InferenceService did not become ready, or the API refused a change."""
+
+
+class CanaryRejected(RolloutError):
+    """The canary's own metrics did not hold; it was rolled back (the reason says why)."""
 
 
 @dataclass(frozen=True)
@@ -157,12 +166,15 @@ def wait_ready(
 @dataclass(frozen=True)
 class RolloutResult:
     """What a rollout did: ``created``, ``rolled-out`` (100 % at once), ``promoted``
-    (canary, then 100 %), or ``written`` (local run: manifest only)."""
+    (canary, judged, then 100 %), or ``written`` (local run: manifest and plan only);
+    ``reason`` is the canary verdict's, ``steps`` what was (or would be) done, in order."""
 
     action: str
     version: str
     storage_uri: str
     manifest: dict[str, Any]
+    reason: str = ""
+    steps: list[str] = field(default_factory=list)
 
 
 def roll_out(
@@ -170,15 +182,24 @@ def roll_out(
     cfg: deploy.InferenceServiceConfig,
     target: Resolved,
     canary_percent: int,
+    *,
+    read_metrics: ReadMetrics,
+    policy: CanaryPolicy = DEFAULT_POLICY,
     timeout_s: float = 900,
     poll_s: float = 5.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RolloutResult:
-    """Create or update the InferenceService to serve ``target``; canary, wait, promote.
+    """Create or update the InferenceService to serve ``target``; canary, soak, judge.
 
     Every update starts from the live object, so what the overlays set (resources,
     scaling, node placement) stays; only the model, its version and the traffic
-    split change.
+    split change. A canary gets ``canary_percent`` of the traffic for ``policy.soak_s``;
+    then both versions' own metrics over that window (``read_metrics``) decide: promote,
+    or serve the stable version at 100 % again and raise :class:`CanaryRejected`.
+
+    Raises:
+        CanaryRejected: the canary's error rate or latency did not hold.
+        RolloutError: the object never got ready, or the API refused a change.
     """
     deploy.check_canary_percent(canary_percent)
     live = _get(api, cfg.namespace, cfg.name)
@@ -193,6 +214,7 @@ def roll_out(
         )
         wait_ready(api, cfg.namespace, cfg.name, timeout_s, poll_s, sleep)
         return RolloutResult("created", target.version, target.storage_uri, body)
+    stable_uri, stable_version = deploy.served_model(live["spec"]["predictor"])
     body = deploy.with_model(live, target.storage_uri, target.version, canary_percent)
     _replace(api, cfg.namespace, body)
     if not deploy.canary_in_flight(body):
@@ -204,12 +226,109 @@ def roll_out(
         target.version,
         canary_percent,
     )
-    ready = wait_ready(api, cfg.namespace, cfg.name, timeout_s, poll_s, sleep)
+    wait_ready(api, cfg.namespace, cfg.name, timeout_s, poll_s, sleep)
+    verdict = soak_and_judge(target.version, stable_version, read_metrics, policy, sleep)
+    ready = _get(api, cfg.namespace, cfg.name) or {}
+    if not verdict.promote:
+        log.error("canary rejected, rolling back: %s", verdict.reason)
+        # The stable model at 100 % again, spec and all (not a canary left at 0 %), so the
+        # object says what serves.
+        _replace(api, cfg.namespace, deploy.rollback(ready, stable_uri or "", stable_version or ""))
+        wait_ready(api, cfg.namespace, cfg.name, timeout_s, poll_s, sleep)
+        raise CanaryRejected(
+            f"canary rolled back, version {stable_version} serves all traffic: {verdict.reason}"
+        )
     promoted = deploy.promote(ready)
     _replace(api, cfg.namespace, promoted)
     wait_ready(api, cfg.namespace, cfg.name, timeout_s, poll_s, sleep)
-    log.info("promoted version %s to 100%%", target.version)
-    return RolloutResult("promoted", target.version, target.storage_uri, promoted)
+    log.info("promoted version %s to 100%%: %s", target.version, verdict.reason)
+    return RolloutResult("promoted", target.version, target.storage_uri, promoted,
+                         reason=verdict.reason)
+
+
+def soak_and_judge(
+    canary_version: str,
+    stable_version: str | None,
+    read_metrics: ReadMetrics,
+    policy: CanaryPolicy,
+    sleep: Callable[[float], None] = time.sleep,
+) -> CanaryVerdict:
+    """Scrape both versions, wait ``policy.soak_s``, scrape again, judge the window."""
+    versions = [v for v in (canary_version, stable_version) if v]
+    before = {v: dict(read_metrics(v)) for v in versions}
+    log.info("canary: soaking %.0fs before judging version %s against %s", policy.soak_s,
+             canary_version, stable_version)
+    sleep(policy.soak_s)
+    after = {v: dict(read_metrics(v)) for v in versions}
+    canary = window(canary_version, before[canary_version], after[canary_version])
+    stable = (window(stable_version, before[stable_version], after[stable_version])
+              if stable_version else None)
+    return judge_canary(canary, stable, policy)
+
+
+def rollout_plan(cfg: deploy.InferenceServiceConfig, target: Resolved, canary_percent: int,
+                 policy: CanaryPolicy) -> list[str]:
+    """The steps :func:`roll_out` takes on a cluster whose InferenceService serves an older
+    version (what a local run writes instead of doing them)."""
+    where = f"InferenceService {cfg.namespace}/{cfg.name}"
+    first = (f"if {where} does not exist yet: create it serving version {target.version} at "
+             "100%, wait until Ready, and stop there (no canary without a stable version)")
+    if canary_percent >= 100:
+        return [first, f"replace {where} to serve version {target.version} ({target.storage_uri}) "
+                "at 100%", "wait until Ready (KServe's Ready condition, latest revision ready)"]
+    return [
+        first,
+        f"replace {where}: version {target.version} ({target.storage_uri}) as a canary taking "
+        f"{canary_percent}% of traffic ({cfg.deployment_mode} mode); the stable version "
+        "keeps the rest",
+        "wait until Ready",
+        "scrape /metrics of the pods of both versions (label serving.kserve.io/"
+        f"inferenceservice={cfg.name}, annotation {deploy.VERSION_ANNOTATION})",
+        f"soak {policy.soak_s:.0f}s, then scrape again",
+        f"judge the window: promote only if the canary answered >= {policy.min_requests} "
+        f"inferences, its server-error rate is <= {policy.max_error_rate:.2%} (or within "
+        f"{policy.error_rate_margin:.2%} of the stable version's) and its p99 is <= "
+        f"{policy.max_p99_ratio:.1f}x the stable version's (p99s under "
+        f"{policy.p99_floor_s * 1000:.0f} ms always pass)",
+        f"promote: version {target.version} takes 100%, wait until Ready",
+        "otherwise: send all traffic back to the stable version, wait until Ready, and fail "
+        "the run with the verdict's reason",
+    ]
+
+
+def pod_metrics(namespace: str, isvc_name: str, port: int = deploy.HTTP_PORT,
+                timeout_s: float = 5.0) -> ReadMetrics:
+    """A :data:`ReadMetrics` that scrapes ``/metrics`` of each running predictor pod of
+    ``isvc_name`` whose ``clazzify.io/model-version`` annotation (KServe copies predictor
+    annotations to the pods) names the version. Needs ``list`` on pods (rbac.yaml)."""
+    import httpx
+    from kubernetes import client
+
+    from clazzify.rollout.canary import parse_metrics
+
+    core = client.CoreV1Api()
+
+    def read(version: str) -> dict[str, Scrape]:
+        pods = core.list_namespaced_pod(
+            namespace, label_selector=f"serving.kserve.io/inferenceservice={isvc_name}"
+        ).items
+        out: dict[str, Scrape] = {}
+        for pod in pods:
+            annotations = pod.metadata.annotations or {}
+            if annotations.get(deploy.VERSION_ANNOTATION) != version:
+                continue
+            if pod.status.phase != "Running" or not pod.status.pod_ip:
+                continue
+            try:
+                resp = httpx.get(f"http://{pod.status.pod_ip}:{port}/metrics", timeout=timeout_s)
+                resp.raise_for_status()
+            except httpx.HTTPError as e:
+                log.warning("cannot scrape pod %s: %s", pod.metadata.name, e)
+                continue
+            out[pod.metadata.name] = parse_metrics(resp.text)
+        return out
+
+    return read
 
 
 def kubernetes_api() -> Any:
@@ -238,11 +357,13 @@ def deploy_version(
     *,
     apply: bool,
     timeout_s: float = 900,
+    policy: CanaryPolicy = DEFAULT_POLICY,
 ) -> RolloutResult:
     """Resolve ``version`` in MLflow, then apply it (``apply``) or only write the manifest.
 
     The manifest written to ``manifest_path`` is the full InferenceService for the
-    version, in both cases: what was (or would be) applied.
+    version, in both cases: what was (or would be) applied. A local run also returns
+    the rollout's steps (:func:`rollout_plan`) in ``steps``.
     """
     target = resolve_version(model_name, version, artifacts_destination)
     manifest = deploy.inference_service(cfg, target.storage_uri, target.version)
@@ -256,13 +377,16 @@ def deploy_version(
             manifest_path,
             manifest_path,
         )
-        return RolloutResult("written", target.version, target.storage_uri, manifest)
+        return RolloutResult("written", target.version, target.storage_uri, manifest,
+                             steps=rollout_plan(cfg, target, canary_percent, policy))
     if target.storage_uri.startswith("file://"):
         raise ConfigError(
             f"{target.storage_uri} is on this machine, out of the cluster's reach: run MLflow with "
             "--serve-artifacts --artifacts-destination s3://... (manifests/base/mlflow.yaml)"
         )
-    result = roll_out(kubernetes_api(), cfg, target, canary_percent, timeout_s=timeout_s)
+    result = roll_out(kubernetes_api(), cfg, target, canary_percent,
+                      read_metrics=pod_metrics(cfg.namespace, cfg.name), policy=policy,
+                      timeout_s=timeout_s)
     write_manifest(result.manifest, manifest_path)
     return result
 
