@@ -1,7 +1,7 @@
-"""Register: log the bundle to the training run, register it, move the aliases.
+"""Register: the candidate the evaluation step logged, once the gate passed; move the aliases.
 
-Runs only when the gate passed; the new version becomes ``champion`` and the
-version it replaces becomes ``previous`` (the rollback target).
+The new version becomes ``champion`` and the version it replaces becomes ``previous``
+(the rollback target).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from clazzify.core.bundle import BundleMeta
 from clazzify.core.errors import DataError
 from clazzify.registry.tracking import TrackingConfig, activate
-from clazzify.registry.versions import register_bundle
+from clazzify.registry.versions import CANDIDATE_FILE, register_bundle, register_candidate
 
 
 def git_commit() -> str:
@@ -65,7 +65,10 @@ def register_model(
         "gate_reasons": "; ".join(decision["reasons"])[:5000],
     }
     card = gate_report.with_name("model_card.md")
+    description = card.read_text() if card.exists() else None
     activate(tracking)
-    return register_bundle(
-        bundle_dir, model_name, tracking.run_id, tags, description=card.read_text() if card.exists() else None
-    )
+    candidate = gate_report.parent / CANDIDATE_FILE
+    if candidate.is_file():  # the evaluation step logged this candidate: register that one
+        model_id = json.loads(candidate.read_text())["model_id"]
+        return register_candidate(model_id, model_name, tags, description)
+    return register_bundle(bundle_dir, model_name, tracking.run_id, tags, description)

@@ -52,47 +52,98 @@ def download_champion(model_name: str, dest: Path | None = None) -> Champion | N
     return Champion(version=str(mv.version), run_id=mv.run_id, bundle_dir=find_bundle(Path(local)))
 
 
-def register_bundle(
-    bundle_dir: Path, model_name: str, run_id: str, tags: Mapping[str, str], description: str | None = None
-) -> str:
-    """Log ``bundle_dir`` as a pyfunc model in ``run_id``, register it and make it champion.
+#: The evaluation step writes the logged candidate's model id here (beside its gate
+#: report); the register step registers that logged model, nothing else.
+CANDIDATE_FILE = "candidate.json"
 
-    The version that was champion gets the ``previous`` alias (rollback target). The
-    registered copy's ``clazzify.json`` is stamped with the model name and the new version
-    (see :func:`stamp_version`).
 
-    Returns:
-        the new model version.
+def serving_requirements() -> list[str]:
+    """What the pyfunc needs at serving time, pinned to this environment's versions, all
+    from the package index: clazzify itself travels as code (``code_paths``), so nothing
+    unpublished is named and ``mlflow models serve`` builds its own virtualenv."""
+    from importlib.metadata import version
+
+    return [f"{dist}=={version(dist)}"
+            for dist in ("mlflow-skinny", "pandas", "numpy", "onnxruntime", "pillow")]
+
+
+def log_candidate(bundle_dir: Path, run_id: str, metrics: Mapping[str, float] | None = None) -> str:
+    """Log ``bundle_dir`` as a pyfunc model of run ``run_id``, its evaluation ``metrics``
+    linked to it; returns the logged model's id. Every candidate is logged (MLflow's Models
+    view shows it with its metrics); only one that passes the gate is registered.
     """
     import mlflow
-    import numpy as np
+    import pandas as pd
     from mlflow.models import infer_signature
 
-    from clazzify.registry.pyfunc import ClazzifyModel
+    import clazzify
+    from clazzify.registry.pyfunc import INPUT_COLUMN, ClazzifyPyfunc
 
     meta = BundleMeta.load(bundle_dir)
-    client = mlflow.MlflowClient()
-    old = champion_version(model_name)
-    example = np.zeros((1, meta.image_size, meta.image_size, 3), dtype=np.uint8)
-    signature = infer_signature(
-        example, np.zeros((1, len(meta.class_names)), dtype=np.float32)
-    )
+    example = pd.DataFrame({INPUT_COLUMN: [_example_b64(meta.image_size)]})
+    output = pd.DataFrame([{"label": meta.class_names[0], "probability": 1.0,
+                            **{name: 0.0 for name in meta.class_names}}])
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=ClazzifyModel(),
+            python_model=ClazzifyPyfunc(),
             artifacts={"bundle": str(bundle_dir)},
-            signature=signature,
-            pip_requirements=["clazzify"],
+            code_paths=[str(Path(clazzify.__file__).parent)],
+            signature=infer_signature(example, output),
+            pip_requirements=serving_requirements(),
         )
-    mv = mlflow.register_model(info.model_uri, model_name, tags=dict(tags))
+        if metrics:
+            mlflow.log_metrics(dict(metrics), model_id=info.model_id)
+    return info.model_id
+
+
+def _example_b64(size: int) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (max(size, 32), max(size, 32)), (128, 128, 128)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def register_candidate(
+    model_id: str, model_name: str, tags: Mapping[str, str], description: str | None = None
+) -> str:
+    """Register the logged model ``model_id`` and make it champion; returns the version.
+
+    The version that was champion gets the ``previous`` alias (rollback target), and the
+    registered copy's ``clazzify.json`` is stamped with the name and new version
+    (:func:`stamp_version`). ``description`` (the model card) goes on the version.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    old = champion_version(model_name)
+    mv = mlflow.register_model(f"models:/{model_id}", model_name, tags=dict(tags))
     if description:
         client.update_model_version(model_name, mv.version, description=description)
-    stamp_version(info.model_id, meta, model_name, str(mv.version))
+    with tempfile.TemporaryDirectory(prefix="clazzify-meta-") as tmp:
+        location = client.get_logged_model(model_id).artifact_location.rstrip("/")
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{location}/{BUNDLE_ARTIFACT_PATH}/{META_FILE}", dst_path=tmp
+        )
+        meta = BundleMeta.load(Path(local).parent)
+    stamp_version(model_id, meta, model_name, str(mv.version))
     client.set_registered_model_alias(model_name, CHAMPION, mv.version)
     if old is not None:
         client.set_registered_model_alias(model_name, PREVIOUS, old.version)
     return str(mv.version)
+
+
+def register_bundle(
+    bundle_dir: Path, model_name: str, run_id: str, tags: Mapping[str, str],
+    description: str | None = None,
+) -> str:
+    """Log ``bundle_dir`` in ``run_id`` and register it as champion (both steps at once, for
+    callers without a separate evaluation); returns the new version."""
+    return register_candidate(log_candidate(bundle_dir, run_id), model_name, tags, description)
 
 
 def stamp_version(model_id: str, meta: BundleMeta, model_name: str, version: str) -> None:
@@ -127,3 +178,4 @@ def download_run_file(run_id: str, artifact_path: str, dest: Path) -> Path | Non
         return None
     dest.mkdir(parents=True, exist_ok=True)
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dest)))
+

@@ -451,6 +451,13 @@ def evaluate_and_gate(
     (out_dir / "gate_report.md").write_text(gate_markdown(decision, metrics))
     (out_dir / "model_card.md").write_text(model_card(metrics, decision, lineage, model_name))
     if tracking:
+        from clazzify.registry.versions import CANDIDATE_FILE, log_candidate
+
+        # Every candidate becomes a logged model with its test metrics linked, passed or not.
+        model_id = log_candidate(bundle_dir, tracking.run_id, metrics.flat())
+        mlflow.MlflowClient().set_logged_model_tags(
+            model_id, {"gate": "passed" if decision.passed else "failed"})
+        (out_dir / CANDIDATE_FILE).write_text(json.dumps({"model_id": model_id}))
         with mlflow.start_run(run_id=tracking.run_id):
             mlflow.log_params(flatten_params({"gate": asdict(gate)}))
             mlflow.log_metrics(metrics.flat())
