@@ -11,9 +11,10 @@ machine, one run. Each system gets one image per request at concurrency 1, 8 and
   once per engine (ONNX Runtime, and OpenVINO bfloat16 when installed);
 - flask: the original design, Flask calling Keras ``model.predict`` per request
   (benchmarks/flask_baseline.py; raw JPEG bytes in the body);
-- mlflow: ``mlflow models serve --env-manager local`` of the registered model; it takes
-  pixel tensors, so the client sends each photo as the JSON pixel list the pyfunc expects
-  (decoded before the clock starts);
+- mlflow: ``mlflow models serve --env-manager local`` of the registered model (its pyfunc
+  takes the same V1 base64 body; local env so the speed, not the env build, is measured);
+- clazzify gRPC: the first clazzify server's V2 gRPC port (KServe's ModelInfer, one BYTES
+  image per call, API key in metadata), the same closed loop as REST;
 - engine: each engine in-process on decoded arrays at its best batch size (the
   ceiling) and on one image, plus the in-process request path (decode one photo, then
   predict it) whose p99 is the floor for a server's p99 at concurrency 1.
@@ -47,6 +48,77 @@ from common import PHOTOS, build_bundle, free_port, log, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "benchmark-key-0123456789abcdef"
+SIZES = ROOT / "benchmarks" / "results" / "serving_sizes.json"
+
+
+def serving_sizes(results: dict, levels: Sequence[int], model: str) -> dict:
+    """The numbers deployment sizes come from: the default engine's best batch size and one
+    replica's best measured throughput (tests/unit/test_deploy.py holds the InferenceService's
+    --max-batch-size equal to ``best_batch_size``)."""
+    engine = results["engines"]["onnx"]
+    server = results["systems"]["clazzify (onnx)"]
+    return {
+        "source": "benchmarks/model_server.py",
+        "model": model,
+        "engine": "onnx",
+        "replica_cpus": results["cpus"],
+        "best_batch_size": int(engine["best_batch"]),
+        "engine_images_per_s_at_best_batch": round(engine["images_per_s"], 1),
+        "replica_images_per_s": round(max(server[c]["images_per_s"] for c in levels), 1),
+    }
+
+
+def load_grpc(port: int, photos: Sequence[bytes], concurrency: int, seconds: float,
+              warmup: float) -> dict:
+    """``concurrency`` closed-loop V2 gRPC clients (ModelInfer, one image per call), each on
+    its own channel, with the API key in the metadata."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    requests = [pb.ModelInferRequest(model_name="clazzify", inputs=[
+        pb.ModelInferRequest.InferInputTensor(
+            name="image", datatype="BYTES", shape=[1],
+            contents=pb.InferTensorContents(bytes_contents=[p]))]) for p in photos]
+    metadata = (("authorization", f"Bearer {KEY}"),)
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    t_start = time.perf_counter() + warmup
+    t_end = t_start + seconds
+
+    def client(idx: int) -> None:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = GRPCInferenceServiceStub(channel)
+        i, mine, bad = idx, [], 0
+        while True:
+            request = requests[i % len(requests)]
+            i += concurrency
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                break
+            try:
+                stub.ModelInfer(request, metadata=metadata, timeout=120)
+                ok = True
+            except grpc.RpcError:
+                ok = False
+            t1 = time.perf_counter()
+            if t_start <= t1 <= t_end:
+                if ok:
+                    mine.append(t1 - t0)
+                else:
+                    bad += 1
+        channel.close()
+        with lock:
+            latencies.extend(mine)
+            errors[0] += bad
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return summarize(latencies, seconds, errors[0])
 
 
 def register(bundle: Path, tracking_uri: str) -> str:
@@ -273,7 +345,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="Measured seconds per cell.")
     parser.add_argument("--rounds", type=int, default=2, help="Interleaved rounds; best counts.")
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--systems", default="clazzify,flask,mlflow")
+    parser.add_argument("--systems", default="clazzify,grpc,flask,mlflow")
+    parser.add_argument("--sizes-out", type=Path, default=SIZES,
+                        help="Where the measured best batch size and per-replica throughput go "
+                             "(the deploy step's and manifests' one source of serving sizes).")
     parser.add_argument("--engines", default="onnx,openvino-bf16",
                         help="Engines to serve and measure (openvino ones need its extra).")
     parser.add_argument("--out", type=Path, default=None,
@@ -306,25 +381,34 @@ def main() -> None:
            {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
           for p in photos]
     raw = [("/predict", p, {"Content-Type": "application/octet-stream"}) for p in photos]
-    pixels = [("/invocations", json.dumps({"inputs": a[np.newaxis].tolist()}).encode(),
-               {"Content-Type": "application/json"}) for a in arrays]
+    # The registered pyfunc takes the model server's V1 body (base64 images) as well.
+    b64 = [("/invocations",
+            json.dumps({"instances": [{"b64": base64.b64encode(p).decode()}]}).encode(),
+            {"Content-Type": "application/json"}) for p in photos]
     plans = []  # (name, command, health path, requests)
+    grpc_ports: dict[str, int] = {}
     if "clazzify" in wanted:
         for engine in engines:
+            grpc_ports[engine] = free_port()
             plans.append((f"clazzify ({engine})", [sys.executable, "-m", "serving", "--model-uri",
-                          uri, "--engine", engine, "--http-port"], "/v2/health/ready", v1))
+                          uri, "--engine", engine, "--grpc-port", str(grpc_ports[engine]),
+                          "--http-port"], "/v2/health/ready", v1))
     if "flask" in wanted:
         plans.append(("flask", [sys.executable, str(ROOT / "benchmarks" / "flask_baseline.py"),
                                 str(bundle)], "/health", raw))
     if "mlflow" in wanted:
         plans.append(("mlflow", [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
                                  "--env-manager", "local", "--host", "127.0.0.1", "--port"],
-                      "/ping", pixels))
+                      "/ping", b64))
 
     results: dict = {"model": f"{args.architecture} {args.image_size} px, untrained",
                      "photos": source, "cpus": os.cpu_count(), "seconds_per_cell": args.seconds,
                      "rounds": args.rounds, "engines": {}, "request_path": {},
                      "systems": {name: {} for name, *_ in plans}}
+    grpc_engine = next(iter(grpc_ports), None) if "grpc" in wanted else None
+    grpc_name = f"clazzify ({grpc_engine}) gRPC"
+    if grpc_engine:
+        results["systems"][grpc_name] = {}
     running: list[tuple[str, subprocess.Popen, int, list]] = []
     try:
         for name, cmd, health, requests in plans:
@@ -349,6 +433,13 @@ def main() -> None:
                         f"p50 {r['p50_ms'] or 0:.0f} ms p99 {r['p99_ms'] or 0:.0f} ms "
                         f"errors {r['errors']}")
                     results["systems"][name][c] = best_of(results["systems"][name].get(c), r)
+                if grpc_engine:
+                    r = load_grpc(grpc_ports[grpc_engine], photos, c, args.seconds, warmup=1.0)
+                    log(f"round {rnd}: {grpc_name} c={c}: {r['images_per_s']:.1f} img/s "
+                        f"p50 {r['p50_ms'] or 0:.0f} ms p99 {r['p99_ms'] or 0:.0f} ms "
+                        f"errors {r['errors']}")
+                    results["systems"][grpc_name][c] = best_of(
+                        results["systems"][grpc_name].get(c), r)
     finally:
         for _, proc, _, _ in running:
             stop(proc)
@@ -368,6 +459,10 @@ def main() -> None:
     print(f"decode (image_to_array) per photo: mean {path['decode_mean_ms']:.1f} ms, "
           f"p50 {path['decode_p50_ms']:.1f} ms, p99 {path['decode_p99_ms']:.1f} ms")
     print(f"results: {out}")
+    if "onnx" in results["engines"] and "clazzify (onnx)" in results["systems"]:
+        sizes = serving_sizes(results, levels, f"{args.architecture} {args.image_size} px")
+        args.sizes_out.write_text(json.dumps(sizes, indent=2) + "\n")
+        print(f"serving sizes: {args.sizes_out}")
 
 
 def _has_openvino() -> bool:
