@@ -41,6 +41,7 @@ from components.evaluate.component import evaluate
 from components.images import IMAGES, SERVING_IMAGE, retarget
 from components.ingest.component import ingest
 from components.preprocess.component import preprocess
+from components.record_outcome.component import record_outcome
 from components.register.component import register
 from components.retrain_check.component import retrain_check
 from components.train.component import train
@@ -53,6 +54,9 @@ EVALUATE = {"cpu_request": "2", "cpu_limit": "4", "memory_request": "4Gi", "memo
 # Secret keys -> environment variables (clazzify.core.storage reads these names).
 S3_SECRET_KEYS = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
 S3_CONFIG_KEYS = {k: k for k in ("AWS_ENDPOINT_URL", "MINIO_SECURE")}
+# Retries of the steps that talk to services: 3 more attempts after 30 s, 60 s, 120 s.
+SERVICE_RETRY = {"num_retries": 3, "backoff_duration": "30s", "backoff_factor": 2.0,
+                 "backoff_max_duration": "300s"}
 
 
 def size(task: dsl.PipelineTask, cpu_request, cpu_limit, memory_request, memory_limit):
@@ -157,9 +161,17 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
         canary_max_p99_ratio: float = 1.5,
         deploy_timeout_s: int = 900,
     ):
-        # With the trigger every step below runs inside the check's dsl.If (entered here and
-        # closed at the end, so the steps read the same either way).
+        # Every step runs inside an exit handler: a run that fails is recorded in MLflow with
+        # the task and error KFP reports. With the trigger every step below also runs inside
+        # the check's dsl.If (both entered here and closed at the end, so the steps read the
+        # same either way).
+        outcome = record_outcome(pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                 mlflow_tracking_uri=mlflow_tracking_uri,
+                                 mlflow_experiment=mlflow_experiment)
+        outcome.set_caching_options(False)
+        size(outcome, **SMALL)
         steps = contextlib.ExitStack()
+        steps.enter_context(dsl.ExitHandler(outcome, name="run"))
         if trigger:
             check = retrain_check(source=source, labels_from=labels_from, min_new_photos=min_new_photos,
                                   min_new_labels=min_new_labels, mlflow_tracking_uri=mlflow_tracking_uri,
@@ -173,6 +185,8 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
             mlflow_tracking_uri=mlflow_tracking_uri, model_name=model_name,
         )
         ingest_task.set_caching_options(False)  # a live source changes under the same parameters
+        # Steps that talk to services (S3, MLflow, Kubernetes) retry with backoff: 30 s, 60 s, ...
+        ingest_task.set_retry(**SERVICE_RETRY)
         size(use_s3(ingest_task, s3_secret, s3_config), **SMALL)
         # ingest returns the shard numbers; one preprocessing task per shard.
         with dsl.ParallelFor(ingest_task.outputs["Output"], parallelism=parallelism, name="shards") as shard:
@@ -233,6 +247,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
                 mlflow_tracking_uri=mlflow_tracking_uri,
                 mlflow_experiment=mlflow_experiment,
             ).set_caching_options(False)
+            register_task.set_retry(**SERVICE_RETRY)  # idempotent: one version per candidate
             size(register_task, **SMALL)
             deploy_task = deploy(
                 model_name=model_name,
@@ -250,6 +265,9 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
                 canary_max_p99_ratio=canary_max_p99_ratio,
                 ready_timeout_s=deploy_timeout_s,
             ).set_caching_options(False)  # the cluster's state is not among its inputs
+            # A rejected canary is final (the version is tagged canary_rejected and a retry
+            # stops at once); retries cover API and readiness hiccups.
+            deploy_task.set_retry(**SERVICE_RETRY)
             size(deploy_task, **SMALL)
         steps.close()
 

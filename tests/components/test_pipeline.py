@@ -28,6 +28,31 @@ def compiled(tmp_path_factory) -> dict:
     return next(yaml.safe_load_all(path.read_text()))  # doc 2 is the kubernetes platform spec
 
 
+def body(compiled: dict) -> dict:
+    """The tasks inside the pipeline's exit handler (every step but the handler itself)."""
+    handler = compiled["root"]["dag"]["tasks"]["exit-handler-1"]
+    return compiled["components"][handler["componentRef"]["name"]]["dag"]["tasks"]
+
+
+def test_every_step_runs_inside_an_exit_handler_that_records_failures(compiled):
+    root = compiled["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "record-outcome"}
+    outcome = root["record-outcome"]
+    assert outcome["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert outcome["inputs"]["parameters"]["status"] == {
+        "taskFinalStatus": {"producerTask": "exit-handler-1"}}
+
+
+def test_steps_that_talk_to_services_retry_with_backoff(compiled):
+    tasks = body(compiled)
+    gated = next(t for name, t in tasks.items() if name.startswith("condition"))
+    inner = compiled["components"][gated["componentRef"]["name"]]["dag"]["tasks"]
+    for task in (tasks["ingest"], inner["register"], inner["deploy"]):
+        assert task["retryPolicy"] == {"backoffDuration": "30s", "backoffFactor": 2.0,
+                                       "backoffMaxDuration": "300s", "maxRetryCount": 3}
+    assert "retryPolicy" not in tasks["train"]  # a failed training is not a hiccup
+
+
 def test_every_component_runs_in_the_project_image_without_installs(compiled):
     executors = compiled["deploymentSpec"]["executors"]
     assert len(executors) >= 5
@@ -38,7 +63,7 @@ def test_every_component_runs_in_the_project_image_without_installs(compiled):
 
 
 def test_register_runs_only_inside_the_gate(compiled):
-    tasks = compiled["root"]["dag"]["tasks"]
+    tasks = body(compiled)
     assert {"ingest", "train", "evaluate"} <= set(tasks)
     assert "register" not in tasks
     condition = next(t for name, t in tasks.items() if name.startswith("condition"))
@@ -48,7 +73,7 @@ def test_register_runs_only_inside_the_gate(compiled):
 
 
 def test_preprocessing_fans_out_over_the_shards_ingest_returns(compiled):
-    tasks = compiled["root"]["dag"]["tasks"]
+    tasks = body(compiled)
     loop_name, loop = next((name, t) for name, t in tasks.items() if name.startswith("for-loop"))
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--ingest-Output"
     assert loop["iteratorPolicy"]["parallelismLimit"] == DEFAULT_PARALLELISM
@@ -67,7 +92,7 @@ def test_parallelism_is_set_at_compile_time(tmp_path):
     out = tmp_path / "p3.yaml"
     subprocess.run([sys.executable, "-m", "pipelines.train", "compile", "-o", str(out), "--parallelism", "3"],
                    cwd=Path(__file__).parents[2], check=True, capture_output=True)
-    tasks = next(yaml.safe_load_all(out.read_text()))["root"]["dag"]["tasks"]
+    tasks = body(next(yaml.safe_load_all(out.read_text())))
     loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
     assert loop["iteratorPolicy"]["parallelismLimit"] == 3
     with pytest.raises(ValueError, match="parallelism must be >= 0"):

@@ -71,10 +71,11 @@ def test_the_recurring_pipeline_checks_before_every_step(tmp_path: Path):
     path = tmp_path / "daily.yaml"
     compiler.Compiler().compile(make_pipeline(trigger=True), str(path))
     spec = next(yaml.safe_load_all(path.read_text()))
-    root = spec["root"]["dag"]["tasks"]
-    assert set(root) == {"retrain-check", "condition-1"}
-    assert "retrain" in root["condition-1"]["triggerPolicy"]["condition"]
-    inner = spec["components"][root["condition-1"]["componentRef"]["name"]]["dag"]["tasks"]
+    handler = spec["root"]["dag"]["tasks"]["exit-handler-1"]
+    root = spec["components"][handler["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(root) == {"retrain-check", "condition-2"}
+    assert "retrain" in root["condition-2"]["triggerPolicy"]["condition"]
+    inner = spec["components"][root["condition-2"]["componentRef"]["name"]]["dag"]["tasks"]
     assert {"ingest", "train", "evaluate"} <= set(inner)
     assert any(name.startswith("condition") for name in inner)  # the gate, nested
     assert spec["root"]["inputDefinitions"]["parameters"]["min_new_labels"]["parameterType"] == "NUMBER_INTEGER"

@@ -93,3 +93,27 @@ def epoch_logger():  # -> keras.callbacks.Callback
                 mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
 
     return MlflowEpochLogger()
+
+
+def record_pipeline_outcome(cfg: TrackingConfig, pipeline_run_id: str, *, state: str,
+                            failed_task: str, error: str) -> str | None:
+    """Record a pipeline run that did not succeed as a FAILED MLflow run named after it,
+    tagged with the state, the task KFP names and its error; returns that run's id (None
+    when the pipeline succeeded: its training run already tells the story).
+
+    The exit handler calls this with KFP's ``PipelineTaskFinalStatus``; what it names
+    depends on the runner (docs/pipeline.md).
+    """
+    if state == "SUCCEEDED":
+        return None
+    import mlflow
+
+    activate(cfg)
+    tags = {"pipeline_run_id": pipeline_run_id, "pipeline.state": state,
+            "pipeline.failed_task": failed_task or "unknown",
+            "pipeline.error": (error or "no error message from the runner")[:5000]}
+    with mlflow.start_run(run_name=f"pipeline {pipeline_run_id} {state.lower()}",
+                          tags=tags) as run:
+        pass
+    mlflow.MlflowClient().set_terminated(run.info.run_id, status="FAILED")
+    return run.info.run_id

@@ -121,7 +121,14 @@ def register_candidate(
 
     client = mlflow.MlflowClient()
     old = champion_version(model_name)
-    mv = mlflow.register_model(f"models:/{model_id}", model_name, tags=dict(tags))
+    # Idempotent, so a retried register step finds the version its first attempt made.
+    done = [v for v in client.search_model_versions(f"name='{model_name}'")
+            if getattr(v, "model_id", None) == model_id]
+    if done:
+        mv = done[0]
+        old = old if old is None or str(old.version) != str(mv.version) else None
+    else:
+        mv = mlflow.register_model(f"models:/{model_id}", model_name, tags=dict(tags))
     if description:
         client.update_model_version(model_name, mv.version, description=description)
     with tempfile.TemporaryDirectory(prefix="clazzify-meta-") as tmp:

@@ -26,6 +26,8 @@ from clazzify.rollout.canary import CanaryPolicy, CanaryVerdict, Scrape, judge_c
 #: Reads the model server metrics of one model version's pods: version -> {pod: Scrape}.
 ReadMetrics = Callable[[str], Mapping[str, Scrape]]
 DEFAULT_POLICY = CanaryPolicy()
+#: Model version tag of a version whose canary failed: a retried deploy step stops at once.
+REJECTED_TAG = "canary_rejected"
 
 log = logging.getLogger(__name__)
 
@@ -384,9 +386,20 @@ def deploy_version(
             f"{target.storage_uri} is on this machine, out of the cluster's reach: run MLflow with "
             "--serve-artifacts --artifacts-destination s3://... (manifests/base/mlflow.yaml)"
         )
-    result = roll_out(kubernetes_api(), cfg, target, canary_percent,
-                      read_metrics=pod_metrics(cfg.namespace, cfg.name), policy=policy,
-                      timeout_s=timeout_s)
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    rejected = client.get_model_version(model_name, target.version).tags.get(REJECTED_TAG)
+    if rejected:
+        raise CanaryRejected(f"version {target.version} was rejected as a canary before "
+                             f"({rejected}); register a new candidate instead")
+    try:
+        result = roll_out(kubernetes_api(), cfg, target, canary_percent,
+                          read_metrics=pod_metrics(cfg.namespace, cfg.name), policy=policy,
+                          timeout_s=timeout_s)
+    except CanaryRejected as e:
+        client.set_model_version_tag(model_name, target.version, REJECTED_TAG, str(e)[:5000])
+        raise
     write_manifest(result.manifest, manifest_path)
     return result
 
