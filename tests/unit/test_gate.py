@@ -1,7 +1,7 @@
 import pytest
 
 from clazzify.core.errors import ConfigError
-from clazzify.training.gate import GateConfig, passes_gate
+from clazzify.training.gate import Comparison, GateConfig, passes_gate
 
 pytestmark = pytest.mark.unit
 
@@ -98,3 +98,21 @@ def test_precision_floor_validation():
         GateConfig(class_precision={"food": -0.1})
     with pytest.raises(ConfigError, match="pizza"):
         passes_gate(0.9, RECALL, GateConfig(class_precision={"pizza": 0.5}), precision=RECALL)
+
+
+COMPARED = [
+    # (whole-test accuracy, comparison, config, expected pass, a reason that must be given)
+    (0.90, Comparison(100, 0.88, 0.90), GateConfig(min_accuracy=0.7), False, "on 100 test photos neither"),
+    (0.90, Comparison(100, 0.88, 0.90), GateConfig(min_accuracy=0.7, max_regression=0.02), True, "0.8800 >="),
+    (0.60, Comparison(100, 0.95, 0.90), GateConfig(min_accuracy=0.7), False, "< min_accuracy"),  # absolute
+    (0.90, Comparison(0, 0.0, 0.0, excluded_seen=40), GateConfig(min_accuracy=0.7), True, "absolute gate only"),
+    (0.90, Comparison(50, 0.9, 0.8, classes_added=["drinks"]), GateConfig(), True, "class set changed"),
+    (0.90, Comparison(50, 0.9, 0.8, champion_lineage=False), GateConfig(), True, "recorded no training photos"),
+]
+
+
+@pytest.mark.parametrize(("acc", "comparison", "cfg", "expected", "says"), COMPARED)
+def test_gate_compares_on_unseen_photos(acc, comparison, cfg, expected, says):
+    decision = passes_gate(acc, RECALL, cfg, champion_version="3", comparison=comparison)
+    assert decision.passed is expected
+    assert any(says in r for r in decision.reasons), decision.reasons
