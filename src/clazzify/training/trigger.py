@@ -80,7 +80,8 @@ def should_retrain(evidence: Evidence, policy: RetrainPolicy) -> RetrainDecision
 
 
 def hash_source(source: str, workers: int = 0, progress: bool = True) -> list[str]:
-    """Content hash of every file a source lists (bytes only: no decoding)."""
+    """Content hash of every file a source lists (bytes only: no decoding, so a file that ingest
+    quarantines counts as new until it is removed)."""
     items = list_source(source)
     workers = workers or 2 * (os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
