@@ -168,13 +168,23 @@ def synthetic_hashes(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
 
 
 @click.command()
-@click.option("--source", type=click.Path(exists=True, file_okay=False), required=True,
-              help="Class folders (clazzify demo-data DATA --per-class 2500 --size 256).")
+@click.option("--source", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Class folders (clazzify demo-data DATA --per-class 2500 --size 256); without it only "
+              "the synthetic row runs.")
 @click.option("--synthetic", default=200_000, show_default=True, help="Photos of precomputed hashes.")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("/tmp/ingest-groups"),
               show_default=True)
-def main(source: str, synthetic: int, work: Path) -> None:
+def main(source: str | None, synthetic: int, work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
+    if source is None:
+        log(f"synthetic {synthetic:,} photos of precomputed hashes")
+        syn = in_fresh_process(leader_groups, *synthetic_hashes(synthetic))
+        print(f"| {synthetic:,} synthetic photos (precomputed hashes): grouping | {syn['group_seconds']:.1f} | "
+              f"{syn['peak_rss_mb']:.0f} | largest group {syn['largest_group']}; split {syn['split_seconds']:.1f} s |")
+        print("per-class split shares (synthetic):", json.dumps(syn["shares"]))
+        out = Path(__file__).with_name("results") / "ingest_groups_synthetic.json"
+        out.write_text(json.dumps(syn, indent=2))
+        return
     log("decode pass")
     decode = in_fresh_process(decode_pass, source)
     log("whole ingest")

@@ -98,3 +98,13 @@ def test_a_relabel_csv_wins_over_the_database(tmp_path: Path):
     rows = {r.uri: r for r in read_split_manifest(out / "manifest.csv")}
     assert (rows[str(wrong[0])].label, rows[str(wrong[0])].label_source) == ("food", "relabel_csv")
     assert (rows[str(wrong[1])].label, rows[str(wrong[1])].label_source) == ("menu", "manual")
+
+
+def test_an_unreadable_labels_database_is_one_clear_line(tmp_path: Path):
+    root = tmp_path / "photos"
+    write_demo_data(root, per_class=6, size=48, seed=6, bad_files=False)
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    result = CliRunner().invoke(main, ["ingest", str(root), "-o", str(tmp_path / "ing"), "--labels-from", empty])
+    assert result.exit_code != 0
+    assert "cannot read manual labels from" in result.output and "no such table" in result.output
+    assert "Traceback" not in result.output

@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from clazzify.core.errors import ConfigError
+from clazzify.core.errors import ConfigError, StorageError
 
 #: Where ``clazzify`` keeps its scores unless told otherwise (relative to the working folder).
 DEFAULT_DB_URL = "sqlite:///.clazzify/scores.db"
@@ -755,8 +755,15 @@ class ScoreRepository:
 def read_manual_labels(url: str, since: datetime | None = None) -> list[dict[str, Any]]:
     """:meth:`ScoreRepository.manual_labels` of the database at ``url`` (opened, read, closed;
     the schema is not migrated: a reader never changes the database)."""
-    repo = ScoreRepository.open(url, migrate=False)
     try:
-        return repo.manual_labels(since)
-    finally:
-        repo.close()
+        repo = ScoreRepository.open(url, migrate=False)
+        try:
+            return repo.manual_labels(since)
+        finally:
+            repo.close()
+    except sa.exc.SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise StorageError(
+            f"cannot read manual labels from {url}: {reason}; check the URL and that the scores "
+            "database exists (its schema is created by the workers)"
+        ) from e
