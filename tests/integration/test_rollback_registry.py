@@ -10,7 +10,7 @@ import pytest
 from clazzify.core.errors import ConfigError
 from clazzify.rollout import cluster as rollout
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # real services and servers start per module
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture()

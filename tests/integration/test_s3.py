@@ -15,7 +15,7 @@ from clazzify.core.errors import StorageError
 from clazzify.core.storage import S3Settings
 from clazzify.training.ingest import IngestConfig, ingest_images, read_split_manifest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # real services and servers start per module
+pytestmark = pytest.mark.integration
 
 
 def free_port() -> int:

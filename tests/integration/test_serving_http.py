@@ -35,7 +35,7 @@ from clazzify.serving.protocol import images_to_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # real services and servers start per module
+pytestmark = pytest.mark.integration
 
 V1 = "/v1/models/clazzify:predict"
 V2 = "/v2/models/clazzify/infer"

@@ -17,7 +17,7 @@ from clazzify.core.errors import ConfigError
 from clazzify.serving.config import parse_model_uri
 from clazzify.serving.engine import content_version, fetch_bundle, load_engine
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # real services and servers start per module
+pytestmark = pytest.mark.integration
 
 V1 = "/v1/models/clazzify:predict"
 

@@ -31,7 +31,7 @@ from worker_support import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # real services and servers start per module
+pytestmark = pytest.mark.integration
 
 VERSION = "itest-7"
 
