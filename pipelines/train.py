@@ -216,6 +216,10 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
             seed=seed,
             mlflow_tracking_uri=mlflow_tracking_uri,
             mlflow_experiment=mlflow_experiment,
+            accelerator_type=accelerator_type,
+            gpu_count=gpu_count,
+            cpu=train_cpu,
+            memory=train_memory,
         )
         size(use_s3(train_task, s3_secret, s3_config),
              train_cpu, train_cpu, train_memory, train_memory)

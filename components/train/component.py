@@ -24,10 +24,18 @@ def train(
     seed: int,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
+    accelerator_type: str,
+    gpu_count: int,
+    cpu: str,
+    memory: str,
     model: Output[Model],
     learning_curve: Output[HTML],
 ) -> NamedTuple("TrainOutputs", [("run_id", str), ("best_val_accuracy", float)]):
-    """Train on every HDF5 shard and export the bundle; logs the run to MLflow."""
+    """Train on every HDF5 shard and export the bundle; logs the run to MLflow.
+
+    ``accelerator_type``/``gpu_count``/``cpu``/``memory`` are what the pod asked for, recorded
+    on the model artifact (passing them as inputs also carries them into the exit handler's
+    sub-DAG, where KFP 2.17's compiler does not carry resource placeholders by itself)."""
     import base64
     from collections import namedtuple
     from pathlib import Path
@@ -47,5 +55,7 @@ def train(
     )
     png = base64.b64encode((out / "learning_curve.png").read_bytes()).decode()
     Path(learning_curve.path).write_text(f'<img src="data:image/png;base64,{png}"/>')
-    model.metadata.update({"architecture": architecture, "mlflow_run_id": result.run_id})
+    model.metadata.update({"architecture": architecture, "mlflow_run_id": result.run_id,
+                           "requested": {"accelerator_type": accelerator_type,
+                                         "gpu_count": gpu_count, "cpu": cpu, "memory": memory}})
     return namedtuple("TrainOutputs", ["run_id", "best_val_accuracy"])(result.run_id, result.best_val_accuracy)
