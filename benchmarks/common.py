@@ -50,7 +50,8 @@ def write_random_hdf5(path: Path, rows: int, size: int,
     rng = np.random.default_rng(0)
     pool = rng.integers(0, 255, (min(256, rows), size, size, 3), dtype=np.uint8)
     with h5py.File(path, "w") as f:
-        images = f.create_dataset("images", (rows, size, size, 3), dtype=np.uint8, chunks=(32, size, size, 3))
+        images = f.create_dataset("images", (rows, size, size, 3), dtype=np.uint8,
+                                  chunks=(min(32, rows), size, size, 3))
         for start in range(0, rows, 256):
             n = min(256, rows - start)
             images[start : start + n] = pool[:n]

@@ -359,10 +359,10 @@ def train_model(
                 keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience)
             )
 
-        import mlflow
-
         run = None
         if tracking:
+            import mlflow  # only when tracking: the GPU benchmark machine has no MLflow
+
             activate(tracking)
             run = mlflow.start_run(run_id=tracking.run_id, run_name=tracking.run_name)
             mlflow.log_params(flatten_params({"train": asdict(cfg), "data": {
@@ -432,4 +432,6 @@ def train_model(
             return result
         finally:
             if run:
+                import mlflow
+
                 mlflow.end_run()
