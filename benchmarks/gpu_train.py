@@ -222,13 +222,15 @@ def main() -> None:
     parser.add_argument("--real", type=Path, help="HDF5 folder of the real photos: 40 epochs of the default")
     parser.add_argument("--real-epochs", type=int, default=40)
     parser.add_argument("--pack-real", type=Path, help="write the real photos' HDF5 files here, then exit")
+    parser.add_argument("--photos", type=Path, default=None, help="the real photos for --pack-real "
+                        "(default: ../shared/datasets/restaurant-photos beside the checkout)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script on a CPU")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "gpu_train.json")
     args = parser.parse_args()
     if args.pack_real:
         from common import PHOTOS
 
-        pack_real(args.pack_real, PHOTOS)
+        pack_real(args.pack_real, args.photos or PHOTOS)
         return
     import jax
     import keras
