@@ -128,41 +128,54 @@ def test_cli_help_for_every_command():
 
 
 @pytest.mark.slow
-def test_local_run_registers_then_gate_blocks(demo_dir: Path, tmp_path: Path):
+def test_a_passing_run_shards_registers_and_logs(passing_run):
     import mlflow
 
     from clazzify.registry.tracking import TrackingConfig, activate
     from clazzify.registry.versions import champion_version
 
-    # 96 accepted images in shards of at most 40: three preprocessing tasks in the ParallelFor
-    first = run_local(str(demo_dir), {**TINY, "epochs": 2, "min_accuracy": 0.0, "shard_size": 40}, tmp_path)
+    first = passing_run.summary
     assert first["champion_version"] is not None
-    (run_dir,) = (tmp_path / "kfp").iterdir()
-    shard_files = sorted(p.name for p in run_dir.glob("for-loop-*-iteration-*/preprocess/train_data/train-*.h5"))
+    # 96 accepted images in shards of at most 40: three preprocessing tasks in the ParallelFor
+    shard_files = sorted(p.name for p in passing_run.run_dir.glob(
+        "for-loop-*-iteration-*/preprocess/train_data/train-*.h5"))
     assert shard_files == ["train-00000.h5", "train-00001.h5", "train-00002.h5"]
-    manifest = read_split_manifest(run_dir / "ingest" / "manifest")
+    manifest = read_split_manifest(passing_run.run_dir / "ingest" / "manifest")
     activate(TrackingConfig(first["tracking_uri"]))
     mv = champion_version("clazzify")
+    assert str(mv.version) == str(first["champion_version"])
     assert mv.tags["image_size"] == "32" and mv.tags["class_names"] == "ambiance,food,human,menu"
     assert mv.tags["dataset_fingerprint"] and mv.tags["gate_accuracy"]
     run = mlflow.get_run(mv.run_id)
     assert run.data.tags["gate"] == "passed"
-    assert "test_accuracy" in run.data.metrics and "val_accuracy" in run.data.metrics
-    assert run.data.params["train.architecture"] == "compact"
+    assert "test_accuracy" in run.data.metrics
+    assert run.data.params["train.architecture"] == "efficientnet_lite0"  # the default recipe
     # training read every shard: its row count is the manifest's training split
     assert int(run.data.params["data.train_rows"]) == sum(r.split == "train" for r in manifest)
     assert run.data.params["gate.min_accuracy"] == "0.0"
-    history = mlflow.MlflowClient().get_metric_history(mv.run_id, "loss")
-    assert len(history) == 2
 
-    second = run_local(str(demo_dir), {**TINY, "min_accuracy": 1.0}, tmp_path)
-    assert second["champion_version"] == first["champion_version"]  # the champion did not move
-    activate(TrackingConfig(first["tracking_uri"]))
+
+@pytest.mark.slow
+def test_a_failed_gate_leaves_the_champion_where_it_was(passing_run, demo_dir: Path):
+    import mlflow
+
+    from clazzify.registry.tracking import TrackingConfig, activate
+
+    before = passing_run.summary["champion_version"]
+    second = run_local(str(demo_dir), {**TINY, "epochs": 2, "min_accuracy": 1.0}, passing_run.home)
+    assert second["champion_version"] == before  # the champion did not move
+    activate(TrackingConfig(passing_run.summary["tracking_uri"]))
     runs = mlflow.search_runs(experiment_names=["clazzify"], order_by=["start_time DESC"])
     latest = runs.iloc[0]
     assert latest["tags.gate"] == "failed"
     assert "min_accuracy" in latest["tags.gate.reasons"]
     assert "champion" in latest["tags.gate.reasons"]  # it was compared with the champion
+    assert latest["params.train.architecture"] == "compact"
+    client = mlflow.MlflowClient()
+    # one loss and one val_accuracy per epoch reached MLflow (the default recipe's
+    # frozen-backbone head, in the passing run, has no epochs)
+    assert len(client.get_metric_history(latest["run_id"], "loss")) == 2
+    assert len(client.get_metric_history(latest["run_id"], "val_accuracy")) == 2
 
 
 def test_presets_are_valid_parameter_sets():

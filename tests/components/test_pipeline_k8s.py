@@ -5,9 +5,7 @@ Makefile builds. Plus the local run's deploy step: it writes the manifest instea
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 
@@ -163,40 +161,10 @@ def test_images_equal_the_makefiles(registry):
 
 
 @pytest.mark.slow
-def test_local_run_writes_the_deploy_manifest_and_says_so(tmp_path: Path):
-    from clazzify.training.demo_data import write_demo_data
-
-    write_demo_data(tmp_path / "data", per_class=12, size=48, seed=2, bad_files=False)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.train",
-            "run",
-            "--local",
-            "--source",
-            str(tmp_path / "data"),
-            "--home",
-            str(tmp_path / "home"),
-            "--set",
-            "image_size=32",
-            "--set",
-            "min_accuracy=0",
-            "--set",
-            "min_class_recall=0",
-            "--set",
-            "min_class_precision=0",
-        ],  # the default recipe (EfficientNet-Lite0, packaged weights, frozen backbone) at 32 px
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KUBERNETES_"))},
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    log = out.stdout + out.stderr
+def test_local_run_writes_the_deploy_manifest_and_says_so(passing_run):
+    log = passing_run.log
     assert "not in a Kubernetes cluster: wrote the InferenceService" in log
-    (manifest,) = (tmp_path / "home" / "kfp").rglob("deploy/manifest/inferenceservice.yaml")
+    (manifest,) = passing_run.run_dir.rglob("deploy/manifest/inferenceservice.yaml")
     isvc = yaml.safe_load(manifest.read_text())
     assert isvc["kind"] == "InferenceService"
     assert isvc["spec"]["predictor"]["containers"][0]["image"] == IMAGES["serving"]
