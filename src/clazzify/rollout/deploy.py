@@ -53,7 +53,7 @@ PROMETHEUS_PATH_ANNOTATION = "prometheus.kserve.io/path"
 #: The serving benchmark's measured best engine batch size
 #: (benchmarks/results/serving_sizes.json, written by benchmarks/model_server.py; a test
 #: holds this default equal to it).
-BENCHMARKED_BATCH_SIZE = 8
+BENCHMARKED_BATCH_SIZE = 4
 
 SCALE_METRICS = {KNATIVE: ("concurrency", "rps"), STANDARD: ("cpu", "memory")}
 # Knative: in-flight requests per replica (the server batches up to 32 of them);

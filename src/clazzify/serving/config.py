@@ -128,7 +128,7 @@ class ServerConfig:
     model_name: str = "clazzify"
     engine: str = "auto"
     http_port: int = 8080
-    max_batch_size: int = 8
+    max_batch_size: int = 4  # benchmarks/results/serving_sizes.json best_batch_size
     max_latency_ms: float = 5.0
     watch_interval_s: float = 0.0
     limits: ServingLimits = field(default_factory=ServingLimits)

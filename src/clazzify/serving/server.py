@@ -67,7 +67,7 @@ def kserve_options(extra: list[str]) -> argparse.Namespace:
 @click.option("--workers", default=1, type=click.IntRange(1, 1),
               help="Server processes: 1 (the model and its batcher live in the process; add "
                    "replicas to scale out). Accepted because KServe's ModelServer has it.")
-@click.option("--max-batch-size", default=8,
+@click.option("--max-batch-size", default=4,
               help="Most images per engine call. On CPU, ONNX Runtime peaks at small batches "
                    "(benchmarks/model_server.py prints the engine's rate per batch size).")
 @click.option("--max-latency-ms", default=5.0,
