@@ -4,8 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOME_DIR ?= .clazzify
 DEMO_DATA ?= $(HOME_DIR)/demo-data
-DEMO_SET ?= image_size=64 architecture=compact epochs=8 batch_size=32 learning_rate=0.003 min_accuracy=0.7 patience=3 \
-	shard_size=150
+DEMO_SET ?= image_size=64 architecture=compact init_weights= frozen_backbone=false epochs=8 batch_size=32 learning_rate=0.003 \
+	min_accuracy=0.7 patience=3 shard_size=150
 PYTEST_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 

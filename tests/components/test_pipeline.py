@@ -185,3 +185,22 @@ def test_presets_are_valid_parameter_sets():
     assert parse_overrides(PRESETS["original"])["image_size"] == 227
     for values in PRESETS.values():
         parse_overrides(values)  # every key exists and every value has the right type
+
+
+def test_make_demo_settings_build_a_model():
+    """`make demo` sets DEMO_SET over the pipeline's defaults; the mix must be a model that
+    can be built (a compact network with the default's packaged weights cannot)."""
+    import inspect
+    import re
+
+    from clazzify.training.models import ModelSpec
+    from clazzify.training.train import TrainConfig
+
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    demo_set = re.search(r"^DEMO_SET \?= ((?:.*\\\n)*.*)$", makefile, re.M).group(1).replace("\\\n", " ")
+    defaults = {k: p.default for k, p in inspect.signature(train_pipeline.pipeline_func).parameters.items()}
+    params = {**defaults, **parse_overrides(tuple(demo_set.split()))}
+    TrainConfig(architecture=params["architecture"], init_weights=params["init_weights"],
+                frozen_backbone=params["frozen_backbone"])
+    ModelSpec(params["architecture"], num_classes=4, image_size=params["image_size"],
+              init_weights=params["init_weights"] or None)
