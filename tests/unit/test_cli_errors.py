@@ -52,6 +52,7 @@ def _cases() -> list[tuple[str, list[str]]]:
             ("enqueue SOURCE", ["enqueue", source, "--queue", "cluster.cli-errors"]),
             ("score --source", ["score", "--source", source, "--endpoint", UNREACHABLE_ENDPOINT,
                                 "--db", "{db}"]),
+            ("retrain SOURCE", ["retrain", source, "--home", "{tmp}/home", "--dry-run"]),
         ]
     return cases
 

@@ -9,6 +9,7 @@ import click
 
 from clazzify.cli.main import main
 from clazzify.core.bundle import BUNDLE_ENGINES
+from clazzify.core.errors import StorageError
 from clazzify.core.imaging import ImageLimits
 
 
@@ -202,9 +203,16 @@ def retrain_cmd(source: str, labels_from: str | None, relabel_csv: str | None, m
     import subprocess
     import sys
 
+    from clazzify.core import storage
     from clazzify.registry.tracking import default_tracking_uri
     from clazzify.training.trigger import RetrainPolicy, check_retrain
 
+    # A source the pipeline could not read is a bad input now, not a failed run later.
+    if storage.is_s3(source):
+        storage.preflight(source)
+    elif not storage.local_path(source).exists():
+        raise StorageError(f"source {source} does not exist: pass a class-folder root, an "
+                           "s3:// prefix or a CSV/JSONL manifest")
     policy = RetrainPolicy(min_new_photos, min_new_labels)
     label_times = None
     if labels_from:
