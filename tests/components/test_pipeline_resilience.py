@@ -55,6 +55,7 @@ def _runs(tracking_uri: str):
     return mlflow.search_runs(experiment_names=["resilience"], output_format="list")
 
 
+@pytest.mark.slow
 def test_a_retried_step_succeeds_and_a_success_is_not_recorded_as_failure(tmp_path: Path):
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
                raise_on_error=True)
@@ -65,6 +66,7 @@ def test_a_retried_step_succeeds_and_a_success_is_not_recorded_as_failure(tmp_pa
     assert _runs(tracking) == []
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_recorded_in_mlflow_by_the_exit_handler(tmp_path: Path):
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
                raise_on_error=False)

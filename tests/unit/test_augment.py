@@ -57,6 +57,7 @@ def test_layer_is_random_in_training_and_the_identity_at_inference():
         RandomRotateZoom(rotation=2.0)
 
 
+@pytest.mark.slow
 def test_every_architecture_compiles_whole_under_tensorflow():
     from keras.src.trainers.trainer import model_supports_jit
 
@@ -114,6 +115,7 @@ def test_every_architecture_compiles_whole_under_jax():
     assert jit and np.isfinite(loss)  # an XLA-compiled step with the augmentation inside
 
 
+@pytest.mark.slow
 def test_bundle_keras_file_loads_without_the_training_code(tiny_bundle):
     """The model server imports no training code: the saved model holds stock layers only."""
     script = (

@@ -86,6 +86,7 @@ def test_fold_temperature_divides_the_logits():
     np.testing.assert_allclose(after, apply_temperature(before, 2.5), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_frozen_lite0_trains_calibrates_and_records_the_temperature(hdf5_dir, tmp_path):
     from clazzify.training.data import read_column, read_rows
     from clazzify.training.train import TrainConfig, train_model
