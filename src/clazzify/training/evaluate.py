@@ -165,6 +165,10 @@ def write_metrics(
     return metrics
 
 
+def _ci(interval: tuple[float, float] | None) -> str:
+    return f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
+
+
 def gate_markdown(decision: GateDecision, metrics: EvalMetrics) -> str:
     lines = [
         f"# Gate: **{decision.verdict.upper()}**",
@@ -175,13 +179,10 @@ def gate_markdown(decision: GateDecision, metrics: EvalMetrics) -> str:
         "|---|---:|---:|---:|---:|",
     ]
 
-    def ci(interval) -> str:
-        return f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
-
     for name in metrics.class_names:
         lines.append(
-            f"| {name} | {metrics.precision[name]:.3f}{ci(metrics.precision_interval.get(name))} | "
-            f"{metrics.recall[name]:.3f}{ci(metrics.recall_interval.get(name))} | "
+            f"| {name} | {metrics.precision[name]:.3f}{_ci(metrics.precision_interval.get(name))} | "
+            f"{metrics.recall[name]:.3f}{_ci(metrics.recall_interval.get(name))} | "
             f"{metrics.f1[name]:.3f} | {metrics.support[name]} |"
         )
     lines += ["", f"accuracy {metrics.accuracy:.4f} (95% Wilson interval {metrics.accuracy_interval[0]:.3f}-"
@@ -356,14 +357,17 @@ def model_card(
             for name in summary["class_names"]
         ]
         lines.append("")
+    low, high = metrics.accuracy_interval
     lines += [
-        f"**Test** ({metrics.n} photos): accuracy {metrics.accuracy:.4f}, ECE {metrics.ece:.4f}.",
+        f"**Test** ({metrics.n} photos): accuracy {metrics.accuracy:.4f} (95% Wilson interval "
+        f"{low:.3f}-{high:.3f}), ECE {metrics.ece:.4f}.",
         "",
-        "| class | precision | recall | f1 | support |",
+        "| class | precision (95% CI) | recall (95% CI) | f1 | support |",
         "|---|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {n} | {metrics.precision[n]:.3f} | {metrics.recall[n]:.3f} | {metrics.f1[n]:.3f} | {metrics.support[n]} |"
+        f"| {n} | {metrics.precision[n]:.3f}{_ci(metrics.precision_interval.get(n))} | "
+        f"{metrics.recall[n]:.3f}{_ci(metrics.recall_interval.get(n))} | {metrics.f1[n]:.3f} | {metrics.support[n]} |"
         for n in metrics.class_names
     ]
     c = decision.comparison
