@@ -12,7 +12,10 @@ What it does, in the pipeline's own code:
    development photos (train + val): in each fold the training part loses a group-held-out
    15% that fits the temperature (as the pipeline's val split does), the head is fit on the
    rest, and the held-out fold is scored. Choices are made in stages on mean fold accuracy
-   (ties: mean of the worst class recall): head L2, class weighting, input size.
+   (ties: mean of the worst class recall): head L2, class weighting, input size (serving
+   capacity is not binding: 500k photos a day is 6 a second), then augmentation (the head
+   also fitted on mirrored copies of its training photos), which must win by more than the
+   fold interval because it doubles feature extraction and so breaks the 3-minute budget.
 4. The chosen recipe is trained as the pipeline trains it (train split, temperature on val)
    and scored once on the test split, with Wilson 95% intervals overall and per class.
 
@@ -61,11 +64,13 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 @dataclass
 class Dev:
     features: dict[int, np.ndarray]   # image size -> [N, D]
+    flipped: dict[int, np.ndarray]    # image size -> features of the mirrored photos (augmentation)
     labels: np.ndarray
     groups: np.ndarray
 
 
-def fold_scores(dev: Dev, size: int, weighting: str, l2: float, folds: int, repeats: int, k: int) -> dict:
+def fold_scores(dev: Dev, size: int, weighting: str, l2: float, folds: int, repeats: int, k: int,
+                flip: bool = False) -> dict:
     """Out-of-fold metrics of one recipe over ``repeats`` x ``folds`` group-stratified folds."""
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -79,7 +84,11 @@ def fold_scores(dev: Dev, size: int, weighting: str, l2: float, folds: int, repe
             inner = StratifiedGroupKFold(n_splits=7, shuffle=True, random_state=100 + rep)
             head_rel, cal_rel = next(inner.split(x[fit_idx], y[fit_idx], g[fit_idx]))
             head_idx, cal_idx = fit_idx[head_rel], fit_idx[cal_rel]
-            kernel, bias = fit_head(x[head_idx], y[head_idx], k, class_weighting=weighting, l2=l2)
+            if flip:  # the head also learns from the mirrored training photos
+                xf = np.concatenate([x[head_idx], dev.flipped[size][head_idx]])
+                kernel, bias = fit_head(xf, np.concatenate([y[head_idx]] * 2), k, class_weighting=weighting, l2=l2)
+            else:
+                kernel, bias = fit_head(x[head_idx], y[head_idx], k, class_weighting=weighting, l2=l2)
             t = fit_temperature(softmax(x[cal_idx] @ kernel + bias), y[cal_idx])
             raw = softmax(x[score_idx] @ kernel + bias)
             cal = apply_temperature(raw, t)
@@ -95,7 +104,7 @@ def fold_scores(dev: Dev, size: int, weighting: str, l2: float, folds: int, repe
     correct = int(sum((pooled[r].argmax(1) == y).sum() for r in range(repeats)) / repeats)
     rec, prec = np.asarray(recalls), np.asarray(precisions)
     return {
-        "size": size, "class_weighting": weighting, "l2": l2, "folds": folds, "repeats": repeats,
+        "size": size, "class_weighting": weighting, "l2": l2, "flip": flip, "folds": folds, "repeats": repeats,
         "accuracy": mean_ci(accs), "pooled_wilson": wilson(correct, len(y)), "n": len(y),
         "recall": [mean_ci(rec[:, c].tolist()) for c in range(k)],
         "precision": [mean_ci(prec[:, c].tolist()) for c in range(k)],
@@ -125,6 +134,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
     manifest = args.work / "manifest.csv"
+    import hashlib
     t0 = time.perf_counter()
     ingest_images(args.source, manifest, args.work / "ingest", IngestConfig(seed=42), progress=False)
     records = read_split_manifest(manifest)
@@ -137,7 +147,8 @@ def main() -> None:
     extract_s: dict[int, float] = {}
     labels = groups = None
     for size in sizes:
-        h5 = args.work / f"h5-{size}"
+        digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:12]  # a new split, new files
+        h5 = args.work / f"h5-{size}-{digest}"
         if not (h5 / "test.h5").is_file():
             build_hdf5(manifest, h5, PreprocessConfig(image_size=size, seed=42), progress=False)
         keras.utils.set_random_seed(0)
@@ -161,16 +172,26 @@ def main() -> None:
             raise SystemExit("HDF5 row order differs between sizes")
         labels, groups = y, g
         log(f"{size}px: features of {sum(len(v[1]) for v in by_split.values())} photos in {extract_s[size]:.0f}s")
+        if size == sizes[0]:  # mirrored photos, for the augmentation stage
+            fm = feature_model(model)
 
-    dev = Dev({s: np.concatenate([feats[s]["train"], feats[s]["val"]]) for s in sizes}, labels, groups)
+            def mirrored(images, training=False, fm=fm):
+                return fm(images[:, :, ::-1], training=training)
+
+            flip_cache = FeatureCache(args.work / "features", f"efficientnet_lite0-packaged-{size}-hflip")
+            flipped = {size: np.concatenate([
+                extract_features(mirrored, [h5 / f"{split}.h5"], cache=flip_cache, progress=False)[0]
+                for split in ("train", "val")])}
+
+    dev = Dev({s: np.concatenate([feats[s]["train"], feats[s]["val"]]) for s in sizes}, flipped, labels, groups)
     rows: list[dict] = []
 
-    def run(size: int, weighting: str, l2: float) -> dict:
+    def run(size: int, weighting: str, l2: float, flip: bool = False) -> dict:
         t = time.perf_counter()
-        r = fold_scores(dev, size, weighting, l2, args.folds, args.repeats, k)
+        r = fold_scores(dev, size, weighting, l2, args.folds, args.repeats, k, flip=flip)
         r["fit_seconds_per_fold"] = (time.perf_counter() - t) / (args.folds * args.repeats)
         rows.append(r)
-        log(f"{size}px {weighting:8s} l2={l2:<5g} acc {r['accuracy'][0]:.4f}±{r['accuracy'][1]:.4f} "
+        log(f"{size}px {weighting:8s} l2={l2:<5g} flip={flip:d} acc {r['accuracy'][0]:.4f}±{r['accuracy'][1]:.4f} "
             f"worst recall {r['worst_recall']:.3f} ECE {r['ece_before'][0]:.3f}->{r['ece_after'][0]:.3f}")
         return r
 
@@ -178,7 +199,15 @@ def main() -> None:
     best = max((run(size0, "none", l2) for l2 in (0.1, 1.0, 10.0)), key=_key)
     best = max([best] + [run(size0, w, best["l2"]) for w in ("balanced", "sqrt")], key=_key)
     best = max([best] + [run(s, best["class_weighting"], best["l2"]) for s in sizes[1:]], key=_key)
-    log(f"chosen: {best['size']}px, class_weighting={best['class_weighting']}, l2={best['l2']}")
+    if best["size"] == size0:
+        # Mirrored copies double feature extraction, which breaks the pipeline's 3-minute
+        # budget on 2 cores: they must beat the plain head by more than its fold interval.
+        flipped_row = run(size0, best["class_weighting"], best["l2"], flip=True)
+        if flipped_row["accuracy"][0] > best["accuracy"][0] + best["accuracy"][1]:
+            best = flipped_row
+    if best["flip"]:
+        raise SystemExit("mirrored training photos won: the pipeline's head does not do that yet; add it")
+    log(f"chosen: {best['size']}px, class_weighting={best['class_weighting']}, l2={best['l2']}, flip={best['flip']}")
 
     # The test split, once: trained as the pipeline trains (train split; temperature on val).
     f = feats[best["size"]]
@@ -205,13 +234,14 @@ def main() -> None:
 
 def table(out: dict) -> str:
     names = out["class_names"]
-    head = ("| size | class weighting | L2 | accuracy (fold mean ± 95% CI) | "
+    head = ("| size | class weighting | L2 | mirrored copies | accuracy (fold mean ± 95% CI) | "
             + " | ".join(f"recall {n}" for n in names) + " | " + " | ".join(f"precision {n}" for n in names)
             + " | ECE raw -> calibrated |")
-    lines = [head, "|" + "---|" * (4 + 2 * len(names) + 1)]
+    lines = [head, "|" + "---|" * (5 + 2 * len(names) + 1)]
     for r in out["sweep"]:
         lines.append(
-            f"| {r['size']} | {r['class_weighting']} | {r['l2']:g} | {r['accuracy'][0]:.4f} ± {r['accuracy'][1]:.4f} | "
+            f"| {r['size']} | {r['class_weighting']} | {r['l2']:g} | {'yes' if r.get('flip') else 'no'} | "
+            f"{r['accuracy'][0]:.4f} ± {r['accuracy'][1]:.4f} | "
             + " | ".join(f"{m:.3f}" for m, _ in r["recall"]) + " | "
             + " | ".join(f"{m:.3f}" for m, _ in r["precision"])
             + f" | {r['ece_before'][0]:.3f} -> {r['ece_after'][0]:.3f} |"

@@ -116,7 +116,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
         label_smoothing: float = 0.1,
         class_weighting: str = "none",
         frozen_backbone: bool = True,
-        head_l2: float = 1.0,
+        head_l2: float = 10.0,
         # Folder caching backbone features by image pixels across runs ('' = none); the
         # local runner points it into --home.
         feature_cache: str = "",

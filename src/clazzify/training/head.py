@@ -100,6 +100,8 @@ def extract_features(
     labels = read_column(paths, "labels")
     n = len(labels)
     out: np.ndarray | None = None
+    # A Keras model's predict_on_batch runs a compiled graph: 2-3x faster than an eager call.
+    run = getattr(features_model, "predict_on_batch", None) or (lambda b: features_model(b, training=False))
     bar = tqdm(total=n, desc="features", unit="img", disable=not progress)
     for start in range(0, n, batch_size):
         rows = np.arange(start, min(n, start + batch_size))
@@ -108,7 +110,7 @@ def extract_features(
         hits = [cache.get(d) if cache else None for d in digests]
         todo = [i for i, h in enumerate(hits) if h is None]
         if todo:
-            fresh = np.asarray(features_model(images[todo].astype(np.float32), training=False))
+            fresh = np.asarray(run(images[todo].astype(np.float32)))
             for i, f in zip(todo, fresh, strict=True):
                 hits[i] = f
                 if cache:
