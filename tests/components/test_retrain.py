@@ -15,8 +15,9 @@ from clazzify.scoring.scores import Batch, ImageRow, ScoreRepository
 pytestmark = pytest.mark.components
 
 CHECKOUT = Path(__file__).resolve().parents[2]
-TINY = ["image_size=32", "architecture=compact", "epochs=1", "batch_size=16", "patience=0",
-        "min_class_recall=0.0", "min_accuracy=0.0", "max_regression=1.0"]
+TINY = ["image_size=32", "architecture=compact", "init_weights=", "frozen_backbone=false", "epochs=1",
+        "batch_size=16", "patience=0", "min_class_recall=0.0", "min_class_precision=0.0", "min_accuracy=0.0",
+        "max_regression=1.0"]
 
 
 def retrain(source: Path, home: Path, db: str, *extra: str) -> tuple[dict, str]:
