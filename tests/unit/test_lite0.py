@@ -85,3 +85,50 @@ def test_imagenet_sample_photo_is_a_restaurant():
     load_lite0_weights(model)
     logits = model.predict(((pixels - MEAN) / STD)[None], verbose=0)[0]
     assert RESTAURANT in np.argsort(-logits)[:5]
+
+
+def _conv_reference(x, w_oihw, stride, groups=1):
+    """PyTorch-semantics convolution (OIHW weights) with TensorFlow "same" padding, in numpy."""
+    n, h, wd, c = x.shape
+    o, i, k, _ = w_oihw.shape
+    out_h, out_w = -(-h // stride), -(-wd // stride)
+    pad_h = max((out_h - 1) * stride + k - h, 0)
+    pad_w = max((out_w - 1) * stride + k - wd, 0)
+    xp = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    out = np.zeros((n, out_h, out_w, o), np.float64)
+    per_group = o // groups
+    for oc in range(o):
+        g = oc // per_group
+        ins = slice(g * i, (g + 1) * i)
+        for dy in range(k):
+            for dx in range(k):
+                patch = xp[:, dy:dy + stride * out_h:stride, dx:dx + stride * out_w:stride, ins]
+                out[..., oc] += patch @ w_oihw[oc, :, dy, dx]
+    return out
+
+
+def test_stem_and_first_depthwise_match_a_numpy_reference_of_the_state_dict():
+    """The weight mapping (OIHW -> HWIO, depthwise, batch-norm order and epsilon) and the
+    padding, checked against the state dict itself, with no photos needed."""
+    import keras
+
+    from clazzify.training.lite0 import BN_EPSILON, packaged_weights_path
+    from clazzify.training.torch_weights import read_state_dict
+
+    sd = read_state_dict(packaged_weights_path())
+    model = build_lite0((17, 17, 3))  # odd size: asymmetric "same" padding at stride 2
+    load_lite0_weights(model, sd)
+    x = np.random.default_rng(0).normal(0, 1, (2, 17, 17, 3)).astype(np.float32)
+    outputs = [model.get_layer("bn0_relu6").output, model.get_layer("blocks_0_bn1_relu6").output]
+    probe = keras.Model(model.input, outputs)
+    stem, dw = (np.asarray(t, np.float64) for t in probe.predict(x, verbose=0))
+
+    def bn(y, prefix):
+        g, b, m, v = (sd[f"{prefix}.{n}"] for n in ("weight", "bias", "running_mean", "running_var"))
+        return (y - m) / np.sqrt(v + BN_EPSILON) * g + b
+
+    ref_stem = np.clip(bn(_conv_reference(x.astype(np.float64), sd["_conv_stem.weight"], 2), "_bn0"), 0, 6)
+    np.testing.assert_allclose(stem, ref_stem, atol=1e-4)
+    w = sd["_blocks.0._depthwise_conv.weight"]
+    ref_dw = np.clip(bn(_conv_reference(ref_stem, w, 1, groups=w.shape[0]), "_blocks.0._bn1"), 0, 6)
+    np.testing.assert_allclose(dw, ref_dw, atol=1e-3)
