@@ -112,3 +112,21 @@ def test_frozen_backbone_needs_pretrained_weights():
 
     with pytest.raises(ConfigError, match="frozen_backbone needs pretrained weights"):
         TrainConfig(architecture="efficientnet_lite0", frozen_backbone=True)
+
+
+@pytest.mark.slow
+def test_cli_trains_the_default_recipe(hdf5_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from clazzify.cli import main
+
+    result = CliRunner().invoke(main, [
+        "train", str(hdf5_dir), "-o", str(tmp_path / "out"), "--architecture", "efficientnet_lite0",
+        "--init-weights", "packaged", "--frozen-backbone", "--class-weighting", "none", "--no-track",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "temperature" in result.output
+    assert BundleMeta.load(tmp_path / "out" / "bundle").architecture == "efficientnet_lite0"
+    refused = CliRunner().invoke(main, ["train", str(hdf5_dir), "-o", str(tmp_path / "x"), "--frozen-backbone",
+                                        "--no-track"])
+    assert refused.exit_code != 0 and "frozen_backbone needs pretrained weights" in refused.output

@@ -114,24 +114,36 @@ def preprocess_cmd(manifest: Path, out_dir: Path, image_size: int, augment_copie
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--architecture", default="alexnet", show_default=True,
-              help="alexnet, compact, mobilenet_v2, efficientnet_b0 or resnet50.")
+              help="alexnet, compact, mobilenet_v2, efficientnet_b0, resnet50 or efficientnet_lite0.")
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--learning-rate", default=1e-3, show_default=True)
-@click.option("--init-weights", default=None, help="'imagenet' or a .weights.h5 file.")
+@click.option("--init-weights", default=None,
+              help="'packaged' (efficientnet_lite0's ImageNet weights from its package, offline), "
+              "'imagenet' (keras.applications, needs network) or a .weights.h5 file.")
+@click.option("--frozen-backbone", is_flag=True,
+              help="Fit only a logistic-regression head on the pretrained backbone's features "
+              "(the pipeline's default recipe; needs --init-weights).")
+@click.option("--class-weighting", type=click.Choice(["none", "balanced", "sqrt"]), default="balanced",
+              show_default=True)
+@click.option("--feature-cache", default="", help="Folder caching backbone features across runs.")
 @click.option("--track/--no-track", default=True, show_default=True, help="Log the run to MLflow.")
 def train_cmd(data_dir: Path, out_dir: Path, architecture: str, epochs: int, batch_size: int,
-              learning_rate: float, init_weights: str | None, track: bool) -> None:
-    """Train on DATA_DIR/{train,val}.h5 and write a model bundle."""
+              learning_rate: float, init_weights: str | None, frozen_backbone: bool, class_weighting: str,
+              feature_cache: str, track: bool) -> None:
+    """Train on DATA_DIR/{train,val}.h5 and write a model bundle (softmax temperature
+    fitted on val and folded into the model)."""
     from clazzify.registry.tracking import TrackingConfig, default_tracking_uri
     from clazzify.training.train import TrainConfig, train_model
 
     cfg = TrainConfig(architecture=architecture, epochs=epochs, batch_size=batch_size,
-                      learning_rate=learning_rate, init_weights=init_weights)
+                      learning_rate=learning_rate, init_weights=init_weights,
+                      frozen_backbone=frozen_backbone, class_weighting=class_weighting,
+                      feature_cache=feature_cache)
     tracking = TrackingConfig(default_tracking_uri()) if track else None
     result = train_model(data_dir, out_dir, cfg, tracking=tracking)
     click.echo(f"bundle: {result.bundle_dir}  best val accuracy {result.best_val_accuracy:.4f} "
-               f"(epoch {result.best_epoch})  run {result.run_id}")
+               f"(epoch {result.best_epoch})  temperature {result.temperature:.3f}  run {result.run_id}")
 
 
 @main.command("evaluate")
