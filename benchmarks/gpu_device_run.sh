@@ -7,7 +7,7 @@
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #       -d .whl "$w"; done
-# and, for the real-photo run, the photos' HDF5 files at 128 px (gzip, ~40 MB; needs ../shared):
+# and, for the real-photo run, the photos' HDF5 files at 128 px (gzip, 49 MB; needs ../shared):
 #   .venv/bin/python benchmarks/gpu_train.py --pack-real .gpudata
 # Then run it there with both carried, e.g. the device tool's
 #   run(command="bash benchmarks/gpu_device_run.sh", carry=[".whl", ".gpudata"], timeout_s=570)
