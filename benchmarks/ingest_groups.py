@@ -130,7 +130,11 @@ def union_find_groups(phashes: list[str], max_distance: int = 8) -> dict:
 
 
 def leader_groups(phashes: list[str], labels: list[str]) -> dict:
-    records = [Record(f"p{i}", labels[i], f"{i:064x}", 1, 1, "", phash=p) for i, p in enumerate(phashes)]
+    import hashlib
+
+    # content hashes as ingest makes them (the split hashes their first 32 hex digits)
+    records = [Record(f"p{i}", labels[i], hashlib.sha256(b"%d" % i).hexdigest(), 1, 1, "", phash=p)
+               for i, p in enumerate(phashes)]
     start = time.perf_counter()
     grouping = group_near_duplicates(records, 8)
     t_group = time.perf_counter() - start

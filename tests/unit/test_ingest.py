@@ -1,4 +1,5 @@
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -254,9 +255,13 @@ def test_oversized_groups_are_reported_as_suspect():
 
 
 def test_a_photo_keeps_its_split_as_the_collection_grows():
-    base = [rec(f"u{i}", "ab"[i % 2], f"{i:064x}") for i in range(400)]
+    def sha(i: int) -> str:
+        return hashlib.sha256(b"%d" % i).hexdigest()
+
+    base = [rec(f"u{i}", "ab"[i % 2], sha(i)) for i in range(400)]
     first = {r.uri: r.split for r in assign_splits(base, IngestConfig(seed=3))}
-    grown = base + [rec(f"n{i}", "abc"[i % 3], f"{10_000 + i:064x}") for i in range(600)]
+    assert set(first.values()) == {"train", "val", "test"}
+    grown = base + [rec(f"n{i}", "abc"[i % 3], sha(10_000 + i)) for i in range(600)]
     second = {r.uri: r.split for r in assign_splits(grown, IngestConfig(seed=3))}
     assert all(second[u] == s for u, s in first.items())
 
