@@ -549,8 +549,9 @@ def split_position(group: str, seed: int) -> float:
     """Where a group falls in [0, 1): a hash of its key salted by the dataset's seed.
 
     A pure function of the group's own key (its first :data:`KEY_HEX` hex digits, 128 bits,
-    which the lineage keeps), so adding photos never moves an existing group to another split (the old seeded permutation reshuffled every group whenever one
-    was added, putting the champion's training photos into the next test split).
+    which the lineage keeps), so adding photos never moves an existing group to another
+    split (the old seeded permutation reshuffled every group whenever one was added,
+    putting the champion's training photos into the next test split).
     """
     digest = hashlib.sha256(f"{seed}:{group[:KEY_HEX]}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
