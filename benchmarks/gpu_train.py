@@ -277,15 +277,17 @@ def main() -> None:
 
     print(f"\n{device.device_kind}, {policy}, batch {batch}, bf16 peak {peak / 1e12:.1f} TFLOP/s, "
           f"{args.workers} loader threads\n")
-    print("| model | jit | device, no aug img/s | device, pipeline's model img/s | aug / no aug "
-          "| loader ceiling img/s | loader / device | fit via loader img/s | GFLOP/img fwd "
-          "| share of peak (no aug / aug) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r['model']} | {'on' if r['jit_compile'] else 'OFF'} | {r['device_no_aug_images_s']:,.0f} "
-              f"| {r['device_images_s']:,.0f} | {r['aug_vs_no_aug']:.2f} | {r['loader_ceiling_images_s']:,.0f} "
-              f"| {r['loader_vs_device']:.2f} | {r['fit_loader_images_s']:,.0f} | {r['forward_gflop_per_image']:.3f} "
-              f"| {r['device_no_aug_share_of_peak']:.1%} / {r['device_share_of_peak']:.1%} |")
+    if results:
+        print("| model | jit | device, no aug img/s | device, pipeline's model img/s | aug / no aug "
+              "| loader ceiling img/s | loader / device | fit via loader img/s | GFLOP/img fwd "
+              "| share of peak (no aug / aug) |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in results:
+            print(f"| {r['model']} | {'on' if r['jit_compile'] else 'OFF'} | {r['device_no_aug_images_s']:,.0f} "
+                  f"| {r['device_images_s']:,.0f} | {r['aug_vs_no_aug']:.2f} | {r['loader_ceiling_images_s']:,.0f} "
+                  f"| {r['loader_vs_device']:.2f} | {r['fit_loader_images_s']:,.0f} "
+                  f"| {r['forward_gflop_per_image']:.3f} "
+                  f"| {r['device_no_aug_share_of_peak']:.1%} / {r['device_share_of_peak']:.1%} |")
     if scale:
         print(f"\nscale: {scale['architecture']}@{scale['image_size']}, {scale['rows']:,} synthetic photos, "
               f"batch {scale['batch_size']}: {scale['seconds_per_epoch']:.1f} s/epoch "
