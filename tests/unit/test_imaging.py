@@ -106,3 +106,32 @@ def test_image_to_array_is_deterministic_and_sized():
     assert a.shape == (64, 64, 3)
     np.testing.assert_array_equal(a, b)
     assert content_hash(data) == content_hash(bytes(data)) != content_hash(data + b"x")
+
+
+@pytest.mark.parametrize("w,h", [(80, 60), (300, 200), (480, 470), (600, 520), (1100, 900), (2100, 1700)])
+@pytest.mark.parametrize("size", [32, 64, 227])
+def test_same_draft_means_same_pixels(w, h, size):
+    """Ingest cuts training pixels from its validation decode only when same_draft says the
+    two decodes are equal: then they must equal image_to_array's, bit for bit."""
+    from clazzify.core.imaging import same_draft
+
+    jpeg = encode(gradient(w, h), "JPEG", quality=90)
+    png = encode(gradient(w, h))
+    assert same_draft(png, 256, size)  # draft scaling is JPEG-only
+    same = same_draft(jpeg, 256, size)
+    cut = fit_square(decode_image(jpeg, draft_size=256), size)
+    if same:
+        np.testing.assert_array_equal(cut, image_to_array(jpeg, size))
+
+    def scale(req: int) -> int:  # libjpeg's DCT scale as PIL picks it
+        return next(s for s in (8, 4, 2, 1) if s <= max(1, min(w // req, h // req)))
+
+    assert same == (scale(256) == scale(size))  # e.g. 480 px: 1 toward 256, 2 toward 227
+
+
+def test_same_draft_on_truncated_jpeg_only_reads_the_header():
+    from clazzify.core.imaging import same_draft
+
+    data = encode(gradient(200, 200), "JPEG")
+    assert same_draft(data[: len(data) // 2], 256, 64) in (True, False)
+    assert same_draft(b"not an image", 256, 64) is False

@@ -276,3 +276,23 @@ def test_per_class_shares_are_within_three_points_of_the_fractions(seed):
         splits = [r.split for r in out if r.label == label]
         for split, asked in (("train", 0.7), ("val", 0.15), ("test", 0.15)):
             assert abs(splits.count(split) / len(splits) - asked) <= 0.03, (label, split)
+
+
+@pytest.mark.parametrize("pixel_cache", [False, True])
+def test_truncated_large_jpegs_are_quarantined_by_the_draft_decode(tmp_path: Path, pixel_cache: bool):
+    """Draft decoding skips most of the inverse DCT but still reads the whole bitstream."""
+    import io
+
+    root = tmp_path / "src"
+    for c, label in enumerate(("cats", "dogs")):
+        for i in range(8):
+            write_img(root / label / f"{i}.png", seed=500 + c * 100 + i)
+    for side in (600, 1100):  # drafted to 1/2 and 1/4 scale
+        buf = io.BytesIO()
+        y, x = np.mgrid[:side, :side]
+        Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)).save(buf, "JPEG")
+        (root / "cats" / f"cut-{side}.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+    kw = {"pixel_cache": tmp_path / "px.h5", "pixel_size": 64} if pixel_cache else {}
+    report = ingest_images(str(root), tmp_path / "m.csv", tmp_path / "r", IngestConfig(seed=1), progress=False, **kw)
+    assert report.quarantined == {"corrupt": 2}
+    assert report.accepted == 16

@@ -87,3 +87,44 @@ def test_block_index_covers_every_row_once(rows, block):
 def test_block_index_segments():
     blocks = block_index([10, 10], 4, segments=[(0, 2, 7), (1, 0, 3)])
     assert blocks.tolist() == [[0, 2, 6], [0, 6, 7], [1, 0, 3]]
+
+
+@pytest.mark.parametrize("size", [32, 64])  # 64: pixels cut from ingest's decode; 32: a second decode
+def test_pixel_cache_builds_the_same_files_in_one_decode_pass(demo_dir, tmp_path, size, monkeypatch):
+    plain, cached = tmp_path / "plain", tmp_path / "cached"
+    ingest_images(str(demo_dir), plain / "m.csv", plain, IngestConfig(seed=3), progress=False)
+    report = ingest_images(str(demo_dir), cached / "m.csv", cached, IngestConfig(seed=3), progress=False,
+                           pixel_cache=cached / "pixels.h5", pixel_size=size)
+    # The cache changes nothing ingest decides: same manifest, the truncated JPEG still quarantined.
+    assert (plain / "m.csv").read_text() == (cached / "m.csv").read_text()
+    assert report.quarantined.get("corrupt", 0) >= 1
+    records = read_split_manifest(cached / "m.csv")
+    with h5py.File(cached / "pixels.h5") as f:
+        digests = f["sha256"].asstr()[:]
+        assert int(f.attrs["image_size"]) == size and sum(map(bool, digests)) == report.accepted + 1  # + the dup
+        row = {d: i for i, d in enumerate(digests) if d}
+        for rec in records[:: max(1, len(records) // 12)]:
+            np.testing.assert_array_equal(f["images"][row[rec.sha256]],
+                                          image_to_array(storage.read_bytes(rec.uri), size))
+    cfg = PreprocessConfig(image_size=size, workers=1)
+    a = build_hdf5(cached / "m.csv", tmp_path / "a", cfg, progress=False)
+    with monkeypatch.context() as m:  # from the cache, nothing is decoded again
+        m.setattr("clazzify.training.preprocess.image_to_array", lambda *a: pytest.fail("decoded again"))
+        b = build_hdf5(cached / "m.csv", tmp_path / "b", cfg, progress=False, pixel_cache=cached / "pixels.h5")
+    # A cache of another size is ignored (everything decoded), not misused.
+    c = build_hdf5(cached / "m.csv", tmp_path / "c", PreprocessConfig(image_size=48, workers=1), progress=False,
+                   pixel_cache=cached / "pixels.h5")
+    d = build_hdf5(cached / "m.csv", tmp_path / "d", PreprocessConfig(image_size=48, workers=1), progress=False)
+    for split in a:
+        with h5py.File(a[split]) as fa, h5py.File(b[split]) as fb:
+            np.testing.assert_array_equal(fa["images"][:], fb["images"][:])
+            np.testing.assert_array_equal(fa["labels"][:], fb["labels"][:])
+            assert fa.attrs["fingerprint"] == fb.attrs["fingerprint"]
+        with h5py.File(c[split]) as fc, h5py.File(d[split]) as fd:
+            np.testing.assert_array_equal(fc["images"][:], fd["images"][:])
+
+
+def test_pixel_cache_rejects_a_bad_size(demo_dir, tmp_path):
+    with pytest.raises(ConfigError, match="pixel_size must be within"):
+        ingest_images(str(demo_dir), tmp_path / "m.csv", tmp_path, IngestConfig(seed=3), progress=False,
+                      pixel_cache=tmp_path / "pixels.h5", pixel_size=8)

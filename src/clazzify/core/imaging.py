@@ -126,6 +126,27 @@ def decode_image(
         raise ImageError("corrupt", f"truncated or corrupt image data: {e}") from e
 
 
+def same_draft(data: bytes, size_a: int, size_b: int) -> bool:
+    """Whether ``decode_image(data, draft_size=size_a)`` and ``draft_size=size_b`` decode
+    the very same pixels: true for every non-JPEG, and for a JPEG whose DCT scale
+    (1, 2, 4 or 8) is the same for both sizes. Reads the header only.
+
+    Ingest uses it to cut the training pixels from its own validation decode exactly
+    when that equals :func:`image_to_array`'s decode, and to decode again otherwise.
+    """
+    configs = []
+    for size in (size_a, size_b):
+        try:
+            img = Image.open(io.BytesIO(data))
+        except (OSError, ValueError, SyntaxError):
+            return False
+        if img.format != "JPEG":
+            return True
+        img.draft("RGB", (size, size))
+        configs.append((img.size, img.mode, getattr(img, "decoderconfig", ())))
+    return configs[0] == configs[1]
+
+
 def fit_square(img: Image.Image, image_size: int) -> np.ndarray:
     """Aspect-preserving resize plus centre crop to ``image_size`` squared, as uint8 HWC."""
     fitted = ImageOps.fit(img, (image_size, image_size), method=RESAMPLE, centering=(0.5, 0.5))

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from clazzify.core import storage
 from clazzify.core.errors import ConfigError, DataError, ImageError, StorageError
-from clazzify.core.imaging import ImageLimits, content_hash, decode_image
+from clazzify.core.imaging import ImageLimits, content_hash, decode_image, fit_square, image_to_array, same_draft
 from clazzify.core.manifest import is_manifest, read_manifest_rows
 from clazzify.training.lineage import DatasetLineage
 
@@ -324,19 +324,71 @@ def list_source(source: str) -> list[Item]:
 
 def check_item(item: Item, limits: ImageLimits) -> Record | Rejected:
     """Read and fully decode one image; never raises for bad image data."""
+    return check_item_pixels(item, limits, None)[0]
+
+
+def check_item_pixels(
+    item: Item, limits: ImageLimits, pixel_size: int | None
+) -> tuple[Record | Rejected, np.ndarray | None]:
+    """:func:`check_item`, plus, with ``pixel_size``, the accepted image's training pixels:
+    exactly ``image_to_array(bytes, pixel_size)``, cut from this very decode when the JPEG
+    draft scale is the same for both sizes (a second decode only when it is not)."""
     try:
         data = storage.read_bytes(item.uri)
     except StorageError as e:
-        return Rejected(item.uri, item.label, "unreadable", str(e))
+        return Rejected(item.uri, item.label, "unreadable", str(e)), None
     try:
         # A draft decode still entropy-decodes the whole JPEG bitstream (so truncation
         # and corruption are caught), but skips most of the inverse DCT.
         img = decode_image(data, limits, draft_size=VALIDATE_DRAFT)
+        pixels = None
+        if pixel_size is not None:
+            pixels = (fit_square(img, pixel_size) if same_draft(data, VALIDATE_DRAFT, pixel_size)
+                      else image_to_array(data, pixel_size, limits))
     except ImageError as e:
-        return Rejected(item.uri, item.label, e.reason, str(e))
+        return Rejected(item.uri, item.label, e.reason, str(e)), None
     digest = content_hash(data)
     return Record(item.uri, item.label, digest, img.width, img.height, group=digest, phash=perceptual_hashes(img),
-                  label_source=item.source)
+                  label_source=item.source), pixels
+
+
+def _windowed_map(pool: ThreadPoolExecutor, fn, items: Sequence, window: int) -> Iterator:
+    """``pool.map`` over ``window`` items at a time, so at most a window of results (decoded
+    pixels included) waits in memory for the consumer, however many items there are."""
+    for start in range(0, len(items), window):
+        yield from pool.map(fn, items[start : start + window])
+
+
+def write_pixel_cache(
+    path: Path,
+    checked: Iterable[tuple[Record | Rejected, np.ndarray | None]],
+    capacity: int,
+    pixel_size: int,
+    limits: ImageLimits,
+) -> list[Record | Rejected]:
+    """Write each accepted image's pixels to ``path`` as they arrive; return the results.
+
+    Layout: ``images`` uint8 [capacity, S, S, 3] (one row per listed image, chunked by
+    row, so rows of quarantined images cost no disk), ``sha256`` str [capacity] ("" for
+    quarantined rows); attrs ``image_size``, ``min_side``, ``max_pixels``. One image's
+    pixels are in memory at a time.
+    """
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results: list[Record | Rejected] = []
+    digests: list[str] = []
+    with h5py.File(path, "w") as f:
+        images = f.create_dataset("images", (max(capacity, 1), pixel_size, pixel_size, 3), dtype=np.uint8,
+                                  chunks=(1, pixel_size, pixel_size, 3))
+        for row, (rec, pixels) in enumerate(checked):
+            results.append(rec)
+            digests.append(rec.sha256 if pixels is not None and isinstance(rec, Record) else "")
+            if digests[-1]:
+                images[row] = pixels
+        f.create_dataset("sha256", data=digests, dtype=h5py.string_dtype(encoding="utf-8"))
+        f.attrs.update(image_size=pixel_size, min_side=limits.min_side, max_pixels=limits.max_pixels)
+    return results
 
 
 def perceptual_hashes(img) -> str:
@@ -660,6 +712,8 @@ def ingest_images(
     progress: bool = True,
     champion_data: DatasetLineage | None = None,
     label_overrides: Mapping[str, LabelOverride] | None = None,
+    pixel_cache: Path | None = None,
+    pixel_size: int = 227,
 ) -> IngestReport:
     """Validate, de-duplicate and split every image of ``source``.
 
@@ -673,6 +727,10 @@ def ingest_images(
         label_overrides: labels people gave photos, keyed by :func:`uri_key` (the scores
             database's manual labels, a relabel CSV's corrections); they win over the folder
             or manifest label, and the manifest's ``label_source`` column records which won.
+        pixel_cache: also write every accepted photo's ``image_to_array(bytes, pixel_size)``
+            pixels into this HDF5 file (see :func:`write_pixel_cache`), from the decode that
+            validates it, so ``build_hdf5(..., pixel_cache=...)`` need not decode again.
+        pixel_size: the side of the cached pixels (the HDF5 step's ``image_size``).
 
     Raises:
         StorageError: the source cannot be reached.
@@ -686,16 +744,21 @@ def ingest_images(
     items, overridden, unmatched = apply_label_overrides(items, label_overrides or {})
     workers = cfg.workers or 2 * (os.cpu_count() or 1)
     limits = cfg.limits
+    if pixel_cache is not None and not 16 <= pixel_size <= 1024:
+        raise ConfigError(f"pixel_size must be within [16, 1024] (the HDF5 step's image_size), got {pixel_size}")
+    size = pixel_size if pixel_cache is not None else None
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(
-            tqdm(
-                pool.map(lambda item: check_item(item, limits), items),
-                total=len(items),
-                desc="ingest",
-                unit="img",
-                disable=not progress,
-            )
+        checked = tqdm(
+            _windowed_map(pool, lambda item: check_item_pixels(item, limits, size), items, 64 * workers),
+            total=len(items),
+            desc="ingest",
+            unit="img",
+            disable=not progress,
         )
+        if pixel_cache is None:
+            results = [rec for rec, _ in checked]
+        else:
+            results = write_pixel_cache(pixel_cache, checked, len(items), pixel_size, limits)
     accepted = [r for r in results if isinstance(r, Record)]
     rejected = [r for r in results if isinstance(r, Rejected)]
     kept, conflicts, dup_groups = remove_duplicates(accepted)

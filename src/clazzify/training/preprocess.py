@@ -123,6 +123,32 @@ def decode_task(
     return out
 
 
+class PixelCache:
+    """Rows of the pixel cache ingest wrote (:func:`~clazzify.training.ingest.write_pixel_cache`),
+    looked up by content hash; used only when its size and limits are this build's."""
+
+    def __init__(self, path: Path, cfg: PreprocessConfig) -> None:
+        self.file = h5py.File(path, "r")
+        attrs = self.file.attrs
+        self.usable = (int(attrs["image_size"]) == cfg.image_size and int(attrs["min_side"]) == cfg.limits.min_side
+                       and int(attrs["max_pixels"]) == cfg.limits.max_pixels)
+        digests = self.file["sha256"].asstr()[:]
+        self.rows = {d: i for i, d in reversed(list(enumerate(digests))) if d}
+        self.images = self.file["images"]
+
+    def block(self, task: Sequence[Record]) -> np.ndarray | None:
+        """The task's pixels in order, or None when any of its images is not cached."""
+        if not self.usable or any(r.sha256 not in self.rows for r in task):
+            return None
+        out = np.empty((len(task), *self.images.shape[1:]), dtype=np.uint8)
+        for i, rec in enumerate(task):
+            out[i] = self.images[self.rows[rec.sha256]]
+        return out
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def _tasks(records: Sequence[Record], size: int) -> Iterator[Sequence[Record]]:
     for start in range(0, len(records), size):
         yield records[start : start + size]
@@ -137,6 +163,7 @@ def _write_split(
     cfg: PreprocessConfig,
     pool: ProcessPoolExecutor | None,
     bar: tqdm,
+    cache: PixelCache | None = None,
 ) -> None:
     copies = cfg.augment_copies if split == "train" else 0
     n = len(records) * (1 + copies)
@@ -163,6 +190,9 @@ def _write_split(
         seed_base = cfg.seed * 1_000_003
 
         def submit(task: Sequence[Record]) -> Future | np.ndarray:
+            cached = cache.block(task) if cache is not None and not copies else None
+            if cached is not None:
+                return cached
             args = (
                 [r.uri for r in task],
                 size,
@@ -221,6 +251,7 @@ def build_hdf5(
     *,
     shard: int | None = None,
     progress: bool = True,
+    pixel_cache: Path | None = None,
 ) -> dict[str, Path]:
     """Write ``train.h5``, ``val.h5`` and ``test.h5`` from a split manifest.
 
@@ -234,6 +265,10 @@ def build_hdf5(
         cfg: image size, augmentation and worker settings.
         shard: build only this shard's rows, into ``<split>-<shard:05d>.h5``.
         progress: show a progress bar.
+        pixel_cache: the pixel cache ``ingest_images(..., pixel_cache=...)`` wrote: rows it
+            holds at this ``image_size`` and these limits are copied, not decoded again
+            (the same pixels: ingest wrote ``image_to_array``'s). Augmented copies and
+            images it lacks are decoded as usual.
 
     Returns:
         split name -> HDF5 path, for the splits that have images.
@@ -257,7 +292,11 @@ def build_hdf5(
     by_split["train"] = [train[i] for i in rng.permutation(len(train))]
     total = sum(len(v) * (1 + (cfg.augment_copies if s == "train" else 0)) for s, v in by_split.items())
     workers = cfg.workers or os.cpu_count() or 1
-    pool = ProcessPoolExecutor(workers, mp_context=_mp_context()) if workers > 1 else None
+    cache = PixelCache(pixel_cache, cfg) if pixel_cache is not None else None
+    # Tasks the cache serves need no pool; start one only for what must be decoded.
+    decode_all = cache is None or not cache.usable or cfg.augment_copies > 0
+    needs_pool = decode_all or any(r.sha256 not in cache.rows for r in records)
+    pool = ProcessPoolExecutor(workers, mp_context=_mp_context()) if workers > 1 and needs_pool else None
     paths: dict[str, Path] = {}
     try:
         with tqdm(total=total, desc="hdf5", unit="img", disable=not progress) as bar:
@@ -265,10 +304,12 @@ def build_hdf5(
                 if not recs:
                     continue
                 paths[split] = out_dir / shard_file_name(split, shard)
-                _write_split(paths[split], split, recs, class_names, fingerprint, cfg, pool, bar)
+                _write_split(paths[split], split, recs, class_names, fingerprint, cfg, pool, bar, cache)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
+        if cache is not None:
+            cache.close()
     summary = {
         "class_names": class_names,
         "image_size": cfg.image_size,
