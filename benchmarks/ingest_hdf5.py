@@ -10,6 +10,9 @@ Measured on the same images, one after the other:
   number of cores = the machine's limit for this work;
 - ``clazzify``: ``ingest_images`` (full decode, hash, dedupe, split) + ``build_hdf5``
   (process pool, HDF5 writes included), and ``build_hdf5`` alone;
+- ``clazzify, pixel cache``: ``ingest_images(pixel_cache=...)`` (the validation decode
+  also yields the training pixels, written to an HDF5 cache) + ``build_hdf5(pixel_cache=...)``
+  (copies them: one decode pass from photos to HDF5 in all), and that build alone;
 - ``clazzify, N shards``: the same manifest dealt into ``--shards`` shards and each built
   by its own ``build_hdf5(shard=k)`` call, one after another, as one pipeline pod per
   shard would (on a cluster they run side by side): the cost of sharding itself.
@@ -124,6 +127,15 @@ def main() -> None:
     build_hdf5(tmp / "m.csv", tmp / "data", PreprocessConfig(image_size=size), progress=False)
     t_hdf5 = time.perf_counter() - start
     rows["clazzify build_hdf5 alone"] = report.accepted / t_hdf5
+    start = time.perf_counter()
+    ingest_images(str(source), tmp / "m-px.csv", tmp / "report-px", IngestConfig(), progress=False,
+                  pixel_cache=tmp / "pixels.h5", pixel_size=size)
+    t_ingest_px = time.perf_counter() - start
+    start = time.perf_counter()
+    build_hdf5(tmp / "m-px.csv", tmp / "data-px", PreprocessConfig(image_size=size), progress=False,
+               pixel_cache=tmp / "pixels.h5")
+    t_hdf5_px = time.perf_counter() - start
+    rows["clazzify build_hdf5 from the pixel cache"] = report.accepted / t_hdf5_px
     shard_size = -(-report.accepted // args.shards)
     ingest_images(str(source), tmp / "sharded.csv", tmp / "report-sharded", IngestConfig(shard_size=shard_size),
                   progress=False)
@@ -134,6 +146,7 @@ def main() -> None:
     t_shards = time.perf_counter() - start
     rows[f"clazzify build_hdf5, {args.shards} shards in turn"] = report.accepted / t_shards
     rows["clazzify ingest + build_hdf5"] = report.accepted / (t_ingest + t_hdf5)
+    rows["clazzify ingest with pixel cache + build_hdf5 from it"] = report.accepted / (t_ingest_px + t_hdf5_px)
     base = rows["pil-loop (1 core)"]
     limit = rows[f"decode limit ({cores} cores x draft)"]
     print(f"\n{len(paths)} images from {source} at {size} px, {cores} cores\n")
@@ -146,6 +159,8 @@ def main() -> None:
     out.write_text(json.dumps({"images": len(paths), "image_size": size, "cores": cores,
                                "source": str(source), "images_per_s": rows,
                                "ingest_s": t_ingest, "hdf5_s": t_hdf5, "hdf5_shards_s": t_shards,
+                               "ingest_pixel_cache_s": t_ingest_px, "hdf5_from_pixel_cache_s": t_hdf5_px,
+                               "load_average": os.getloadavg(),
                                "shards": args.shards}, indent=2))
 
 

@@ -42,6 +42,8 @@ MANIFEST_FIELDS = (
 OPTIONAL_FIELDS = frozenset({"phash", "shard", "label_source"})
 #: JPEGs are validated with DCT scaling down to at least this side (pHash needs ~128 px).
 VALIDATE_DRAFT = 256
+#: Rows of the pixel cache written to disk in one call.
+PIXEL_BLOCK = 32
 #: Centre-crop scales hashed per image, so lightly cropped copies still match.
 PHASH_SCALES = (1.0, 0.9, 0.8)
 QUARANTINE_FIELDS = ("uri", "label", "reason", "detail")
@@ -368,24 +370,27 @@ def write_pixel_cache(
 ) -> list[Record | Rejected]:
     """Write each accepted image's pixels to ``path`` as they arrive; return the results.
 
-    Layout: ``images`` uint8 [capacity, S, S, 3] (one row per listed image, chunked by
-    row, so rows of quarantined images cost no disk), ``sha256`` str [capacity] ("" for
-    quarantined rows); attrs ``image_size``, ``min_side``, ``max_pixels``. One image's
-    pixels are in memory at a time.
+    Layout: ``images`` uint8 [capacity, S, S, 3] (one row per listed image, in listing
+    order), ``sha256`` str [capacity] ("" for quarantined rows, whose pixels are zeros);
+    attrs ``image_size``, ``min_side``, ``max_pixels``. Rows go to disk in blocks of
+    :data:`PIXEL_BLOCK`, so at most one block of pixels is held here.
     """
     import h5py
 
     path.parent.mkdir(parents=True, exist_ok=True)
     results: list[Record | Rejected] = []
     digests: list[str] = []
+    block = np.zeros((PIXEL_BLOCK, pixel_size, pixel_size, 3), dtype=np.uint8)
     with h5py.File(path, "w") as f:
         images = f.create_dataset("images", (max(capacity, 1), pixel_size, pixel_size, 3), dtype=np.uint8,
-                                  chunks=(1, pixel_size, pixel_size, 3))
+                                  chunks=(1, pixel_size, pixel_size, 3))  # build_hdf5 reads rows at random
         for row, (rec, pixels) in enumerate(checked):
             results.append(rec)
             digests.append(rec.sha256 if pixels is not None and isinstance(rec, Record) else "")
-            if digests[-1]:
-                images[row] = pixels
+            block[row % PIXEL_BLOCK] = pixels if digests[-1] else 0
+            if row % PIXEL_BLOCK == PIXEL_BLOCK - 1 or row == capacity - 1:
+                start = row - row % PIXEL_BLOCK
+                images[start : row + 1] = block[: row + 1 - start]
         f.create_dataset("sha256", data=digests, dtype=h5py.string_dtype(encoding="utf-8"))
         f.attrs.update(image_size=pixel_size, min_side=limits.min_side, max_pixels=limits.max_pixels)
     return results
