@@ -23,3 +23,20 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path):
     result = CliRunner().invoke(main, ["ingest", str(tmp_path / "missing"), "-o", str(tmp_path / "out")])
     assert result.exit_code != 0
     assert "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_ingest_pixels_for_then_preprocess_from_the_cache(demo_dir, tmp_path):
+    import h5py
+    import numpy as np
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["ingest", str(demo_dir), "-o", str(tmp_path / "in"), "--pixels-for", "32"])
+    assert result.exit_code == 0, result.output
+    cache = tmp_path / "in" / "pixels-32.h5"
+    assert cache.is_file() and str(cache) in result.output
+    for name, extra in (("plain", []), ("cached", ["--pixel-cache", str(cache)])):
+        result = runner.invoke(main, ["preprocess", str(tmp_path / "in" / "manifest.csv"), "-o",
+                                      str(tmp_path / name), "--image-size", "32", "--workers", "1", *extra])
+        assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "plain" / "val.h5") as a, h5py.File(tmp_path / "cached" / "val.h5") as b:
+        np.testing.assert_array_equal(a["images"][:], b["images"][:])

@@ -66,9 +66,13 @@ def read_label_overrides(labels_from: str | None, relabel_csv: str | None) -> di
 @click.option("--champion", "champion_model", default=None, metavar="MODEL_NAME",
               help="Count the photos new since this registered model's champion data set "
               "(MLflow at MLFLOW_TRACKING_URI or .clazzify/).")
+@click.option("--pixels-for", "pixels_for", type=int, default=None, metavar="IMAGE_SIZE",
+              help="Also keep every accepted photo's training pixels at this size in OUT/pixels-SIZE.h5 "
+              "(from the validating decode; S*S*3 bytes of disk a photo), so `preprocess --pixel-cache` "
+              "copies them instead of decoding every photo again.")
 def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: float, seed: int,
                min_side: int, shard_size: int, labels_from: str | None, relabel_csv: str | None,
-               champion_model: str | None) -> None:
+               champion_model: str | None, pixels_for: int | None) -> None:
     """Validate, de-duplicate and split SOURCE (class folders, s3:// prefix or CSV/JSONL manifest)."""
     from clazzify.training.ingest import IngestConfig, ingest_images
 
@@ -82,9 +86,12 @@ def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: f
 
         found = champion_lineage(champion_model, out_dir / "champion", default_tracking_uri())
         champion_data = found[1] if found else None
+    pixels = {"pixel_cache": out_dir / f"pixels-{pixels_for}.h5", "pixel_size": pixels_for} if pixels_for else {}
     report = ingest_images(source, out_dir / "manifest.csv", out_dir, cfg,
-                           label_overrides=overrides, champion_data=champion_data)
+                           label_overrides=overrides, champion_data=champion_data, **pixels)
     click.echo(report.to_markdown())
+    if pixels:
+        click.echo(f"pixel cache: {pixels['pixel_cache']} (preprocess --image-size {pixels_for} --pixel-cache ...)")
 
 
 @main.command("preprocess")
@@ -99,14 +106,17 @@ def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: f
 @click.option("--shard", type=int, default=None,
               help="Build only this shard of the manifest (see `ingest --shard-size`); "
               "several shard outputs can share one folder, and train reads them all.")
+@click.option("--pixel-cache", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The pixels-SIZE.h5 that `ingest --pixels-for SIZE` wrote: photos it holds at this "
+              "--image-size are copied, not decoded (same pixels); a cache of another size is ignored.")
 def preprocess_cmd(manifest: Path, out_dir: Path, image_size: int, augment_copies: int, workers: int,
-                   seed: int, shard: int | None) -> None:
+                   seed: int, shard: int | None, pixel_cache: Path | None) -> None:
     """Build the HDF5 split files from an ingest MANIFEST."""
     from clazzify.training.preprocess import PreprocessConfig, build_hdf5
 
     cfg = PreprocessConfig(image_size=image_size, augment_copies=augment_copies, workers=workers,
                            seed=seed)
-    paths = build_hdf5(manifest, out_dir, cfg, shard=shard)
+    paths = build_hdf5(manifest, out_dir, cfg, shard=shard, pixel_cache=pixel_cache)
     click.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
 
 
