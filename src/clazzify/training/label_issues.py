@@ -133,7 +133,11 @@ def rank_label_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray
     from cleanlab.rank import get_label_quality_scores
 
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
-    ranked = cl_find(labels, probs, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab's default forks a multiprocessing.Pool, and a fork from a process
+    # that already runs threads (TensorFlow's, tqdm's monitor, a server's) can deadlock the
+    # child on a lock copied while held; this filter is a sort over per-image
+    # probabilities, so one process is plenty.
+    ranked = cl_find(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     return np.asarray(ranked, dtype=int), quality
 
 
