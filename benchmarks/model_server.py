@@ -40,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -81,44 +81,21 @@ def load_grpc(port: int, photos: Sequence[bytes], concurrency: int, seconds: flo
             name="image", datatype="BYTES", shape=[1],
             contents=pb.InferTensorContents(bytes_contents=[p]))]) for p in photos]
     metadata = (("authorization", f"Bearer {KEY}"),)
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    t_start = time.perf_counter() + warmup
-    t_end = t_start + seconds
 
-    def client(idx: int) -> None:
+    def connect() -> tuple[Callable[[int], bool], Callable[[], None]]:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = GRPCInferenceServiceStub(channel)
-        i, mine, bad = idx, [], 0
-        while True:
-            request = requests[i % len(requests)]
-            i += concurrency
-            t0 = time.perf_counter()
-            if t0 >= t_end:
-                break
-            try:
-                stub.ModelInfer(request, metadata=metadata, timeout=120)
-                ok = True
-            except grpc.RpcError:
-                ok = False
-            t1 = time.perf_counter()
-            if t_start <= t1 <= t_end:
-                if ok:
-                    mine.append(t1 - t0)
-                else:
-                    bad += 1
-        channel.close()
-        with lock:
-            latencies.extend(mine)
-            errors[0] += bad
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return summarize(latencies, seconds, errors[0])
+        def send(k: int) -> bool:
+            try:
+                stub.ModelInfer(requests[k], metadata=metadata, timeout=120)
+            except grpc.RpcError:
+                return False
+            return True
+
+        return send, channel.close
+
+    return closed_loop(connect, len(requests), concurrency, seconds, warmup)
 
 
 def register(bundle: Path, tracking_uri: str) -> str:
@@ -174,9 +151,14 @@ def start(cmd: Sequence[str], port: int, health: str, env: dict[str, str], logfi
 Request = tuple[str, bytes, dict[str, str]]
 
 
-def load(port: int, requests: Sequence[Request], concurrency: int, seconds: float,
-         warmup: float) -> dict:
-    """``concurrency`` closed-loop clients, each on its own keep-alive connection."""
+def closed_loop(connect: Callable[[], tuple[Callable[[int], bool], Callable[[], None]]],
+                n_requests: int, concurrency: int, seconds: float, warmup: float) -> dict:
+    """``concurrency`` closed-loop clients, each sending the next of ``n_requests`` as soon as
+    the last one is answered; only answers inside the ``seconds`` after ``warmup`` count.
+
+    ``connect()`` opens one client's connection and returns ``(send, close)``: ``send(k)``
+    sends request ``k`` and says whether it succeeded.
+    """
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -184,32 +166,22 @@ def load(port: int, requests: Sequence[Request], concurrency: int, seconds: floa
     t_end = t_start + seconds
 
     def client(idx: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        i = idx
-        mine: list[float] = []
-        bad = 0
+        send, close = connect()
+        i, mine, bad = idx, [], 0
         while True:
-            path, body, headers = requests[i % len(requests)]
+            k = i % n_requests
             i += concurrency
             t0 = time.perf_counter()
             if t0 >= t_end:
                 break
-            try:
-                conn.request("POST", path, body=body, headers=headers)
-                resp = conn.getresponse()
-                resp.read()
-                ok = resp.status == 200
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-                ok = False
+            ok = send(k)
             t1 = time.perf_counter()
             if t_start <= t1 <= t_end:  # answered inside the window (slow systems included)
                 if ok:
                     mine.append(t1 - t0)
                 else:
                     bad += 1
-        conn.close()
+        close()
         with lock:
             latencies.extend(mine)
             errors[0] += bad
@@ -220,6 +192,30 @@ def load(port: int, requests: Sequence[Request], concurrency: int, seconds: floa
     for t in threads:
         t.join()
     return summarize(latencies, seconds, errors[0])
+
+
+def load(port: int, requests: Sequence[Request], concurrency: int, seconds: float,
+         warmup: float) -> dict:
+    """``concurrency`` closed-loop clients, each on its own keep-alive connection."""
+
+    def connect() -> tuple[Callable[[int], bool], Callable[[], None]]:
+        conn = [http.client.HTTPConnection("127.0.0.1", port, timeout=120)]
+
+        def send(k: int) -> bool:
+            path, body, headers = requests[k]
+            try:
+                conn[0].request("POST", path, body=body, headers=headers)
+                resp = conn[0].getresponse()
+                resp.read()
+                return resp.status == 200
+            except (OSError, http.client.HTTPException):
+                conn[0].close()  # a broken keep-alive connection: open a new one
+                conn[0] = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                return False
+
+        return send, lambda: conn[0].close()
+
+    return closed_loop(connect, len(requests), concurrency, seconds, warmup)
 
 
 def summarize(latencies: list[float], seconds: float, errors: int = 0) -> dict:
