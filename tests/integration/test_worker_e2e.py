@@ -197,10 +197,12 @@ def test_sigkill_mid_run_then_restart_scores_each_event_exactly_once(
 def test_sigterm_finishes_the_batch_in_flight_and_loses_nothing(
     spawn, server_url: str, db_url: str, queues: Queues, photos: list[Path], tmp_path: Path
 ) -> None:
-    n = 200
+    # Enough events, and a quick enough poll, that the worker is still busy when the signal
+    # lands: on an idle machine 200 events were all scored within one 0.2 s poll.
+    n = 640
     queues.publish([plain(f"p{i:03d}", photos[i % len(photos)]) for i in range(n)])
     worker = spawn(worker_args(server_url, db_url, queues, "--batch-size", "4"), "worker")
-    wait_for(lambda: score_count(db_url) >= 8, 60, "the first scores")
+    wait_for(lambda: score_count(db_url) >= 8, 60, "the first scores", interval=0.005)
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0, worker.log()
     scored = score_count(db_url)
