@@ -78,10 +78,16 @@
     if (card) focusCard(cards().indexOf(card));
   });
   // Swapped-in cards are new elements: put the focus mark back.
-  document.body.addEventListener("htmx:afterSettle", () => {
+  function refocus() {
     const changed = refocusChanged && grid.querySelector(".card.just-changed");
     if (changed) refocusChanged = false;
     focusCard(changed ? cards().indexOf(changed) : pos);
+  }
+  document.body.addEventListener("htmx:afterSettle", () => {
+    refocus();
+    // htmx settles a swapped card's class attribute on a timer of its own, which can land
+    // after this event and wipe the mark: set it again once that timer has run.
+    setTimeout(refocus, htmx.config.defaultSettleDelay + 30);
   });
   focusCard(0);
 })();
