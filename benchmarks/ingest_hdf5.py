@@ -8,14 +8,18 @@ Measured on the same images, one after the other:
 - ``keras-dir``: iterating ``keras.utils.image_dataset_from_directory`` at the same size;
 - ``draft-1core``: the decode ceiling of one core (PIL with JPEG draft + fit), times the
   number of cores = the machine's limit for this work;
-- ``clazzify``: ``ingest_images`` (full decode, hash, dedupe, split) + ``build_hdf5``
+- ``clazzify``: ``ingest_images`` (decode, hash, dedupe, split) + ``build_hdf5``
   (process pool, HDF5 writes included), and ``build_hdf5`` alone;
 - ``clazzify, pixel cache``: ``ingest_images(pixel_cache=...)`` (the validation decode
-  also yields the training pixels, written to an HDF5 cache) + ``build_hdf5(pixel_cache=...)``
+  also yields the training pixels, written to the pixel cache) + ``build_hdf5(pixel_cache=...)``
   (copies them: one decode pass from photos to HDF5 in all), and that build alone;
 - ``clazzify, N shards``: the same manifest dealt into ``--shards`` shards and each built
   by its own ``build_hdf5(shard=k)`` call, one after another, as one pipeline pod per
   shard would (on a cluster they run side by side): the cost of sharding itself.
+
+Every loader runs once per round, one after the other, for ``--repeats`` rounds; each row
+reports its median round, and a share of the decode limit is taken against the decode limit
+of the same round (this machine's speed drifts by +-30% over minutes).
 
 Uses ../shared/datasets/restaurant-photos when present, else draws the synthetic set.
 Prints a Markdown table and writes JSON next to this script (results/ingest_hdf5.json).
@@ -77,10 +81,31 @@ def keras_dir(root: Path, size: int) -> tuple[int, float]:
     return int(n), float(seconds)
 
 
-def timed(fn, *args) -> tuple[int, float]:
+def timed(fn, *args, **kwargs) -> float:
     start = time.perf_counter()
-    n = fn(*args)
-    return n, time.perf_counter() - start
+    fn(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+def one_round(source: Path, paths: list[str], size: int, shards: int, tmp: Path) -> dict[str, float]:
+    """Every loader once, one after the other: seconds per row (and the image count)."""
+    tmp.mkdir(parents=True)
+    cfg = PreprocessConfig(image_size=size)
+    t = {"pil-loop": timed(pil_loop, paths, size), "keras-dir": keras_dir(source, size)[1],
+         "draft": timed(draft_loop, paths, size)}
+    t["ingest"] = timed(ingest_images, str(source), tmp / "m.csv", tmp / "report", IngestConfig(), progress=False)
+    t["hdf5"] = timed(build_hdf5, tmp / "m.csv", tmp / "data", cfg, progress=False)
+    t["ingest-px"] = timed(ingest_images, str(source), tmp / "m-px.csv", tmp / "report-px", IngestConfig(),
+                           progress=False, pixel_cache=tmp / "px", pixel_size=size)
+    t["hdf5-px"] = timed(build_hdf5, tmp / "m-px.csv", tmp / "data-px", cfg, progress=False, pixel_cache=tmp / "px")
+    accepted = len((tmp / "m.csv").read_text().splitlines()) - 1
+    shard_size = -(-accepted // shards)
+    ingest_images(str(source), tmp / "sharded.csv", tmp / "report-sharded", IngestConfig(shard_size=shard_size),
+                  progress=False)
+    t["hdf5-shards"] = sum(timed(build_hdf5, tmp / "sharded.csv", tmp / "shards", cfg, shard=k, progress=False)
+                           for k in range(shards))
+    t["accepted"] = accepted
+    return t
 
 
 def main() -> None:
@@ -89,6 +114,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=227)
     parser.add_argument("--limit", type=int, default=0, help="use at most N images (0 = all)")
     parser.add_argument("--shards", type=int, default=4, help="shards for the sharded build")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of every loader, one after the other; each row reports its median round "
+                        "(this machine's speed drifts by +-30%% over minutes, so one round can mislead)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "ingest_hdf5.json",
                         help="where the JSON results go (the recorded run's file by default)")
     args = parser.parse_args()
@@ -110,57 +138,45 @@ def main() -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(it.uri, dest)
     paths = [it.uri for it in items]
-    size = args.image_size
-    cores = os.cpu_count() or 1
-    rows = {}
-    n, t = timed(pil_loop, paths, size)
-    rows["pil-loop (1 core)"] = n / t
-    n, t = keras_dir(source, size)
-    rows["keras image_dataset_from_directory"] = n / t
-    n, t = timed(draft_loop, paths, size)
-    rows["draft decode, 1 core"] = n / t
-    rows[f"decode limit ({cores} cores x draft)"] = cores * n / t
-    start = time.perf_counter()
-    report = ingest_images(str(source), tmp / "m.csv", tmp / "report", IngestConfig(), progress=False)
-    t_ingest = time.perf_counter() - start
-    start = time.perf_counter()
-    build_hdf5(tmp / "m.csv", tmp / "data", PreprocessConfig(image_size=size), progress=False)
-    t_hdf5 = time.perf_counter() - start
-    rows["clazzify build_hdf5 alone"] = report.accepted / t_hdf5
-    start = time.perf_counter()
-    ingest_images(str(source), tmp / "m-px.csv", tmp / "report-px", IngestConfig(), progress=False,
-                  pixel_cache=tmp / "pixels.h5", pixel_size=size)
-    t_ingest_px = time.perf_counter() - start
-    start = time.perf_counter()
-    build_hdf5(tmp / "m-px.csv", tmp / "data-px", PreprocessConfig(image_size=size), progress=False,
-               pixel_cache=tmp / "pixels.h5")
-    t_hdf5_px = time.perf_counter() - start
-    rows["clazzify build_hdf5 from the pixel cache"] = report.accepted / t_hdf5_px
-    shard_size = -(-report.accepted // args.shards)
-    ingest_images(str(source), tmp / "sharded.csv", tmp / "report-sharded", IngestConfig(shard_size=shard_size),
-                  progress=False)
-    start = time.perf_counter()
-    for shard in range(args.shards):
-        build_hdf5(tmp / "sharded.csv", tmp / "shards", PreprocessConfig(image_size=size), shard=shard,
-                   progress=False)
-    t_shards = time.perf_counter() - start
-    rows[f"clazzify build_hdf5, {args.shards} shards in turn"] = report.accepted / t_shards
-    rows["clazzify ingest + build_hdf5"] = report.accepted / (t_ingest + t_hdf5)
-    rows["clazzify ingest with pixel cache + build_hdf5 from it"] = report.accepted / (t_ingest_px + t_hdf5_px)
-    base = rows["pil-loop (1 core)"]
-    limit = rows[f"decode limit ({cores} cores x draft)"]
-    print(f"\n{len(paths)} images from {source} at {size} px, {cores} cores\n")
+    size, cores, n = args.image_size, os.cpu_count() or 1, len(paths)
+    rounds = [one_round(source, paths, size, args.shards, tmp / f"round-{r}") for r in range(args.repeats)]
+    accepted = rounds[0]["accepted"]
+
+    def rate(key: str, images: int, per: float = 1.0) -> float:
+        return float(np.median([images * per / r[key] for r in rounds]))
+
+    def share(images: int, *keys: str) -> float:
+        """Median over rounds of this row's rate over the same round's decode limit."""
+        return float(np.median([images / sum(r[k] for k in keys) / (cores * n / r["draft"]) for r in rounds]))
+
+    rows = {  # name: (images/s, share of the decode limit)
+        "pil-loop (1 core)": (rate("pil-loop", n), share(n, "pil-loop")),
+        "keras image_dataset_from_directory": (rate("keras-dir", n), share(n, "keras-dir")),
+        "draft decode, 1 core": (rate("draft", n), share(n, "draft")),
+        f"decode limit ({cores} cores x draft)": (rate("draft", n, cores), 1.0),
+        "clazzify build_hdf5 alone": (rate("hdf5", accepted), share(accepted, "hdf5")),
+        "clazzify build_hdf5 from the pixel cache": (rate("hdf5-px", accepted), share(accepted, "hdf5-px")),
+        f"clazzify build_hdf5, {args.shards} shards in turn": (rate("hdf5-shards", accepted),
+                                                               share(accepted, "hdf5-shards")),
+        "clazzify ingest + build_hdf5": (float(np.median([accepted / (r["ingest"] + r["hdf5"]) for r in rounds])),
+                                         share(accepted, "ingest", "hdf5")),
+        "clazzify ingest with pixel cache + build_hdf5 from it": (
+            float(np.median([accepted / (r["ingest-px"] + r["hdf5-px"]) for r in rounds])),
+            share(accepted, "ingest-px", "hdf5-px")),
+    }
+    base = rows["pil-loop (1 core)"][0]
+    print(f"\n{n} images from {source} at {size} px, {cores} cores, median of {args.repeats} rounds\n")
     print("| loader | images/s | x pil-loop | share of decode limit |")
     print("|---|---:|---:|---:|")
-    for name, rate in rows.items():
-        print(f"| {name} | {rate:,.0f} | {rate / base:.2f} | {rate / limit:.0%} |")
+    for name, (r, sh) in rows.items():
+        print(f"| {name} | {r:,.0f} | {r / base:.2f} | {sh:.0%} |")
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"images": len(paths), "image_size": size, "cores": cores,
-                               "source": str(source), "images_per_s": rows,
-                               "ingest_s": t_ingest, "hdf5_s": t_hdf5, "hdf5_shards_s": t_shards,
-                               "ingest_pixel_cache_s": t_ingest_px, "hdf5_from_pixel_cache_s": t_hdf5_px,
-                               "load_average": os.getloadavg(),
+    out.write_text(json.dumps({"images": n, "accepted": accepted, "image_size": size, "cores": cores,
+                               "source": str(source), "repeats": args.repeats,
+                               "images_per_s": {k: v[0] for k, v in rows.items()},
+                               "share_of_decode_limit": {k: v[1] for k, v in rows.items()},
+                               "seconds_per_round": rounds, "load_average": os.getloadavg(),
                                "shards": args.shards}, indent=2))
 
 

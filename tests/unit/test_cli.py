@@ -32,8 +32,8 @@ def test_ingest_pixels_for_then_preprocess_from_the_cache(demo_dir, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["ingest", str(demo_dir), "-o", str(tmp_path / "in"), "--pixels-for", "32"])
     assert result.exit_code == 0, result.output
-    cache = tmp_path / "in" / "pixels-32.h5"
-    assert cache.is_file() and str(cache) in result.output
+    cache = tmp_path / "in" / "pixels"
+    assert (cache / "pixels-00000.h5").is_file() and str(cache) in result.output
     for name, extra in (("plain", []), ("cached", ["--pixel-cache", str(cache)])):
         result = runner.invoke(main, ["preprocess", str(tmp_path / "in" / "manifest.csv"), "-o",
                                       str(tmp_path / name), "--image-size", "32", "--workers", "1", *extra])

@@ -127,6 +127,14 @@ def test_same_draft_means_same_pixels(w, h, size):
         return next(s for s in (8, 4, 2, 1) if s <= max(1, min(w // req, h // req)))
 
     assert same == (scale(256) == scale(size))  # e.g. 480 px: 1 toward 256, 2 toward 227
+    for progressive in (False, True):  # draft_scale reads from the header the scale PIL then decodes at
+        from clazzify.core.imaging import draft_scale
+
+        data = encode(gradient(w, h), "JPEG", quality=90, progressive=progressive)
+        img = Image.open(io.BytesIO(data))
+        predicted = draft_scale(img, size)
+        img.draft("RGB", (size, size))
+        assert predicted == (img.decoderconfig or (1,))[0]
 
 
 def test_same_draft_on_truncated_jpeg_only_reads_the_header():

@@ -194,9 +194,11 @@ def test_near_duplicates_never_span_splits(tmp_path: Path):
     assert "Near-duplicate groups" in (tmp_path / "r" / "report.md").read_text()
 
 
-def test_leader_index_finds_the_nearest_leader_like_brute_force():
+@pytest.mark.parametrize("compare_all_up_to", [0, 4096])  # 0: band probes; 4096: compare with every leader
+def test_leader_index_finds_the_nearest_leader_like_brute_force(monkeypatch, compare_all_up_to):
     from clazzify.training.ingest import LeaderIndex, hash_distance
 
+    monkeypatch.setattr("clazzify.training.ingest.BRUTE_FORCE_LEADERS", compare_all_up_to)
     rng = np.random.default_rng(0)
     leaders = [[int(v) for v in rng.integers(0, 2**63, 3, dtype=np.int64)] for _ in range(300)]
     index = LeaderIndex(8, capacity=300)
@@ -292,7 +294,30 @@ def test_truncated_large_jpegs_are_quarantined_by_the_draft_decode(tmp_path: Pat
         y, x = np.mgrid[:side, :side]
         Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)).save(buf, "JPEG")
         (root / "cats" / f"cut-{side}.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
-    kw = {"pixel_cache": tmp_path / "px.h5", "pixel_size": 64} if pixel_cache else {}
+    kw = {"pixel_cache": tmp_path / "px", "pixel_size": 64} if pixel_cache else {}
     report = ingest_images(str(root), tmp_path / "m.csv", tmp_path / "r", IngestConfig(seed=1), progress=False, **kw)
     assert report.quarantined == {"corrupt": 2}
     assert report.accepted == 16
+
+
+@pytest.mark.parametrize("size", [(40, 50), (64, 64), (300, 200), (1000, 700)])
+def test_perceptual_hashes_are_imagehash_phash_of_each_crop(size):
+    """The batched pHash gives imagehash.phash's bits for each centre crop of the reduced image."""
+    import imagehash
+
+    from clazzify.training.ingest import PHASH_REDUCED, PHASH_SCALES, perceptual_hashes
+
+    rng = np.random.default_rng(sum(size))
+    noise = rng.integers(0, 255, (size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(noise).resize(size, Image.Resampling.BILINEAR)
+    gray = img.convert("L")
+    factor = min(gray.size) // PHASH_REDUCED
+    gray = gray.reduce(factor) if factor > 1 else gray
+    width, height = gray.size
+    expected = []
+    for scale in PHASH_SCALES:
+        left, top = int(width * (1 - scale) / 2), int(height * (1 - scale) / 2)
+        expected.append(str(imagehash.phash(gray.crop((left, top, width - left, height - top)))))
+    assert perceptual_hashes(img) == " ".join(expected)
+    flat = Image.new("RGB", size, (90, 90, 90))
+    assert perceptual_hashes(flat).split()[0] == str(imagehash.phash(flat.convert("L")))

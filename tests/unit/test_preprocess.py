@@ -9,6 +9,7 @@ from clazzify.core.errors import ConfigError
 from clazzify.core.imaging import image_to_array
 from clazzify.training.data import block_index
 from clazzify.training.ingest import IngestConfig, ingest_images, read_split_manifest
+from clazzify.training.pixels import cache_file
 from clazzify.training.preprocess import PreprocessConfig, augment_variant, build_hdf5
 
 pytestmark = pytest.mark.unit
@@ -24,7 +25,7 @@ def test_hdf5_layout_and_parity(hdf5_dir):
         with h5py.File(hdf5_dir / f"{split}.h5") as f:
             images, labels, uris = f["images"], f["labels"][:], f["uris"].asstr()[:]
             assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3)
-            assert images.chunks[0] <= 32 and len(labels) == len(uris) == images.shape[0]
+            assert images.chunks is None and len(labels) == len(uris) == images.shape[0]  # contiguous: mapped
             assert set(labels) == {0, 1, 2, 3}
             total += len(labels)
             # Parity: each row is exactly what the shared decode path makes of the file.
@@ -44,7 +45,7 @@ def test_training_rows_are_mixed(hdf5_dir):
 
 def test_augment_copies_and_parallel_build(demo_dir, tmp_path):
     ingest_images(str(demo_dir), tmp_path / "m.csv", tmp_path, IngestConfig(seed=3), progress=False)
-    cfg = PreprocessConfig(image_size=32, augment_copies=2, workers=2, task_size=8, chunk_rows=8)
+    cfg = PreprocessConfig(image_size=32, augment_copies=2, workers=2, task_size=8)
     paths = build_hdf5(tmp_path / "m.csv", tmp_path / "data", cfg, progress=False)
     n_train = sum(r.split == "train" for r in read_split_manifest(tmp_path / "m.csv"))
     with h5py.File(paths["train"]) as f:
@@ -89,37 +90,50 @@ def test_block_index_segments():
     assert blocks.tolist() == [[0, 2, 6], [0, 6, 7], [1, 0, 3]]
 
 
-@pytest.mark.parametrize("size", [32, 64])  # 64: pixels cut from ingest's decode; 32: a second decode
-def test_pixel_cache_builds_the_same_files_in_one_decode_pass(demo_dir, tmp_path, size, monkeypatch):
+@pytest.mark.parametrize(("size", "shard_size"), [(32, 0), (64, 40)])  # 64: 3 shards
+def test_pixel_cache_builds_the_same_files_in_one_decode_pass(demo_dir, tmp_path, size, shard_size, monkeypatch):
     plain, cached = tmp_path / "plain", tmp_path / "cached"
-    ingest_images(str(demo_dir), plain / "m.csv", plain, IngestConfig(seed=3), progress=False)
-    report = ingest_images(str(demo_dir), cached / "m.csv", cached, IngestConfig(seed=3), progress=False,
-                           pixel_cache=cached / "pixels.h5", pixel_size=size)
+    cfg_in = IngestConfig(seed=3, shard_size=shard_size)
+    ingest_images(str(demo_dir), plain / "m.csv", plain, cfg_in, progress=False)
+    report = ingest_images(str(demo_dir), cached / "m.csv", cached, cfg_in, progress=False,
+                           pixel_cache=cached / "px", pixel_size=size)
     # The cache changes nothing ingest decides: same manifest, the truncated JPEG still quarantined.
     assert (plain / "m.csv").read_text() == (cached / "m.csv").read_text()
     assert report.quarantined.get("corrupt", 0) >= 1
     records = read_split_manifest(cached / "m.csv")
-    with h5py.File(cached / "pixels.h5") as f:
-        digests = f["sha256"].asstr()[:]
-        assert int(f.attrs["image_size"]) == size and sum(map(bool, digests)) == report.accepted + 1  # + the dup
-        row = {d: i for i, d in enumerate(digests) if d}
-        for rec in records[:: max(1, len(records) // 12)]:
-            np.testing.assert_array_equal(f["images"][row[rec.sha256]],
-                                          image_to_array(storage.read_bytes(rec.uri), size))
+    # One file per shard: each holds its shard's photos, and their pixels are image_to_array's.
+    assert sorted(p.name for p in (cached / "px").iterdir()) == [f"pixels-{k:05d}.h5" for k in report.shards]
+    for shard in report.shards:
+        with h5py.File(cache_file(cached / "px", shard)) as f:
+            digests = [d for d in f["sha256"].asstr()[:] if d]
+            assert int(f.attrs["image_size"]) == size
+            ours = [r.sha256 for r in records if r.shard == shard]
+            assert set(ours) <= set(digests) and (len(report.shards) == 1 or digests == ours)
+            row = {d: i for i, d in enumerate(f["sha256"].asstr()[:]) if d}
+            for rec in [r for r in records if r.shard == shard][::5]:
+                np.testing.assert_array_equal(f["images"][row[rec.sha256]],
+                                              image_to_array(storage.read_bytes(rec.uri), size))
     cfg = PreprocessConfig(image_size=size, workers=1)
-    a = build_hdf5(cached / "m.csv", tmp_path / "a", cfg, progress=False)
-    with monkeypatch.context() as m:  # from the cache, nothing is decoded again
-        m.setattr("clazzify.training.preprocess.image_to_array", lambda *a: pytest.fail("decoded again"))
-        b = build_hdf5(cached / "m.csv", tmp_path / "b", cfg, progress=False, pixel_cache=cached / "pixels.h5")
+    for shard in [None, *report.shards[1:]]:
+        a = build_hdf5(cached / "m.csv", tmp_path / "a", cfg, progress=False, shard=shard)
+        with monkeypatch.context() as m:  # from the cache, nothing is decoded again
+            m.setattr("clazzify.training.preprocess.image_to_array", lambda *a: pytest.fail("decoded again"))
+            b = build_hdf5(cached / "m.csv", tmp_path / "b", cfg, progress=False, shard=shard,
+                           pixel_cache=cached / "px")
+        summary = json.loads((tmp_path / "b" / ("summary.json" if shard is None else f"summary-{shard:05d}.json"))
+                             .read_text())
+        assert summary["from_pixel_cache"] == sum(summary["counts"].values()) > 0
+        for split in a:
+            with h5py.File(a[split]) as fa, h5py.File(b[split]) as fb:
+                np.testing.assert_array_equal(fa["images"][:], fb["images"][:])
+                np.testing.assert_array_equal(fa["labels"][:], fb["labels"][:])
+                assert fa.attrs["fingerprint"] == fb.attrs["fingerprint"]
     # A cache of another size is ignored (everything decoded), not misused.
     c = build_hdf5(cached / "m.csv", tmp_path / "c", PreprocessConfig(image_size=48, workers=1), progress=False,
-                   pixel_cache=cached / "pixels.h5")
+                   pixel_cache=cached / "px")
     d = build_hdf5(cached / "m.csv", tmp_path / "d", PreprocessConfig(image_size=48, workers=1), progress=False)
-    for split in a:
-        with h5py.File(a[split]) as fa, h5py.File(b[split]) as fb:
-            np.testing.assert_array_equal(fa["images"][:], fb["images"][:])
-            np.testing.assert_array_equal(fa["labels"][:], fb["labels"][:])
-            assert fa.attrs["fingerprint"] == fb.attrs["fingerprint"]
+    assert json.loads((tmp_path / "c" / "summary.json").read_text())["from_pixel_cache"] == 0
+    for split in c:
         with h5py.File(c[split]) as fc, h5py.File(d[split]) as fd:
             np.testing.assert_array_equal(fc["images"][:], fd["images"][:])
 
@@ -127,4 +141,4 @@ def test_pixel_cache_builds_the_same_files_in_one_decode_pass(demo_dir, tmp_path
 def test_pixel_cache_rejects_a_bad_size(demo_dir, tmp_path):
     with pytest.raises(ConfigError, match="pixel_size must be within"):
         ingest_images(str(demo_dir), tmp_path / "m.csv", tmp_path, IngestConfig(seed=3), progress=False,
-                      pixel_cache=tmp_path / "pixels.h5", pixel_size=8)
+                      pixel_cache=tmp_path / "px", pixel_size=8)

@@ -67,9 +67,9 @@ def read_label_overrides(labels_from: str | None, relabel_csv: str | None) -> di
               help="Count the photos new since this registered model's champion data set "
               "(MLflow at MLFLOW_TRACKING_URI or .clazzify/).")
 @click.option("--pixels-for", "pixels_for", type=int, default=None, metavar="IMAGE_SIZE",
-              help="Also keep every accepted photo's training pixels at this size in OUT/pixels-SIZE.h5 "
-              "(from the validating decode; S*S*3 bytes of disk a photo), so `preprocess --pixel-cache` "
-              "copies them instead of decoding every photo again.")
+              help="Also keep every accepted photo's training pixels at this size in OUT/pixels/, one "
+              "file per shard (from the validating decode; S*S*3 bytes of disk a photo), so "
+              "`preprocess --pixel-cache OUT/pixels` copies them instead of decoding every photo again.")
 def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: float, seed: int,
                min_side: int, shard_size: int, labels_from: str | None, relabel_csv: str | None,
                champion_model: str | None, pixels_for: int | None) -> None:
@@ -86,7 +86,7 @@ def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: f
 
         found = champion_lineage(champion_model, out_dir / "champion", default_tracking_uri())
         champion_data = found[1] if found else None
-    pixels = {"pixel_cache": out_dir / f"pixels-{pixels_for}.h5", "pixel_size": pixels_for} if pixels_for else {}
+    pixels = {"pixel_cache": out_dir / "pixels", "pixel_size": pixels_for} if pixels_for else {}
     report = ingest_images(source, out_dir / "manifest.csv", out_dir, cfg,
                            label_overrides=overrides, champion_data=champion_data, **pixels)
     click.echo(report.to_markdown())
@@ -106,8 +106,8 @@ def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: f
 @click.option("--shard", type=int, default=None,
               help="Build only this shard of the manifest (see `ingest --shard-size`); "
               "several shard outputs can share one folder, and train reads them all.")
-@click.option("--pixel-cache", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="The pixels-SIZE.h5 that `ingest --pixels-for SIZE` wrote: photos it holds at this "
+@click.option("--pixel-cache", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="The OUT/pixels folder that `ingest --pixels-for SIZE` wrote: photos it holds at this "
               "--image-size are copied, not decoded (same pixels); a cache of another size is ignored.")
 def preprocess_cmd(manifest: Path, out_dir: Path, image_size: int, augment_copies: int, workers: int,
                    seed: int, shard: int | None, pixel_cache: Path | None) -> None:

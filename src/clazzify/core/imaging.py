@@ -113,7 +113,20 @@ def decode_image(
     Raises:
         ImageError: empty, not an image, truncated/corrupt, too small or too large.
     """
-    img = _open(data, limits)
+    return decode_opened(open_image(data, limits), draft_size)
+
+
+def open_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Read only the header of ``data`` and check it against ``limits`` (see :func:`decode_opened`).
+
+    Raises:
+        ImageError: empty, not an image, unreadable header, too small or too large.
+    """
+    return _open(data, limits)
+
+
+def decode_opened(img: Image.Image, draft_size: int | None = None) -> Image.Image:
+    """:func:`decode_image` of an image :func:`open_image` opened (and nothing else read)."""
     try:
         if draft_size is not None and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
@@ -126,25 +139,26 @@ def decode_image(
         raise ImageError("corrupt", f"truncated or corrupt image data: {e}") from e
 
 
+def draft_scale(img: Image.Image, draft_size: int) -> int:
+    """The DCT scale (1, 2, 4 or 8) ``decode_opened(img, draft_size)`` decodes at, from the
+    header alone: PIL's own choice, the largest scale that keeps both sides >= ``draft_size``
+    (1 for a non-JPEG, and for a JPEG PIL cannot draft)."""
+    if img.format != "JPEG" or len(img.tile) != 1 or img.decoderconfig:
+        return 1
+    fits = min(img.size[0] // draft_size, img.size[1] // draft_size)
+    return next((scale for scale in (8, 4, 2, 1) if fits >= scale), 1)
+
+
 def same_draft(data: bytes, size_a: int, size_b: int) -> bool:
     """Whether ``decode_image(data, draft_size=size_a)`` and ``draft_size=size_b`` decode
-    the very same pixels: true for every non-JPEG, and for a JPEG whose DCT scale
-    (1, 2, 4 or 8) is the same for both sizes. Reads the header only.
-
-    Ingest uses it to cut the training pixels from its own validation decode exactly
-    when that equals :func:`image_to_array`'s decode, and to decode again otherwise.
+    the very same pixels: true for every non-JPEG, and for a JPEG whose DCT scale is the
+    same for both sizes. Reads the header only; false when even that cannot be read.
     """
-    configs = []
-    for size in (size_a, size_b):
-        try:
-            img = Image.open(io.BytesIO(data))
-        except (OSError, ValueError, SyntaxError):
-            return False
-        if img.format != "JPEG":
-            return True
-        img.draft("RGB", (size, size))
-        configs.append((img.size, img.mode, getattr(img, "decoderconfig", ())))
-    return configs[0] == configs[1]
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (OSError, ValueError, SyntaxError):
+        return False
+    return draft_scale(img, size_a) == draft_scale(img, size_b)
 
 
 def fit_square(img: Image.Image, image_size: int) -> np.ndarray:

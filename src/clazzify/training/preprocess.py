@@ -10,7 +10,7 @@ so memory stays flat however large the dataset is.
 
 HDF5 layout (per split)::
 
-    images   uint8 [N, S, S, 3], chunked by rows for contiguous batch reads
+    images   uint8 [N, S, S, 3], contiguous (batch reads are contiguous; the loader maps it)
     labels   int64 [N]
     uris     str   [N]
     sha256   str   [N]
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -39,7 +37,9 @@ import clazzify
 from clazzify.core import storage
 from clazzify.core.errors import ConfigError, DataError, ImageError
 from clazzify.core.imaging import RESAMPLE, ImageLimits, decode_image, image_to_array
+from clazzify.core.parallel import process_context
 from clazzify.training.ingest import SPLITS, Record, read_split_manifest
+from clazzify.training.pixels import PixelCache, RowSink, cache_files, create_images
 
 _STR = h5py.string_dtype(encoding="utf-8")
 
@@ -52,7 +52,6 @@ class PreprocessConfig:
         image_size: side of the square images written (227 = the original AlexNet input).
         augment_copies: extra augmented variants written per training image.
         seed: seed for the training-row order and the augmentations.
-        chunk_rows: rows per HDF5 chunk; batch reads of this size are contiguous.
         task_size: images per worker task.
         workers: decoding processes; 0 means one per CPU core.
         limits: the image quality limits, the same as ingest's.
@@ -61,7 +60,6 @@ class PreprocessConfig:
     image_size: int = 227
     augment_copies: int = 0
     seed: int = 42
-    chunk_rows: int = 32
     task_size: int = 32
     workers: int = 0
     limits: ImageLimits = ImageLimits()
@@ -71,9 +69,8 @@ class PreprocessConfig:
             raise ConfigError(f"image_size must be within [16, 1024], got {self.image_size}")
         if not 0 <= self.augment_copies <= 32:
             raise ConfigError(f"augment_copies must be within [0, 32], got {self.augment_copies}")
-        for name in ("chunk_rows", "task_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.task_size < 1:
+            raise ConfigError(f"task_size must be >= 1, got {self.task_size}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
 
@@ -101,9 +98,16 @@ def augment_variant(img: Image.Image, image_size: int, rng: np.random.Generator)
 
 
 def decode_task(
-    uris: Sequence[str], image_size: int, limits: ImageLimits, copies: int, seeds: Sequence[int]
-) -> np.ndarray:
-    """Decode one task's images into ``[len(uris) * (1 + copies), S, S, 3]`` (runs in a worker)."""
+    uris: Sequence[str],
+    image_size: int,
+    limits: ImageLimits,
+    copies: int,
+    seeds: Sequence[int],
+    sink: RowSink,
+    first_row: int,
+) -> int:
+    """Decode one task's images and write their ``len(uris) * (1 + copies)`` rows from
+    ``first_row`` on straight into the split file (runs in a worker); returns the row count."""
     out = np.empty((len(uris) * (1 + copies), image_size, image_size, 3), dtype=np.uint8)
     for i, (uri, seed) in enumerate(zip(uris, seeds, strict=True)):
         base = i * (1 + copies)
@@ -120,33 +124,12 @@ def decode_task(
         rng = np.random.default_rng(seed)
         for k in range(1, copies + 1):
             out[base + k] = augment_variant(img, image_size, rng)
-    return out
-
-
-class PixelCache:
-    """Rows of the pixel cache ingest wrote (:func:`~clazzify.training.ingest.write_pixel_cache`),
-    looked up by content hash; used only when its size and limits are this build's."""
-
-    def __init__(self, path: Path, cfg: PreprocessConfig) -> None:
-        self.file = h5py.File(path, "r")
-        attrs = self.file.attrs
-        self.usable = (int(attrs["image_size"]) == cfg.image_size and int(attrs["min_side"]) == cfg.limits.min_side
-                       and int(attrs["max_pixels"]) == cfg.limits.max_pixels)
-        digests = self.file["sha256"].asstr()[:]
-        self.rows = {d: i for i, d in reversed(list(enumerate(digests))) if d}
-        self.images = self.file["images"]
-
-    def block(self, task: Sequence[Record]) -> np.ndarray | None:
-        """The task's pixels in order, or None when any of its images is not cached."""
-        if not self.usable or any(r.sha256 not in self.rows for r in task):
-            return None
-        out = np.empty((len(task), *self.images.shape[1:]), dtype=np.uint8)
-        for i, rec in enumerate(task):
-            out[i] = self.images[self.rows[rec.sha256]]
-        return out
-
-    def close(self) -> None:
-        self.file.close()
+    fd = sink.open()
+    try:
+        sink.write(fd, first_row, out)
+    finally:
+        os.close(fd)
+    return len(out)
 
 
 def _tasks(records: Sequence[Record], size: int) -> Iterator[Sequence[Record]]:
@@ -164,16 +147,18 @@ def _write_split(
     pool: ProcessPoolExecutor | None,
     bar: tqdm,
     cache: PixelCache | None = None,
-) -> None:
+) -> int:
+    """Write one split's file; returns how many rows came from the pixel cache."""
     copies = cfg.augment_copies if split == "train" else 0
     n = len(records) * (1 + copies)
     size = cfg.image_size
     index = {name: i for i, name in enumerate(class_names)}
     tmp = path.with_suffix(".h5.partial")
     with h5py.File(tmp, "w") as f:
-        images = f.create_dataset(
-            "images", (n, size, size, 3), dtype=np.uint8, chunks=(min(cfg.chunk_rows, n), size, size, 3)
-        )
+        # Contiguous and allocated at once: the decoding workers write their rows straight
+        # into it (see RowSink), so nothing is pickled back here and written a second time.
+        images = create_images(f, (n, size, size, 3))
+        sink = RowSink(str(tmp), int(images.id.get_offset()), (size, size, 3))
         rows = [(rec, k) for rec in records for k in range(1 + copies)]
         f["labels"] = np.array([index[rec.label] for rec, _ in rows], dtype=np.int64)
         f.create_dataset("uris", data=[rec.uri for rec, _ in rows], dtype=_STR)
@@ -187,56 +172,37 @@ def _write_split(
             split=split,
             augment_copies=copies,
         )
-        seed_base = cfg.seed * 1_000_003
-
-        def submit(task: Sequence[Record]) -> Future | np.ndarray:
-            cached = cache.block(task) if cache is not None and not copies else None
-            if cached is not None:
-                return cached
-            args = (
-                [r.uri for r in task],
-                size,
-                cfg.limits,
-                copies,
-                [seed_base + int(r.sha256[:8], 16) for r in task],
-            )
-            return pool.submit(decode_task, *args) if pool else decode_task(*args)
-
-        # task -> first row; written in the order tasks finish (each knows its rows), so
-        # one slow task (a 4000 px scan) never leaves the other workers idle behind it.
-        in_flight: dict[Future, int] = {}
-        max_in_flight = 2 * (pool._max_workers if pool else 1)
-        row = 0
+    seed_base = cfg.seed * 1_000_003
+    copied, row = 0, 0
+    # At most two tasks per worker in flight; each writes its own rows, so they finish in any
+    # order and one slow task (a 4000 px scan) never leaves the other workers idle behind it.
+    in_flight: set[Future] = set()
+    max_in_flight = 2 * (pool._max_workers if pool else 1)
+    fd = sink.open()
+    try:
         for task in _tasks(records, cfg.task_size):
-            pending = submit(task)
-            if isinstance(pending, np.ndarray):  # no pool: decoded already
-                _write(images, row, pending, bar)
+            cached = cache.block([r.sha256 for r in task]) if cache is not None and not copies else None
+            if cached is not None:
+                sink.write(fd, row, cached)
+                copied += len(cached)
+                bar.update(len(cached))
             else:
-                in_flight[pending] = row
+                args = ([r.uri for r in task], size, cfg.limits, copies,
+                        [seed_base + int(r.sha256[:8], 16) for r in task], sink, row)
+                if pool:
+                    in_flight.add(pool.submit(decode_task, *args))
+                else:
+                    bar.update(decode_task(*args))
             row += len(task) * (1 + copies)
             if len(in_flight) >= max_in_flight:
-                _drain(images, in_flight, bar, FIRST_COMPLETED)
-        _drain(images, in_flight, bar, ALL_COMPLETED)
+                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                bar.update(sum(future.result() for future in done))
+        done, _ = wait(in_flight, return_when=ALL_COMPLETED)
+        bar.update(sum(future.result() for future in done))
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
-
-
-def _write(images: h5py.Dataset, start: int, block: np.ndarray, bar: tqdm) -> None:
-    images[start : start + len(block)] = block
-    bar.update(len(block))
-
-
-def _drain(images: h5py.Dataset, in_flight: dict[Future, int], bar: tqdm, until: str) -> None:
-    """Write finished tasks' blocks: at least one (FIRST_COMPLETED) or all (ALL_COMPLETED)."""
-    done, _ = wait(list(in_flight), return_when=until)
-    for future in done:
-        _write(images, in_flight.pop(future), future.result(), bar)
-
-
-def _mp_context():
-    """fork starts workers in milliseconds, but is unsafe once TensorFlow's threads exist
-    in this process (a test session, a notebook); spawn then."""
-    unsafe = any(name in sys.modules for name in ("tensorflow", "jax", "torch"))
-    return multiprocessing.get_context("spawn" if unsafe or sys.platform != "linux" else "fork")
+    return copied
 
 
 def shard_file_name(split: str, shard: int | None) -> str:
@@ -265,10 +231,12 @@ def build_hdf5(
         cfg: image size, augmentation and worker settings.
         shard: build only this shard's rows, into ``<split>-<shard:05d>.h5``.
         progress: show a progress bar.
-        pixel_cache: the pixel cache ``ingest_images(..., pixel_cache=...)`` wrote: rows it
-            holds at this ``image_size`` and these limits are copied, not decoded again
-            (the same pixels: ingest wrote ``image_to_array``'s). Augmented copies and
-            images it lacks are decoded as usual.
+        pixel_cache: the pixel cache folder ``ingest_images(..., pixel_cache=...)`` wrote
+            (this shard's file, or every shard's without ``shard``): rows it holds at this
+            ``image_size`` and these limits are copied, not decoded again (the same pixels:
+            ingest wrote ``image_to_array``'s). Augmented copies, images it lacks and a
+            folder without the shard's file are decoded as usual; ``summary.json`` counts
+            the rows copied (``from_pixel_cache``).
 
     Returns:
         split name -> HDF5 path, for the splits that have images.
@@ -292,11 +260,12 @@ def build_hdf5(
     by_split["train"] = [train[i] for i in rng.permutation(len(train))]
     total = sum(len(v) * (1 + (cfg.augment_copies if s == "train" else 0)) for s, v in by_split.items())
     workers = cfg.workers or os.cpu_count() or 1
-    cache = PixelCache(pixel_cache, cfg) if pixel_cache is not None else None
+    cache = (PixelCache(cache_files(pixel_cache, shard), cfg.image_size, cfg.limits)
+             if pixel_cache is not None else None)
     # Tasks the cache serves need no pool; start one only for what must be decoded.
-    decode_all = cache is None or not cache.usable or cfg.augment_copies > 0
-    needs_pool = decode_all or any(r.sha256 not in cache.rows for r in records)
-    pool = ProcessPoolExecutor(workers, mp_context=_mp_context()) if workers > 1 and needs_pool else None
+    needs_pool = cache is None or cfg.augment_copies > 0 or not all(cache.holds(r.sha256) for r in records)
+    copied = 0
+    pool = ProcessPoolExecutor(workers, mp_context=process_context()) if workers > 1 and needs_pool else None
     paths: dict[str, Path] = {}
     try:
         with tqdm(total=total, desc="hdf5", unit="img", disable=not progress) as bar:
@@ -304,7 +273,7 @@ def build_hdf5(
                 if not recs:
                     continue
                 paths[split] = out_dir / shard_file_name(split, shard)
-                _write_split(paths[split], split, recs, class_names, fingerprint, cfg, pool, bar, cache)
+                copied += _write_split(paths[split], split, recs, class_names, fingerprint, cfg, pool, bar, cache)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -317,6 +286,7 @@ def build_hdf5(
         "counts": {s: len(v) for s, v in by_split.items()},
         "augment_copies": cfg.augment_copies,
         "shard": shard,
+        "from_pixel_cache": copied,
     }
     name = "summary.json" if shard is None else f"summary-{shard:05d}.json"
     (out_dir / name).write_text(json.dumps(summary, indent=2))

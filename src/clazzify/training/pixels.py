@@ -1,0 +1,218 @@
+"""The pixel cache: the training pixels ingest's validating decode already produced.
+
+Ingest has to decode every photo to validate and hash it. With a pixel cache it also keeps
+each accepted photo's ``image_to_array(bytes, S)``, and the HDF5 step copies those pixels
+instead of decoding every photo a second time: one decode pass from photos to HDF5.
+
+A cache is a folder with one file per shard, so each preprocessing task opens only its own
+shard's rows. ``<folder>/pixels-NNNNN.h5`` (shard NNNNN) holds:
+
+    images  uint8 [N, S, S, 3], contiguous (read through a memory map: no per-row HDF5 call)
+    sha256  str   [N], the photo of each row ("" for a row that holds none)
+    attrs   image_size, min_side, max_pixels (the limits the pixels were checked under)
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from clazzify.core.imaging import ImageLimits
+
+#: Rows written to disk in one call, so at most this many rows of pixels are held in memory.
+BLOCK = 32
+_STR = h5py.string_dtype(encoding="utf-8")
+
+
+def cache_file(folder: Path, shard: int) -> Path:
+    """The cache file of one shard."""
+    return folder / f"pixels-{shard:05d}.h5"
+
+
+def cache_files(folder: Path, shard: int | None = None) -> list[Path]:
+    """The cache files of ``folder`` that exist: the shard's, or every shard's."""
+    found = [cache_file(folder, shard)] if shard is not None else sorted(folder.glob("pixels-[0-9]*.h5"))
+    return [path for path in found if path.is_file()]
+
+
+def create_images(f: h5py.File, shape: tuple[int, ...]) -> h5py.Dataset:
+    """A contiguous uint8 ``images`` dataset whose space is allocated at once (so it has an
+    offset to map or write at) without a fill pass: HDF5's default writes the fill value
+    over the whole extent on the first write, 0.7 s for 200 MB here. Rows of quarantined
+    photos are never read (their digest is empty)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return f.create_dataset("images", shape, dtype=np.uint8, dcpl=dcpl)
+
+
+class _Writer:
+    """Rows appended in blocks of :data:`BLOCK` to a new cache file of ``capacity`` rows."""
+
+    def __init__(self, path: Path, capacity: int, image_size: int, limits: ImageLimits) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(path, "w")
+        self.images = create_images(self.file, (max(capacity, 1), image_size, image_size, 3))
+        self.file.attrs.update(image_size=image_size, min_side=limits.min_side, max_pixels=limits.max_pixels)
+        self.block = np.zeros((BLOCK, image_size, image_size, 3), dtype=np.uint8)
+        self.digests: list[str] = []
+
+    def append(self, digest: str, pixels: np.ndarray | None) -> None:
+        row = len(self.digests)
+        self.digests.append(digest if pixels is not None else "")
+        self.block[row % BLOCK] = pixels if pixels is not None else 0
+        if row % BLOCK == BLOCK - 1:
+            self._flush()
+
+    def _flush(self) -> None:
+        end = len(self.digests)
+        start = end - 1 - (end - 1) % BLOCK
+        self.images[start:end] = self.block[: end - start]
+
+    def close(self) -> None:
+        if len(self.digests) % BLOCK:
+            self._flush()
+        self.file.create_dataset("sha256", data=self.digests or [""], dtype=_STR)
+        self.file.close()
+
+
+@dataclass(frozen=True)
+class RowSink:
+    """Where the rows of a contiguous ``images`` dataset go (a :class:`Listing`, an HDF5 split
+    file), small enough to send to a worker process. A worker writes its rows' bytes at
+    their place in the preallocated dataset with ``os.pwrite``, which releases the GIL, so
+    no worker waits on another to write and nothing is sent back to be written again (h5py
+    holds the GIL through every write; a shared memory map serialises threads on page
+    faults)."""
+
+    path: str
+    offset: int
+    shape: tuple[int, int, int]
+
+    def open(self) -> int:
+        return os.open(self.path, os.O_WRONLY)
+
+    def write(self, fd: int, row: int, pixels: np.ndarray) -> None:
+        """Write one row (``shape``) or a block of consecutive rows (``[k, *shape]``) from ``row`` on."""
+        if pixels.shape[-3:] != self.shape or pixels.ndim not in (3, 4) or pixels.dtype != np.uint8:
+            raise ValueError(f"rows of shape {pixels.shape} {pixels.dtype}, expected {self.shape} uint8")
+        data = np.ascontiguousarray(pixels).data.cast("B")
+        at = self.offset + row * int(np.prod(self.shape))
+        while data:  # pwrite may write less than asked
+            written = os.pwrite(fd, data, at)
+            data, at = data[written:], at + written
+
+
+class Listing:
+    """The cache of one ingest run in listing order (row ``i`` = the ``i``-th listed photo).
+
+    The decoding workers write the rows through :attr:`sink`; HDF5 is touched only to create
+    the file and, in :meth:`close`, to record each row's photo.
+    """
+
+    def __init__(self, path: Path, capacity: int, image_size: int, limits: ImageLimits) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shape = (max(capacity, 1), image_size, image_size, 3)
+        with h5py.File(path, "w") as f:
+            offset = create_images(f, shape).id.get_offset()
+            f.attrs.update(image_size=image_size, min_side=limits.min_side, max_pixels=limits.max_pixels)
+        self.sink = RowSink(str(path), int(offset), (image_size, image_size, 3))
+
+    def close(self, digests: Sequence[str]) -> None:
+        """Record the photo of each row ("" for a row the workers left empty)."""
+        with h5py.File(self.path, "a") as f:
+            f.create_dataset("sha256", data=list(digests) or [""], dtype=_STR)
+
+
+def _rows(path: Path) -> tuple[h5py.File, np.ndarray, list[str]]:
+    """(open file, its images as a read-only memory map where possible, its digests)."""
+    f = h5py.File(path, "r")
+    ds = f["images"]
+    offset = ds.id.get_offset() if ds.chunks is None and not ds.id.get_create_plist().get_nfilters() else None
+    images = (np.memmap(path, mode="r", dtype=np.uint8, offset=offset, shape=ds.shape)
+              if offset is not None else ds)
+    return f, images, list(f["sha256"].asstr()[:])
+
+
+def deal_into_shards(listing: Path, folder: Path, shard_of: Sequence[tuple[str, int]]) -> list[Path]:
+    """Turn the listing-order cache into one file per shard, then remove it.
+
+    Args:
+        listing: the file a :class:`Listing` wrote.
+        folder: where the shard files go (``pixels-NNNNN.h5``).
+        shard_of: ``(sha256, shard)`` of every accepted photo, in manifest order; each shard
+            file gets its photos in this order.
+
+    Returns:
+        the shard files, by shard number.
+    """
+    shards = sorted({shard for _, shard in shard_of}) or [0]
+    if shards == [0]:  # one shard: the listing already is its file (rows are found by digest)
+        os.replace(listing, cache_file(folder, 0))
+        return [cache_file(folder, 0)]
+    by_shard: dict[int, list[str]] = defaultdict(list)
+    for digest, shard in shard_of:
+        by_shard[shard].append(digest)
+    f, images, digests = _rows(listing)
+    try:
+        row_of = {d: i for i, d in reversed(list(enumerate(digests))) if d}
+        limits = ImageLimits(int(f.attrs["min_side"]), int(f.attrs["max_pixels"]))
+        paths = []
+        for shard in shards:
+            writer = _Writer(cache_file(folder, shard), len(by_shard[shard]), int(f.attrs["image_size"]), limits)
+            try:
+                for digest in by_shard[shard]:
+                    writer.append(digest, images[row_of[digest]])
+            finally:
+                writer.close()
+            paths.append(cache_file(folder, shard))
+    finally:
+        f.close()
+    listing.unlink()
+    return paths
+
+
+class PixelCache:
+    """The rows of one or more cache files, looked up by content hash; used only when their
+    image size and limits are the build's (another size is ignored, never misused)."""
+
+    def __init__(self, paths: Sequence[Path], image_size: int, limits: ImageLimits) -> None:
+        self.files: list[h5py.File] = []
+        self.images: list[np.ndarray] = []
+        self.rows: dict[str, tuple[int, int]] = {}
+        self.usable = bool(paths)
+        for k, path in enumerate(paths):
+            f, images, digests = _rows(path)
+            self.files.append(f)
+            self.images.append(images)
+            attrs = f.attrs
+            self.usable &= (int(attrs["image_size"]) == image_size and int(attrs["min_side"]) == limits.min_side
+                            and int(attrs["max_pixels"]) == limits.max_pixels)
+            for i, digest in enumerate(digests):
+                if digest:
+                    self.rows.setdefault(digest, (k, i))
+
+    def holds(self, digest: str) -> bool:
+        return self.usable and digest in self.rows
+
+    def block(self, digests: Sequence[str]) -> np.ndarray | None:
+        """The photos' pixels in order, or None when any of them is not cached."""
+        if not all(map(self.holds, digests)):
+            return None
+        out = np.empty((len(digests), *self.images[0].shape[1:]), dtype=np.uint8)
+        for i, digest in enumerate(digests):
+            k, row = self.rows[digest]
+            out[i] = self.images[k][row]
+        return out
+
+    def close(self) -> None:
+        self.images.clear()
+        for f in self.files:
+            f.close()
