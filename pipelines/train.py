@@ -124,6 +124,12 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
         # 500k photos a day = 50 shards; each preprocessing pod (PREPROCESS) turns one into
         # HDF5 in minutes. 0 = one shard.
         shard_size: int = 10_000,
+        # Keep each photo's training pixels from ingest's validating decode, so preprocessing
+        # copies them instead of decoding every photo again (one decode pass). KFP's launcher
+        # copies a task's whole input artifact into its pod (kubeflow/pipelines#5672), so each
+        # preprocessing pod would fetch every shard's pixels (S*S*3 bytes a photo): on a
+        # cluster turn it on only for a run of one shard. The local runner turns it on.
+        pixel_cache: bool = False,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         min_side: int = ImageLimits.min_side,
@@ -182,7 +188,8 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
         ingest_task = ingest(
             source=source, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, min_side=min_side,
             shard_size=shard_size, labels_from=labels_from, relabel_csv=relabel_csv,
-            mlflow_tracking_uri=mlflow_tracking_uri, model_name=model_name,
+            mlflow_tracking_uri=mlflow_tracking_uri, model_name=model_name, image_size=image_size,
+            pixel_cache=pixel_cache,
         )
         ingest_task.set_caching_options(False)  # a live source changes under the same parameters
         # Steps that talk to services (S3, MLflow, Kubernetes) retry with backoff: 30 s, 60 s, ...
@@ -197,6 +204,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
                 seed=seed,
                 min_side=min_side,
                 shard=shard,
+                pixels=ingest_task.outputs["pixels"],
             )
             # Cached: the manifest artifact pins every input image.
             size(use_s3(hdf5_task, s3_secret, s3_config), **PREPROCESS)
@@ -420,8 +428,9 @@ def run_local(
     if not storage.is_s3(source):
         source = str(Path(source).resolve())
     home = home.resolve()
+    # One machine: ingest's pixels reach the preprocessing tasks without a copy.
     args = {"mlflow_tracking_uri": default_tracking_uri(home), "feature_cache": str(home / "features"),
-            **overrides, "source": source}
+            "pixel_cache": True, **overrides, "source": source}
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(home / "kfp"),

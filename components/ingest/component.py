@@ -16,11 +16,20 @@ def ingest(
     relabel_csv: str,
     mlflow_tracking_uri: str,
     model_name: str,
+    image_size: int,
+    pixel_cache: bool,
     manifest: Output[Dataset],
     report: Output[Markdown],
     quarantine: Output[Dataset],
+    pixels: Output[Dataset],
 ) -> list:
-    """List, validate, de-duplicate and split the source images; returns the shard numbers."""
+    """List, validate, de-duplicate and split the source images; returns the shard numbers.
+
+    With ``pixel_cache`` it also keeps each photo's training pixels at ``image_size`` from the
+    decode that validates it, one file per shard in ``pixels``; ``pixels/cache.json`` says
+    what the folder holds either way.
+    """
+    import json
     import tempfile
     from pathlib import Path
 
@@ -37,8 +46,13 @@ def ingest(
     overrides = manual_label_overrides(read_manual_labels(labels_from)) if labels_from else {}
     overrides |= read_relabel_overrides(relabel_csv) if relabel_csv else {}
     champion = champion_lineage(model_name, Path(tempfile.mkdtemp()), mlflow_tracking_uri)
+    cache = {"pixel_cache": Path(pixels.path), "pixel_size": image_size} if pixel_cache else {}
     result = ingest_images(source, Path(manifest.path), Path(quarantine.path), cfg, progress=False,
-                           label_overrides=overrides, champion_data=champion[1] if champion else None)
+                           label_overrides=overrides, champion_data=champion[1] if champion else None, **cache)
+    Path(pixels.path).mkdir(parents=True, exist_ok=True)
+    described = {"image_size": image_size, "shards": result.shards if pixel_cache else []}
+    (Path(pixels.path) / "cache.json").write_text(json.dumps(described))
+    pixels.metadata.update(described)
     Path(report.path).write_text(result.to_markdown())
     manifest.metadata.update({"accepted": result.accepted, "class_names": result.class_names})
     quarantine.metadata.update({"quarantined": result.quarantined, "duplicates": result.duplicates_removed})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,10 @@ def test_preprocessing_fans_out_over_the_shards_ingest_returns(compiled):
         assert source["outputArtifactKey"] == "pipelinechannel--preprocess-train_data"
     ingest_out = compiled["components"]["comp-ingest"]["outputDefinitions"]["parameters"]["Output"]
     assert ingest_out["parameterType"] == "LIST"
+    # every shard task may copy the pixels ingest kept; off by default on a cluster (see pixel_cache)
+    shard_task = compiled["components"][loop["componentRef"]["name"]]["dag"]["tasks"]["preprocess"]
+    assert shard_task["inputs"]["artifacts"]["pixels"]["componentInputArtifact"] == "pipelinechannel--ingest-pixels"
+    assert compiled["root"]["inputDefinitions"]["parameters"]["pixel_cache"]["defaultValue"] is False
 
 
 def test_parallelism_is_set_at_compile_time(tmp_path):
@@ -140,6 +145,13 @@ def test_a_passing_run_shards_registers_and_logs(passing_run):
     shard_files = sorted(p.name for p in passing_run.run_dir.glob(
         "for-loop-*-iteration-*/preprocess/train_data/train-*.h5"))
     assert shard_files == ["train-00000.h5", "train-00001.h5", "train-00002.h5"]
+    # one decode pass: ingest kept each shard's pixels, and every shard task copied all its rows
+    assert sorted(p.name for p in (passing_run.run_dir / "ingest" / "pixels").glob("pixels-*.h5")) == [
+        "pixels-00000.h5", "pixels-00001.h5", "pixels-00002.h5"]
+    summaries = [json.loads(p.read_text()) for p in passing_run.run_dir.glob(
+        "for-loop-*-iteration-*/preprocess/train_data/summary-*.json")]
+    assert len(summaries) == 3
+    assert all(s["from_pixel_cache"] == sum(s["counts"].values()) > 0 for s in summaries)
     manifest = read_split_manifest(passing_run.run_dir / "ingest" / "manifest")
     activate(TrackingConfig(first["tracking_uri"]))
     mv = champion_version("clazzify")
