@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from serving_support import free_port, stop_process
 
 from clazzify import DEMO_CLASSES
 from clazzify.scoring.scores import Batch, ImageRow, ScoreRepository, ScoreRow
@@ -68,12 +68,6 @@ def seed_review_db(db_url: str, photos: Path, per_class: int = 6, size: int = 16
     return [r.image_id for r in rows]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def clazzify(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     """Run the ``clazzify`` command line from this checkout."""
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'src'}{os.pathsep}{REPO_ROOT}"}
@@ -106,12 +100,7 @@ def review_server(db_url: str, thumb_cache: Path, *extra: str) -> Iterator[str]:
                 time.sleep(0.1)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, grace=10)
 
 
 def take_screenshot(out: Path, work: Path) -> None:

@@ -24,6 +24,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, up to ``grace`` seconds to finish, then SIGKILL: every server a test starts."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -130,12 +140,7 @@ def running_server(
         client.close()
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, grace=20)
 
 
 def _tail(path: Path, n: int = 4000) -> str:
