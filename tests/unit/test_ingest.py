@@ -321,3 +321,25 @@ def test_perceptual_hashes_are_imagehash_phash_of_each_crop(size):
     assert perceptual_hashes(img) == " ".join(expected)
     flat = Image.new("RGB", size, (90, 90, 90))
     assert perceptual_hashes(flat).split()[0] == str(imagehash.phash(flat.convert("L")))
+
+
+def test_worker_processes_decide_and_cache_exactly_what_threads_do(demo_dir: Path, tmp_path: Path, monkeypatch):
+    """Local sets of PROCESS_MIN_ITEMS photos or more are decoded in worker processes, which
+    write their pixel rows themselves: same manifest, quarantine and cache as threads."""
+    import h5py
+
+    from clazzify.training import ingest as ingest_module
+
+    out = {}
+    for mode, minimum in (("threads", 10**9), ("processes", 0)):
+        monkeypatch.setattr(ingest_module, "PROCESS_MIN_ITEMS", minimum)
+        report = ingest_images(str(demo_dir), tmp_path / mode / "m.csv", tmp_path / mode, IngestConfig(workers=2),
+                               progress=False, pixel_cache=tmp_path / mode / "px", pixel_size=32)
+        with h5py.File(tmp_path / mode / "px" / "pixels-00000.h5") as f:
+            digests = f["sha256"].asstr()[:]
+            rows = {d: f["images"][i] for i, d in enumerate(digests) if d}
+        out[mode] = ((tmp_path / mode / "m.csv").read_text(), report.quarantined, rows)
+    assert out["threads"][:2] == out["processes"][:2]
+    assert out["threads"][2].keys() == out["processes"][2].keys() and len(out["threads"][2]) > 90
+    for digest, row in out["threads"][2].items():
+        np.testing.assert_array_equal(row, out["processes"][2][digest])

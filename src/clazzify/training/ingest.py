@@ -15,9 +15,9 @@ import csv
 import hashlib
 import json
 import os
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from itertools import chain, combinations
@@ -412,22 +412,28 @@ def _check_all(
     Processes for local files: per photo, the Python between the C calls (headers, EXIF,
     hashes) holds the GIL long enough that two threads on two cores decode only ~1.1x as fast
     as one once the pixels are kept. Threads for object stores, whose reads mostly wait on
-    the network. Tasks are submitted a window at a time, so at most a window of futures and
-    results waits in memory for the consumer, however many photos there are.
+    the network. At most four tasks per worker are in flight, so memory holds a bounded
+    number of futures and results however many photos there are.
     """
     tasks = [(start, min(start + CHECK_TASK, len(items))) for start in range(0, len(items), CHECK_TASK)]
     pool = (ProcessPoolExecutor(workers, mp_context=process_context()) if processes and workers > 1
             else ThreadPoolExecutor(max_workers=workers))
     results: list[Record | Rejected] = []
+    pending: deque[Future] = deque()
     with pool, tqdm(total=len(items), desc="ingest", unit="img", disable=not progress) as bar:
-        window = 8 * workers
-        for w in range(0, len(tasks), window):
-            futures = [pool.submit(_check_task, items[a:b], a, limits, size, sink) for a, b in tasks[w : w + window]]
-            for future in futures:
-                done = future.result()
-                results += done
-                bar.update(len(done))
+        for a, b in tasks:  # a task is submitted as the oldest is taken: workers never wait on a barrier
+            pending.append(pool.submit(_check_task, items[a:b], a, limits, size, sink))
+            if len(pending) >= 4 * workers:
+                results += _take(pending.popleft(), bar)
+        while pending:
+            results += _take(pending.popleft(), bar)
     return results
+
+
+def _take(future: Future, bar: tqdm) -> list[Record | Rejected]:
+    done = future.result()
+    bar.update(len(done))
+    return done
 
 
 def perceptual_hashes(img: Image.Image) -> str:
