@@ -58,7 +58,7 @@ review: $(BIN)/clazzify ## Serve the moderators' review page on :8090 (REVIEW_DB
 	$(BIN)/clazzify review-ui --db $(REVIEW_DB) --thumb-cache $(HOME_DIR)/thumbs $(REVIEW_ARGS)
 
 bench: $(BIN)/clazzify ## Smoke-run the CPU benchmarks at tiny sizes (~1 min; full runs: benchmarks/README.md)
-	$(BIN)/python benchmarks/ingest_hdf5.py --limit 64 --image-size 64 --shards 2 --out $(HOME_DIR)/bench/ingest_hdf5.json
+	$(BIN)/python benchmarks/ingest_hdf5.py --limit 64 --image-size 64 --shards 2 --repeats 1 --out $(HOME_DIR)/bench/ingest_hdf5.json
 	$(BIN)/python benchmarks/input_pipeline.py --rows 256 --image-size 64 --batch-size 32 --architecture compact \
 		--train-steps 2 --out $(HOME_DIR)/bench/input_pipeline.json
 

@@ -16,15 +16,13 @@ Prints a Markdown table and writes results/ingest_groups.json.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import click
-from common import log
+from common import in_fresh_process, log
 
 from clazzify.training.ingest import (
     IngestConfig,
@@ -36,30 +34,6 @@ from clazzify.training.ingest import (
     ingest_images,
     list_source,
 )
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _child(fn: Callable[..., dict], args: tuple, queue) -> None:
-    start = time.perf_counter()
-    extra = fn(*args)
-    queue.put({"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), **extra})
-
-
-def in_fresh_process(fn: Callable[..., dict], *args) -> dict:
-    """Run ``fn(*args)`` in a new process; its wall time, peak RSS and returned fields."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(fn, args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
 
 
 def decode_pass(source: str) -> dict:

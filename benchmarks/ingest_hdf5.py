@@ -7,7 +7,9 @@ Measured on the same images, one after the other:
 - ``pil-loop``: one image at a time, open, convert, resize, append (the naive loader);
 - ``keras-dir``: iterating ``keras.utils.image_dataset_from_directory`` at the same size;
 - ``draft-1core``: the decode ceiling of one core (PIL with JPEG draft + fit), times the
-  number of cores = the machine's limit for this work;
+  number of cores = the decode limit the targets are stated against;
+- ``draft on all cores``: the same loop in one forked process per core at once, what the
+  machine really delivers (two vCPUs here give ~1.5x one, not 2x);
 - ``clazzify``: ``ingest_images`` (decode, hash, dedupe, split) + ``build_hdf5``
   (process pool, HDF5 writes included), and ``build_hdf5`` alone;
 - ``clazzify, pixel cache``: ``ingest_images(pixel_cache=...)`` (the validation decode
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -87,12 +90,19 @@ def timed(fn, *args, **kwargs) -> float:
     return time.perf_counter() - start
 
 
+def parallel_draft(paths: list[str], size: int, cores: int) -> None:
+    """The draft loop on every core at once (forked processes, a 1/cores slice each)."""
+    with multiprocessing.get_context("fork").Pool(cores) as pool:
+        pool.starmap(draft_loop, [(paths[k::cores], size) for k in range(cores)])
+
+
 def one_round(source: Path, paths: list[str], size: int, shards: int, tmp: Path) -> dict[str, float]:
     """Every loader once, one after the other: seconds per row (and the image count)."""
     tmp.mkdir(parents=True)
     cfg = PreprocessConfig(image_size=size)
+    cores = os.cpu_count() or 1
     t = {"pil-loop": timed(pil_loop, paths, size), "keras-dir": keras_dir(source, size)[1],
-         "draft": timed(draft_loop, paths, size)}
+         "draft": timed(draft_loop, paths, size), "draft-all-cores": timed(parallel_draft, paths, size, cores)}
     t["ingest"] = timed(ingest_images, str(source), tmp / "m.csv", tmp / "report", IngestConfig(), progress=False)
     t["hdf5"] = timed(build_hdf5, tmp / "m.csv", tmp / "data", cfg, progress=False)
     t["ingest-px"] = timed(ingest_images, str(source), tmp / "m-px.csv", tmp / "report-px", IngestConfig(),
@@ -145,37 +155,47 @@ def main() -> None:
     def rate(key: str, images: int, per: float = 1.0) -> float:
         return float(np.median([images * per / r[key] for r in rounds]))
 
-    def share(images: int, *keys: str) -> float:
-        """Median over rounds of this row's rate over the same round's decode limit."""
-        return float(np.median([images / sum(r[k] for k in keys) / (cores * n / r["draft"]) for r in rounds]))
+    def share(images: int, *keys: str, measured: bool = False) -> float:
+        """Median over rounds of this row's rate over the same round's decode limit: cores x the
+        one-core rate (the issue's definition), or, ``measured``, the draft loop on all cores at
+        once (what the machine delivers: two vCPUs need not be two cores' worth)."""
+        return float(np.median([images / sum(r[k] for k in keys)
+                                / (n / r["draft-all-cores"] if measured else cores * n / r["draft"])
+                                for r in rounds]))
 
-    rows = {  # name: (images/s, share of the decode limit)
-        "pil-loop (1 core)": (rate("pil-loop", n), share(n, "pil-loop")),
-        "keras image_dataset_from_directory": (rate("keras-dir", n), share(n, "keras-dir")),
-        "draft decode, 1 core": (rate("draft", n), share(n, "draft")),
-        f"decode limit ({cores} cores x draft)": (rate("draft", n, cores), 1.0),
-        "clazzify build_hdf5 alone": (rate("hdf5", accepted), share(accepted, "hdf5")),
-        "clazzify build_hdf5 from the pixel cache": (rate("hdf5-px", accepted), share(accepted, "hdf5-px")),
-        f"clazzify build_hdf5, {args.shards} shards in turn": (rate("hdf5-shards", accepted),
-                                                               share(accepted, "hdf5-shards")),
+    rows = {  # name: (images/s, keys of its seconds, images)
+        "pil-loop (1 core)": (rate("pil-loop", n), ("pil-loop",), n),
+        "keras image_dataset_from_directory": (rate("keras-dir", n), ("keras-dir",), n),
+        "draft decode, 1 core": (rate("draft", n), ("draft",), n),
+        f"decode limit ({cores} cores x draft)": (rate("draft", n, cores), None, n),
+        f"draft decode on {cores} cores at once (measured limit)": (rate("draft-all-cores", n),
+                                                                    ("draft-all-cores",), n),
+        "clazzify build_hdf5 alone": (rate("hdf5", accepted), ("hdf5",), accepted),
+        "clazzify build_hdf5 from the pixel cache": (rate("hdf5-px", accepted), ("hdf5-px",), accepted),
+        f"clazzify build_hdf5, {args.shards} shards in turn": (rate("hdf5-shards", accepted), ("hdf5-shards",),
+                                                               accepted),
         "clazzify ingest + build_hdf5": (float(np.median([accepted / (r["ingest"] + r["hdf5"]) for r in rounds])),
-                                         share(accepted, "ingest", "hdf5")),
+                                         ("ingest", "hdf5"), accepted),
         "clazzify ingest with pixel cache + build_hdf5 from it": (
             float(np.median([accepted / (r["ingest-px"] + r["hdf5-px"]) for r in rounds])),
-            share(accepted, "ingest-px", "hdf5-px")),
+            ("ingest-px", "hdf5-px"), accepted),
     }
+    shares = {name: (share(images, *keys), share(images, *keys, measured=True)) if keys else
+              (1.0, float(np.median([r["draft-all-cores"] * cores / r["draft"] for r in rounds])))
+              for name, (_, keys, images) in rows.items()}
     base = rows["pil-loop (1 core)"][0]
     print(f"\n{n} images from {source} at {size} px, {cores} cores, median of {args.repeats} rounds\n")
-    print("| loader | images/s | x pil-loop | share of decode limit |")
-    print("|---|---:|---:|---:|")
-    for name, (r, sh) in rows.items():
-        print(f"| {name} | {r:,.0f} | {r / base:.2f} | {sh:.0%} |")
+    print(f"| loader | images/s | x pil-loop | share of the decode limit ({cores} x 1 core) | of the measured limit |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (r, _, _) in rows.items():
+        print(f"| {name} | {r:,.0f} | {r / base:.2f} | {shares[name][0]:.0%} | {shares[name][1]:.0%} |")
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"images": n, "accepted": accepted, "image_size": size, "cores": cores,
                                "source": str(source), "repeats": args.repeats,
                                "images_per_s": {k: v[0] for k, v in rows.items()},
-                               "share_of_decode_limit": {k: v[1] for k, v in rows.items()},
+                               "share_of_decode_limit": {k: v[0] for k, v in shares.items()},
+                               "share_of_measured_limit": {k: v[1] for k, v in shares.items()},
                                "seconds_per_round": rounds, "load_average": os.getloadavg(),
                                "shards": args.shards}, indent=2))
 

@@ -1,4 +1,5 @@
 import json
+import os
 
 import h5py
 import numpy as np
@@ -142,3 +143,30 @@ def test_pixel_cache_rejects_a_bad_size(demo_dir, tmp_path):
     with pytest.raises(ConfigError, match="pixel_size must be within"):
         ingest_images(str(demo_dir), tmp_path / "m.csv", tmp_path, IngestConfig(seed=3), progress=False,
                       pixel_cache=tmp_path / "px", pixel_size=8)
+
+
+def test_pixel_cache_reads_rows_of_any_layout_and_refuses_a_cut_file(tmp_path):
+    """Rows are read with preadv from a contiguous cache, through h5py from any other layout;
+    a cache cut short is an error, never rows of garbage."""
+    from clazzify.core.imaging import ImageLimits
+    from clazzify.training.pixels import Listing, PixelCache
+
+    rows = np.arange(4 * 8 * 8 * 3, dtype=np.uint8).reshape(4, 8, 8, 3)
+    listing = Listing(tmp_path / "plain.h5", 4, 8, ImageLimits())
+    fd = listing.sink.open()
+    listing.sink.write(fd, 0, rows)
+    os.close(fd)
+    listing.close(["a", "b", "c", "d"])
+    with h5py.File(tmp_path / "plain.h5") as src, h5py.File(tmp_path / "chunked.h5", "w") as dst:
+        dst.create_dataset("images", data=src["images"][:], chunks=(1, 8, 8, 3), compression="gzip")
+        dst.create_dataset("sha256", data=src["sha256"][:])
+        dst.attrs.update(src.attrs)
+    for name in ("plain.h5", "chunked.h5"):
+        cache = PixelCache([tmp_path / name], 8, ImageLimits())
+        np.testing.assert_array_equal(cache.block(["c", "a"]), rows[[2, 0]])
+        assert cache.block(["a", "zz"]) is None
+        cache.close()
+    with open(tmp_path / "plain.h5", "r+b") as f:
+        f.truncate(os.path.getsize(tmp_path / "plain.h5") - 100)
+    with pytest.raises(OSError, match="truncated"):
+        PixelCache([tmp_path / "plain.h5"], 8, ImageLimits())
