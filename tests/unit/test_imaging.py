@@ -110,10 +110,14 @@ def test_image_to_array_is_deterministic_and_sized():
 
 @pytest.mark.parametrize("w,h", [(80, 60), (300, 200), (480, 470), (600, 520), (1100, 900), (2100, 1700)])
 @pytest.mark.parametrize("size", [32, 64, 227])
-def test_same_draft_means_same_pixels(w, h, size):
-    """Ingest cuts training pixels from its validation decode only when same_draft says the
-    two decodes are equal: then they must equal image_to_array's, bit for bit."""
-    from clazzify.core.imaging import same_draft
+def test_same_draft_scale_means_same_pixels(w, h, size):
+    """Ingest cuts training pixels from its validation decode only when the two draft scales
+    are equal: then they must equal image_to_array's, bit for bit."""
+    from clazzify.core.imaging import draft_scale, open_image
+
+    def same_draft(data: bytes, size_a: int, size_b: int) -> bool:
+        header = open_image(data)
+        return draft_scale(header, size_a) == draft_scale(header, size_b)
 
     jpeg = encode(gradient(w, h), "JPEG", quality=90)
     png = encode(gradient(w, h))
@@ -128,8 +132,6 @@ def test_same_draft_means_same_pixels(w, h, size):
 
     assert same == (scale(256) == scale(size))  # e.g. 480 px: 1 toward 256, 2 toward 227
     for progressive in (False, True):  # draft_scale reads from the header the scale PIL then decodes at
-        from clazzify.core.imaging import draft_scale
-
         data = encode(gradient(w, h), "JPEG", quality=90, progressive=progressive)
         img = Image.open(io.BytesIO(data))
         predicted = draft_scale(img, size)
@@ -137,9 +139,11 @@ def test_same_draft_means_same_pixels(w, h, size):
         assert predicted == (img.decoderconfig or (1,))[0]
 
 
-def test_same_draft_on_truncated_jpeg_only_reads_the_header():
-    from clazzify.core.imaging import same_draft
+def test_draft_scale_of_a_truncated_jpeg_only_reads_the_header():
+    from clazzify.core.imaging import draft_scale, open_image
 
     data = encode(gradient(200, 200), "JPEG")
-    assert same_draft(data[: len(data) // 2], 256, 64) in (True, False)
-    assert same_draft(b"not an image", 256, 64) is False
+    assert draft_scale(open_image(data[: len(data) // 2]), 64) in (1, 2, 4, 8)
+    with pytest.raises(ImageError) as e:
+        open_image(b"not an image")
+    assert e.value.reason == "not_an_image"

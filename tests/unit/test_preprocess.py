@@ -149,10 +149,10 @@ def test_pixel_cache_reads_rows_of_any_layout_and_refuses_a_cut_file(tmp_path):
     """Rows are read with preadv from a contiguous cache, through h5py from any other layout;
     a cache cut short is an error, never rows of garbage."""
     from clazzify.core.imaging import ImageLimits
-    from clazzify.training.pixels import Listing, PixelCache
+    from clazzify.training.pixels import CacheFile, PixelCache
 
     rows = np.arange(4 * 8 * 8 * 3, dtype=np.uint8).reshape(4, 8, 8, 3)
-    listing = Listing(tmp_path / "plain.h5", 4, 8, ImageLimits())
+    listing = CacheFile(tmp_path / "plain.h5", 4, 8, ImageLimits())
     fd = listing.sink.open()
     listing.sink.write(fd, 0, rows)
     os.close(fd)

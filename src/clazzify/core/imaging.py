@@ -54,8 +54,12 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _open(data: bytes, limits: ImageLimits) -> Image.Image:
-    """Open without decoding pixels and check the header against ``limits``."""
+def open_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Read only the header of ``data`` and check it against ``limits`` (see :func:`decode_opened`).
+
+    Raises:
+        ImageError: empty, not an image, unreadable header, too small or too large.
+    """
     if not data:
         raise ImageError("empty", "file is empty (0 bytes)")
     try:
@@ -116,15 +120,6 @@ def decode_image(
     return decode_opened(open_image(data, limits), draft_size)
 
 
-def open_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
-    """Read only the header of ``data`` and check it against ``limits`` (see :func:`decode_opened`).
-
-    Raises:
-        ImageError: empty, not an image, unreadable header, too small or too large.
-    """
-    return _open(data, limits)
-
-
 def decode_opened(img: Image.Image, draft_size: int | None = None) -> Image.Image:
     """:func:`decode_image` of an image :func:`open_image` opened (and nothing else read)."""
     try:
@@ -147,18 +142,6 @@ def draft_scale(img: Image.Image, draft_size: int) -> int:
         return 1
     fits = min(img.size[0] // draft_size, img.size[1] // draft_size)
     return next((scale for scale in (8, 4, 2, 1) if fits >= scale), 1)
-
-
-def same_draft(data: bytes, size_a: int, size_b: int) -> bool:
-    """Whether ``decode_image(data, draft_size=size_a)`` and ``draft_size=size_b`` decode
-    the very same pixels: true for every non-JPEG, and for a JPEG whose DCT scale is the
-    same for both sizes. Reads the header only; false when even that cannot be read.
-    """
-    try:
-        img = Image.open(io.BytesIO(data))
-    except (OSError, ValueError, SyntaxError):
-        return False
-    return draft_scale(img, size_a) == draft_scale(img, size_b)
 
 
 def fit_square(img: Image.Image, image_size: int) -> np.ndarray:

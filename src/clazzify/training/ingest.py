@@ -82,9 +82,10 @@ class IngestConfig:
         seed: seed of the split; the same seed and data give the same split.
         limits: images smaller or larger than these are quarantined (the decompression-bomb
             guard among them).
-        workers: decoding threads; 0 means one per CPU core for local files (measured on the
-            real photos: 2 threads on 2 cores 489 img/s, 4 threads 432) and eight per core for
-            ``s3://`` (each read waits on the network).
+        workers: decoding workers: processes for local files (threads below
+            :data:`PROCESS_MIN_ITEMS` photos), threads for ``s3://``; 0 means one per CPU
+            core for local files and eight per core for ``s3://`` (each read waits on the
+            network).
         near_duplicate_distance: images whose perceptual hashes differ in at most this
             many of 64 bits are one group (never split apart); -1 turns this off.
         shard_size: at most this many images per shard, the unit one preprocessing task
@@ -797,15 +798,16 @@ def ingest_images(
     if not items:
         raise DataError(f"no files found under {source}")
     items, overridden, unmatched = apply_label_overrides(items, label_overrides or {})
-    workers = cfg.workers or (8 if storage.is_s3(source) else 1) * (os.cpu_count() or 1)
+    remote = storage.is_s3(source)
+    workers = cfg.workers or (8 if remote else 1) * (os.cpu_count() or 1)
     limits = cfg.limits
     if pixel_cache is not None and not 16 <= pixel_size <= 1024:
         raise ConfigError(f"pixel_size must be within [16, 1024] (the HDF5 step's image_size), got {pixel_size}")
     size = pixel_size if pixel_cache is not None else None
-    listing = (pixels.Listing(pixel_cache / "listing.h5.partial", len(items), pixel_size, limits)
+    listing = (pixels.CacheFile(pixel_cache / "listing.h5.partial", len(items), pixel_size, limits)
                if pixel_cache is not None else None)
     results = _check_all(items, limits, size, listing.sink if listing else None, workers,
-                         processes=not storage.is_s3(source) and len(items) >= PROCESS_MIN_ITEMS, progress=progress)
+                         processes=not remote and len(items) >= PROCESS_MIN_ITEMS, progress=progress)
     if listing is not None:
         listing.close([r.sha256 if isinstance(r, Record) else "" for r in results])
     accepted = [r for r in results if isinstance(r, Record)]

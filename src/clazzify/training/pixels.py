@@ -25,8 +25,6 @@ import numpy as np
 
 from clazzify.core.imaging import ImageLimits
 
-#: Rows written to disk in one call, so at most this many rows of pixels are held in memory.
-BLOCK = 32
 _STR = h5py.string_dtype(encoding="utf-8")
 
 
@@ -52,39 +50,9 @@ def create_images(f: h5py.File, shape: tuple[int, ...]) -> h5py.Dataset:
     return f.create_dataset("images", shape, dtype=np.uint8, dcpl=dcpl)
 
 
-class _Writer:
-    """Rows appended in blocks of :data:`BLOCK` to a new cache file of ``capacity`` rows."""
-
-    def __init__(self, path: Path, capacity: int, image_size: int, limits: ImageLimits) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = h5py.File(path, "w")
-        self.images = create_images(self.file, (max(capacity, 1), image_size, image_size, 3))
-        self.file.attrs.update(image_size=image_size, min_side=limits.min_side, max_pixels=limits.max_pixels)
-        self.block = np.zeros((BLOCK, image_size, image_size, 3), dtype=np.uint8)
-        self.digests: list[str] = []
-
-    def append(self, digest: str, pixels: np.ndarray | None) -> None:
-        row = len(self.digests)
-        self.digests.append(digest if pixels is not None else "")
-        self.block[row % BLOCK] = pixels if pixels is not None else 0
-        if row % BLOCK == BLOCK - 1:
-            self._flush()
-
-    def _flush(self) -> None:
-        end = len(self.digests)
-        start = end - 1 - (end - 1) % BLOCK
-        self.images[start:end] = self.block[: end - start]
-
-    def close(self) -> None:
-        if len(self.digests) % BLOCK:
-            self._flush()
-        self.file.create_dataset("sha256", data=self.digests or [""], dtype=_STR)
-        self.file.close()
-
-
 @dataclass(frozen=True)
 class RowSink:
-    """Where the rows of a contiguous ``images`` dataset go (a :class:`Listing`, an HDF5 split
+    """Where the rows of a contiguous ``images`` dataset go (a :class:`CacheFile`, an HDF5 split
     file), small enough to send to a worker process. A worker writes its rows' bytes at
     their place in the preallocated dataset with ``os.pwrite``, which releases the GIL, so
     no worker waits on another to write and nothing is sent back to be written again (h5py
@@ -109,11 +77,13 @@ class RowSink:
             data, at = data[written:], at + written
 
 
-class Listing:
-    """The cache of one ingest run in listing order (row ``i`` = the ``i``-th listed photo).
+class CacheFile:
+    """A new cache file of ``capacity`` rows: ingest's, in listing order (row ``i`` = the
+    ``i``-th listed photo), or one shard's.
 
-    The decoding workers write the rows through :attr:`sink`; HDF5 is touched only to create
-    the file and, in :meth:`close`, to record each row's photo.
+    Rows are written through :attr:`sink` (by ingest's decoding workers, or by
+    :func:`deal_into_shards`); HDF5 is touched only to create the file and, in :meth:`close`,
+    to record each row's photo.
     """
 
     def __init__(self, path: Path, capacity: int, image_size: int, limits: ImageLimits) -> None:
@@ -164,7 +134,7 @@ def deal_into_shards(listing: Path, folder: Path, shard_of: Sequence[tuple[str, 
     """Turn the listing-order cache into one file per shard, then remove it.
 
     Args:
-        listing: the file a :class:`Listing` wrote.
+        listing: the :class:`CacheFile` ingest wrote, in listing order.
         folder: where the shard files go (``pixels-NNNNN.h5``).
         shard_of: ``(sha256, shard)`` of every accepted photo, in manifest order; each shard
             file gets its photos in this order.
@@ -187,13 +157,16 @@ def deal_into_shards(listing: Path, folder: Path, shard_of: Sequence[tuple[str, 
         pixels = np.empty((size, size, 3), dtype=np.uint8)
         paths = []
         for shard in shards:
-            writer = _Writer(cache_file(folder, shard), len(by_shard[shard]), size, limits)
+            digests = by_shard[shard]
+            out = CacheFile(cache_file(folder, shard), len(digests), size, limits)
+            fd = out.sink.open()
             try:
-                for digest in by_shard[shard]:
+                for i, digest in enumerate(digests):
                     rows.read_into(row_of[digest], pixels)
-                    writer.append(digest, pixels)
+                    out.sink.write(fd, i, pixels)
             finally:
-                writer.close()
+                os.close(fd)
+            out.close(digests)
             paths.append(cache_file(folder, shard))
     finally:
         rows.close()
