@@ -153,7 +153,7 @@ def create_database(kind: str, work: Path) -> tuple[str, callable]:
 def count_scores(db_url: str) -> int:
     import sqlalchemy as sa
 
-    from clazzify.scoring.scores import create_db_engine
+    from clazzify.scoring.database import create_db_engine
 
     engine = create_db_engine(db_url)
     try:
@@ -174,7 +174,8 @@ def measure_workers(url: str, server_pid: int, paths: Sequence[Path], n_events: 
     import pika
     import sqlalchemy as sa
 
-    from clazzify.scoring.scores import ScoreRepository, create_db_engine
+    from clazzify.scoring.database import create_db_engine
+    from clazzify.scoring.scores import ScoreRepository
 
     db_url, drop = create_database(db_kind, work)
     ScoreRepository.open(db_url).close()  # migrate once, outside the measurement

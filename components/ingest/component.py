@@ -34,7 +34,7 @@ def ingest(
     from pathlib import Path
 
     from clazzify.core.imaging import ImageLimits
-    from clazzify.scoring.scores import read_manual_labels
+    from clazzify.scoring.labels import read_manual_labels
     from clazzify.training.ingest import IngestConfig, ingest_images, manual_label_overrides, read_relabel_overrides
     from clazzify.training.lineage import champion_lineage
 

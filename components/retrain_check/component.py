@@ -13,7 +13,7 @@ def retrain_check(
     model_name: str,
 ) -> str:
     """Decide whether enough is new since the champion's data set; returns 'retrain' or 'skip'."""
-    from clazzify.scoring.scores import read_manual_labels
+    from clazzify.scoring.labels import read_manual_labels
     from clazzify.training.trigger import RetrainPolicy, check_retrain
 
     times = [r["labelled_at"] for r in read_manual_labels(labels_from)] if labels_from else None

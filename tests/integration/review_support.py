@@ -110,7 +110,7 @@ def take_screenshot(out: Path, work: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     from clazzify.review.users import add_user
-    from clazzify.scoring.scores import create_db_engine
+    from clazzify.scoring.database import create_db_engine
 
     work.mkdir(parents=True, exist_ok=True)
     db_url = f"sqlite:///{tempfile.mkdtemp(dir=work)}/scores.db"

@@ -11,7 +11,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from clazzify.scoring.scores import ScoreRepository, label_history, manual_labels
+from clazzify.scoring.schema import label_history, manual_labels
+from clazzify.scoring.scores import ScoreRepository
 
 pytestmark = pytest.mark.integration
 

@@ -16,11 +16,12 @@ import httpx
 import psycopg
 import pytest
 import sqlalchemy as sa
+from db_support import query
 from playwright.sync_api import Browser, expect, sync_playwright
 from review_support import CHROMIUM, CHROMIUM_ARGS, clazzify, review_server, seed_review_db
 
 from clazzify.review.users import add_user
-from clazzify.scoring.scores import create_db_engine
+from clazzify.scoring.database import create_db_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a server and a browser per database
 
@@ -63,15 +64,6 @@ def site(request, tmp_path_factory) -> Iterator[tuple[str, str]]:
         if request.param == "postgresql":
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _rows(db_url: str, sql: str) -> list[tuple]:
-    engine = create_db_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(sa.text(sql))]
-    finally:
-        engine.dispose()
 
 
 def test_a_moderator_reviews_a_queue_with_the_keyboard(site, browser: Browser):
@@ -123,9 +115,9 @@ def test_a_moderator_reviews_a_queue_with_the_keyboard(site, browser: Browser):
     page.close()
 
     # The rows: the current labels, and every decision in the history.
-    labels = dict(_rows(db_url, "SELECT image_id, label FROM manual_labels WHERE labelled_by = 'bob'"))
+    labels = dict(query(db_url, "SELECT image_id, label FROM manual_labels WHERE labelled_by = 'bob'"))
     assert labels == {ids[0]: "food", ids[1]: "menu", **{i: "human" for i in ids[2:]}}
-    history = _rows(db_url, "SELECT image_id, old_label, new_label, action FROM label_history "
+    history = query(db_url, "SELECT image_id, old_label, new_label, action FROM label_history "
                             "WHERE labelled_by = 'bob' ORDER BY id")
     assert history[:4] == [(ids[0], None, "food", "label"), (ids[1], None, "menu", "label"),
                            (ids[2], None, "human", "accept"), (ids[2], "human", None, "undo")]
@@ -147,7 +139,7 @@ def _login(client: httpx.Client, user: str) -> str:
 
 def test_the_app_refuses_what_it_should(site):
     base, db_url = site
-    image_id = _rows(db_url, "SELECT image_id FROM images ORDER BY image_id LIMIT 1")[0][0]
+    image_id = query(db_url, "SELECT image_id FROM images ORDER BY image_id LIMIT 1")[0][0]
     with httpx.Client(base_url=base, follow_redirects=False) as anon:
         answer = anon.get("/queue/low")
         assert answer.status_code == 303 and answer.headers["location"].startswith("/login?next=")
@@ -167,7 +159,7 @@ def test_the_app_refuses_what_it_should(site):
         # Thumbnails only for photos the database holds: never a path from the request.
         thumb = bob.get("/thumb", params={"id": image_id})
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
-        photo = _rows(db_url, f"SELECT uri FROM images WHERE image_id = '{image_id}'")[0][0]
+        photo = query(db_url, f"SELECT uri FROM images WHERE image_id = '{image_id}'")[0][0]
         for forged in ("/etc/passwd", photo, "file:///etc/passwd", "../" * 8 + "etc/passwd", "nope"):
             assert bob.get("/thumb", params={"id": forged}).status_code == 404, forged
 
@@ -182,7 +174,7 @@ def test_the_app_refuses_what_it_should(site):
         assert export.status_code == 200 and export.headers["content-type"].startswith("text/csv")
         lines = export.text.splitlines()
         assert lines[0].startswith("image_id,uri,restaurant_id,source,label,labelled_by")
-        labelled = _rows(db_url, "SELECT count(*) FROM manual_labels")[0][0]
+        labelled = query(db_url, "SELECT count(*) FROM manual_labels")[0][0]
         assert len(lines) == 1 + labelled
 
     # A removed user's session stops working at the next request.

@@ -1,6 +1,6 @@
 """The tables ``scores.py`` declares are the tables the Alembic migrations build.
 
-The repository writes through the SQLAlchemy ``metadata`` in :mod:`clazzify.scoring.scores`;
+The repository writes through the SQLAlchemy ``metadata`` in :mod:`clazzify.scoring.schema`;
 the database gets its schema only from the migrations. Alembic's own ``compare_metadata``
 (what ``alembic revision --autogenerate`` uses) lists every difference between the two
 (tables, columns, types, nullability, server defaults, indexes) on SQLite and PostgreSQL.
@@ -18,7 +18,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from worker_support import fresh_pg_database
 
-from clazzify.scoring.scores import create_db_engine, metadata, upgrade_database
+from clazzify.scoring.database import create_db_engine
+from clazzify.scoring.schema import metadata, upgrade_database
 
 pytestmark = pytest.mark.integration
 

@@ -28,6 +28,7 @@ import pika
 import pika.exceptions
 import psycopg
 import sqlalchemy as sa
+from db_support import query
 from serving_support import free_port
 
 PG_ADMIN = os.environ.get("CLAZZIFY_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -69,17 +70,6 @@ def via_port(db_url: str, port: int) -> str:
     return (
         sa.make_url(db_url).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
     )
-
-
-def query(db_url: str, sql: str) -> list[tuple]:
-    from clazzify.scoring.scores import create_db_engine
-
-    engine = create_db_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(sa.text(sql))]
-    finally:
-        engine.dispose()
 
 
 def score_count(db_url: str) -> int:

@@ -12,7 +12,8 @@ from PIL import Image
 from clazzify.core.errors import ConfigError, ImageError
 from clazzify.review import queues, users
 from clazzify.review.thumbs import ThumbnailCache, make_thumbnail
-from clazzify.scoring.scores import Batch, ImageRow, ScoreRepository, ScoreRow, label_history, manual_labels
+from clazzify.scoring.schema import label_history, manual_labels
+from clazzify.scoring.scores import Batch, ImageRow, ScoreRepository, ScoreRow
 
 CLASSES = ("ambiance", "food", "human", "menu")
 

@@ -8,14 +8,9 @@ import pytest
 import sqlalchemy as sa
 
 from clazzify.core.errors import ConfigError
-from clazzify.scoring.scores import (
-    Batch,
-    DeadLetter,
-    ImageRow,
-    ScoreRepository,
-    ScoreRow,
-    normalise_url,
-)
+from clazzify.scoring.database import normalise_url
+from clazzify.scoring.dead_letters import DeadLetter
+from clazzify.scoring.scores import Batch, ImageRow, ScoreRepository, ScoreRow
 
 pytestmark = pytest.mark.unit
 
@@ -107,7 +102,7 @@ def test_restaurant_images_are_best_first_and_filtered(repo: ScoreRepository) ->
     ] == ["b"]
 
 
-def test_review_queue_lists_each_queue_above_the_threshold(repo: ScoreRepository) -> None:
+def test_likely_photos_lists_each_queue_above_the_threshold(repo: ScoreRepository) -> None:
     repo.save(
         Batch(
             images=[image(i) for i in "abc"],
@@ -118,7 +113,7 @@ def test_review_queue_lists_each_queue_above_the_threshold(repo: ScoreRepository
             ],
         )
     )
-    rows = repo.review_queue(["human", "menu"], model_name="clazzify", min_probability=0.5)
+    rows = repo.likely_photos(["human", "menu"], model_name="clazzify", min_probability=0.5)
     assert [(r["queue"], r["image_id"]) for r in rows] == [
         ("human", "a"),
         ("menu", "b"),

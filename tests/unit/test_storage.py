@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 
 from clazzify.core import storage
@@ -49,3 +52,46 @@ def test_local_round_trip(tmp_path):
     assert storage.list_children(str(tmp_path)) == ["a"]
     with pytest.raises(StorageError, match="cannot read"):
         storage.read_bytes(str(tmp_path / "missing"))
+
+
+def test_read_bounded_reads_up_to_the_limit_and_refuses_more(tmp_path: Path) -> None:
+    exact = tmp_path / "exact.jpg"
+    exact.write_bytes(b"x" * 100)
+    assert storage.read_bounded(str(exact), 100) == b"x" * 100
+    assert storage.read_bounded(f"file://{exact}", 100) == b"x" * 100
+    with pytest.raises(storage.PermanentStorageError) as e:
+        storage.read_bounded(str(exact), 99)
+    assert e.value.reason == "too_large"
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("/dev/zero", "not_a_file"),  # endless: must be refused, never read
+        ("/nonexistent/photo.jpg", "missing_object"),
+        ("http://127.0.0.1:9/x.jpg", "unsupported_scheme"),
+        ("/etc/passwd/x.jpg", "missing_object"),
+    ],
+)
+def test_read_bounded_refuses_what_no_retry_can_fix(uri: str, reason: str) -> None:
+    with pytest.raises(storage.PermanentStorageError) as e:
+        storage.read_bounded(uri, 1000)
+    assert e.value.reason == reason
+
+
+def test_read_bounded_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(storage.PermanentStorageError) as e:
+        storage.read_bounded(str(fifo), 1000)
+    assert e.value.reason == "not_a_file"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_read_bounded_permission_denied_is_permanent(tmp_path: Path) -> None:
+    locked = tmp_path / "locked.jpg"
+    locked.write_bytes(b"x")
+    locked.chmod(0)
+    with pytest.raises(storage.PermanentStorageError) as e:
+        storage.read_bounded(str(locked), 1000)
+    assert e.value.reason == "permission_denied"

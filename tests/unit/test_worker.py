@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import sqlalchemy.exc
 from _scoring import FakeScorer, write_images
 
 from clazzify.core.errors import StorageError
+from clazzify.core.storage import PermanentStorageError
 from clazzify.scoring.scores import Batch, ScoreRepository
+from clazzify.scoring.sources import SourceNotAllowed, SourcePolicy
 from clazzify.scoring.worker import (
     Message,
     ScoringConfig,
@@ -96,12 +99,16 @@ class _DownRepo:
     def save(self, batch: Batch) -> None:
         raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("connection refused"))
 
+    def image_uris(self, image_ids):
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+
 
 class _RejectingRepo:
     """Refuses any batch holding image 'bad' (as a constraint violation would)."""
 
     def __init__(self, inner: ScoreRepository) -> None:
         self.inner = inner
+        self.image_uris = inner.image_uris
 
     def save(self, batch: Batch) -> None:
         if any(s.image_id == "bad" for s in batch.scores):
@@ -135,6 +142,7 @@ class _RefusingEverythingRepo:
 
     def __init__(self, inner: ScoreRepository) -> None:
         self.inner = inner
+        self.image_uris = inner.image_uris
         self.saves = 0
 
     def save(self, batch: Batch) -> None:
@@ -161,7 +169,7 @@ def test_s3_notification_with_several_records(tmp_path: Path, repo: ScoreReposit
 
     def fetch(uri: str) -> bytes:
         if uri not in blobs:
-            raise StorageError(f"cannot read {uri}: NoSuchKey") from _S3Missing()
+            raise PermanentStorageError("missing_object", f"cannot read {uri}: NoSuchKey")
         return blobs[uri]
 
     record = {
@@ -176,10 +184,6 @@ def test_s3_notification_with_several_records(tmp_path: Path, repo: ScoreReposit
     [outcome] = process_batch([Message(body)], FakeScorer(), repo, fetch=fetch)
     assert (outcome.status, outcome.reason, outcome.scored) == ("dead", "missing_object", 1)
     assert rows(repo, "SELECT image_id FROM scores") == [("s3://uploads/ok.png",)]
-
-
-class _S3Missing(Exception):
-    code = "NoSuchKey"
 
 
 def test_an_s3_notification_for_a_deletion_is_skipped(repo: ScoreRepository) -> None:
@@ -212,9 +216,11 @@ def test_oversized_objects_are_dead_without_a_request(
 def test_fetch_errors_are_classified() -> None:
     assert not classify_fetch_error(FileNotFoundError(2, "No such file")).retry
     assert classify_fetch_error(ConnectionRefusedError(111, "refused")).retry
-    wrapped = StorageError("cannot read s3://b/k: NoSuchKey")
-    wrapped.__cause__ = _S3Missing()
-    assert classify_fetch_error(wrapped).reason == "missing_object"
+    assert classify_fetch_error(StorageError("cannot reach s3: timeout")).retry
+    refused = classify_fetch_error(PermanentStorageError("access_denied", "AccessDenied"))
+    assert (refused.retry, refused.reason) == (False, "access_denied")
+    outside = classify_fetch_error(SourceNotAllowed("s3://mlflow/x is outside"))
+    assert (outside.retry, outside.reason) == (False, "source_not_allowed")
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:
@@ -244,3 +250,73 @@ def test_the_requests_of_a_batch_are_in_flight_together(
     )
     assert [o.status for o in outcomes] == ["scored"] * 8
     assert scorer.calls == [4, 4]
+
+
+def test_sources_outside_the_allow_list_are_dead_before_any_read(
+    tmp_path: Path, repo: ScoreRepository
+) -> None:
+    inside = write_images(tmp_path / "uploads", 1)[0]
+    outside = write_images(tmp_path / "private", 1, prefix="secret")[0]
+    link = tmp_path / "uploads" / "link.png"
+    link.symlink_to(outside)  # a link inside the allowed folder that points out of it
+    read: list[str] = []
+
+    def fetch(uri: str) -> bytes:
+        read.append(uri)
+        return Path(uri).read_bytes()
+
+    cfg = ScoringConfig(sources=SourcePolicy.parse([str(tmp_path / "uploads"), "s3://uploads"]))
+    messages = [
+        plain("in", inside),
+        plain("out", outside),
+        plain("link", link),
+        plain("bucket", "s3://mlflow/models/m.png"),
+        plain("http", "http://127.0.0.1:9/x.jpg"),
+    ]
+    outcomes = process_batch(messages, FakeScorer(), repo, fetch=fetch, cfg=cfg)
+    assert [(o.status, o.reason) for o in outcomes] == [
+        ("scored", ""),
+        ("dead", "source_not_allowed"),
+        ("dead", "source_not_allowed"),
+        ("dead", "source_not_allowed"),
+        ("dead", "unsupported_scheme"),
+    ]
+    assert read == [str(inside)]
+
+
+def test_an_event_never_moves_a_known_photo(tmp_path: Path, repo: ScoreRepository) -> None:
+    first, second, third = write_images(tmp_path / "img", 3)
+    [outcome] = process_batch([plain("p1", first)], FakeScorer(), repo)
+    assert outcome.status == "scored"
+    outcomes = process_batch(
+        [plain("p1", second), plain("p1", first), plain("p2", third), plain("p2", second)],
+        FakeScorer(),
+        repo,
+    )
+    assert [(o.status, o.reason) for o in outcomes] == [
+        ("dead", "id_conflict"),  # p1 already belongs to the first photo
+        ("scored", ""),  # the same photo again: a rescore
+        ("scored", ""),
+        ("dead", "id_conflict"),  # p2 was taken earlier in the same batch
+    ]
+    assert rows(repo, "SELECT image_id, uri FROM images ORDER BY image_id") == [
+        ("p1", str(first)),
+        ("p2", str(third)),
+    ]
+    assert rows(repo, "SELECT image_id, writes FROM scores ORDER BY image_id") == [
+        ("p1", 2),
+        ("p2", 1),
+    ]
+
+
+def test_the_default_fetch_is_bounded(tmp_path: Path, repo: ScoreRepository) -> None:
+    big = tmp_path / "big.jpg"
+    with big.open("wb") as fh:
+        fh.truncate(2 * 1024**3)  # 2 GB, sparse: no disk, and never read
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    outcomes = process_batch([plain("big", big), plain("fifo", fifo)], FakeScorer(), repo)
+    assert [(o.status, o.reason) for o in outcomes] == [
+        ("dead", "too_large"),
+        ("dead", "not_a_file"),
+    ]

@@ -16,7 +16,7 @@ _DB_HELP = "Scores database: postgresql://user@host/db or sqlite:///path (env CL
 
 
 def _db_option(fn):
-    from clazzify.scoring.scores import DEFAULT_DB_URL
+    from clazzify.scoring.database import DEFAULT_DB_URL
 
     return click.option("--db", "db_url", envvar="CLAZZIFY_DB_URL", default=DEFAULT_DB_URL,
                         show_default=True, help=_DB_HELP)(fn)
@@ -273,7 +273,7 @@ def review_queue_cmd(labels, min_prob, limit, model_name, db_url, fmt) -> None:
     names = [n.strip() for n in labels.split(",") if n.strip()]
     if not names:
         raise click.BadParameter("name at least one class", param_hint="--labels")
-    rows = _open_repo(db_url).review_queue(names, model_name=model_name, min_probability=min_prob,
+    rows = _open_repo(db_url).likely_photos(names, model_name=model_name, min_probability=min_prob,
                                            limit=limit)
     _emit(rows, fmt, ["queue", "image_id", "uri", "restaurant_id", "probability", "label"])
 

@@ -36,7 +36,7 @@ def read_label_overrides(labels_from: str | None, relabel_csv: str | None) -> di
 
     overrides = {}
     if labels_from:
-        from clazzify.scoring.scores import read_manual_labels
+        from clazzify.scoring.labels import read_manual_labels
 
         overrides.update(manual_label_overrides(read_manual_labels(labels_from)))
     if relabel_csv:
@@ -238,7 +238,7 @@ def retrain_cmd(source: str, labels_from: str | None, relabel_csv: str | None, m
     policy = RetrainPolicy(min_new_photos, min_new_labels)
     label_times = None
     if labels_from:
-        from clazzify.scoring.scores import read_manual_labels
+        from clazzify.scoring.labels import read_manual_labels
 
         label_times = [r["labelled_at"] for r in read_manual_labels(labels_from)]
     decision = check_retrain(source, policy, model_name, default_tracking_uri(home), label_times)

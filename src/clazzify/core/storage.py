@@ -11,9 +11,11 @@ usual variables, read when a client is first needed (never at import):
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
+import stat as stat_module
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,6 +25,45 @@ from urllib.parse import unquote, urlparse
 from clazzify.core.errors import StorageError
 
 _TRUE = {"1", "true", "yes", "on"}
+#: Bytes read per call while streaming a bounded read.
+_CHUNK = 1 << 16
+#: S3 answers that no retry can change (the object, the bucket or the permission).
+_S3_PERMANENT = {
+    "NoSuchKey": "missing_object",
+    "NoSuchObject": "missing_object",
+    "NotFound": "missing_object",
+    "ResourceNotFound": "missing_object",
+    "InvalidObjectName": "missing_object",
+    "NoSuchBucket": "unknown_bucket",
+    "InvalidBucketName": "unknown_bucket",
+    "AccessDenied": "access_denied",
+    "AllAccessDisabled": "access_denied",
+}
+#: Local errors that no retry can change.
+_OS_PERMANENT = {
+    errno.ENOENT: "missing_object",
+    errno.ENOTDIR: "missing_object",
+    errno.EISDIR: "not_a_file",
+    errno.ELOOP: "not_a_file",
+    errno.ENXIO: "not_a_file",
+    errno.EACCES: "permission_denied",
+    errno.EPERM: "permission_denied",
+    errno.ENAMETOOLONG: "missing_object",
+}
+
+
+class PermanentStorageError(StorageError):
+    """A read that no retry can make succeed (missing, refused, not a file, too large...).
+
+    Attributes:
+        reason: short machine-readable category (``missing_object``, ``unknown_bucket``,
+            ``access_denied``, ``permission_denied``, ``not_a_file``, ``too_large``,
+            ``unsupported_scheme``).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 _FALSE = {"0", "false", "no", "off"}
 
 
@@ -88,7 +129,10 @@ def local_path(uri: str) -> Path:
     if uri.startswith("file://"):
         return Path(unquote(urlparse(uri).path))
     if "://" in uri:
-        raise StorageError(f"unsupported URI scheme in {uri!r}: use a local path, file:// or s3://")
+        raise PermanentStorageError(
+            "unsupported_scheme",
+            f"unsupported URI scheme in {uri!r}: use a local path, file:// or s3://",
+        )
     return Path(uri)
 
 
@@ -184,6 +228,121 @@ def read_bytes(uri: str) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise StorageError(f"cannot read {path}: {e.strerror}") from e
+
+
+def read_bounded(uri: str, limit: int) -> bytes:
+    """Read an object or file of at most ``limit`` bytes, never holding more than ``limit + 1``.
+
+    The size is checked first (``stat`` of a local file, ``HEAD`` of an object), then at most
+    ``limit + 1`` bytes are streamed in, so neither a huge object nor one that grows while it
+    is read (or lies about its size) can take more memory than that. Only regular files are
+    opened, without blocking: a FIFO, a device or a socket is refused, never waited on.
+
+    Raises:
+        PermanentStorageError: missing, refused, not a regular file, larger than ``limit``
+            or an unsupported scheme: no retry can help.
+        StorageError: the store could not answer (unreachable, timeout, 5xx): a retry may.
+    """
+    if is_s3(uri):
+        return _read_s3_bounded(uri, limit)
+    return _read_local_bounded(local_path(uri), limit)
+
+
+def _too_large(where: str, size: int, limit: int) -> PermanentStorageError:
+    return PermanentStorageError(
+        "too_large", f"{where} is {size} bytes or more; the limit is {limit}"
+    )
+
+
+def _read_local_bounded(path: Path, limit: int) -> bytes:
+    def refused(e: OSError) -> StorageError:
+        reason = _OS_PERMANENT.get(e.errno or 0)
+        message = f"cannot read {path}: {e.strerror or e}"
+        return PermanentStorageError(reason, message) if reason else StorageError(message)
+
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        raise refused(e) from e
+    if not stat_module.S_ISREG(info.st_mode):
+        raise PermanentStorageError("not_a_file", f"{path} is not a regular file (a FIFO, "
+                                    "device, socket or folder): only photo files are read")
+    if info.st_size > limit:
+        raise _too_large(str(path), info.st_size, limit)
+    try:
+        # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open must not wait.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise refused(e) from e
+    try:
+        if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+            raise PermanentStorageError("not_a_file", f"{path} is not a regular file")
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:
+            chunk = os.read(fd, min(_CHUNK, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as e:
+        raise refused(e) from e
+    finally:
+        os.close(fd)
+    if total > limit:
+        raise _too_large(str(path), total, limit)
+    return b"".join(chunks)
+
+
+def _s3_failure(uri: str, e: Exception) -> StorageError:
+    code = getattr(e, "code", None)
+    reason = _S3_PERMANENT.get(code or "")
+    message = f"cannot read {uri}: {code}: {getattr(e, 'message', e)}"
+    return PermanentStorageError(reason, message) if reason else StorageError(message)
+
+
+def _read_s3_bounded(uri: str, limit: int) -> bytes:
+    from minio.error import S3Error
+
+    bucket, key = split_s3(uri)
+    s3 = client()
+    try:
+        info = s3.stat_object(bucket, key)
+    except S3Error as e:
+        # A HEAD answer has no body: a missing bucket reads as a missing key. Ask.
+        if e.code == "NoSuchKey" and not _bucket_exists(s3, bucket):
+            raise PermanentStorageError(
+                "unknown_bucket", f"cannot read {uri}: bucket {bucket!r} does not exist"
+            ) from e
+        raise _s3_failure(uri, e) from e
+    if info.size is not None and info.size > limit:
+        raise _too_large(uri, info.size, limit)
+    try:
+        # A Range request: the server sends at most limit + 1 bytes whatever the object is now.
+        response = s3.get_object(bucket, key, offset=0, length=limit + 1)
+    except S3Error as e:
+        raise _s3_failure(uri, e) from e
+    try:
+        chunks: list[bytes] = []
+        total = 0
+        for chunk in response.stream(_CHUNK):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise _too_large(uri, total, limit)
+    finally:
+        response.close()
+        response.release_conn()
+    return b"".join(chunks)
+
+
+def _bucket_exists(s3, bucket: str) -> bool:
+    from minio.error import S3Error
+
+    try:
+        return bool(s3.bucket_exists(bucket))
+    except S3Error:
+        return True  # cannot tell (e.g. no ListBucket permission): keep the first answer
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from clazzify.core.errors import ConfigError
-from clazzify.scoring.scores import images, label_history, manual_labels, score_probabilities, scores
+from clazzify.scoring.schema import images, label_history, manual_labels, score_probabilities, scores
 
 KINDS = ("low", "class", "disagree", "unreviewed")
 

@@ -14,7 +14,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from clazzify.core.errors import ConfigError
-from clazzify.scoring.scores import review_users, utcnow
+from clazzify.scoring.schema import review_users, utcnow
 
 ROLES = ("moderator", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")

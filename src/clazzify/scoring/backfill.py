@@ -23,9 +23,10 @@ from pathlib import Path
 from clazzify.core import storage
 from clazzify.core.errors import ConfigError, DataError
 from clazzify.core.manifest import is_manifest, read_manifest_rows
+from clazzify.scoring.database import is_transient
 from clazzify.scoring.endpoint_client import EndpointClient, EndpointError
 from clazzify.scoring.events import EventError, UploadEvent
-from clazzify.scoring.scores import Batch, ScoreRepository, is_transient
+from clazzify.scoring.scores import Batch, ScoreRepository
 from clazzify.scoring.worker import (
     BatchStats,
     Fetch,
@@ -138,7 +139,7 @@ def score_collection(
     repo: ScoreRepository,
     cfg: BackfillConfig = BackfillConfig(),
     *,
-    fetch: Fetch = storage.read_bytes,
+    fetch: Fetch | None = None,
     scoring: ScoringConfig | None = None,
     progress: bool = True,
 ) -> BackfillReport:
@@ -181,7 +182,7 @@ def _score_batch(
     repo: ScoreRepository,
     cfg: BackfillConfig,
     scoring: ScoringConfig,
-    fetch: Fetch,
+    fetch: Fetch | None,
     report: BackfillReport,
 ) -> None:
     import sqlalchemy.exc

@@ -444,7 +444,8 @@ def open_repository(
     """
     import sqlalchemy.exc
 
-    from clazzify.scoring.scores import ScoreRepository, is_transient
+    from clazzify.scoring.database import is_transient
+    from clazzify.scoring.scores import ScoreRepository
 
     attempt = 0
     while not stop.is_set():

@@ -10,9 +10,11 @@ AMQP loop (:mod:`clazzify.scoring.consumer`) turns outcomes into acks, dead lett
 retries:
 
 - ``scored`` / ``skipped``: the scores are committed; acknowledge.
-- ``dead``: nothing can ever score this message (bad JSON, missing object, not an
-  image, rejected by the server); recorded in ``dead_letters`` in the same commit,
-  then published to the dead-letter queue and acknowledged.
+- ``dead``: nothing can ever score this message (bad JSON, a source outside the
+  allow-list, a missing object or bucket, access denied, not a regular file, too large,
+  not an image, rejected by the server, an image id already taken by another URI);
+  recorded in ``dead_letters`` in the same commit, then published to the dead-letter
+  queue and acknowledged.
 - ``retry``: a dependency failed (server down or 5xx, timeout, database down);
   nothing was written for this message; do not acknowledge, try again later.
 
@@ -21,9 +23,10 @@ The backfill (:func:`clazzify.scoring.backfill.score_collection`) reuses :func:`
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,14 +35,14 @@ import sqlalchemy.exc
 
 from clazzify.core import storage
 from clazzify.core.errors import ConfigError, StorageError
+from clazzify.scoring.database import is_transient
+from clazzify.scoring.dead_letters import DeadLetter
 from clazzify.scoring.endpoint_client import EndpointError, Prediction
 from clazzify.scoring.events import EventError, UploadEvent, parse_message
-from clazzify.scoring.scores import Batch, DeadLetter, ImageRow, ScoreRow, is_transient
+from clazzify.scoring.scores import Batch, ImageRow, ScoreRow
+from clazzify.scoring.sources import SourceNotAllowed, SourcePolicy
 
 log = logging.getLogger(__name__)
-
-#: S3 error codes that mean the object is not there and never will be.
-_MISSING_CODES = {"NoSuchKey", "NoSuchObject", "NoSuchBucket", "NotFound", "InvalidObjectName"}
 
 
 class Scorer(Protocol):
@@ -53,7 +56,10 @@ class Repository(Protocol):
 
     def save(self, batch: Batch) -> None: ...
 
+    def image_uris(self, image_ids: Sequence[str]) -> Mapping[str, str]: ...
 
+
+#: Reads a URI's bytes; the worker's default is a bounded read of ``max_image_bytes``.
 Fetch = Callable[[str], bytes]
 
 
@@ -69,6 +75,8 @@ class ScoringConfig:
         fetch_threads: parallel downloads of image bytes (object storage is I/O bound).
         max_image_bytes: larger objects are dead-lettered as ``too_large``, never sent.
         default_model_name: stored when the server's response names no model.
+        sources: the allow-list of buckets and folders events may name (None: every
+            location; the worker always sets one, the operator-driven backfill does not).
     """
 
     request_images: int = 16
@@ -77,6 +85,7 @@ class ScoringConfig:
     fetch_threads: int = 8
     max_image_bytes: int = 8_000_000
     default_model_name: str = "clazzify"
+    sources: SourcePolicy | None = None
 
     def __post_init__(self) -> None:
         if self.request_images < 1:
@@ -160,14 +169,22 @@ class BatchStats:
 
 
 def classify_fetch_error(error: Exception) -> Failure:
-    """Missing objects are permanent; an unreachable or misconfigured store is retried."""
-    cause = error.__cause__ if isinstance(error, StorageError) else error
-    code = getattr(cause, "code", None)
-    if code in _MISSING_CODES:
+    """Permanent by what it is (missing, refused, not a file, too large, not allowed);
+    anything else (unreachable, timeout, 5xx) is transient and retried."""
+    if isinstance(error, SourceNotAllowed):
+        return Failure(False, error.reason, str(error))
+    if isinstance(error, storage.PermanentStorageError):
+        return Failure(False, error.reason, str(error))
+    if isinstance(error, FileNotFoundError | IsADirectoryError | NotADirectoryError):
         return Failure(False, "missing_object", str(error))
-    if isinstance(cause, FileNotFoundError | IsADirectoryError | NotADirectoryError):
-        return Failure(False, "missing_object", str(error))
+    if isinstance(error, PermissionError):
+        return Failure(False, "permission_denied", str(error))
     return Failure(True, "storage_unavailable", f"{error.__class__.__name__}: {error}")
+
+
+def default_fetch(cfg: ScoringConfig) -> Fetch:
+    """A bounded read: at most ``cfg.max_image_bytes + 1`` bytes of any object are held."""
+    return functools.partial(storage.read_bounded, limit=cfg.max_image_bytes)
 
 
 def _fetch_all(
@@ -175,6 +192,8 @@ def _fetch_all(
 ) -> list[bytes | Failure]:
     def one(event: UploadEvent) -> bytes | Failure:
         try:
+            if cfg.sources is not None:
+                cfg.sources.check(event.uri)
             data = fetch(event.uri)
         except (StorageError, OSError) as e:
             return classify_fetch_error(e)
@@ -240,12 +259,16 @@ def _request_chunks(
 def score_events(
     events: Sequence[UploadEvent],
     client: Scorer,
-    fetch: Fetch = storage.read_bytes,
+    fetch: Fetch | None = None,
     cfg: ScoringConfig = ScoringConfig(),
     stats: BatchStats | None = None,
 ) -> list[EventResult]:
-    """Fetch and score ``events``; one result per event, in order. Writes nothing."""
+    """Fetch and score ``events``; one result per event, in order. Writes nothing.
+
+    ``fetch`` defaults to :func:`default_fetch` (a read bounded by ``cfg.max_image_bytes``).
+    """
     stats = stats if stats is not None else BatchStats()
+    fetch = fetch or default_fetch(cfg)
     started = time.perf_counter()
     fetched = _fetch_all(events, fetch, cfg)
     stats.fetch_s += time.perf_counter() - started
@@ -380,7 +403,7 @@ def process_batch(
     client: Scorer,
     repo: Repository,
     *,
-    fetch: Fetch = storage.read_bytes,
+    fetch: Fetch | None = None,
     cfg: ScoringConfig = ScoringConfig(),
     stats: BatchStats | None = None,
 ) -> list[Outcome]:
@@ -390,7 +413,7 @@ def process_batch(
         messages: raw queue messages (JSON upload events).
         client: the model server client.
         repo: where scores and dead letters are written.
-        fetch: reads an image's bytes from its URI.
+        fetch: reads an image's bytes from its URI (default: :func:`default_fetch`).
         cfg: request size, download threads, size limit.
         stats: filled with counts and timings when given.
 
@@ -404,7 +427,15 @@ def process_batch(
     parsed = [MessageResult.parse(m) for m in messages]
     events = [e for p in parsed for e in p.events]
     stats.events += len(events)
-    results = iter(score_events(events, client, fetch, cfg, stats))
+    conflicts = _id_conflicts(events, repo)
+    scored = iter(
+        score_events([e for i, e in enumerate(events) if i not in conflicts], client, fetch,
+                     cfg, stats)
+    )
+    results = iter(
+        EventResult(e, failure=conflicts[i]) if i in conflicts else next(scored)
+        for i, e in enumerate(events)
+    )
     for p in parsed:
         p.results = [next(results) for _ in p.events]
 
@@ -416,6 +447,33 @@ def process_batch(
     ]
     _count(stats, parsed, outcomes)
     return outcomes
+
+
+def _id_conflicts(events: Sequence[UploadEvent], repo: Repository) -> dict[int, Failure]:
+    """Events whose image id already belongs to another URI (stored, or earlier in the batch).
+
+    An event must never move an existing photo: the uploader may choose the id
+    (``x-amz-meta-image-id``), and moderators would see another photo under the old id.
+    A database that cannot be read here is left to the commit, which retries.
+    """
+    if not events:
+        return {}
+    try:
+        known = dict(repo.image_uris(sorted({e.image_id for e in events})))
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        log.warning("cannot check image ids for conflicts (%s); the commit will retry", e)
+        known = {}
+    conflicts: dict[int, Failure] = {}
+    for i, event in enumerate(events):
+        uri = known.setdefault(event.image_id, event.uri)
+        if uri != event.uri:
+            conflicts[i] = Failure(
+                False,
+                "id_conflict",
+                f"image id {event.image_id!r} already belongs to {uri}; this event names "
+                f"{event.uri}: upload it under a new id",
+            )
+    return conflicts
 
 
 def _count(stats: BatchStats, parsed: Sequence[MessageResult], outcomes: Sequence[Outcome]) -> None:

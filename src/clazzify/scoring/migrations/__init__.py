@@ -1,1 +1,1 @@
-"""Alembic migrations of the scores database (run by :func:`clazzify.scoring.scores.upgrade_database`)."""
+"""Alembic migrations of the scores database (run by :func:`clazzify.scoring.schema.upgrade_database`)."""

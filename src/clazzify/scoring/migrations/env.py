@@ -1,13 +1,13 @@
 """Alembic environment: migrate the connection handed over by ``upgrade_database``.
 
-``clazzify.scoring.scores.upgrade_database`` opens the transaction (and takes the migration
+``clazzify.scoring.schema.upgrade_database`` opens the transaction (and takes the migration
 lock) and passes its connection in ``config.attributes["connection"]``. Run by the
 ``alembic`` command instead, the URL comes from ``sqlalchemy.url`` in its config.
 """
 
 from alembic import context
 
-from clazzify.scoring.scores import create_db_engine
+from clazzify.scoring.database import create_db_engine
 
 config = context.config
 
