@@ -65,18 +65,46 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _open_repo(db_url: str):
+def _open_repo(db_url: str, *, read_only: bool = False):
+    """Open the scores database; ``read_only``: a query, which never creates or migrates one.
+
+    Raises:
+        StorageError: missing (with the ``createdb`` or ``--db`` fix), unreachable, or (for a
+            query) holding no scores yet.
+    """
+    import sqlalchemy as sa
     import sqlalchemy.exc
 
+    from clazzify.scoring.database import missing_database_hint, sqlite_path
     from clazzify.scoring.scores import ScoreRepository
 
-    try:
-        return ScoreRepository.open(db_url)
-    except sqlalchemy.exc.OperationalError as e:
+    path = sqlite_path(db_url)
+    if read_only and path is not None and not path.is_file():
         raise StorageError(
-            f"cannot open the scores database {db_url}: {str(e).splitlines()[0]}. Is it "
-            "running, and does the database exist?"
-        ) from e
+            f"no scores database at {path}: pass --db (or set CLAZZIFY_DB_URL) to the database "
+            "the workers write, e.g. --db postgresql://user@host/clazzify"
+        )
+    try:
+        repo = ScoreRepository.open(db_url, migrate=not read_only)
+        if read_only and not sa.inspect(repo.engine).has_table("scores"):
+            raise StorageError(
+                f"{repo.url} holds no scores yet: run `clazzify worker` or `clazzify score` "
+                "into it first, or pass --db to the database the workers write"
+            )
+        return repo
+    except sqlalchemy.exc.OperationalError as e:
+        raise StorageError(missing_database_hint(db_url, e)) from e
+
+
+def _check_label(repo, label: str, model_name: str) -> None:
+    """Refuse a class the model never scored (a typo would print an empty table)."""
+    known = repo.class_names(model_name)
+    if label not in known:
+        raise click.BadParameter(
+            f"{label!r} is not a class of model {model_name!r} in {repo.url}: use one of "
+            f"{', '.join(known) or '(none: no scores of this model yet; check --model-name)'}",
+            param_hint="--label",
+        )
 
 
 def _emit(rows: list[dict], fmt: str, fields: list[str]) -> None:
@@ -86,9 +114,11 @@ def _emit(rows: list[dict], fmt: str, fields: list[str]) -> None:
     if fmt == "csv":
         import csv
 
+        from clazzify.core.csvsafe import escape_row
+
         writer = csv.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(escape_row(r) for r in rows)
         return
     if not rows:
         click.echo("(no rows)")
@@ -145,11 +175,26 @@ _FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "js
               show_default=True, help="json: one JSON object per log line.")
 @click.option("--idle-exit", type=float, default=None,
               help="Exit after this many seconds without messages (default: run until SIGTERM).")
+@click.option("--allow-source", "allow_sources", multiple=True, metavar="S3_OR_FOLDER",
+              help="A bucket (s3://uploads, s3://uploads/prefix/) or folder events may name; "
+                   "repeat it. Env CLAZZIFY_ALLOWED_SOURCES (comma separated). Default: the "
+                   "folder the worker runs in, no bucket. Others are dead-lettered "
+                   "(source_not_allowed).")
+@click.option("--max-image-bytes", default=8_000_000, show_default=True,
+              help="Larger photos are dead-lettered (too_large) after a stat, never read.")
+@click.option("--max-deliveries", default=5, show_default=True,
+              help="A message delivered this many times is dead-lettered (delivery_limit).")
+@click.option("--max-attempts", default=6, show_default=True,
+              help="Tries of a photo whose storage fails transiently before it is "
+                   "dead-lettered (retries_exhausted).")
+@click.option("--queue-type", type=click.Choice(["classic", "quorum"]), default="classic",
+              show_default=True, help="Type to declare a new queue with (quorum: the broker "
+                                      "counts deliveries).")
 def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names, db_url,
                amqp_url, queue, dead_letter_queue, exchange, batch_size, request_size,
                request_concurrency, batch_wait, batches_in_flight, prefetch, fetch_threads,
-               max_retry_delay,
-               metrics_port, log_format, idle_exit) -> None:
+               max_retry_delay, metrics_port, log_format, idle_exit, allow_sources,
+               max_image_bytes, max_deliveries, max_attempts, queue_type) -> None:
     """Score upload events from RabbitMQ into the scores database.
 
     Accepts MinIO/S3 ObjectCreated notifications and plain {"image_id", "uri",
@@ -163,6 +208,7 @@ def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names
 
     from clazzify.scoring.consumer import ConsumerConfig, run_worker
     from clazzify.scoring.metrics import WorkerMetrics, use_json_logs
+    from clazzify.scoring.sources import SourcePolicy
     from clazzify.scoring.worker import ScoringConfig
 
     if log_format == "json":
@@ -178,10 +224,15 @@ def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names
                                   batch_size=batch_size, batch_wait_s=batch_wait,
                                   batches_in_flight=batches_in_flight,
                                   prefetch=prefetch, idle_exit_s=idle_exit,
-                                  backoff_max_s=max_retry_delay)
+                                  backoff_max_s=max_retry_delay, max_deliveries=max_deliveries,
+                                  max_attempts=max_attempts, queue_type=queue_type)
+    sources = (SourcePolicy.parse(allow_sources, default_root=Path.cwd()) if allow_sources
+               else SourcePolicy.from_env(default_root=Path.cwd()))
+    logging.getLogger(__name__).info("allowed sources: %s", sources.describe())
     scoring_cfg = ScoringConfig(request_images=request_size,
                                 request_concurrency=request_concurrency,
-                                fetch_threads=fetch_threads, default_model_name=model_name)
+                                fetch_threads=fetch_threads, default_model_name=model_name,
+                                max_image_bytes=max_image_bytes, sources=sources)
     metrics = WorkerMetrics()
     if metrics_port is not None:
         metrics.serve(metrics_port)
@@ -196,17 +247,25 @@ def worker_cmd(endpoint, model_name, api_key, api_key_file, timeout, class_names
 @click.option("--queue", envvar="CLAZZIFY_QUEUE", default="clazzify.uploads", show_default=True)
 @click.option("--source-tag", default="enqueue", show_default=True,
               help="Stored as the photos' source when the listing gives none.")
-def enqueue_cmd(source, amqp_url, queue, source_tag) -> None:
+@click.option("--restaurant", "restaurant_id", default=None,
+              help="Restaurant id of every photo (a manifest's restaurant_id column wins); "
+                   "what `clazzify images --restaurant` selects on.")
+def enqueue_cmd(source, amqp_url, queue, source_tag, restaurant_id) -> None:
     """Publish an upload event per photo of SOURCE (folder, s3:// prefix or manifest).
 
     What an upload service (or a MinIO bucket notification) does in production; handy to
     feed `clazzify worker` by hand.
     """
+    import dataclasses
+
     from clazzify.scoring.backfill import list_collection
     from clazzify.scoring.consumer import ConsumerConfig, publish_events
 
-    n = publish_events(ConsumerConfig(amqp_url=amqp_url, queue=queue),
-                       list_collection(source, source_tag))
+    events = list_collection(source, source_tag)
+    if restaurant_id:
+        events = (e if e.restaurant_id else dataclasses.replace(e, restaurant_id=restaurant_id)
+                  for e in events)
+    n = publish_events(ConsumerConfig(amqp_url=amqp_url, queue=queue), events)
     click.echo(f"published {n} upload events to {queue}")
 
 
@@ -254,8 +313,10 @@ def images_cmd(restaurant, label, min_prob, limit, model_name, db_url, fmt) -> N
 
     E.g. surface the ambiance shots on a restaurant page whose photos are mostly food.
     """
-    rows = _open_repo(db_url).restaurant_images(restaurant, label, model_name=model_name,
-                                                min_probability=min_prob, limit=limit)
+    repo = _open_repo(db_url, read_only=True)
+    _check_label(repo, label, model_name)
+    rows = repo.restaurant_images(restaurant, label, model_name=model_name,
+                                  min_probability=min_prob, limit=limit)
     _emit(rows, fmt, ["image_id", "uri", "probability", "model_version"])
 
 
@@ -273,8 +334,10 @@ def review_queue_cmd(labels, min_prob, limit, model_name, db_url, fmt) -> None:
     names = [n.strip() for n in labels.split(",") if n.strip()]
     if not names:
         raise click.BadParameter("name at least one class", param_hint="--labels")
-    rows = _open_repo(db_url).likely_photos(names, model_name=model_name, min_probability=min_prob,
-                                           limit=limit)
+    repo = _open_repo(db_url, read_only=True)
+    for name in names:
+        _check_label(repo, name, model_name)
+    rows = repo.likely_photos(names, model_name=model_name, min_probability=min_prob, limit=limit)
     _emit(rows, fmt, ["queue", "image_id", "uri", "restaurant_id", "probability", "label"])
 
 
@@ -292,8 +355,8 @@ def relabel_export_cmd(out, max_prob, limit, model_name, db_url) -> None:
     """
     from clazzify.scoring.relabel import EXPORT_FIELDS, export_rows, write_csv
 
-    rows = _open_repo(db_url).relabel_candidates(model_name=model_name, max_probability=max_prob,
-                                                 limit=limit)
+    rows = _open_repo(db_url, read_only=True).relabel_candidates(
+        model_name=model_name, max_probability=max_prob, limit=limit)
     n = write_csv(out, EXPORT_FIELDS, export_rows(rows))
     click.echo(f"wrote {n} photos to {out}: fill the corrected_label column, then "
                f"`clazzify relabel-import {out} -o manifest.csv`")

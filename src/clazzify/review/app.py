@@ -539,6 +539,8 @@ def _counts(state: _State, scope: queues.Scope) -> queues.Counts:
 
 @login_required(admin=True)
 async def export_csv(request: Request) -> Response:
+    from clazzify.core.csvsafe import escape_row
+
     state = _state(request)
     scope = await run_in_threadpool(state.scope, request)
     if scope is None:
@@ -550,7 +552,7 @@ async def export_csv(request: Request) -> Response:
         writer.writeheader()
         with state.engine.connect() as conn:
             for row in queues.export_rows(conn, scope):
-                writer.writerow(row)
+                writer.writerow(escape_row(row))  # no formulas into a moderator's spreadsheet
                 if buf.tell() > 64_000:
                     yield buf.getvalue()
                     buf.seek(0)

@@ -15,9 +15,18 @@ Delivery guarantees:
   committed its scores (or its dead letter) to the database;
 - a dead message is published to the dead-letter queue with ``x-clazzify-reason`` /
   ``x-clazzify-detail`` headers, confirmed by the broker, then acknowledged;
-- a message that met a transient failure is kept and retried with exponential backoff
-  and never acknowledged until it succeeds; if the worker dies meanwhile the broker
-  hands it to another worker (scores are upserts, so a redelivery never doubles a row);
+- a message that met a transient failure is kept and retried with exponential backoff;
+  if the worker dies meanwhile the broker hands it to another worker (scores are upserts,
+  so a redelivery never doubles a row). A failure of the message's own object (its store
+  timing out, answering 5xx) is retried ``max_attempts`` times, then dead-lettered as
+  ``retries_exhausted``; an outage of the model server or the database is not the
+  message's fault and is retried until it ends (the prefetch window bounds what waits);
+- no message cycles forever: one the broker delivered ``max_deliveries`` times (the
+  quorum queue's ``x-delivery-count``, an ``x-death`` count, or this worker's own
+  ``x-clazzify-deliveries`` counter) is dead-lettered as ``delivery_limit`` before any
+  work. On a classic queue the broker counts nothing, so a redelivered message (a worker
+  died holding it, e.g. OOM-killed) is republished with the counter raised and the
+  original acknowledged;
 - SIGTERM (``stop`` set) lets the batches in flight finish and be acknowledged, hands
   the prefetched rest (and batches waiting for a retry) back to the broker, and returns.
 """
@@ -33,7 +42,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from clazzify.core.errors import ConfigError
+from clazzify.core.errors import ClazzifyError, ConfigError
 from clazzify.scoring.events import UploadEvent
 from clazzify.scoring.worker import (
     BatchStats,
@@ -54,8 +63,51 @@ log = logging.getLogger(__name__)
 REASON_HEADER = "x-clazzify-reason"
 _FATAL_AT_START = ("does not exist", "password authentication failed")
 DETAIL_HEADER = "x-clazzify-detail"
+#: This worker's count of earlier deliveries of a message (classic queues count nothing).
+DELIVERIES_HEADER = "x-clazzify-deliveries"
+#: Retry reasons that are the message's own (its object); the others are outages.
+_PER_MESSAGE_REASONS = frozenset({"storage_unavailable", "internal_error"})
 
 ProcessFn = Callable[[Sequence[Message], BatchStats], list[Outcome]]
+
+
+class BrokerError(ClazzifyError):
+    """The broker cannot be used: unreachable (for a one-shot command) or refusing the login."""
+
+
+def _shown(amqp_url: str) -> str:
+    """``amqp_url`` with its password hidden."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(amqp_url)
+    if parts.password is None:
+        return amqp_url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _refused_login(error: BaseException, amqp_url: str) -> BrokerError | None:
+    """A :class:`BrokerError` when ``error`` is a refused login or vhost (permanent), else None.
+
+    pika reports a refused login as ``ProbableAuthenticationError`` (or, for a vhost the user
+    may not use, ``ProbableAccessDeniedError``), sometimes wrapped in
+    ``AMQPConnectionError``'s arguments.
+    """
+    import pika.exceptions
+
+    refused = (pika.exceptions.ProbableAuthenticationError,
+               pika.exceptions.ProbableAccessDeniedError)
+    causes = [error, *(a for a in getattr(error, "args", ()) if isinstance(a, BaseException))]
+    for cause in causes:
+        if isinstance(cause, refused) or "ACCESS_REFUSED" in str(cause):
+            kind = ("virtual host" if isinstance(cause, pika.exceptions.ProbableAccessDeniedError)
+                    else "login")
+            return BrokerError(
+                f"the broker at {_shown(amqp_url)} refused the {kind} "
+                f"({cause.__class__.__name__}): check the user, password and vhost in "
+                "--amqp-url / CLAZZIFY_AMQP_URL"
+            )
+    return None
 
 
 @dataclass(frozen=True)
@@ -78,6 +130,12 @@ class ConsumerConfig:
         backoff_initial_s / backoff_max_s: retry delays of transient failures (doubling).
         heartbeat_s: AMQP heartbeat.
         idle_exit_s: return after this long without any message (None: run forever).
+        max_deliveries: a message delivered this many times is dead-lettered
+            (``delivery_limit``) before any work.
+        max_attempts: tries of a message whose own object fails transiently before it is
+            dead-lettered (``retries_exhausted``).
+        queue_type: ``classic`` or ``quorum`` (the broker then counts deliveries itself;
+            an existing queue keeps the type it was declared with).
     """
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -93,8 +151,17 @@ class ConsumerConfig:
     backoff_max_s: float = 30.0
     heartbeat_s: int = 30
     idle_exit_s: float | None = None
+    max_deliveries: int = 5
+    max_attempts: int = 6
+    queue_type: str = "classic"
 
     def __post_init__(self) -> None:
+        if self.max_deliveries < 1:
+            raise ConfigError(f"max_deliveries must be >= 1, got {self.max_deliveries}")
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.queue_type not in ("classic", "quorum"):
+            raise ConfigError(f"queue_type must be classic or quorum, got {self.queue_type!r}")
         if not self.amqp_url.startswith(("amqp://", "amqps://")):
             raise ConfigError(f"AMQP URL {self.amqp_url!r} must start with amqp:// or amqps://")
         if not self.queue:
@@ -127,7 +194,8 @@ class ConsumerConfig:
 
 def declare_topology(channel, cfg: ConsumerConfig) -> None:  # channel: a pika channel
     """Declare the durable queue, its dead-letter queue and the optional exchange binding."""
-    channel.queue_declare(queue=cfg.queue, durable=True)
+    arguments = {"x-queue-type": "quorum"} if cfg.queue_type == "quorum" else None
+    channel.queue_declare(queue=cfg.queue, durable=True, arguments=arguments)
     channel.queue_declare(queue=cfg.dlq, durable=True)
     if cfg.exchange:
         channel.exchange_declare(exchange=cfg.exchange, exchange_type="topic", durable=True)
@@ -135,14 +203,33 @@ def declare_topology(channel, cfg: ConsumerConfig) -> None:  # channel: a pika c
 
 
 class _Delivery:
-    __slots__ = ("arrived", "body", "headers", "properties", "tag")
+    __slots__ = ("arrived", "body", "headers", "properties", "redelivered", "tag")
 
     def __init__(self, method, properties, body: bytes) -> None:
         self.tag = method.delivery_tag
+        self.redelivered = bool(getattr(method, "redelivered", False))
         self.properties = properties
         self.headers = dict(properties.headers or {})
         self.body = body
         self.arrived = time.monotonic()
+
+    @property
+    def broker_count(self) -> int | None:
+        """Earlier deliveries as the broker counted them (quorum queue, x-death), or None."""
+        counts = []
+        if isinstance(self.headers.get("x-delivery-count"), int):
+            counts.append(self.headers["x-delivery-count"])
+        deaths = self.headers.get("x-death")
+        if isinstance(deaths, list):
+            counts.append(sum(int(d.get("count", 0)) for d in deaths if isinstance(d, dict)))
+        return max(counts) if counts else None
+
+    @property
+    def deliveries(self) -> int:
+        """Earlier deliveries of this message, by every count available."""
+        own = self.headers.get(DELIVERIES_HEADER)
+        own = own if isinstance(own, int) else 0
+        return max(own, self.broker_count or 0)
 
 
 @dataclass
@@ -233,6 +320,8 @@ class Consumer:
                 try:
                     connection = self._connect()
                 except pika.exceptions.AMQPConnectionError as e:
+                    if (refused := _refused_login(e, self.cfg.amqp_url)) is not None:
+                        raise refused from e  # a wrong password does not heal with time
                     delay = backoff_delay(
                         attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s
                     )
@@ -281,6 +370,7 @@ class Consumer:
         )
         while True:
             self._settle_finished(session)
+            self._screen(session)
             if not self.stop.is_set():
                 self._schedule(session)
             if self._done(session):
@@ -301,6 +391,43 @@ class Consumer:
             if retry is not None:
                 session.waiting.append(retry)
             session.last_activity = time.monotonic()
+
+    def _screen(self, session: _Session) -> None:
+        """Dead-letter what was delivered too often; count a classic queue's redeliveries.
+
+        Runs before any work, so a message that kills the worker (and is redelivered each
+        time) stops after ``max_deliveries`` tries instead of taking the pool down.
+        """
+        import pika
+
+        kept: list[_Delivery] = []
+        for delivery in session.pending:
+            seen = delivery.deliveries + (1 if delivery.redelivered and delivery.broker_count
+                                          is None else 0)
+            if seen >= self.cfg.max_deliveries:
+                self._dead_letter(session.channel, delivery, Outcome(
+                    "dead", "delivery_limit",
+                    f"delivered {seen} times before; the limit is {self.cfg.max_deliveries}"))
+                session.channel.basic_ack(delivery.tag)
+                continue
+            if delivery.redelivered and delivery.broker_count is None:
+                # A classic queue keeps no count: carry it in a header of a fresh copy.
+                headers = {**delivery.headers, DELIVERIES_HEADER: seen}
+                session.channel.basic_publish(
+                    exchange="",
+                    routing_key=self.cfg.queue,
+                    body=delivery.body,
+                    properties=pika.BasicProperties(
+                        delivery_mode=2, headers=headers,
+                        content_type=delivery.properties.content_type),
+                    mandatory=True,
+                )
+                session.channel.basic_ack(delivery.tag)
+                log.warning("message redelivered (%d earlier deliveries): requeued with a "
+                            "count", seen, extra={"deliveries": seen})
+                continue
+            kept.append(delivery)
+        session.pending[:] = kept
 
     def _schedule(self, session: _Session) -> None:
         """Hand batches to the helper threads while fewer than ``batches_in_flight`` run."""
@@ -378,6 +505,14 @@ class Consumer:
         except Exception as e:  # a bug must not ack, drop or crash-loop
             log.error("batch failed unexpectedly; keeping its messages for a retry", exc_info=e)
             outcomes = [Outcome("retry", "internal_error", repr(e)) for _ in batch.deliveries]
+        attempt = batch.attempt + 1
+        outcomes = [
+            Outcome("dead", "retries_exhausted",
+                    f"{o.reason} after {attempt} attempts: {o.detail}"[:2000])
+            if o.status == "retry" and o.reason in _PER_MESSAGE_REASONS
+            and attempt >= self.cfg.max_attempts else o
+            for o in outcomes
+        ]
         if self.on_batch is not None:
             self.on_batch(stats, outcomes, seconds)
         retry = self._settle(channel, batch.deliveries, outcomes)
@@ -402,36 +537,40 @@ class Consumer:
 
     def _settle(self, channel, todo: list[_Delivery], outcomes: list[Outcome]) -> list[_Delivery]:
         """Dead-letter and acknowledge what is done; return the deliveries to retry."""
-        import pika
-
         retry: list[_Delivery] = []
         for delivery, outcome in zip(todo, outcomes, strict=True):
             if outcome.status == "retry":
                 retry.append(delivery)
                 continue
             if outcome.status == "dead":
-                headers = dict(delivery.headers)
-                headers.update(
-                    {
-                        REASON_HEADER: outcome.reason,
-                        DETAIL_HEADER: outcome.detail[:2000],
-                        "x-clazzify-queue": self.cfg.queue,
-                    }
-                )
-                channel.basic_publish(
-                    exchange="",
-                    routing_key=self.cfg.dlq,
-                    body=delivery.body,
-                    properties=pika.BasicProperties(
-                        delivery_mode=2,
-                        headers=headers,
-                        content_type=delivery.properties.content_type,
-                    ),
-                    mandatory=True,
-                )
+                self._dead_letter(channel, delivery, outcome)
             # Batches finish out of order, so each message is acknowledged on its own.
             channel.basic_ack(delivery.tag)
         return retry
+
+    def _dead_letter(self, channel, delivery: _Delivery, outcome: Outcome) -> None:
+        """Publish ``delivery`` to the dead-letter queue with the reason (confirmed)."""
+        import pika
+
+        headers = dict(delivery.headers)
+        headers.update(
+            {
+                REASON_HEADER: outcome.reason,
+                DETAIL_HEADER: outcome.detail[:2000],
+                "x-clazzify-queue": self.cfg.queue,
+            }
+        )
+        channel.basic_publish(
+            exchange="",
+            routing_key=self.cfg.dlq,
+            body=delivery.body,
+            properties=pika.BasicProperties(
+                delivery_mode=2,
+                headers=headers,
+                content_type=delivery.properties.content_type,
+            ),
+            mandatory=True,
+        )
 
 
 def open_repository(
@@ -456,10 +595,9 @@ def open_repository(
             # psycopg reports no SQLSTATE for failed connections; these two messages
             # mean a wrong --db, which waiting will not fix, so fail at start-up.
             if any(m in first_line for m in _FATAL_AT_START):
-                raise ConfigError(
-                    f"cannot open the scores database: {first_line}. Create the database "
-                    "(e.g. createdb) or fix --db / CLAZZIFY_DB_URL"
-                ) from e
+                from clazzify.scoring.database import missing_database_hint
+
+                raise ConfigError(missing_database_hint(db_url, e)) from e
             if not is_transient(e):
                 raise
             delay = backoff_delay(attempt, 0.5, backoff_max_s)
@@ -546,8 +684,17 @@ def publish_events(cfg: ConsumerConfig, events: Iterable[UploadEvent]) -> int:
     import json
 
     import pika
+    import pika.exceptions
 
-    connection = pika.BlockingConnection(pika.URLParameters(cfg.amqp_url))
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(cfg.amqp_url))
+    except pika.exceptions.AMQPConnectionError as e:
+        if (refused := _refused_login(e, cfg.amqp_url)) is not None:
+            raise refused from e
+        raise BrokerError(
+            f"cannot reach the broker at {_shown(cfg.amqp_url)} ({e.__class__.__name__}): "
+            "start RabbitMQ or fix --amqp-url / CLAZZIFY_AMQP_URL"
+        ) from e
     try:
         channel = connection.channel()
         channel.confirm_delivery()

@@ -93,3 +93,30 @@ def chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[str
     """``items`` in slices short enough for an ``IN (...)`` list."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of an SQLite URL (None for another database or an in-memory one)."""
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return None if parsed.database == ":memory:" else Path(parsed.database)
+
+
+def missing_database_hint(url: str, error: BaseException) -> str:
+    """One line for a database that cannot be opened, with the fix when it is missing."""
+    first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    parsed = make_url(normalise_url(url))
+    shown = parsed.render_as_string(hide_password=True)
+    if "does not exist" in first and parsed.get_backend_name() == "postgresql":
+        host = f" -h {parsed.host}" if parsed.host else ""
+        port = f" -p {parsed.port}" if parsed.port else ""
+        user = f" -U {parsed.username}" if parsed.username else ""
+        return (
+            f"cannot open the scores database {shown}: {first}. Create it first: "
+            f"createdb{host}{port}{user} {parsed.database} (the workers create the tables)"
+        )
+    return (
+        f"cannot open the scores database {shown}: {first}. Is the server running and "
+        "--db / CLAZZIFY_DB_URL right?"
+    )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clazzify.core import storage
+from clazzify.core.csvsafe import escape_row, unescape_cell
 from clazzify.core.errors import DataError
 from clazzify.core.manifest import RELABEL_FIELDS
 
@@ -57,14 +58,20 @@ def export_rows(candidates: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]
     ]
 
 
-def write_csv(uri: str, fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> int:
-    """Write ``rows`` as CSV to a local path or ``s3://`` URI; returns the row count."""
+def write_csv(
+    uri: str, fields: Sequence[str], rows: Iterable[Mapping[str, Any]], *, escape: bool = True
+) -> int:
+    """Write ``rows`` as CSV to a local path or ``s3://`` URI; returns the row count.
+
+    ``escape``: cells a spreadsheet would run as formulas get a leading ``'``
+    (:mod:`clazzify.core.csvsafe`); off for machine-read files such as the training manifest.
+    """
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore")
     writer.writeheader()
     n = 0
     for row in rows:
-        writer.writerow(row)
+        writer.writerow(escape_row(row) if escape else row)
         n += 1
     storage.write_bytes(uri, buf.getvalue().encode())
     return n
@@ -100,7 +107,9 @@ def read_relabels(
     known = set(class_names)
     answers: list[Relabel] = []
     skipped = 0
-    for lineno, row in enumerate(reader, start=2):
+    for lineno, raw in enumerate(reader, start=2):
+        # Undo the export's formula escape (a spreadsheet keeps the apostrophe).
+        row = {k: unescape_cell(v) if isinstance(v, str) else v for k, v in raw.items()}
         label = (row.get("corrected_label") or "").strip()
         if not label and keep_unchanged:
             label = (row.get("label") or "").strip()
@@ -122,6 +131,10 @@ def read_relabels(
 def write_manifest(uri: str, answers: Sequence[Relabel]) -> int:
     """Write the ``uri,label`` manifest that ``clazzify ingest`` reads; one row per photo."""
     latest = {a.uri: a for a in answers}  # a photo answered twice keeps its last answer
+    # Read verbatim by ingest, never by a spreadsheet: not escaped.
     return write_csv(
-        uri, ("uri", "label"), ({"uri": a.uri, "label": a.label} for a in latest.values())
+        uri,
+        ("uri", "label"),
+        ({"uri": a.uri, "label": a.label} for a in latest.values()),
+        escape=False,
     )
