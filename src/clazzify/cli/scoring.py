@@ -60,9 +60,16 @@ def _endpoint_config(endpoint: str, model_name: str, api_key: str | None,
 
 
 def _quiet_libraries() -> None:
-    """pika, httpx and alembic log every connection, request and migration plugin at INFO."""
+    """pika, httpx and alembic log every connection, request and migration plugin at INFO.
+
+    pika also logs each failed connection as several ERROR lines with a traceback; the
+    worker's own line (or the command's one ``Error:`` line) says it once. ``-v`` keeps all.
+    """
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return
     for name in ("pika", "httpx", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 def _open_repo(db_url: str, *, read_only: bool = False):
@@ -261,6 +268,7 @@ def enqueue_cmd(source, amqp_url, queue, source_tag, restaurant_id) -> None:
     from clazzify.scoring.backfill import list_collection
     from clazzify.scoring.consumer import ConsumerConfig, publish_events
 
+    _quiet_libraries()
     events = list_collection(source, source_tag)
     if restaurant_id:
         events = (e if e.restaurant_id else dataclasses.replace(e, restaurant_id=restaurant_id)

@@ -107,7 +107,7 @@ def missing_database_hint(url: str, error: BaseException) -> str:
     """One line for a database that cannot be opened, with the fix when it is missing."""
     first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
     parsed = make_url(normalise_url(url))
-    shown = parsed.render_as_string(hide_password=True)
+    shown = parsed.set(drivername=parsed.get_backend_name()).render_as_string(hide_password=True)
     if "does not exist" in first and parsed.get_backend_name() == "postgresql":
         host = f" -h {parsed.host}" if parsed.host else ""
         port = f" -p {parsed.port}" if parsed.port else ""
