@@ -9,7 +9,9 @@ SQLite default.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -60,12 +62,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def spawn(tmp_path: Path):
-    """Start ``clazzify worker`` processes; every one still running is killed at teardown."""
+def spawn(tmp_path: Path, demo_dir: Path):
+    """Start ``clazzify worker`` processes; every one still running is killed at teardown.
+
+    They may read the test's folder, the demo set and the ``uploads`` bucket (the
+    allow-list, ``CLAZZIFY_ALLOWED_SOURCES``) unless ``env`` says otherwise.
+    """
     started: list[WorkerProcess] = []
 
     def start(args: list[str], name: str = "worker", env: dict[str, str] | None = None):
-        worker = WorkerProcess(args, tmp_path / f"{name}.log", env=env)
+        allowed = {"CLAZZIFY_ALLOWED_SOURCES": f"{tmp_path},{demo_dir},s3://uploads"}
+        worker = WorkerProcess(args, tmp_path / f"{name}.log", env={**allowed, **(env or {})})
         started.append(worker)
         return worker
 
@@ -419,12 +426,19 @@ def test_enqueue_feeds_the_worker(
     folder.mkdir()
     for path in photos[:6]:
         (folder / path.name).write_bytes(path.read_bytes())
-    said = clazzify("enqueue", str(folder), "--queue", queues.name, "--amqp-url", queues.amqp_url)
+    said = clazzify("enqueue", str(folder), "--queue", queues.name, "--amqp-url", queues.amqp_url,
+                    "--restaurant", "R")
     assert f"published 6 upload events to {queues.name}" in said
     worker = spawn(worker_args(server_url, db_url, queues, "--idle-exit", "2"), "worker")
     assert worker.wait(timeout=60) == 0, worker.log()
     assert [r[0] for r in scores(db_url)] == sorted(str(p.resolve()) for p in folder.iterdir())
-    assert query(db_url, "SELECT DISTINCT source FROM images") == [("enqueue",)]
+    assert query(db_url, "SELECT DISTINCT source, restaurant_id FROM images") == [("enqueue", "R")]
+    # docs/scoring.md's quick start: enqueue --restaurant R, then images --restaurant R.
+    for label in ("ambiance", "food", "human", "menu"):
+        listed = json.loads(clazzify("images", "--restaurant", "R", "--label", label, "--db",
+                                     db_url, "--format", "json"))
+        assert len(listed) == sum(1 for (lbl,) in query(db_url, "SELECT label FROM scores")
+                                  if lbl == label)
 
 
 def test_worker_fails_fast_on_a_database_that_does_not_exist(
@@ -434,3 +448,109 @@ def test_worker_fails_fast_on_a_database_that_does_not_exist(
     worker = spawn(worker_args(server_url, missing, queues))
     assert worker.wait(timeout=30) != 0
     assert "does not exist" in worker.log() and "Create the database" in worker.log()
+
+
+#: The worker pod's memory limit (manifests/base/worker.yaml: limits.memory 1Gi).
+POD_LIMIT_BYTES = 1024**3
+#: What the worker may peak at here: the interpreter and its libraries (about 80 MiB) plus
+#: batch x limit of photo bytes (8 x 2 MB), with room to spare; far below the pod's limit and
+#: the 2 GB file it is shown (an unbounded read held 2,180 MB).
+RSS_BOUND_BYTES = 256 * 1024**2
+
+
+@pytest.mark.slow
+def test_hostile_events_are_dead_lettered_at_once_and_memory_stays_bounded(
+    spawn, server_url: str, queues: Queues, photos: list[Path], tmp_path: Path
+) -> None:
+    """One event must not sink a worker: a 2 GB (sparse) file, a FIFO, an http:// URI,
+    a missing bucket, a bucket or folder outside the allow-list, a missing object and an
+    image id that belongs to another photo are each dead-lettered with their reason within
+    seconds; the real photos around them are all scored, and the worker's peak RSS stays
+    under a bound below the pod's limit."""
+    assert RSS_BOUND_BYTES < POD_LIMIT_BYTES
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    local = []
+    for i, path in enumerate(photos[:12]):
+        local.append(uploads / f"real-{i}{path.suffix}")
+        local[-1].write_bytes(path.read_bytes())
+    huge = uploads / "huge.jpg"
+    with huge.open("wb") as fh:
+        fh.truncate(2 * 1024**3)  # 2 GB that takes no disk: a sparse file
+    fifo = uploads / "pipe.jpg"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes
+    outside = tmp_path / "private" / "secret.jpg"
+    outside.parent.mkdir()
+    outside.write_bytes(photos[0].read_bytes())
+    (uploads / "link.jpg").symlink_to(outside)
+
+    with s3_server(tmp_path / "moto.log") as s3_env, fresh_pg_database() as db_url:
+        from clazzify.core import storage
+
+        s3 = storage.client(storage.S3Settings.from_env(s3_env))
+        for bucket in ("uploads", "mlflow"):
+            s3.make_bucket(bucket)
+        for i, path in enumerate(photos[12:16]):
+            s3.fput_object("uploads", f"r1/{i}.jpg", str(path))
+        s3.put_object("uploads", "r1/big.jpg", io.BytesIO(b"\xff" * 3_000_000), 3_000_000)
+        s3.fput_object("mlflow", "models/m.jpg", str(photos[0]))
+
+        env = {**s3_env, "CLAZZIFY_ALLOWED_SOURCES": f"{uploads},s3://uploads,s3://ghost"}
+        args = worker_args(server_url, db_url, queues, "--batch-size", "8",
+                           "--max-image-bytes", "2000000", "--idle-exit", "4")
+        worker = spawn(args, "worker", env=env)
+
+        # The first photo is scored under its id before anyone reuses that id.
+        queues.publish([plain("taken", local[0])])
+        wait_for(lambda: score_count(db_url) == 1, 60, "the first photo")
+
+        hostile = {
+            "huge": (plain("huge", huge), "too_large"),
+            "fifo": (plain("fifo", fifo), "not_a_file"),
+            "http": (plain("http", "http://127.0.0.1:9/x.jpg"), "unsupported_scheme"),
+            "ghost": (plain("ghost", "s3://ghost/r1/x.jpg"), "unknown_bucket"),
+            "gone": (plain("gone", "s3://uploads/r1/gone.jpg"), "missing_object"),
+            "big": (plain("big", "s3://uploads/r1/big.jpg"), "too_large"),
+            "mlflow": (plain("mlflow", "s3://mlflow/models/m.jpg"), "source_not_allowed"),
+            "passwd": (plain("passwd", "/etc/passwd"), "source_not_allowed"),
+            "link": (plain("link", uploads / "link.jpg"), "source_not_allowed"),
+            "conflict": (plain("taken", local[1]), "id_conflict"),
+        }
+        real = [plain(f"local-{i}", p) for i, p in enumerate(local[2:])] + [
+            plain(f"s3-{i}", f"s3://uploads/r1/{i}.jpg") for i in range(4)
+        ]
+        bodies = [body for body, _ in hostile.values()]
+        mixed = [m for i in range(len(real)) for m in real[i : i + 1] + bodies[i : i + 1]]
+        assert len(mixed) == len(real) + len(bodies)  # hostile events between real photos
+        started = time.monotonic()
+        queues.publish(mixed)
+
+        dead: dict[str, tuple[str, float]] = {}
+
+        def all_dead() -> bool:
+            for headers, body in queues.dead_letters():
+                dead[json.loads(body)["uri"]] = (headers["x-clazzify-reason"],
+                                                 time.monotonic() - started)
+            return len(dead) >= len(hostile)
+
+        wait_for(all_dead, 60, "every hostile event in the dead-letter queue", interval=0.05)
+        wait_for(lambda: score_count(db_url) == 1 + len(real), 60, "the real photos")
+        peak_rss = worker.peak_rss()  # everything is done; the worker idles before it exits
+        assert worker.wait(timeout=60) == 0, worker.log()
+
+        expected = {json.loads(body)["uri"]: reason for body, reason in hostile.values()}
+        assert {uri: reason for uri, (reason, _) in dead.items()} == expected
+        slowest = max(seconds for _, seconds in dead.values())
+        assert slowest < 15, dead
+        ids = [r[0] for r in query(db_url, "SELECT image_id FROM scores ORDER BY image_id")]
+        assert ids == sorted(["taken", *(f"local-{i}" for i in range(10)),
+                              *(f"s3-{i}" for i in range(4))])
+        taken = query(db_url, "SELECT uri FROM images WHERE image_id = 'taken'")
+        assert taken == [(str(local[0]),)]
+        assert sorted(r for (r,) in query(db_url, "SELECT reason FROM dead_letters")) == sorted(
+            expected.values()
+        )
+        assert queues.depth() == 0
+    print(f"\nhostile events: slowest dead letter {slowest:.2f}s after publishing; "
+          f"worker peak RSS {peak_rss / 1024**2:.0f} MiB (bound {RSS_BOUND_BYTES / 1024**2:.0f})")
+    assert peak_rss < RSS_BOUND_BYTES, f"peak RSS {peak_rss / 1024**2:.0f} MiB"

@@ -257,6 +257,17 @@ class WorkerProcess:
         finally:
             self._log.close()
 
+    def peak_rss(self) -> int:
+        """The worker's peak resident memory so far, in bytes (``VmHWM`` of /proc).
+
+        Read from the live process: ``ru_maxrss`` from ``wait4`` would also count the memory
+        of the test process the worker was forked from (Linux carries it across exec).
+        """
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(f"no VmHWM in /proc/{self.proc.pid}/status")
+
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(timeout=20)
