@@ -278,6 +278,8 @@ def main() -> None:
     paths = pick_photos(args.photos, args.n_photos, seed=0)
     blobs = [p.read_bytes() for p in paths]
     log(f"{len(paths)} photos from {args.photos}, {sum(map(len, blobs)) / 1e6:.1f} MB")
+    # The workers read only allowed folders (docs/scoring.md); the photos' folder is one.
+    os.environ["CLAZZIFY_ALLOWED_SOURCES"] = ",".join(sorted({str(p.resolve().parent) for p in paths}))
     proc, url = start_server(bundle, work)
     names = ["server, 1 request in flight", "server, 2 requests in flight",
              "worker x1", "worker x2", "worker x1, 1 batch in flight",
