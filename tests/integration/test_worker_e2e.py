@@ -447,7 +447,7 @@ def test_worker_fails_fast_on_a_database_that_does_not_exist(
     missing = f"postgresql://postgres@127.0.0.1:5432/clazzify_missing_{queues.name[-10:]}"
     worker = spawn(worker_args(server_url, missing, queues))
     assert worker.wait(timeout=30) != 0
-    assert "does not exist" in worker.log() and "Create the database" in worker.log()
+    assert "does not exist" in worker.log() and "createdb" in worker.log()
 
 
 #: The worker pod's memory limit (manifests/base/worker.yaml: limits.memory 1Gi).

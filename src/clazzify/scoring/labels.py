@@ -34,7 +34,6 @@ class LabelChange:
     action: str
 
 
-
 class LabelStore:
     """Writes and reads of manual labels; thread-safe like its engine."""
 
@@ -211,8 +210,6 @@ class LabelStore:
         ]
         if rows:
             conn.execute(sa.insert(label_history), rows)
-
-    # -- reads ----------------------------------------------------------------------------
 
 
 def read_manual_labels(url: str, since: datetime | None = None) -> list[dict[str, Any]]:
