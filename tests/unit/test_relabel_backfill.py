@@ -160,3 +160,16 @@ def test_backfill_is_resumable_and_skips_what_is_scored(
     scorer.version = "6"  # a new champion scores everything again under its own version
     third = score_collection(str(tmp_path / "photos"), scorer, repo, cfg, progress=False)
     assert third.scored == 7 and repo.count_scores("clazzify") == 14
+
+
+def test_backfill_never_moves_a_known_photo(tmp_path: Path, repo: ScoreRepository) -> None:
+    first, second = write_images(tmp_path / "photos", 2)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"uri,image_id\n{first},p1\n")
+    score_collection(str(manifest), _ProbingScorer(version="5"), repo, BackfillConfig(),
+                     progress=False)
+    manifest.write_text(f"uri,image_id\n{second},p1\n")  # the same id, another photo
+    report = score_collection(str(manifest), _ProbingScorer(version="6"), repo,
+                              BackfillConfig(), progress=False)
+    assert report.failures == {"id_conflict": 1} and report.scored == 0
+    assert repo.image_uris(["p1"]) == {"p1": str(first)}

@@ -95,3 +95,41 @@ def test_read_bounded_permission_denied_is_permanent(tmp_path: Path) -> None:
     with pytest.raises(storage.PermanentStorageError) as e:
         storage.read_bounded(str(locked), 1000)
     assert e.value.reason == "permission_denied"
+
+
+class _S3Answer(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+        self.message = code
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        ("NoSuchKey", "missing_object"),
+        ("NoSuchBucket", "unknown_bucket"),
+        ("AccessDenied", "access_denied"),
+        ("InternalError", None),  # a 5xx: transient
+        ("SlowDown", None),
+    ],
+)
+def test_s3_answers_are_permanent_or_transient_by_what_they_are(code: str, reason) -> None:
+    error = storage._s3_failure("s3://b/k", _S3Answer(code))
+    if reason is None:
+        assert not isinstance(error, storage.PermanentStorageError)
+    else:
+        assert isinstance(error, storage.PermanentStorageError) and error.reason == reason
+
+
+def test_an_unreachable_s3_endpoint_is_transient(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Port 1 refuses at once; no retries, so the test is quick.
+    import urllib3
+    from minio import Minio
+
+    fast = Minio("127.0.0.1:1", access_key="k", secret_key="s", secure=False,
+                 http_client=urllib3.PoolManager(retries=False, timeout=2))
+    monkeypatch.setattr(storage, "client", lambda settings=None: fast)
+    with pytest.raises(StorageError) as e:
+        storage.read_bounded("s3://uploads/x.jpg", 1000)
+    assert not isinstance(e.value, storage.PermanentStorageError)

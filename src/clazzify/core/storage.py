@@ -302,6 +302,15 @@ def _s3_failure(uri: str, e: Exception) -> StorageError:
 
 
 def _read_s3_bounded(uri: str, limit: int) -> bytes:
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return _read_s3_bounded_raw(uri, limit)
+    except (HTTPError, OSError) as e:  # unreachable, timed out, cut off: a retry may help
+        raise StorageError(f"cannot read {uri}: {e.__class__.__name__}: {e}") from e
+
+
+def _read_s3_bounded_raw(uri: str, limit: int) -> bytes:
     from minio.error import S3Error
 
     bucket, key = split_s3(uri)

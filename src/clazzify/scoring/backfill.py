@@ -33,7 +33,7 @@ from clazzify.scoring.worker import (
     ScoringConfig,
     add_results,
     backoff_delay,
-    score_events,
+    score_unclaimed,
 )
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def _score_batch(
     import sqlalchemy.exc
 
     for attempt in range(cfg.max_attempts):
-        results = score_events(events, client, fetch, scoring, BatchStats())
+        results = score_unclaimed(events, client, repo, fetch, scoring, BatchStats())
         retry = next((r.failure for r in results if r.failure and r.failure.retry), None)
         if retry is None:
             batch = add_results(Batch(), results)

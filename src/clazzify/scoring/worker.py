@@ -18,7 +18,7 @@ retries:
 - ``retry``: a dependency failed (server down or 5xx, timeout, database down);
   nothing was written for this message; do not acknowledge, try again later.
 
-The backfill (:func:`clazzify.scoring.backfill.score_collection`) reuses :func:`score_events`.
+The backfill (:func:`clazzify.scoring.backfill.score_collection`) reuses :func:`score_unclaimed`.
 """
 
 from __future__ import annotations
@@ -427,15 +427,7 @@ def process_batch(
     parsed = [MessageResult.parse(m) for m in messages]
     events = [e for p in parsed for e in p.events]
     stats.events += len(events)
-    conflicts = _id_conflicts(events, repo)
-    scored = iter(
-        score_events([e for i, e in enumerate(events) if i not in conflicts], client, fetch,
-                     cfg, stats)
-    )
-    results = iter(
-        EventResult(e, failure=conflicts[i]) if i in conflicts else next(scored)
-        for i, e in enumerate(events)
-    )
+    results = iter(score_unclaimed(events, client, repo, fetch, cfg, stats))
     for p in parsed:
         p.results = [next(results) for _ in p.events]
 
@@ -447,6 +439,27 @@ def process_batch(
     ]
     _count(stats, parsed, outcomes)
     return outcomes
+
+
+def score_unclaimed(
+    events: Sequence[UploadEvent],
+    client: Scorer,
+    repo: Repository,
+    fetch: Fetch | None = None,
+    cfg: ScoringConfig = ScoringConfig(),
+    stats: BatchStats | None = None,
+) -> list[EventResult]:
+    """:func:`score_events`, except that an event naming a known image id with another URI
+    fails as ``id_conflict`` (permanent) without being fetched; one result per event."""
+    conflicts = _id_conflicts(events, repo)
+    scored = iter(
+        score_events([e for i, e in enumerate(events) if i not in conflicts], client, fetch,
+                     cfg, stats)
+    )
+    return [
+        EventResult(e, failure=conflicts[i]) if i in conflicts else next(scored)
+        for i, e in enumerate(events)
+    ]
 
 
 def _id_conflicts(events: Sequence[UploadEvent], repo: Repository) -> dict[int, Failure]:
