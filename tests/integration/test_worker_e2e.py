@@ -538,9 +538,11 @@ def test_hostile_events_are_dead_lettered_at_once_and_memory_stays_bounded(
         peak_rss = worker.peak_rss()  # everything is done; the worker idles before it exits
         assert worker.wait(timeout=60) == 0, worker.log()
 
+        slowest = max(seconds for _, seconds in dead.values())
+        print(f"\nhostile events: slowest dead letter {slowest:.2f}s after publishing; worker "
+              f"peak RSS {peak_rss / 1024**2:.0f} MiB (bound {RSS_BOUND_BYTES / 1024**2:.0f})")
         expected = {json.loads(body)["uri"]: reason for body, reason in hostile.values()}
         assert {uri: reason for uri, (reason, _) in dead.items()} == expected
-        slowest = max(seconds for _, seconds in dead.values())
         assert slowest < 15, dead
         ids = [r[0] for r in query(db_url, "SELECT image_id FROM scores ORDER BY image_id")]
         assert ids == sorted(["taken", *(f"local-{i}" for i in range(10)),
@@ -551,6 +553,4 @@ def test_hostile_events_are_dead_lettered_at_once_and_memory_stays_bounded(
             expected.values()
         )
         assert queues.depth() == 0
-    print(f"\nhostile events: slowest dead letter {slowest:.2f}s after publishing; "
-          f"worker peak RSS {peak_rss / 1024**2:.0f} MiB (bound {RSS_BOUND_BYTES / 1024**2:.0f})")
     assert peak_rss < RSS_BOUND_BYTES, f"peak RSS {peak_rss / 1024**2:.0f} MiB"
