@@ -243,6 +243,7 @@ def login_required(*, admin: bool = False) -> Callable[[Handler], Handler]:
                     return Response(status_code=401, headers={"HX-Redirect": "/login"})
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+            _touch(request)
             if admin and not user.can_export:
                 raise HTTPException(403, f"{user.username} is a {user.role}: only admins may do this")
             request.state.user = user
@@ -270,6 +271,18 @@ async def _session_user(request: Request) -> users.User | None:
     return user
 
 
+def _touch(request: Request) -> None:
+    """Re-sign the session cookie now and then, so the idle expiry slides with use.
+
+    Starlette re-sends the cookie only when the session changes; without this, the idle
+    expiry would count from the login, however busy the moderator.
+    """
+    now = time.time()
+    every = min(60.0, _state(request).config.session_idle_s / 10)
+    if now - float(request.session.get("seen", 0)) >= every:
+        request.session["seen"] = round(now, 3)
+
+
 def _render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
     state = _state(request)
     base = {
@@ -284,6 +297,7 @@ def _render(request: Request, name: str, context: dict[str, Any], status_code: i
 
 
 async def login_page(request: Request) -> Response:
+    _touch(request)  # the form's CSRF token lives as long as the page is open and used
     return _render(request, "login.html", {"error": None, "next": _safe_next(request.query_params.get("next"))})
 
 
@@ -344,7 +358,7 @@ def _start_session(request: Request, user: users.User) -> None:
     request.session.clear()  # a new session id and CSRF token after login (no fixation)
     request.session["user"] = user.username
     request.session["gen"] = user.generation
-    request.session["iat"] = int(time.time())
+    request.session["iat"] = round(time.time(), 3)
     _csrf_token(request)
 
 
