@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 
 from clazzify.core.errors import ConfigError, ImageError
 from clazzify.review import queues, users
-from clazzify.review.middleware import BodyLimit
+from clazzify.review.middleware import BodyLimit, SecurityHeaders
 from clazzify.review.throttle import HashBusy, HashGate, LoginThrottle, ThrottleConfig, Throttled, address_key
 from clazzify.review.thumbs import ThumbnailCache, make_thumbnail
 from clazzify.scoring.scores import Batch, ImageRow, ScoreRepository, ScoreRow, label_history, manual_labels
@@ -380,3 +380,23 @@ def test_the_body_cap_refuses_a_big_body_before_reading_it():
     assert _asgi_post(app, [(b"content-length", b"10485760")], [chunk] * 100) == (413, 0)  # never read
     assert _asgi_post(app, [(b"content-length", b"1e9")], [chunk]) == (400, 0)
     assert _asgi_post(app, [(b"transfer-encoding", b"chunked")], [chunk] * 100) == (413, 3)  # stops at the cap
+
+
+@pytest.mark.parametrize(("scheme", "always_tls", "tls"), [
+    ("http", False, False), ("https", False, True), ("http", True, True)])
+def test_tls_requests_get_hsts_and_secure_cookies(scheme: str, always_tls: bool, tls: bool):
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"set-cookie", b"s=1; path=/; httponly; samesite=lax")]})
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "scheme": scheme, "method": "GET", "path": "/", "headers": []}
+    asyncio.run(SecurityHeaders(app, always_tls=always_tls)(scope, None, send))
+    headers = dict(sent[0]["headers"])
+    assert (b"; secure" in headers[b"set-cookie"]) is tls
+    assert (headers.get(b"strict-transport-security") == b"max-age=31536000") is tls
+    assert headers[b"x-content-type-options"] == b"nosniff"
