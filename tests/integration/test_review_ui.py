@@ -370,6 +370,27 @@ def test_sessions_end_after_the_idle_time_and_the_absolute_lifetime(guarded):
     assert 3.4 <= lasted <= 5.5
 
 
+def test_the_account_page_refuses_bad_password_changes(guarded):
+    base, _, _ = guarded
+    with _client(base, "127.0.0.60") as client:
+        assert _try_login(client, "bob", PASSWORDS["bob"]).status_code == 303
+        token = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/account").text).group(1)
+
+        def change(current: str, new: str, repeat: str) -> httpx.Response:
+            return client.post("/account/password", data={"csrf_token": token, "current": current,
+                                                           "new": new, "repeat": repeat})
+
+        assert change(PASSWORDS["bob"], "bob-new-password", "bob-other-password").status_code == 400
+        assert change("not-bobs-password", "bob-new-password", "bob-new-password").status_code == 401
+        short = change(PASSWORDS["bob"], "short", "short")
+        assert short.status_code == 400 and "too short" in short.text
+        assert client.post("/account/password", data={"current": PASSWORDS["bob"], "new": "x" * 9,
+                                                      "repeat": "x" * 9}).status_code == 403  # no CSRF
+        assert client.get("/queue/low").status_code == 200  # nothing changed: still logged in
+    with _client(base, "127.0.0.61") as again:
+        assert _try_login(again, "bob", PASSWORDS["bob"]).status_code == 303
+
+
 def _browser_login(page, base: str, user: str, password: str) -> None:
     page.goto(f"{base}/login?next=/queue/low")
     page.fill("input[name=username]", user)

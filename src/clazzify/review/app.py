@@ -114,12 +114,13 @@ class ReviewConfig:
         if not 16 <= self.thumb_size <= 1024:
             raise ConfigError(f"thumb_size must be 16..1024 px, got {self.thumb_size}")
         if not 1 <= self.max_hashes <= 64:
-            raise ConfigError(f"max_hashes must be 1..64 concurrent password checks, got {self.max_hashes}")
+            raise ConfigError(f"max_hashes must be 1..64 concurrent password checks (--max-hashes), "
+                              f"got {self.max_hashes}")
         if not 1024 <= self.max_body_bytes <= 1 << 30:
-            raise ConfigError(f"max_body_bytes must be 1 KiB..1 GiB, got {self.max_body_bytes}")
+            raise ConfigError(f"max_body_bytes must be 1 KiB..1 GiB (--max-body), got {self.max_body_bytes}")
         if not 1 <= self.session_idle_s <= self.session_lifetime_s:
             raise ConfigError(f"sessions need 1 <= idle ({self.session_idle_s} s) <= lifetime "
-                              f"({self.session_lifetime_s} s)")
+                              f"({self.session_lifetime_s} s): set --session-idle at most --session-lifetime")
 
 
 class _TTLCache:

@@ -72,11 +72,11 @@ class ThrottleConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.free_tries < self.lock_after:
-            raise ConfigError(f"login free tries must be 0..{self.lock_after - 1} (under the lock "
-                              f"threshold {self.lock_after}), got {self.free_tries}")
+            raise ConfigError(f"login free tries must be 0..{self.lock_after - 1}, under the lock "
+                              f"threshold {self.lock_after} (--login-lockout-after), got {self.free_tries}")
         if not 0.0 <= self.base_delay_s <= self.max_delay_s:
             raise ConfigError(f"login delays must satisfy 0 <= base ({self.base_delay_s}) <= "
-                              f"max ({self.max_delay_s}) seconds")
+                              f"max ({self.max_delay_s}) seconds: check --login-delay and --login-max-delay")
         if self.lockout_s <= 0 or self.forget_after_s <= 0:
             raise ConfigError(f"login lockout ({self.lockout_s} s) and forget time "
                               f"({self.forget_after_s} s) must be positive")
