@@ -76,8 +76,11 @@ def clazzify(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
 
 
 @contextmanager
-def review_server(db_url: str, thumb_cache: Path, *extra: str) -> Iterator[str]:
-    """`clazzify review-ui` in a child process on a free port; yields its base URL."""
+def review_process(db_url: str, thumb_cache: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`clazzify review-ui` in a child process on a free port; yields its base URL and process.
+
+    The URL is https when ``extra`` holds ``--tls-cert``.
+    """
     port = free_port()
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'src'}{os.pathsep}{REPO_ROOT}"}
     proc = subprocess.Popen(
@@ -85,22 +88,37 @@ def review_server(db_url: str, thumb_cache: Path, *extra: str) -> Iterator[str]:
          "--thumb-cache", str(thumb_cache), *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"{'https' if '--tls-cert' in extra else 'http'}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
                 raise AssertionError(f"review-ui exited {proc.returncode}: {proc.stdout.read()}")
             try:
-                httpx.get(f"{base}/login", timeout=1)
+                httpx.get(f"{base}/login", timeout=1, verify=False)
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline:
                     raise AssertionError("review-ui did not answer within 30 s") from None
                 time.sleep(0.1)
-        yield base
+        yield base, proc
     finally:
         stop_process(proc, grace=10)
+
+
+@contextmanager
+def review_server(db_url: str, thumb_cache: Path, *extra: str) -> Iterator[str]:
+    """`clazzify review-ui` in a child process on a free port; yields its base URL."""
+    with review_process(db_url, thumb_cache, *extra) as (base, _proc):
+        yield base
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (``VmHWM``), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
 
 
 def take_screenshot(out: Path, work: Path) -> None:

@@ -1,16 +1,19 @@
 """Two moderators labelling the same new photos at once on PostgreSQL: the last write wins
-and the history chains (the second row's old label is the first row's new label)."""
+and the history chains (the second row's old label is the first row's new label). Two
+replicas of the review app share one login throttle."""
 
 from __future__ import annotations
 
 import os
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 
+from clazzify.review.throttle import LoginThrottle, ThrottleConfig, Throttled
 from clazzify.scoring.schema import label_history, manual_labels
 from clazzify.scoring.scores import ScoreRepository
 
@@ -64,3 +67,28 @@ def test_concurrent_labels_of_a_new_photo_chain_in_the_history(pg_repo: ScoreRep
         assert len(rows) == 2, (photo, rows)
         (old1, new1), (old2, new2) = rows
         assert old1 is None and old2 == new1 and current[photo] == new2, (photo, rows)
+
+
+def test_two_replicas_share_one_login_throttle(pg_repo: ScoreRepository):
+    """Two review apps on one database (two engines, two in-process locks): 16 guesses at once,
+    half through each, and still only the free tries pass; the rest are told to wait."""
+    config = ThrottleConfig(free_tries=3, base_delay_s=60.0, max_delay_s=60.0, lock_after=10)
+    other = ScoreRepository.open(pg_repo.engine.url.render_as_string(hide_password=False), migrate=False)
+    replicas = [LoginThrottle(pg_repo.engine, config), LoginThrottle(other.engine, config)]
+    barrier = threading.Barrier(16)
+
+    def guess(i: int) -> bool:
+        barrier.wait(timeout=10)
+        try:
+            replicas[i % 2].attempt("ann", f"10.0.0.{i}")
+        except Throttled:
+            return False
+        return True
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            allowed = list(pool.map(guess, range(16)))
+    finally:
+        other.close()
+    assert sum(allowed) == 3
+    assert replicas[0].state("user:ann") == (3, None)

@@ -1,16 +1,22 @@
-"""The review app's logic without a browser: labels and their history, queues, users, thumbnails."""
+"""The review app's logic without a browser: labels and their history, queues, users, thumbnails,
+sessions, login throttling, the hash gate and the body cap."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from PIL import Image
+from starlette.exceptions import HTTPException
 
 from clazzify.core.errors import ConfigError, ImageError
 from clazzify.review import queues, users
+from clazzify.review.middleware import BodyLimit, SecurityHeaders
+from clazzify.review.throttle import HashBusy, HashGate, LoginThrottle, ThrottleConfig, Throttled, address_key
 from clazzify.review.thumbs import ThumbnailCache, make_thumbnail
 from clazzify.scoring.schema import label_history, manual_labels
 from clazzify.scoring.scores import Batch, ImageRow, ScoreRepository, ScoreRow
@@ -205,3 +211,193 @@ def test_thumbnails_keep_the_aspect_and_are_cached(tmp_path: Path):
 def test_a_broken_photo_gives_a_clear_error():
     with pytest.raises(ImageError):
         make_thumbnail(b"not an image", 64)
+
+
+# -- sessions, login throttling, the hash gate, the body cap -----------------------------------
+
+
+def test_a_new_password_or_logging_out_everywhere_moves_the_session_generation(repo: ScoreRepository):
+    users.add_user(repo.engine, "ann", "correct horse", "admin")
+    first = users.find_user(repo.engine, "ann").generation
+    assert users.end_sessions(repo.engine, "ann") == first + 1
+    users.set_password(repo.engine, "ann", "battery staple")
+    assert users.authenticate(repo.engine, "ann", "battery staple").generation == first + 2
+    users.add_user(repo.engine, "ann", "another horse", "moderator")  # replacing ends sessions too
+    assert users.find_user(repo.engine, "ann") == users.User("ann", "moderator")
+    assert users.find_user(repo.engine, "ann").generation == first + 3
+    # A removed account made again does not take up the old generation where it left off.
+    users.remove_user(repo.engine, "ann")
+    users.add_user(repo.engine, "ann", "correct horse", "admin")
+    assert users.find_user(repo.engine, "ann").generation != first + 3
+    with pytest.raises(ConfigError, match="no review user 'bob'"):
+        users.end_sessions(repo.engine, "bob")
+    with pytest.raises(ConfigError, match="too short"):
+        users.set_password(repo.engine, "ann", "short")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _try(throttle: LoginThrottle, user: str, host: str) -> float:
+    """0 when the try is allowed (and counted), else the wait the throttle asks for."""
+    try:
+        throttle.attempt(user, host)
+    except Throttled as e:
+        return e.retry_after
+    return 0.0
+
+
+def test_wrong_passwords_slow_down_then_lock_the_account_and_the_address(repo: ScoreRepository):
+    config = ThrottleConfig(free_tries=3, base_delay_s=1.0, max_delay_s=8.0, lock_after=10, lockout_s=900.0)
+    clock = _Clock()
+    throttle = LoginThrottle(repo.engine, config, clock)
+    waits = []
+    for _ in range(10):  # a patient guesser: waits as long as it is told, then guesses wrong
+        wait = _try(throttle, "ann", "10.0.0.1")
+        if wait:
+            waits.append(wait)
+            clock.now += wait
+            assert _try(throttle, "ann", "10.0.0.1") == 0.0
+    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]  # 3 free, then doubling up to the cap
+    # The 10th wrong password locked the account: even the right one is refused now, from here
+    # and from anywhere else.
+    assert _try(throttle, "ann", "10.0.0.1") == pytest.approx(900.0)
+    assert _try(throttle, "ann", "10.9.9.9") == pytest.approx(900.0)
+    # Ten more tries at the locked account from the same address lock the address too.
+    for _ in range(9):
+        assert _try(throttle, "ann", "10.0.0.1") > 0
+    assert throttle.state("addr:10.0.0.1")[1] is not None
+    assert _try(throttle, "bob", "10.0.0.1") == pytest.approx(900.0)  # another account, same address
+    assert _try(throttle, "bob", "10.0.0.2") == 0.0  # another account elsewhere is not slowed
+    clock.now += 900.0
+    assert _try(throttle, "ann", "10.0.0.1") == 0.0  # the lock served: the right password checks
+    throttle.succeeded("ann", "10.0.0.1")
+    assert throttle.state("user:ann") is None
+
+
+def test_a_success_clears_the_account_and_counts_age_away(repo: ScoreRepository):
+    config = ThrottleConfig(free_tries=2, base_delay_s=5.0, max_delay_s=5.0, lock_after=4,
+                            forget_after_s=60.0)
+    clock = _Clock()
+    throttle = LoginThrottle(repo.engine, config, clock)
+    assert _try(throttle, "ann", "::1") == 0.0
+    assert _try(throttle, "ann", "::1") == 0.0
+    assert _try(throttle, "ann", "::1") == 5.0
+    throttle.succeeded("ann", "::1")  # (a right password after the wait)
+    assert _try(throttle, "ann", "::1") == 0.0
+    assert _try(throttle, "ann", "::1") == 0.0
+    clock.now += 61.0
+    assert _try(throttle, "ann", "::1") == 0.0  # the two old failures were forgotten
+
+
+def test_parallel_guesses_see_each_others_tries(repo: ScoreRepository):
+    throttle = LoginThrottle(repo.engine, ThrottleConfig(free_tries=3, lock_after=10), _Clock())
+    with ThreadPoolExecutor(8) as pool:
+        waits = list(pool.map(lambda _: _try(throttle, "ann", "10.0.0.1"), range(16)))
+    assert sum(w == 0.0 for w in waits) == 3  # only the free tries pass; the rest wait
+
+
+@pytest.mark.parametrize(("host", "key"), [
+    ("203.0.113.7", "addr:203.0.113.7"),
+    ("2001:db8:1:2:aaaa::1", "addr:2001:db8:1:2::/64"),
+    ("2001:db8:1:2:bbbb::9", "addr:2001:db8:1:2::/64"),  # the same machine's /64
+    ("::ffff:203.0.113.7", "addr:203.0.113.7"),
+    (None, "addr:unknown"),
+])
+def test_addresses_are_counted_by_what_one_client_holds(host, key):
+    assert address_key(host) == key
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"free_tries": 10, "lock_after": 10}, "free tries"),
+    ({"base_delay_s": 5.0, "max_delay_s": 1.0}, "delays"),
+    ({"lockout_s": 0.0}, "lockout"),
+    ({"address_factor": 0}, "address factor"),
+])
+def test_bad_throttle_settings_are_refused_by_name(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        ThrottleConfig(**kwargs)
+
+
+def test_the_hash_gate_runs_at_most_its_limit_and_refuses_the_rest():
+    gate = HashGate(limit=2, wait_s=0.15, max_waiting=64)
+    outcomes: list[str] = []
+
+    async def login() -> None:
+        try:
+            async with gate.slot():
+                await asyncio.sleep(0.05)
+            outcomes.append("checked")
+        except HashBusy:
+            outcomes.append("busy")
+
+    async def burst() -> None:
+        await asyncio.gather(*(login() for _ in range(20)))
+
+    asyncio.run(burst())
+    assert gate.peak == 2 and gate.running == 0
+    assert 4 <= outcomes.count("checked") < 20 and outcomes.count("busy") == 20 - outcomes.count("checked")
+
+
+def _asgi_post(app, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> tuple[int, int]:
+    """POST ``chunks`` to a pure ASGI app; (status, how many chunks the app pulled)."""
+    pulled = 0
+    status = 0
+
+    async def receive() -> dict:
+        nonlocal pulled
+        pulled += 1
+        body = chunks[pulled - 1] if pulled <= len(chunks) else b""
+        return {"type": "http.request", "body": body, "more_body": pulled < len(chunks)}
+
+    async def send(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
+    asyncio.run(app(scope, receive, send))
+    return status, pulled
+
+
+def test_the_body_cap_refuses_a_big_body_before_reading_it():
+    async def reader(scope, receive, send) -> None:  # an app that reads the whole body
+        try:
+            while (await receive()).get("more_body"):
+                pass
+        except HTTPException as e:
+            await send({"type": "http.response.start", "status": e.status_code, "headers": []})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    app = BodyLimit(reader, max_bytes=1024)
+    chunk = b"x" * 512
+    assert _asgi_post(app, [(b"content-length", b"1024")], [chunk, chunk]) == (200, 2)
+    assert _asgi_post(app, [(b"content-length", b"10485760")], [chunk] * 100) == (413, 0)  # never read
+    assert _asgi_post(app, [(b"content-length", b"1e9")], [chunk]) == (400, 0)
+    assert _asgi_post(app, [(b"transfer-encoding", b"chunked")], [chunk] * 100) == (413, 3)  # stops at the cap
+
+
+@pytest.mark.parametrize(("scheme", "always_tls", "tls"), [
+    ("http", False, False), ("https", False, True), ("http", True, True)])
+def test_tls_requests_get_hsts_and_secure_cookies(scheme: str, always_tls: bool, tls: bool):
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"set-cookie", b"s=1; path=/; httponly; samesite=lax")]})
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "scheme": scheme, "method": "GET", "path": "/", "headers": []}
+    asyncio.run(SecurityHeaders(app, always_tls=always_tls)(scope, None, send))
+    headers = dict(sent[0]["headers"])
+    assert (b"; secure" in headers[b"set-cookie"]) is tls
+    assert (headers.get(b"strict-transport-security") == b"max-age=31536000") is tls
+    assert headers[b"x-content-type-options"] == b"nosniff"

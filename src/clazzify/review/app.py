@@ -2,7 +2,10 @@
 
 Routes:
 
-- ``GET /login``, ``POST /login``, ``POST /logout``: accounts (:mod:`.users`);
+- ``GET /login``, ``POST /login``, ``POST /logout``: accounts (:mod:`.users`), logins
+  throttled per account and per address (:mod:`.throttle`);
+- ``GET /account``, ``POST /account/password``, ``POST /logout-everywhere``: change the
+  password, end every session of the account;
 - ``GET /queue/{kind}`` and ``GET /queue/class/{label}``: a page of a queue (:mod:`.queues`);
 - ``GET /counts``: the queue sizes, loaded by htmx after the page;
 - ``POST /label``, ``POST /accept``, ``POST /undo``: decisions, written to ``manual_labels``
@@ -12,8 +15,12 @@ Routes:
 - ``GET /export.csv``: every manual label (admins only).
 
 Sessions are signed cookies (itsdangerous through Starlette's ``SessionMiddleware``),
-HttpOnly and SameSite=Lax; every POST must carry the session's CSRF token (form field
-``csrf_token`` or header ``X-CSRF-Token``) or gets 403.
+HttpOnly and SameSite=Lax, with a sliding idle expiry and an absolute lifetime; each carries
+the account's session generation, checked on every request, so logging out everywhere or a
+password change ends the others. Every POST must carry the session's CSRF token (form field
+``csrf_token`` or header ``X-CSRF-Token``) or gets 403. Request bodies are capped before
+anything parses them; over TLS, cookies are ``Secure`` and responses carry HSTS
+(:mod:`.middleware`).
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ from starlette.templating import Jinja2Templates
 
 from clazzify.core.errors import ClazzifyError, ConfigError, ImageError, StorageError
 from clazzify.review import queues, users
+from clazzify.review.middleware import BodyLimit, SecurityHeaders
+from clazzify.review.throttle import HashBusy, HashGate, LoginThrottle, ThrottleConfig, Throttled, retry_after
 from clazzify.review.thumbs import ThumbnailCache
 from clazzify.scoring.scores import ScoreRepository
 
@@ -54,13 +63,6 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "clazzify_review"
-_SECURITY_HEADERS = {
-    # Everything the page loads is served by the app itself: htmx and the page script too.
-    "Content-Security-Policy": "default-src 'self'; img-src 'self'; style-src 'self'; "
-    "script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-}
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,15 @@ class ReviewConfig:
         thumb_size: longer side of a thumbnail in px.
         thumb_cache: folder of cached thumbnails.
         secret_key: signs the session cookies; empty: a random one (sessions end on restart).
-        https_only: mark cookies Secure (behind TLS).
+        https_only: always treat requests as TLS (``Secure`` cookies, HSTS), for a TLS proxy
+            in front; without it, only requests whose scheme is https get them.
         cache_ttl_s: how long versions, classes and queue counts are reused.
+        throttle: how failed logins slow down, then lock, an account and an address.
+        max_hashes: argon2 password checks (64 MiB each) running at once.
+        hash_wait_s: how long a login waits for a free check before 503.
+        max_body_bytes: the largest request body; larger ones get 413 unread.
+        session_idle_s: a session ends after this long without a request (sliding).
+        session_lifetime_s: a session ends this long after its login, however active.
     """
 
     model_name: str = "clazzify"
@@ -90,6 +99,12 @@ class ReviewConfig:
     secret_key: str = ""
     https_only: bool = False
     cache_ttl_s: float = 30.0
+    throttle: ThrottleConfig = ThrottleConfig()
+    max_hashes: int = 4
+    hash_wait_s: float = 2.0
+    max_body_bytes: int = 1 << 20
+    session_idle_s: int = 12 * 3600
+    session_lifetime_s: int = 24 * 3600
 
     def __post_init__(self) -> None:
         if not 0.0 < self.low_threshold <= 1.0:
@@ -98,6 +113,14 @@ class ReviewConfig:
             raise ConfigError(f"page_size must be 1..500, got {self.page_size}")
         if not 16 <= self.thumb_size <= 1024:
             raise ConfigError(f"thumb_size must be 16..1024 px, got {self.thumb_size}")
+        if not 1 <= self.max_hashes <= 64:
+            raise ConfigError(f"max_hashes must be 1..64 concurrent password checks (--max-hashes), "
+                              f"got {self.max_hashes}")
+        if not 1024 <= self.max_body_bytes <= 1 << 30:
+            raise ConfigError(f"max_body_bytes must be 1 KiB..1 GiB (--max-body), got {self.max_body_bytes}")
+        if not 1 <= self.session_idle_s <= self.session_lifetime_s:
+            raise ConfigError(f"sessions need 1 <= idle ({self.session_idle_s} s) <= lifetime "
+                              f"({self.session_lifetime_s} s): set --session-idle at most --session-lifetime")
 
 
 class _TTLCache:
@@ -133,6 +156,8 @@ class _State:
     thumbs: ThumbnailCache
     cache: _TTLCache
     templates: Jinja2Templates
+    throttle: LoginThrottle
+    hashes: HashGate
 
     @property
     def engine(self) -> sa.Engine:
@@ -211,14 +236,15 @@ def login_required(*, admin: bool = False) -> Callable[[Handler], Handler]:
         async def inner(request: Request) -> Response:
             if request.method == "POST":
                 await _check_csrf(request)
-            name = request.session.get("user")
-            user = await run_in_threadpool(users.find_user, _state(request).engine, name) if name else None
+            user = await _session_user(request)
             if user is None:
-                request.session.pop("user", None)
+                for key in ("user", "gen", "iat"):
+                    request.session.pop(key, None)
                 if request.headers.get("hx-request"):  # htmx: send the whole page to the login
                     return Response(status_code=401, headers={"HX-Redirect": "/login"})
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+            _touch(request)
             if admin and not user.can_export:
                 raise HTTPException(403, f"{user.username} is a {user.role}: only admins may do this")
             request.state.user = user
@@ -227,6 +253,35 @@ def login_required(*, admin: bool = False) -> Callable[[Handler], Handler]:
         return inner
 
     return wrap
+
+
+async def _session_user(request: Request) -> users.User | None:
+    """The session's user if the session is still valid: the account exists, its session
+    generation is the one the session was issued with, and the session is younger than the
+    absolute lifetime."""
+    session = request.session
+    name, generation, issued = session.get("user"), session.get("gen"), session.get("iat")
+    if not name or not isinstance(generation, int) or not isinstance(issued, int | float):
+        return None
+    state = _state(request)
+    if time.time() - issued > state.config.session_lifetime_s:
+        return None
+    user = await run_in_threadpool(users.find_user, state.engine, name)
+    if user is None or user.generation != generation:
+        return None
+    return user
+
+
+def _touch(request: Request) -> None:
+    """Re-sign the session cookie now and then, so the idle expiry slides with use.
+
+    Starlette re-sends the cookie only when the session changes; without this, the idle
+    expiry would count from the login, however busy the moderator.
+    """
+    now = time.time()
+    every = min(60.0, _state(request).config.session_idle_s / 10)
+    if now - float(request.session.get("seen", 0)) >= every:
+        request.session["seen"] = round(now, 3)
 
 
 def _render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
@@ -243,6 +298,7 @@ def _render(request: Request, name: str, context: dict[str, Any], status_code: i
 
 
 async def login_page(request: Request) -> Response:
+    _touch(request)  # the form's CSRF token lives as long as the page is open and used
     return _render(request, "login.html", {"error": None, "next": _safe_next(request.query_params.get("next"))})
 
 
@@ -253,20 +309,75 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+class _Refused(Exception):
+    """A password that was not checked: throttled (429) or no hash slot free (503)."""
+
+    def __init__(self, status: int, message: str, wait: float) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.wait = wait
+
+
+async def _check_password(request: Request, username: str, password: str) -> users.User | None:
+    """The user if ``password`` is right, after the login throttle and inside the hash gate.
+
+    Raises:
+        _Refused: the throttle refused the try, or no hash slot came free in time.
+    """
+    state = _state(request)
+    host = request.client.host if request.client else None
+    try:
+        await run_in_threadpool(state.throttle.attempt, username, host)
+    except Throttled as e:
+        log.warning("login of %r from %s refused for %.1f s (%s)", username, host, e.retry_after,
+                    "locked" if e.locked else "too early")
+        wait = f"{e.retry_after:.1f}"
+        text = (f"Too many failed logins: locked, try again in {wait} s." if e.locked
+                else f"Too many failed logins: wait {wait} s before the next try.")
+        raise _Refused(429, text, e.retry_after) from e
+    try:
+        async with state.hashes.slot():
+            user = await run_in_threadpool(users.authenticate, state.engine, username, password)
+    except HashBusy as e:
+        log.warning("login of %r from %s: %s", username, host, e)
+        await run_in_threadpool(state.throttle.not_checked, username, host)
+        raise _Refused(503, "The server is busy checking other logins: try again in a moment.", 1.0) from e
+    if user is not None:
+        await run_in_threadpool(state.throttle.succeeded, username, host)
+    return user
+
+
+def _refusal(request: Request, template: str, refused: _Refused, context: dict[str, Any]) -> Response:
+    response = _render(request, template, {**context, "error": refused.message, "wait": refused.wait},
+                       status_code=refused.status)
+    response.headers["Retry-After"] = retry_after(refused.wait)
+    return response
+
+
+def _start_session(request: Request, user: users.User) -> None:
+    request.session.clear()  # a new session id and CSRF token after login (no fixation)
+    request.session["user"] = user.username
+    request.session["gen"] = user.generation
+    request.session["iat"] = round(time.time(), 3)
+    _csrf_token(request)
+
+
 async def login(request: Request) -> Response:
     await _check_csrf(request)
     form = await request.form()
     username = str(form.get("username", "")).strip()
     password = str(form.get("password", ""))
-    user = await run_in_threadpool(users.authenticate, _state(request).engine, username, password)
     target = _safe_next(str(form.get("next", "/")))
+    try:
+        user = await _check_password(request, username, password)
+    except _Refused as refused:
+        return _refusal(request, "login.html", refused, {"next": target})
     if user is None:
         log.info("failed login for %r", username)
         return _render(request, "login.html", {"error": "Wrong user name or password.", "next": target},
                        status_code=401)
-    request.session.clear()  # a new session id and CSRF token after login (no fixation)
-    request.session["user"] = user.username
-    _csrf_token(request)
+    _start_session(request, user)
     return RedirectResponse(target, status_code=303)
 
 
@@ -274,6 +385,54 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
+
+
+@login_required()
+async def logout_everywhere(request: Request) -> Response:
+    """End every session of this account, this one too (its session generation moves on)."""
+    user = request.state.user
+    await run_in_threadpool(users.end_sessions, _state(request).engine, user.username)
+    log.info("%s logged out everywhere", user.username)
+    request.session.clear()
+    return RedirectResponse("/login", status_code=303)
+
+
+@login_required()
+async def account_page(request: Request) -> Response:
+    return _render(request, "account.html", {"error": None, "message": None})
+
+
+@login_required()
+async def change_password(request: Request) -> Response:
+    """A new password ends every other session of the account; this one goes on."""
+    form = await request.form()
+    user = request.state.user
+    current, new, repeat = (str(form.get(k, "")) for k in ("current", "new", "repeat"))
+    if new != repeat:
+        return _render(request, "account.html", {"error": "The new passwords differ: type the same twice.",
+                                                 "message": None}, status_code=400)
+    try:
+        checked = await _check_password(request, user.username, current)
+    except _Refused as refused:
+        return _refusal(request, "account.html", refused, {"message": None})
+    if checked is None:
+        return _render(request, "account.html", {"error": "The current password is wrong.", "message": None},
+                       status_code=401)
+    state = _state(request)
+    try:
+        async with state.hashes.slot():
+            await run_in_threadpool(users.set_password, state.engine, user.username, new)
+    except HashBusy:
+        return _refusal(request, "account.html", _Refused(503, "The server is busy: try again in a moment.", 1.0),
+                        {"message": None})
+    except ConfigError as e:
+        return _render(request, "account.html", {"error": f"{e}.", "message": None}, status_code=400)
+    fresh = await run_in_threadpool(users.find_user, state.engine, user.username)
+    if fresh is not None:
+        request.session["gen"] = fresh.generation
+    log.info("%s changed their password; their other sessions end", user.username)
+    return _render(request, "account.html",
+                   {"error": None, "message": "Password changed. Every other session of this account has ended."})
 
 
 # -- queues -----------------------------------------------------------------------------------
@@ -576,27 +735,6 @@ async def _clazzify_error(request: Request, exc: Exception) -> Response:
     return PlainTextResponse(f"400: {exc}\n", status_code=400)
 
 
-class _SecurityHeaders:
-    """Adds the CSP and friends to every response."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers += [(k.lower().encode(), v.encode()) for k, v in _SECURITY_HEADERS.items()]
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
 def create_app(repo: ScoreRepository, config: ReviewConfig = ReviewConfig()) -> Starlette:
     """The review app on ``repo``'s database (migrated to the head revision by the caller)."""
     secret = config.secret_key or secrets.token_urlsafe(48)
@@ -609,6 +747,9 @@ def create_app(repo: ScoreRepository, config: ReviewConfig = ReviewConfig()) -> 
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
+        Route("/logout-everywhere", logout_everywhere, methods=["POST"]),
+        Route("/account", account_page, methods=["GET"]),
+        Route("/account/password", change_password, methods=["POST"]),
         Route("/", home),
         Route("/queue/class/{label}", queue_page),
         Route("/queue/{kind}", queue_page),
@@ -622,9 +763,10 @@ def create_app(repo: ScoreRepository, config: ReviewConfig = ReviewConfig()) -> 
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     middleware = [
-        Middleware(_SecurityHeaders),
+        Middleware(SecurityHeaders, always_tls=config.https_only),
+        Middleware(BodyLimit, max_bytes=config.max_body_bytes),
         Middleware(SessionMiddleware, secret_key=secret, session_cookie=SESSION_COOKIE,
-                   max_age=12 * 3600, same_site="lax", https_only=config.https_only),
+                   max_age=config.session_idle_s, same_site="lax", https_only=config.https_only),
     ]
     app = Starlette(routes=routes, middleware=middleware,
                     exception_handlers={HTTPException: _http_error, ClazzifyError: _clazzify_error})
@@ -634,5 +776,7 @@ def create_app(repo: ScoreRepository, config: ReviewConfig = ReviewConfig()) -> 
         thumbs=ThumbnailCache(config.thumb_cache, config.thumb_size),
         cache=_TTLCache(config.cache_ttl_s),
         templates=templates,
+        throttle=LoginThrottle(repo.engine, config.throttle),
+        hashes=HashGate(config.max_hashes, config.hash_wait_s),
     )
     return app

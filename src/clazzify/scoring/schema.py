@@ -14,7 +14,9 @@ Tables (created by the Alembic migrations in :mod:`clazzify.scoring.migrations`)
   the last write wins.
 - ``label_history``: every write to ``manual_labels`` (who, when, old and new label, action),
   so nothing is overwritten without a trace; an undo is a row of its own.
-- ``review_users``: the review app's accounts (argon2 password hashes, role).
+- ``review_users``: the review app's accounts (argon2 password hashes, role, session
+  generation).
+- ``review_login_throttle``: failed logins per account and per client address, and locks.
 - ``dead_letters``: messages that could never be scored, with the reason.
 
 Views (documented in docs/scoring.md, created by the migrations): ``latest_scores``,
@@ -132,6 +134,17 @@ review_users = sa.Table(
     sa.Column("password_hash", sa.String(256), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # Carried in each session cookie; bumped by "log out everywhere" and a password change.
+    sa.Column("session_generation", sa.Integer, nullable=False, server_default="0"),
+)
+
+review_login_throttle = sa.Table(
+    "review_login_throttle",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("last_at", sa.Float, nullable=False),
+    sa.Column("locked_until", sa.Float),
 )
 
 dead_letters = sa.Table(
