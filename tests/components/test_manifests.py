@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from clazzify.rollout import deploy
+from clazzify.rollout import isvc
 from components.images import IMAGES, SERVING_IMAGE
 
 pytestmark = pytest.mark.components
@@ -168,12 +168,12 @@ def test_kserve_objects_validate_against_the_crds(overlay):
 def test_the_crd_check_can_fail():
     if not KSERVE_SCHEMAS.is_dir():
         pytest.skip(f"{KSERVE_SCHEMAS} is absent")
-    bad = deploy.inference_service(deploy.InferenceServiceConfig(image="x"), "s3://b/m", "1")
+    bad = isvc.inference_service(isvc.InferenceServiceConfig(image="x"), "s3://b/m", "1")
     bad["spec"]["predictor"]["scaleMetric"] = "gpu"
     bad["spec"]["canary"] = [{"trafficPercent": 150, "predictor": {}}]
     errors = list(jsonschema.Draft7Validator(kserve_schema("inferenceservices")).iter_errors(bad))
     assert len(errors) >= 2
-    typo = deploy.inference_service(deploy.InferenceServiceConfig(image="x"), "s3://b/m", "1")
+    typo = isvc.inference_service(isvc.InferenceServiceConfig(image="x"), "s3://b/m", "1")
     typo["spec"]["predictor"]["minReplica"] = 1
     typo["spec"]["predictor"]["containers"][0]["envv"] = []
     assert set(pruned_fields(typo, kserve_schema("inferenceservices"))) == {
@@ -291,11 +291,11 @@ def test_pods_run_as_non_root_with_limits(overlay):
 
 @pytest.mark.parametrize(("overlay", "mode"), [("local", "Standard"), ("production", "Knative")])
 def test_each_overlay_picks_its_kserve_mode(overlay, mode):
-    (isvc,) = by_kind(render(overlay), "InferenceService")
-    assert deploy.deployment_mode(isvc) == mode
-    pred = isvc["spec"]["predictor"]
+    (svc,) = by_kind(render(overlay), "InferenceService")
+    assert isvc.deployment_mode(svc) == mode
+    pred = svc["spec"]["predictor"]
     # The pure config check is the same one the deploy step applies.
-    deploy.InferenceServiceConfig(
+    isvc.InferenceServiceConfig(
         image=SERVING_IMAGE,
         deployment_mode=mode,
         min_replicas=pred["minReplicas"],
@@ -306,20 +306,20 @@ def test_each_overlay_picks_its_kserve_mode(overlay, mode):
 
 
 def test_base_inferenceservice_is_what_the_deploy_step_builds():
-    (isvc,) = [
+    (svc,) = [
         d for d in yaml.safe_load_all((MANIFESTS / "base" / "inferenceservice.yaml").read_text())
     ]
-    uri, version = deploy.served_model(isvc["spec"]["predictor"])
-    assert isvc == deploy.inference_service(deploy.InferenceServiceConfig(image=SERVING_IMAGE), uri, version)
+    uri, version = isvc.served_model(svc["spec"]["predictor"])
+    assert svc == isvc.inference_service(isvc.InferenceServiceConfig(image=SERVING_IMAGE), uri, version)
 
 
 def test_deploy_step_keeps_overlay_settings_on_the_rendered_object():
-    (isvc,) = by_kind(render("production"), "InferenceService")
-    out = deploy.with_model(isvc, "s3://mlflow/1/models/m-new/artifacts", "7", 10)
+    (svc,) = by_kind(render("production"), "InferenceService")
+    out = isvc.with_model(svc, "s3://mlflow/1/models/m-new/artifacts", "7", 10)
     pred = out["spec"]["predictor"]
     assert pred["canaryTrafficPercent"] == 10 and pred["minReplicas"] == 2
     assert (
-        pred["topologySpreadConstraints"] == isvc["spec"]["predictor"]["topologySpreadConstraints"]
+        pred["topologySpreadConstraints"] == svc["spec"]["predictor"]["topologySpreadConstraints"]
     )
     if KSERVE_SCHEMAS.is_dir():
         jsonschema.validate(out, kserve_schema("inferenceservices"))

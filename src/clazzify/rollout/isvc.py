@@ -1,4 +1,4 @@
-"""Deploy: the KServe InferenceService that serves a champion, as plain dicts.
+"""InferenceService specs: the KServe InferenceService that serves a champion, as plain dicts.
 
 Pure functions, no cluster and no MLflow: build the InferenceService for a model
 version, put a new version in as a canary, promote it to 100 %, roll back to the
