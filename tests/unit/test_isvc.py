@@ -48,7 +48,13 @@ def test_full_manifest_carries_the_storage_initializer_contract():
         "key": "api-keys",
     }
     assert pred["serviceAccountName"] == "clazzify-storage"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/clazzify/ready"
+    # Server-wide health: ready only with the model loaded, live while the process answers.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pred["automountServiceAccountToken"] is False
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert isvc.served_model(pred) == (V1, "1")
     assert "canaryTrafficPercent" not in pred
 
