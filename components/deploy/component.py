@@ -31,7 +31,7 @@ def deploy(
     from clazzify.registry.tracking import TrackingConfig, activate
     from clazzify.rollout.canary import CanaryPolicy
     from clazzify.rollout.cluster import deploy_version, in_cluster, own_namespace
-    from clazzify.rollout.deploy import InferenceServiceConfig
+    from clazzify.rollout.isvc import InferenceServiceConfig
 
     activate(TrackingConfig(mlflow_tracking_uri))
     cfg = InferenceServiceConfig(

@@ -17,7 +17,7 @@ import pytest
 from serving_support import KEY, Client, free_port, v1_body
 
 from clazzify.core.bundle import BundleMeta, find_bundle
-from clazzify.rollout import cluster, deploy
+from clazzify.rollout import cluster, isvc
 from clazzify.scoring.endpoint_client import EndpointClient, EndpointConfig
 from clazzify.scoring.scores import ScoreRepository
 from clazzify.scoring.worker import Message, process_batch
@@ -67,16 +67,16 @@ def _env(container: dict, model_dir: Path) -> dict[str, str]:
 def test_the_server_started_as_the_manifest_says_reports_the_registry_version(
     registered: cluster.Resolved, tmp_path: Path, demo_dir: Path
 ):
-    isvc = deploy.inference_service(deploy.InferenceServiceConfig(image="clazzify-serving:test"),
-                                    registered.storage_uri, registered.version)
-    container = isvc["spec"]["predictor"]["containers"][0]
+    svc = isvc.inference_service(isvc.InferenceServiceConfig(image="clazzify-serving:test"),
+                                 registered.storage_uri, registered.version)
+    container = svc["spec"]["predictor"]["containers"][0]
     # The storage initializer: STORAGE_URI -> /mnt/models.
     model_dir = tmp_path / "mnt-models"
     shutil.copytree(registered.storage_uri.removeprefix("file://"), model_dir)
     assert BundleMeta.load(find_bundle(model_dir)).registry_version == registered.version
 
     command = [sys.executable if part == "python" else part for part in container["command"]]
-    args = [str(model_dir) if a == deploy.MODEL_DIR else a for a in container["args"]]
+    args = [str(model_dir) if a == isvc.MODEL_DIR else a for a in container["args"]]
     port = free_port()
     log = tmp_path / "server.log"
     with log.open("wb") as out:

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from clazzify.rollout import cluster as rollout
-from clazzify.rollout import deploy
+from clazzify.rollout import isvc
 from clazzify.rollout.canary import CanaryPolicy, Scrape
 from clazzify.rollout.cluster import CanaryRejected, Resolved, RolloutError
-from clazzify.rollout.deploy import KNATIVE, STANDARD, InferenceServiceConfig
+from clazzify.rollout.isvc import KNATIVE, STANDARD, InferenceServiceConfig
 
 pytestmark = pytest.mark.unit
 
@@ -111,8 +111,8 @@ def test_first_rollout_creates_at_100():
     result = rollout.roll_out(api, cfg(), V1, canary_percent=10, sleep=no_sleep, read_metrics=healthy)
     assert result.action == "created"
     (written,) = api.writes
-    assert deploy.served_model(written["spec"]["predictor"]) == (V1.storage_uri, "1")
-    assert not deploy.canary_in_flight(written)
+    assert isvc.served_model(written["spec"]["predictor"]) == (V1.storage_uri, "1")
+    assert not isvc.canary_in_flight(written)
 
 
 @pytest.mark.parametrize("mode", [KNATIVE, STANDARD])
@@ -122,11 +122,11 @@ def test_canary_then_promote(mode):
     result = rollout.roll_out(api, cfg(mode), V2, 10, sleep=no_sleep, read_metrics=healthy)
     assert result.action == "promoted"
     create, canary, promoted = api.writes
-    assert deploy.canary_in_flight(canary)
-    assert not deploy.canary_in_flight(promoted)
-    assert deploy.served_model(promoted["spec"]["predictor"]) == (V2.storage_uri, "2")
+    assert isvc.canary_in_flight(canary)
+    assert not isvc.canary_in_flight(promoted)
+    assert isvc.served_model(promoted["spec"]["predictor"]) == (V2.storage_uri, "2")
     live = api.objects[("clazzify", "clazzify")]
-    assert deploy.served_model(live["spec"]["predictor"]) == (V2.storage_uri, "2")
+    assert isvc.served_model(live["spec"]["predictor"]) == (V2.storage_uri, "2")
 
 
 def test_percent_100_rolls_out_without_canary():
@@ -143,7 +143,7 @@ def test_canary_that_never_gets_ready_is_not_promoted():
     with pytest.raises(RolloutError, match="not ready after"):
         rollout.roll_out(api, cfg(), V2, 10, timeout_s=0, sleep=no_sleep, read_metrics=healthy)
     assert len(api.writes) == 2, "the canary stays at its share; nothing promoted it"
-    assert deploy.canary_in_flight(api.objects[("clazzify", "clazzify")])
+    assert isvc.canary_in_flight(api.objects[("clazzify", "clazzify")])
 
 
 def test_forbidden_names_the_role():
@@ -158,7 +158,7 @@ def test_forbidden_names_the_role():
 
 
 def test_write_manifest_is_applyable_yaml(tmp_path: Path):
-    manifest = deploy.inference_service(cfg(), V1.storage_uri, "1")
+    manifest = isvc.inference_service(cfg(), V1.storage_uri, "1")
     path = rollout.write_manifest(manifest, tmp_path / "out" / "isvc.yaml")
     assert yaml.safe_load(path.read_text()) == manifest
 
@@ -171,8 +171,8 @@ def test_roll_back_serves_previous_at_100(mode):
     result = rollout.roll_back(api, "clazzify", "clazzify", V1, sleep=no_sleep)
     live = api.objects[("clazzify", "clazzify")]
     assert result.action == "rolled-back"
-    assert deploy.served_model(live["spec"]["predictor"]) == (V1.storage_uri, "1")
-    assert not deploy.canary_in_flight(live)
+    assert isvc.served_model(live["spec"]["predictor"]) == (V1.storage_uri, "1")
+    assert not isvc.canary_in_flight(live)
 
 
 def test_roll_back_needs_an_inference_service():
@@ -197,8 +197,8 @@ def test_a_canary_whose_metrics_do_not_hold_is_rolled_back(mode, metrics, words)
     assert "version 1 serves all traffic" in str(caught.value)
     assert 120 in soaked and metrics.reads == {"2": 2, "1": 2}
     live = api.objects[("clazzify", "clazzify")]
-    assert not deploy.canary_in_flight(live)
-    assert deploy.served_model(live["spec"]["predictor"]) == (V1.storage_uri, "1")
+    assert not isvc.canary_in_flight(live)
+    assert isvc.served_model(live["spec"]["predictor"]) == (V1.storage_uri, "1")
     assert len(api.writes) == 3  # create, canary, back to stable: never promoted
 
 

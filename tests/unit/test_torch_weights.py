@@ -141,3 +141,34 @@ def test_reads_the_packaged_lite0_weights():
     assert sd["_conv_stem.weight"].shape == (32, 3, 3, 3)
     assert sd["_fc.weight"].shape == (1000, 1280)
     assert sum(v.size for k, v in sd.items() if not k.endswith("num_batches_tracked")) == 4_694_024
+
+
+@pytest.mark.parametrize(
+    ("offset", "size", "stride", "words"),
+    [
+        (10, (4,), (1,), "past the end"),                    # offset beyond the 12 stored
+        (0, (3, 4), (4, 2), "past the end"),                 # a stride that walks off the end
+        (11, (2,), (1,), "past the end"),                    # one element too far
+        (0, (2,), (-1,), "negative"),                        # reads before the buffer
+        (-4, (2,), (1,), "negative"),
+        (0, (100_000, 100_000), (0, 0), "repeating strides"),  # 10^10 elements from 12
+        (0, (3,), (1, 1), "differ in length"),
+        (13, (0,), (1,), "offset past the end"),
+    ],
+)
+def test_refuses_a_tensor_view_outside_its_storage(tmp_path, fake_torch, offset, size, stride, words):
+    """A crafted view is refused with a clear error before numpy reads a byte through it."""
+    path = tmp_path / "hostile.pth"
+    write_legacy(path, fake_torch, {"w": (np.arange(12, dtype=np.float32), offset, size, stride)})
+    with pytest.raises(DataError, match=words) as caught:
+        read_state_dict(path)
+    assert f"size {size}" in str(caught.value) and "storage of 12 elements" in str(caught.value)
+
+
+def test_a_view_that_ends_on_the_last_element_is_read(tmp_path, fake_torch):
+    path = tmp_path / "edge.pth"
+    write_legacy(path, fake_torch, {"w": (np.arange(12, dtype=np.float32), 2, (2, 5), (5, 1)),
+                                    "empty": (np.arange(12, dtype=np.float32), 12, (0,), (1,))})
+    sd = read_state_dict(path)
+    np.testing.assert_array_equal(sd["w"], np.arange(2, 12, dtype=np.float32).reshape(2, 5))
+    assert sd["empty"].shape == (0,)

@@ -28,7 +28,9 @@ def serve_cmd(ctx: click.Context) -> None:
 @click.option("--name", "isvc_name", default="clazzify", show_default=True, help="InferenceService name.")
 @click.option("--namespace", default="clazzify", show_default=True, help="Its namespace.")
 @click.option("--timeout", default=900, show_default=True, help="Seconds to wait for Ready.")
-@click.option("--dry-run", is_flag=True, help="Print the manifest; change neither cluster nor registry.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the manifest the rollback would apply, changing nothing. It still reads "
+                   "the registry and the live InferenceService from the cluster (needs kube-config).")
 def rollback_cmd(model_name: str, tracking_uri: str, artifacts_destination: str, isvc_name: str,
                  namespace: str, timeout: int, dry_run: bool) -> None:
     """Serve the `previous` model version again and move `champion` back to it.
@@ -39,20 +41,24 @@ def rollback_cmd(model_name: str, tracking_uri: str, artifacts_destination: str,
     import yaml
 
     from clazzify.registry.tracking import TrackingConfig, activate
-    from clazzify.registry.versions import PREVIOUS
+    from clazzify.registry.versions import PREVIOUS, move_champion_back
     from clazzify.rollout import cluster as rollout
-    from clazzify.rollout import deploy
+    from clazzify.rollout import isvc
 
     activate(TrackingConfig(tracking_uri))
     target = rollout.resolve_version(model_name, PREVIOUS, artifacts_destination)
-    api = rollout.kubernetes_api()
     if dry_run:
-        live = api.get_namespaced_custom_object(deploy.GROUP, deploy.VERSION, namespace,
-                                                deploy.PLURAL, isvc_name)
-        click.echo(yaml.safe_dump(deploy.rollback(live, target.storage_uri, target.version),
+        api = rollout.kubernetes_api(f"rollback --dry-run reads InferenceService {namespace}/{isvc_name} "
+                                     "from the cluster")
+        live = rollout.get_inference_service(api, namespace, isvc_name)
+        click.echo(f"dry run: read InferenceService {namespace}/{isvc_name} from the cluster and "
+                   f"{model_name}@{PREVIOUS} (version {target.version}) from the registry; "
+                   "changed neither. The rollback would apply:", err=True)
+        click.echo(yaml.safe_dump(isvc.rollback(live, target.storage_uri, target.version),
                                   sort_keys=False))
         return
+    api = rollout.kubernetes_api("rollback changes the InferenceService on the cluster")
     rollout.roll_back(api, namespace, isvc_name, target, timeout_s=timeout)
-    champion, demoted = rollout.move_champion_back(model_name)
+    champion, demoted = move_champion_back(model_name)
     click.echo(f"rolled back: {namespace}/{isvc_name} serves {model_name} version {champion} "
                f"at 100%; version {demoted} is tagged rolled_back=true")

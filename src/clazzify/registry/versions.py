@@ -1,4 +1,7 @@
-"""MLflow Model Registry helpers: find the champion, register a bundle, move aliases."""
+"""MLflow Model Registry: look up versions and aliases, register a bundle, move the aliases.
+
+Every alias or version lookup and every alias move of the project lives here.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clazzify.core.bundle import META_FILE, BundleMeta, find_bundle
+from clazzify.core.errors import ConfigError
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
+#: Tag on a version whose canary failed: a retried deploy step stops at once.
+REJECTED_TAG = "canary_rejected"
+#: Tag on a version that a rollback demoted.
+ROLLED_BACK_TAG = "rolled_back"
 #: Where the pyfunc model keeps the bundle inside its artifacts (``artifacts={"bundle": ...}``).
 BUNDLE_ARTIFACT_PATH = "artifacts/bundle"
 
@@ -24,18 +32,57 @@ class Champion:
     bundle_dir: Path
 
 
-def champion_version(model_name: str):  # -> mlflow.entities.model_registry.ModelVersion | None
-    """The ModelVersion behind ``model_name@champion``, or None."""
+def find_version(model_name: str, ref: str):  # -> ModelVersion | None
+    """The ModelVersion that ``ref`` names in ``model_name``: a version number (``"3"``) or
+    an alias (``"champion"``); None when there is no such version or alias.
+
+    The one place the registry is asked "which version is that": the server's alias watch,
+    the deploy and rollback steps and the champion lookups all come here.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     try:
-        return client.get_model_version_by_alias(model_name, CHAMPION)
+        if ref.isdigit():
+            return client.get_model_version(model_name, ref)
+        return client.get_model_version_by_alias(model_name, ref)
     except MlflowException as e:
         if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
+
+
+def get_version(model_name: str, ref: str):  # -> ModelVersion
+    """:func:`find_version`, for callers that cannot go on without it.
+
+    Raises:
+        ConfigError: no such version or alias (or the registry refused the lookup); the
+            message names the model, the reference, the registry and the fix.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = find_version(model_name, ref)
+    except MlflowException as e:
+        raise ConfigError(
+            f"cannot look up {model_name!r} {ref!r} in the registry at {mlflow.get_registry_uri()}: "
+            f"{e.message}; check MLFLOW_TRACKING_URI and the MLflow credentials"
+        ) from e
+    if mv is None:
+        what = f"has no version {ref}" if ref.isdigit() else f"has no version or alias {ref!r}"
+        holds = "" if ref.isdigit() else f" (no version of {model_name!r} holds alias {ref!r})"
+        raise ConfigError(
+            f"model {model_name!r} {what} in the registry at {mlflow.get_registry_uri()}{holds}: "
+            "check the name, or train and register one (make demo), or set MLFLOW_TRACKING_URI"
+        )
+    return mv
+
+
+def champion_version(model_name: str):  # -> mlflow.entities.model_registry.ModelVersion | None
+    """The ModelVersion behind ``model_name@champion``, or None."""
+    return find_version(model_name, CHAMPION)
 
 
 def download_champion(model_name: str, dest: Path | None = None) -> Champion | None:
@@ -186,3 +233,44 @@ def download_run_file(run_id: str, artifact_path: str, dest: Path) -> Path | Non
     dest.mkdir(parents=True, exist_ok=True)
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dest)))
 
+
+
+def move_champion_back(model_name: str) -> tuple[str, str]:
+    """Registry side of a rollback: ``champion`` moves to the ``previous`` version.
+
+    The demoted version is tagged ``rolled_back=true`` and the ``previous`` alias is
+    removed (nothing older is known to be good), so a second rollback fails loudly
+    instead of flipping back.
+
+    Returns:
+        ``(new champion version, demoted version)``.
+
+    Raises:
+        ConfigError: there is no ``previous`` (or no ``champion``) to roll back to.
+    """
+    import mlflow
+
+    previous = find_version(model_name, PREVIOUS)
+    champion = find_version(model_name, CHAMPION)
+    if previous is None or champion is None:
+        raise ConfigError(
+            f"nothing to roll back to: model {model_name!r} needs both a {CHAMPION!r} and a "
+            f"{PREVIOUS!r} alias in {mlflow.get_registry_uri()}"
+        )
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(model_name, CHAMPION, previous.version)
+    client.delete_registered_model_alias(model_name, PREVIOUS)
+    client.set_model_version_tag(model_name, champion.version, ROLLED_BACK_TAG, "true")
+    return str(previous.version), str(champion.version)
+
+
+def canary_rejection(model_name: str, version: str) -> str | None:
+    """Why ``version``'s canary was rejected before, or None if it never was."""
+    return get_version(model_name, version).tags.get(REJECTED_TAG) or None
+
+
+def reject_canary(model_name: str, version: str, reason: str) -> None:
+    """Tag ``version`` as a rejected canary (MLflow caps tag values at 5,000 characters)."""
+    import mlflow
+
+    mlflow.MlflowClient().set_model_version_tag(model_name, version, REJECTED_TAG, reason[:5000])

@@ -1,6 +1,6 @@
 """Roll a registered model version out to KServe: resolve, apply, wait, promote.
 
-The manifests come from the pure functions in :mod:`clazzify.rollout.deploy`; this module
+The manifests come from the pure functions in :mod:`clazzify.rollout.isvc`; this module
 is the edge that talks to MLflow and to the Kubernetes API. The Kubernetes client
 is passed in (``kubernetes.client.CustomObjectsApi`` or anything with its
 ``get/create/replace_namespaced_custom_object`` methods), so the sequence can be
@@ -20,14 +20,13 @@ from typing import Any
 import yaml
 
 from clazzify.core.errors import ClazzifyError, ConfigError
-from clazzify.rollout import deploy
+from clazzify.registry import versions as registry
+from clazzify.rollout import isvc
 from clazzify.rollout.canary import CanaryPolicy, CanaryVerdict, Scrape, judge_canary, window
 
 #: Reads the model server metrics of one model version's pods: version -> {pod: Scrape}.
 ReadMetrics = Callable[[str], Mapping[str, Scrape]]
 DEFAULT_POLICY = CanaryPolicy()
-#: Model version tag of a version whose canary failed: a retried deploy step stops at once.
-REJECTED_TAG = "canary_rejected"
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +58,10 @@ def resolve_version(model_name: str, version: str, artifacts_destination: str) -
         ConfigError: the version or alias does not exist.
     """
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
-    try:
-        if version.isdigit():
-            mv = client.get_model_version(model_name, version)
-        else:
-            mv = client.get_model_version_by_alias(model_name, version)
-    except MlflowException as e:
-        raise ConfigError(
-            f"model {model_name!r} has no version or alias {version!r} in the registry at "
-            f"{mlflow.get_registry_uri()}: check the name, or register a model first"
-        ) from e
-    uri = client.get_model_version_download_uri(model_name, str(mv.version))
-    return Resolved(str(mv.version), deploy.storage_uri_for(uri, artifacts_destination))
+    mv = registry.get_version(model_name, version)
+    uri = mlflow.MlflowClient().get_model_version_download_uri(model_name, str(mv.version))
+    return Resolved(str(mv.version), isvc.storage_uri_for(uri, artifacts_destination))
 
 
 def in_cluster() -> bool:
@@ -103,7 +91,7 @@ def _status(e: Exception) -> int | None:
 def _get(api: Any, namespace: str, name: str) -> dict[str, Any] | None:
     try:
         return api.get_namespaced_custom_object(
-            deploy.GROUP, deploy.VERSION, namespace, deploy.PLURAL, name
+            isvc.GROUP, isvc.VERSION, namespace, isvc.PLURAL, name
         )
     except Exception as e:  # kubernetes.client.ApiException; the client is optional here
         if _status(e) == 404:
@@ -115,7 +103,7 @@ def _replace(api: Any, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     name = body["metadata"]["name"]
     try:
         return api.replace_namespaced_custom_object(
-            deploy.GROUP, deploy.VERSION, namespace, deploy.PLURAL, name, body
+            isvc.GROUP, isvc.VERSION, namespace, isvc.PLURAL, name, body
         )
     except Exception as e:
         if _status(e) == 403:
@@ -129,7 +117,7 @@ def _replace(api: Any, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
 def _create(api: Any, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     try:
         return api.create_namespaced_custom_object(
-            deploy.GROUP, deploy.VERSION, namespace, deploy.PLURAL, body
+            isvc.GROUP, isvc.VERSION, namespace, isvc.PLURAL, body
         )
     except Exception as e:
         raise RolloutError(
@@ -146,7 +134,7 @@ def wait_ready(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
-    """Poll until :func:`clazzify.rollout.deploy.is_ready`; returns the ready object.
+    """Poll until :func:`clazzify.rollout.isvc.is_ready`; returns the ready object.
 
     Raises:
         RolloutError: not ready within ``timeout_s`` (its last conditions in the message).
@@ -154,7 +142,7 @@ def wait_ready(
     deadline = clock() + timeout_s
     while True:
         live = _get(api, namespace, name)
-        if live is not None and deploy.is_ready(live):
+        if live is not None and isvc.is_ready(live):
             return live
         if clock() >= deadline:
             conditions = ((live or {}).get("status") or {}).get("conditions")
@@ -181,7 +169,7 @@ class RolloutResult:
 
 def roll_out(
     api: Any,
-    cfg: deploy.InferenceServiceConfig,
+    cfg: isvc.InferenceServiceConfig,
     target: Resolved,
     canary_percent: int,
     *,
@@ -203,10 +191,10 @@ def roll_out(
         CanaryRejected: the canary's error rate or latency did not hold.
         RolloutError: the object never got ready, or the API refused a change.
     """
-    deploy.check_canary_percent(canary_percent)
+    isvc.check_canary_percent(canary_percent)
     live = _get(api, cfg.namespace, cfg.name)
     if live is None:
-        body = deploy.inference_service(cfg, target.storage_uri, target.version)
+        body = isvc.inference_service(cfg, target.storage_uri, target.version)
         _create(api, cfg.namespace, body)
         log.info(
             "created InferenceService %s/%s serving version %s",
@@ -216,10 +204,10 @@ def roll_out(
         )
         wait_ready(api, cfg.namespace, cfg.name, timeout_s, poll_s, sleep)
         return RolloutResult("created", target.version, target.storage_uri, body)
-    stable_uri, stable_version = deploy.served_model(live["spec"]["predictor"])
-    body = deploy.with_model(live, target.storage_uri, target.version, canary_percent)
+    stable_uri, stable_version = isvc.served_model(live["spec"]["predictor"])
+    body = isvc.with_model(live, target.storage_uri, target.version, canary_percent)
     _replace(api, cfg.namespace, body)
-    if not deploy.canary_in_flight(body):
+    if not isvc.canary_in_flight(body):
         log.info("rolled version %s out to 100%%", target.version)
         wait_ready(api, cfg.namespace, cfg.name, timeout_s, poll_s, sleep)
         return RolloutResult("rolled-out", target.version, target.storage_uri, body)
@@ -235,12 +223,12 @@ def roll_out(
         log.error("canary rejected, rolling back: %s", verdict.reason)
         # The stable model at 100 % again, spec and all (not a canary left at 0 %), so the
         # object says what serves.
-        _replace(api, cfg.namespace, deploy.rollback(ready, stable_uri or "", stable_version or ""))
+        _replace(api, cfg.namespace, isvc.rollback(ready, stable_uri or "", stable_version or ""))
         wait_ready(api, cfg.namespace, cfg.name, timeout_s, poll_s, sleep)
         raise CanaryRejected(
             f"canary rolled back, version {stable_version} serves all traffic: {verdict.reason}"
         )
-    promoted = deploy.promote(ready)
+    promoted = isvc.promote(ready)
     _replace(api, cfg.namespace, promoted)
     wait_ready(api, cfg.namespace, cfg.name, timeout_s, poll_s, sleep)
     log.info("promoted version %s to 100%%: %s", target.version, verdict.reason)
@@ -268,7 +256,7 @@ def soak_and_judge(
     return judge_canary(canary, stable, policy)
 
 
-def rollout_plan(cfg: deploy.InferenceServiceConfig, target: Resolved, canary_percent: int,
+def rollout_plan(cfg: isvc.InferenceServiceConfig, target: Resolved, canary_percent: int,
                  policy: CanaryPolicy) -> list[str]:
     """The steps :func:`roll_out` takes on a cluster whose InferenceService serves an older
     version (what a local run writes instead of doing them)."""
@@ -285,7 +273,7 @@ def rollout_plan(cfg: deploy.InferenceServiceConfig, target: Resolved, canary_pe
         "keeps the rest",
         "wait until Ready",
         "scrape /metrics of the pods of both versions (label serving.kserve.io/"
-        f"inferenceservice={cfg.name}, annotation {deploy.VERSION_ANNOTATION})",
+        f"inferenceservice={cfg.name}, annotation {isvc.VERSION_ANNOTATION})",
         f"soak {policy.soak_s:.0f}s, then scrape again",
         f"judge the window: promote only if the canary answered >= {policy.min_requests} "
         f"inferences, its server-error rate is <= {policy.max_error_rate:.2%} (or within "
@@ -298,7 +286,7 @@ def rollout_plan(cfg: deploy.InferenceServiceConfig, target: Resolved, canary_pe
     ]
 
 
-def pod_metrics(namespace: str, isvc_name: str, port: int = deploy.HTTP_PORT,
+def pod_metrics(namespace: str, isvc_name: str, port: int = isvc.HTTP_PORT,
                 timeout_s: float = 5.0) -> ReadMetrics:
     """A :data:`ReadMetrics` that scrapes ``/metrics`` of each running predictor pod of
     ``isvc_name`` whose ``clazzify.io/model-version`` annotation (KServe copies predictor
@@ -317,7 +305,7 @@ def pod_metrics(namespace: str, isvc_name: str, port: int = deploy.HTTP_PORT,
         out: dict[str, Scrape] = {}
         for pod in pods:
             annotations = pod.metadata.annotations or {}
-            if annotations.get(deploy.VERSION_ANNOTATION) != version:
+            if annotations.get(isvc.VERSION_ANNOTATION) != version:
                 continue
             if pod.status.phase != "Running" or not pod.status.pod_ip:
                 continue
@@ -333,8 +321,16 @@ def pod_metrics(namespace: str, isvc_name: str, port: int = deploy.HTTP_PORT,
     return read
 
 
-def kubernetes_api() -> Any:
-    """A ``CustomObjectsApi`` from the pod's service account, else from kubeconfig."""
+def kubernetes_api(purpose: str = "") -> Any:
+    """A ``CustomObjectsApi`` from the pod's service account, else from kubeconfig.
+
+    Args:
+        purpose: what the caller needs the cluster for, put first in the error (e.g.
+            "rollback --dry-run reads the live InferenceService").
+
+    Raises:
+        RolloutError: no credentials; one line naming KUBECONFIG.
+    """
     from kubernetes import client, config
 
     try:
@@ -342,15 +338,18 @@ def kubernetes_api() -> Any:
             config.load_incluster_config()
         else:
             config.load_kube_config()
-    except config.ConfigException as e:
+    except (config.ConfigException, OSError) as e:
+        reason = " ".join(str(e).split())  # the client's messages span lines; ours is one
+        where = os.environ.get("KUBECONFIG") or "~/.kube/config"
         raise RolloutError(
-            f"no Kubernetes credentials ({e}): set KUBECONFIG or run inside the cluster"
+            f"{purpose + ': ' if purpose else ''}no Kubernetes credentials in {where} ({reason}): "
+            "set KUBECONFIG to a cluster's kube-config or run inside the cluster"
         ) from e
     return client.CustomObjectsApi()
 
 
 def deploy_version(
-    cfg: deploy.InferenceServiceConfig,
+    cfg: isvc.InferenceServiceConfig,
     model_name: str,
     version: str,
     artifacts_destination: str,
@@ -368,7 +367,7 @@ def deploy_version(
     the rollout's steps (:func:`rollout_plan`) in ``steps``.
     """
     target = resolve_version(model_name, version, artifacts_destination)
-    manifest = deploy.inference_service(cfg, target.storage_uri, target.version)
+    manifest = isvc.inference_service(cfg, target.storage_uri, target.version)
     write_manifest(manifest, manifest_path)
     if not apply:
         log.warning(
@@ -386,10 +385,7 @@ def deploy_version(
             f"{target.storage_uri} is on this machine, out of the cluster's reach: run MLflow with "
             "--serve-artifacts --artifacts-destination s3://... (manifests/base/mlflow.yaml)"
         )
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    rejected = client.get_model_version(model_name, target.version).tags.get(REJECTED_TAG)
+    rejected = registry.canary_rejection(model_name, target.version)
     if rejected:
         raise CanaryRejected(f"version {target.version} was rejected as a canary before "
                              f"({rejected}); register a new candidate instead")
@@ -398,43 +394,23 @@ def deploy_version(
                           read_metrics=pod_metrics(cfg.namespace, cfg.name), policy=policy,
                           timeout_s=timeout_s)
     except CanaryRejected as e:
-        client.set_model_version_tag(model_name, target.version, REJECTED_TAG, str(e)[:5000])
+        registry.reject_canary(model_name, target.version, str(e))
         raise
     write_manifest(result.manifest, manifest_path)
     return result
 
 
-def move_champion_back(model_name: str) -> tuple[str, str]:
-    """Registry side of a rollback: ``champion`` moves to the ``previous`` version.
-
-    The demoted version is tagged ``rolled_back=true`` and the ``previous`` alias is
-    removed (nothing older is known to be good), so a second rollback fails loudly
-    instead of flipping back.
-
-    Returns:
-        ``(new champion version, demoted version)``.
+def get_inference_service(api: Any, namespace: str, name: str) -> dict[str, Any]:
+    """The live InferenceService ``namespace/name``.
 
     Raises:
-        ConfigError: there is no ``previous`` (or no ``champion``) to roll back to.
+        RolloutError: it does not exist, or the API refused the read.
     """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from clazzify.registry.versions import CHAMPION, PREVIOUS
-
-    client = mlflow.MlflowClient()
-    try:
-        previous = client.get_model_version_by_alias(model_name, PREVIOUS)
-        champion = client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException as e:
-        raise ConfigError(
-            f"nothing to roll back to: model {model_name!r} needs both a {CHAMPION!r} and a "
-            f"{PREVIOUS!r} alias in {mlflow.get_registry_uri()}"
-        ) from e
-    client.set_registered_model_alias(model_name, CHAMPION, previous.version)
-    client.delete_registered_model_alias(model_name, PREVIOUS)
-    client.set_model_version_tag(model_name, champion.version, "rolled_back", "true")
-    return str(previous.version), str(champion.version)
+    live = _get(api, namespace, name)
+    if live is None:
+        raise RolloutError(f"no InferenceService {namespace}/{name} on the cluster: check --name "
+                           "and --namespace (kubectl get isvc -A)")
+    return live
 
 
 def roll_back(
@@ -451,10 +427,8 @@ def roll_back(
     Raises:
         RolloutError: there is no InferenceService to roll back, or it never got ready.
     """
-    live = _get(api, namespace, name)
-    if live is None:
-        raise RolloutError(f"no InferenceService {namespace}/{name} to roll back")
-    body = deploy.rollback(live, target.storage_uri, target.version)
+    live = get_inference_service(api, namespace, name)
+    body = isvc.rollback(live, target.storage_uri, target.version)
     _replace(api, namespace, body)
     wait_ready(api, namespace, name, timeout_s, poll_s, sleep)
     return RolloutResult("rolled-back", target.version, target.storage_uri, body)

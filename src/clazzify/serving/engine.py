@@ -72,18 +72,9 @@ def resolve_alias(source: ModelSource) -> str:
     Raises:
         ConfigError: the model or alias does not exist in the tracking store.
     """
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from clazzify.registry.versions import get_version
 
-    try:
-        mv = mlflow.MlflowClient().get_model_version_by_alias(source.registered_name, source.alias)
-    except MlflowException as e:
-        raise ConfigError(
-            f"no version of {source.registered_name!r} holds alias {source.alias!r} in "
-            f"{mlflow.get_tracking_uri()}: train and register one (make demo) or set "
-            f"MLFLOW_TRACKING_URI ({e.message})"
-        ) from e
-    return str(mv.version)
+    return str(get_version(source.registered_name, source.alias).version)
 
 
 def _download_registry(uri: str, dest: Path) -> Path:

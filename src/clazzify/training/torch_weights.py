@@ -60,10 +60,48 @@ class _LazyTensor:
     size: tuple[int, ...]
     stride: tuple[int, ...]
 
+    def check_bounds(self) -> None:
+        """Refuse a view that would reach outside its storage.
+
+        The offset, sizes and strides come from the file, and ``as_strided`` trusts them: an
+        offset past the end or a stride too long would read process memory beyond the
+        buffer, a negative one memory before it, and a zero stride over a huge size would
+        allocate without bound. So every element the view can touch must lie inside the
+        storage, and the view may not hold more elements than the storage does.
+
+        Raises:
+            DataError: naming the offset, size, stride and storage length.
+        """
+        numel = self.storage.numel
+        what = (f"tensor view (offset {self.offset}, size {self.size}, stride {self.stride}) "
+                f"on a storage of {numel} elements")
+        if len(self.size) != len(self.stride):
+            raise DataError(f"{what}: size and stride differ in length; malformed weights file")
+        if self.offset < 0 or any(n < 0 for n in self.size) or any(s < 0 for s in self.stride):
+            raise DataError(f"{what}: negative offset, size or stride; malformed weights file")
+        elements = 1
+        for n in self.size:
+            elements *= n
+        if elements == 0:
+            if self.offset > numel:
+                raise DataError(f"{what}: offset past the end of the storage; malformed weights file")
+            return
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True))
+        if last >= numel:
+            raise DataError(f"{what}: reaches element {last}, past the end of the storage; "
+                            "malformed or hostile weights file, not loaded")
+        if elements > numel:
+            raise DataError(f"{what}: {elements} elements from {numel} stored (repeating strides); "
+                            "a state dict never needs that, so it was not loaded")
+
     def materialise(self) -> np.ndarray:
         data = self.storage.data
         if data is None:
             raise DataError("a tensor's storage was never read: truncated or malformed file")
+        if len(data) != self.storage.numel:
+            raise DataError(f"a storage holds {len(data)} elements, not the {self.storage.numel} "
+                            "its tensors were described with: malformed weights file")
+        self.check_bounds()
         if not self.size:
             return data[self.offset].copy()
         item = data.itemsize
@@ -77,7 +115,9 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
                        metadata=None) -> _LazyTensor:
     if not isinstance(storage, _Storage):
         raise DataError(f"_rebuild_tensor_v2 got {type(storage).__name__}, not a storage")
-    return _LazyTensor(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+    tensor = _LazyTensor(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+    tensor.check_bounds()  # before any bytes are read: refuse a hostile view at once
+    return tensor
 
 
 def _allowed(module: str, name: str):

@@ -1,4 +1,4 @@
-"""Deploy: the KServe InferenceService that serves a champion, as plain dicts.
+"""InferenceService specs: the KServe InferenceService that serves a champion, as plain dicts.
 
 Pure functions, no cluster and no MLflow: build the InferenceService for a model
 version, put a new version in as a canary, promote it to 100 %, roll back to the
@@ -217,6 +217,17 @@ def storage_uri_for(artifact_uri: str, artifacts_destination: str) -> str:
     )
 
 
+#: Every container's hardening: no root, no privilege escalation, no capabilities, the
+#: runtime's default seccomp filter, a read-only root filesystem.
+CONTAINER_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
 def predictor(cfg: InferenceServiceConfig, storage_uri: str, model_version: str) -> dict[str, Any]:
     """The predictor spec: the serving container fed through the storage initializer."""
     container = {
@@ -250,23 +261,37 @@ def predictor(cfg: InferenceServiceConfig, storage_uri: str, model_version: str)
             },
         ],
         "ports": ports(cfg.deployment_mode),
+        # Ready only while a model is loaded (the server's health answers false once it is
+        # gone, so the pod leaves the Service); alive while the process answers at all, so a
+        # hung server is restarted.
         "readinessProbe": {
-            "httpGet": {"path": f"/v2/models/{cfg.model_name}/ready", "port": HTTP_PORT},
+            "httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT},
             "periodSeconds": 5,
             "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": HTTP_PORT},
+            "initialDelaySeconds": 30,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
         },
         "resources": {
             "requests": {"cpu": cfg.cpu_request, "memory": cfg.memory_request},
             "limits": {"cpu": cfg.cpu_limit, "memory": cfg.memory_limit},
         },
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
+        # The root filesystem is read-only: scratch space (and $HOME for library caches)
+        # is an emptyDir on /tmp.
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    container["env"].append({"name": "HOME", "value": "/tmp"})
     return {
         "serviceAccountName": cfg.service_account,
+        # The server never calls the Kubernetes API; no token in the pod.
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
         "minReplicas": cfg.min_replicas,
         "maxReplicas": cfg.max_replicas,
         "scaleMetric": cfg.scale_metric,

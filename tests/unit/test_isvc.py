@@ -1,4 +1,4 @@
-"""The InferenceService manifests for a champion: canary, promotion, rollback."""
+"""clazzify.rollout.isvc: the InferenceService manifests for a champion: canary, promotion, rollback."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import copy
 import pytest
 
 from clazzify.core.errors import ConfigError
-from clazzify.rollout import deploy
-from clazzify.rollout.deploy import KNATIVE, STANDARD, InferenceServiceConfig
+from clazzify.rollout import isvc
+from clazzify.rollout.isvc import KNATIVE, STANDARD, InferenceServiceConfig
 
 pytestmark = pytest.mark.unit
 
@@ -19,7 +19,7 @@ V2 = "s3://mlflow/1/models/m-bbb/artifacts"
 
 def cfg(mode: str = KNATIVE, **kw) -> InferenceServiceConfig:
     mode = kw.pop("deployment_mode", mode)
-    metric = "concurrency" if deploy.LEGACY_MODES.get(mode, mode) == KNATIVE else "cpu"
+    metric = "concurrency" if isvc.LEGACY_MODES.get(mode, mode) == KNATIVE else "cpu"
     return InferenceServiceConfig(
         image=IMAGE, deployment_mode=mode, scale_metric=kw.pop("scale_metric", metric), **kw
     )
@@ -27,19 +27,19 @@ def cfg(mode: str = KNATIVE, **kw) -> InferenceServiceConfig:
 
 def live(mode: str, uri: str = V1, version: str = "1") -> dict:
     """An object as the API server returns it: status and server fields included."""
-    obj = deploy.inference_service(cfg(mode), uri, version)
+    obj = isvc.inference_service(cfg(mode), uri, version)
     obj["metadata"].update(resourceVersion="42", generation=3, uid="u-1", managedFields=[{}])
     obj["status"] = {"observedGeneration": 3, "conditions": [{"type": "Ready", "status": "True"}]}
     return obj
 
 
 def test_full_manifest_carries_the_storage_initializer_contract():
-    isvc = deploy.inference_service(cfg(), V1, "1")
-    pred = isvc["spec"]["predictor"]
+    svc = isvc.inference_service(cfg(), V1, "1")
+    pred = svc["spec"]["predictor"]
     (container,) = pred["containers"]
     env = {e["name"]: e for e in container["env"]}
-    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
-    assert isvc["metadata"]["annotations"][deploy.MODE_ANNOTATION] == KNATIVE
+    assert svc["apiVersion"] == "serving.kserve.io/v1beta1" and svc["kind"] == "InferenceService"
+    assert svc["metadata"]["annotations"][isvc.MODE_ANNOTATION] == KNATIVE
     assert env["STORAGE_URI"]["value"] == V1
     args = container["args"]
     assert args[args.index("--model-uri") + 1] == "/mnt/models"
@@ -48,8 +48,14 @@ def test_full_manifest_carries_the_storage_initializer_contract():
         "key": "api-keys",
     }
     assert pred["serviceAccountName"] == "clazzify-storage"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/clazzify/ready"
-    assert deploy.served_model(pred) == (V1, "1")
+    # Server-wide health: ready only with the model loaded, live while the process answers.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pred["automountServiceAccountToken"] is False
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert isvc.served_model(pred) == (V1, "1")
     assert "canaryTrafficPercent" not in pred
 
 
@@ -88,20 +94,20 @@ def test_full_manifest_carries_the_storage_initializer_contract():
 def test_with_model_table(mode, percent, current, expect):
     before = live(mode, current, "1" if current == V1 else "2")
     snapshot = copy.deepcopy(before)
-    out = deploy.with_model(before, V2, "2", percent)
+    out = isvc.with_model(before, V2, "2", percent)
     assert before == snapshot, "the input must not change"
     pred = out["spec"]["predictor"]
-    assert deploy.served_model(pred) == expect["predictor"]
+    assert isvc.served_model(pred) == expect["predictor"]
     assert pred.get("canaryTrafficPercent") == expect["canaryTrafficPercent"]
     if expect["canary"] is None:
         assert "canary" not in out["spec"]
     else:
         (entry,) = out["spec"]["canary"]
-        assert deploy.served_model(entry["predictor"]) == expect["canary"][0]
+        assert isvc.served_model(entry["predictor"]) == expect["canary"][0]
         assert entry["trafficPercent"] == expect["canary"][1]
     assert "status" not in out and "managedFields" not in out["metadata"]
     assert out["metadata"]["resourceVersion"] == "42", "a replace needs the version it read"
-    assert deploy.canary_in_flight(out) == (
+    assert isvc.canary_in_flight(out) == (
         expect["canaryTrafficPercent"] is not None or expect["canary"] is not None
     )
 
@@ -112,7 +118,7 @@ def test_overlay_settings_survive_a_new_model():
     pred["nodeSelector"] = {"pool": "serving"}
     pred["containers"][0]["resources"]["limits"]["cpu"] = "4"
     pred["containers"][0]["env"].append({"name": "EXTRA", "value": "x"})
-    out = deploy.with_model(before, V2, "2", 10)["spec"]["predictor"]
+    out = isvc.with_model(before, V2, "2", 10)["spec"]["predictor"]
     assert out["nodeSelector"] == {"pool": "serving"}
     assert out["containers"][0]["resources"]["limits"]["cpu"] == "4"
     names = [e["name"] for e in out["containers"][0]["env"]]
@@ -121,22 +127,22 @@ def test_overlay_settings_survive_a_new_model():
 
 @pytest.mark.parametrize("mode", [KNATIVE, STANDARD])
 def test_promote_takes_the_canary_to_100(mode):
-    canary = deploy.with_model(live(mode), V2, "2", 10)
-    out = deploy.promote(canary)
-    assert deploy.served_model(out["spec"]["predictor"]) == (V2, "2")
-    assert not deploy.canary_in_flight(out)
-    assert deploy.promote(out) == out, "promoting twice changes nothing"
+    canary = isvc.with_model(live(mode), V2, "2", 10)
+    out = isvc.promote(canary)
+    assert isvc.served_model(out["spec"]["predictor"]) == (V2, "2")
+    assert not isvc.canary_in_flight(out)
+    assert isvc.promote(out) == out, "promoting twice changes nothing"
 
 
 @pytest.mark.parametrize("mode", [KNATIVE, STANDARD])
 def test_abort_canary_sends_everything_back(mode):
-    canary = deploy.with_model(live(mode), V2, "2", 10)
-    out = deploy.abort_canary(canary)
+    canary = isvc.with_model(live(mode), V2, "2", 10)
+    out = isvc.abort_canary(canary)
     if mode == KNATIVE:
         assert out["spec"]["predictor"]["canaryTrafficPercent"] == 0
     else:
         assert "canary" not in out["spec"]
-        assert deploy.served_model(out["spec"]["predictor"]) == (V1, "1")
+        assert isvc.served_model(out["spec"]["predictor"]) == (V1, "1")
 
 
 @pytest.mark.parametrize(
@@ -144,10 +150,10 @@ def test_abort_canary_sends_everything_back(mode):
     [("promoted", KNATIVE), ("canary", KNATIVE), ("promoted", STANDARD), ("canary", STANDARD)],
 )
 def test_rollback_serves_previous_at_100(start, mode):
-    state = deploy.with_model(live(mode), V2, "2", 10 if start == "canary" else 100)
-    out = deploy.rollback(state, V1, "1")
-    assert deploy.served_model(out["spec"]["predictor"]) == (V1, "1")
-    assert not deploy.canary_in_flight(out)
+    state = isvc.with_model(live(mode), V2, "2", 10 if start == "canary" else 100)
+    out = isvc.rollback(state, V1, "1")
+    assert isvc.served_model(out["spec"]["predictor"]) == (V1, "1")
+    assert not isvc.canary_in_flight(out)
 
 
 @pytest.mark.parametrize(
@@ -177,7 +183,7 @@ def test_rollback_serves_previous_at_100(start, mode):
     ],
 )
 def test_storage_uri_for(artifact_uri, destination, expected):
-    assert deploy.storage_uri_for(artifact_uri, destination) == expected
+    assert isvc.storage_uri_for(artifact_uri, destination) == expected
 
 
 @pytest.mark.parametrize(
@@ -189,7 +195,7 @@ def test_storage_uri_for(artifact_uri, destination, expected):
 )
 def test_storage_uri_for_refuses(artifact_uri, destination, message):
     with pytest.raises(ConfigError, match=message):
-        deploy.storage_uri_for(artifact_uri, destination)
+        isvc.storage_uri_for(artifact_uri, destination)
 
 
 @pytest.mark.parametrize(
@@ -225,7 +231,7 @@ def test_scale_to_zero_is_knative_only():
 @pytest.mark.parametrize("percent", [-1, 101])
 def test_canary_percent_range(percent):
     with pytest.raises(ConfigError, match="0..100"):
-        deploy.with_model(live(KNATIVE), V2, "2", percent)
+        isvc.with_model(live(KNATIVE), V2, "2", percent)
 
 
 @pytest.mark.parametrize(
@@ -260,16 +266,16 @@ def test_canary_percent_range(percent):
     ],
 )
 def test_is_ready(status, generation, ready):
-    assert deploy.is_ready({"metadata": {"generation": generation}, "status": status}) is ready
+    assert isvc.is_ready({"metadata": {"generation": generation}, "status": status}) is ready
 
 
 def test_mode_comes_from_status_then_annotation():
     obj = live(KNATIVE)
-    assert deploy.deployment_mode(obj) == KNATIVE
+    assert isvc.deployment_mode(obj) == KNATIVE
     obj["status"]["deploymentMode"] = "RawDeployment"
-    assert deploy.deployment_mode(obj) == STANDARD
+    assert isvc.deployment_mode(obj) == STANDARD
     del obj["status"]["deploymentMode"], obj["metadata"]["annotations"]
-    assert deploy.deployment_mode(obj) == STANDARD, "KServe's default mode"
+    assert isvc.deployment_mode(obj) == STANDARD, "KServe's default mode"
 
 
 def test_batch_size_is_the_serving_benchmarks_best():
@@ -282,20 +288,20 @@ def test_batch_size_is_the_serving_benchmarks_best():
     sizes = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "results"
                         / "serving_sizes.json").read_text())
     best = sizes["best_batch_size"]
-    assert deploy.InferenceServiceConfig(image="x").max_batch_size == best
+    assert isvc.InferenceServiceConfig(image="x").max_batch_size == best
     assert ServerConfig().max_batch_size == best
-    args = deploy.inference_service(cfg(), V1, "1")["spec"]["predictor"]["containers"][0]["args"]
+    args = isvc.inference_service(cfg(), V1, "1")["spec"]["predictor"]["containers"][0]["args"]
     assert args[args.index("--max-batch-size") + 1] == str(best)
 
 
 @pytest.mark.parametrize(("mode", "names"), [(KNATIVE, ["http1"]), (STANDARD, ["http1", "grpc"])])
 def test_ports_and_scraping_follow_kserve(mode, names):
-    isvc = deploy.inference_service(cfg(mode), V1, "1")
-    pred = isvc["spec"]["predictor"]
+    svc = isvc.inference_service(cfg(mode), V1, "1")
+    pred = svc["spec"]["predictor"]
     (container,) = pred["containers"]
     assert [p["name"] for p in container["ports"]] == names
-    assert isvc["metadata"]["annotations"][deploy.SCRAPE_ANNOTATION] == "true"
-    assert pred["annotations"][deploy.PROMETHEUS_PORT_ANNOTATION] == str(deploy.HTTP_PORT)
+    assert svc["metadata"]["annotations"][isvc.SCRAPE_ANNOTATION] == "true"
+    assert pred["annotations"][isvc.PROMETHEUS_PORT_ANNOTATION] == str(isvc.HTTP_PORT)
     args = container["args"]
     assert args[args.index("--model_name") + 1] == "clazzify"
-    assert args[args.index("--grpc_port") + 1] == str(deploy.GRPC_PORT)
+    assert args[args.index("--grpc_port") + 1] == str(isvc.GRPC_PORT)
