@@ -113,6 +113,10 @@ ROWS = [
         "no-bundle", xfail=ADOPT_SERVE_CMD),
     Row("serve missing keys file", [*CLAZZIFY, "serve", "--api-keys-file", "{tmp}/no-keys"], "no-keys"),
     Row("review-ui bad db url", [*CLAZZIFY, "review-ui", "--db", "nosuchdb://x/y"], "nosuchdb"),
+    Row("review-ui busy port", [*CLAZZIFY, "review-ui", "--db", "{scores}", "--port", "{busy}"], "--port"),
+    Row("ingest unreachable S3", [*CLAZZIFY, "ingest", "s3://uploads/labelled/", "-o", "{tmp}/ingest"],
+        "127.0.0.1:1", env={"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "k",
+                            "AWS_SECRET_ACCESS_KEY": "s"}),
     # --- python -m pipelines.train (pipeline.md, kubernetes.md) ---
     Row("submit unreachable host", [*TRAIN, "submit", "--host", "http://127.0.0.1:1", "--set",
                                     "source=s3://bucket/prefix"], "127.0.0.1", xfail=ADOPT_TRAIN),
@@ -205,6 +209,7 @@ def test_a_common_mistake_is_one_error_line_and_exit_2(row: Row, values: dict[st
     busy = None
     if "{bundle}" in " ".join(row.argv):
         values["bundle"] = str(request.getfixturevalue("tiny_bundle"))
+    if "{busy}" in " ".join(row.argv):
         busy = socket.socket()
         busy.bind(("127.0.0.1", 0))
         busy.listen()

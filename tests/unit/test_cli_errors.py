@@ -236,3 +236,17 @@ def test_verbose_prints_the_traceback_then_the_line(tmp_path: Path):
         assert result.stderr.strip().splitlines()[-1].startswith("Error: cannot reach the RabbitMQ broker")
     assert "Traceback" not in quiet.stderr and "Traceback (most recent call last)" in loud.stderr
     assert "CLAZZIFY_VERBOSE" not in __import__("os").environ  # -v does not leak into the next command
+
+
+def test_a_busy_port_is_refused_before_a_server_starts():
+    import socket
+
+    from clazzify.core.errors import ConfigError, ensure_port_free
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"port {port} on 127.0.0.1 is already in use: .* --port"):
+            ensure_port_free("127.0.0.1", port, "--port")
+    ensure_port_free("127.0.0.1", port, "--port")  # free again once closed

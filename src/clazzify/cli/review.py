@@ -9,6 +9,7 @@ import click
 
 from clazzify.cli.main import main
 from clazzify.cli.scoring import _db_option, _model_option, _open_repo, _quiet_libraries
+from clazzify.core.errors import ensure_port_free
 
 
 def _route(_ctx, _param, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -74,6 +75,7 @@ def review_ui(ctx: click.Context, db_url, model_name, host, port, low_threshold,
         classes=tuple(c.strip() for c in classes.split(",") if c.strip()), thumb_size=thumb_size,
         thumb_cache=thumb_cache, secret_key=secret, https_only=secure_cookies,
     )
+    ensure_port_free(host, port, "--port")
     repo = _open_repo(db_url)
     from clazzify.review.users import list_users
 

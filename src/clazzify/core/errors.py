@@ -187,3 +187,21 @@ def _detail(chain: list[BaseException]) -> str:
         if text and text not in (type(exc).__name__, f"{type(exc).__name__}()"):
             return text
     return type(chain[0]).__name__
+
+
+def ensure_port_free(host: str, port: int, option: str = "--port") -> None:
+    """Refuse a busy port before a server starts (uvicorn only logs it and exits).
+
+    Raises:
+        ConfigError: ``host:port`` is taken; names the option that moves it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigError(f"port {port} on {host} is already in use: stop what listens there "
+                              f"or pass another {option}") from e
