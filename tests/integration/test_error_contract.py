@@ -146,6 +146,8 @@ ROWS = [
     # --- make targets ---
     Row("make review bad db", [*MAKE, "review", "REVIEW_DB=nosuchdb://x/y", "HOME_DIR={tmp}/home"],
         "nosuchdb", make=True),
+    Row("make compile bad registry", [*MAKE, "compile", "REGISTRY=https://registry.example.com/team"],
+        "registry", make=True),
     # make exits 2 whatever its recipe's code; the command's own code is the clazzify serve row.
     Row("make serve no champion", [*MAKE, "serve", "HOME_DIR={tmp}/home", "SERVE_ARGS=--grpc-port {free}"],
         "champion", make=True),

@@ -216,6 +216,13 @@ def test_run_command_gives_other_entry_points_the_same_contract(capsys: pytest.C
     def bug() -> None:
         {}["missing"]
 
+    class GateFailed(click.ClickException):
+        exit_code = 3
+
+    @click.command()
+    def gate() -> None:
+        raise GateFailed("the gate failed: accuracy 0.61 < min_accuracy 0.7")
+
     assert run_command(submit, ["--host", "http://127.0.0.1:1"], prog_name="submit") == 2
     _assert_one_clean_line(2, capsys.readouterr().err)
     assert run_command(load, [], prog_name="load") == 2  # a ClickException is a bad input: 2, not 1
@@ -223,6 +230,8 @@ def test_run_command_gives_other_entry_points_the_same_contract(capsys: pytest.C
     assert run_command(submit, ["--help"], prog_name="submit") == 0
     assert run_command(submit, ["--hots", "x"], prog_name="submit") == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("Error: No such option")
+    assert run_command(gate, [], prog_name="gate") == 3  # a documented code of its own stays
+    capsys.readouterr()
     with pytest.raises(KeyError):
         run_command(bug, [], prog_name="bug")
 

@@ -41,12 +41,13 @@ def _verbose() -> bool:
 def as_clean_error(e: BaseException) -> click.ClickException | None:
     """``e`` as the one line the user sees, or ``None`` for a bug (its traceback stays).
 
-    A :class:`click.ClickException` keeps its message and gets exit code 2 (a click
-    ``Abort`` or ``Exit`` is no error and passes through). Verbose, the traceback is
-    printed first.
+    A :class:`click.ClickException` keeps its message; click's default exit code 1 becomes
+    2, a code of its own (say, a failed gate's) stays. A click ``Abort`` or ``Exit`` is no
+    error and passes through. Verbose, the traceback is printed first.
     """
     if isinstance(e, click.ClickException):
-        e.exit_code = BAD_INPUT
+        if e.exit_code == 1:
+            e.exit_code = BAD_INPUT
         return e
     message = describe(e)
     if message is None:
@@ -78,8 +79,10 @@ def run_command(command: click.Command, args: Sequence[str] | None = None, prog_
     For entry points outside the ``clazzify`` group: ``sys.exit(run_command(cli))``.
     """
     try:
-        rv = command.main(args=list(args) if args is not None else None, prog_name=prog_name,
-                          standalone_mode=False)
+        # A command's return value is no exit code (click's standalone mode ignores it too);
+        # ctx.exit(n) and sys.exit(n) still set one.
+        command.main(args=list(args) if args is not None else None, prog_name=prog_name,
+                     standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.Abort:
@@ -91,7 +94,7 @@ def run_command(command: click.Command, args: Sequence[str] | None = None, prog_
             raise
         clean.show()
         return clean.exit_code
-    return rv if isinstance(rv, int) else 0
+    return 0
 
 
 @click.group(cls=ClazzifyGroup, context_settings={"help_option_names": ["-h", "--help"]})
