@@ -13,10 +13,11 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docblocks import Scratch, clean_env
+from docblocks import Scratch, clean_env, stop_servers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,7 @@ def _tracked_files(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> Scratch:
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scratch]:
     """A copy of the checkout in which the blocks run, so nothing they write lands in the repo."""
     root = tmp_path_factory.mktemp("docs") / "clazzify"
     for rel in _tracked_files(ROOT):
@@ -54,4 +55,6 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Scratch:
     # The copy's own code first, whatever the virtualenv has installed (an editable install
     # may point at another checkout).
     prelude = f"source .venv/bin/activate\nexport PYTHONPATH={root / 'src'}"
-    return Scratch(root=root, env=env, prelude=prelude)
+    made = Scratch(root=root, env=env, prelude=prelude)
+    yield made
+    stop_servers(made)

@@ -20,8 +20,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import textwrap
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +66,9 @@ class Directive:
     except_: str = ""
     subs: dict[str, str] = field(default_factory=dict)
     timeout: int = 300
+    background: bool = False  # a server: started, waited for (ready=URL), stopped after its page
+    ready: str = ""
+    expect: str = ""  # a regular expression the block's output must match
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,9 @@ def parse_directive(body: str, where: str) -> Directive:
     for word in rest:
         if word == "with":  # reads well before placeholders: run with DIR=demo
             continue
+        if word == "background":
+            opts["background"] = True
+            continue
         key, sep, value = word.partition("=")
         if not sep:
             raise DocsError(f"{where}: marker option {word!r} is not key=value")
@@ -119,11 +129,17 @@ def parse_directive(body: str, where: str) -> Directive:
             opts["except_"] = value
         elif key == "timeout":
             opts["timeout"] = int(value)
+        elif key in ("ready", "expect"):
+            if key == "expect":
+                re.compile(value)
+            opts[key] = value
         else:
             raise DocsError(f"{where}: unknown marker option {key!r} (name, after, except, timeout, "
-                            "with PLACEHOLDER=value)")
+                            "background, ready, expect, with PLACEHOLDER=value)")
     if opts.get("except_") and not reason:
         raise DocsError(f"{where}: 'except=' needs a reason: <!-- docs-test: run except=RE: why -->")
+    if opts.get("background") and not opts.get("ready"):
+        raise DocsError(f'{where}: a background block needs ready="URL" to wait for')
     return Directive(kind="run", reason=reason, **opts)  # type: ignore[arg-type]
 
 
@@ -240,11 +256,49 @@ def check_syntax(block: Block) -> None:
 
 @dataclass
 class Scratch:
-    """Where blocks run: ``root`` a copy of the checkout, with its environment."""
+    """Where blocks run: ``root`` a copy of the checkout, with its environment, and the
+    servers background blocks started (page name, process)."""
 
     root: Path
     env: dict[str, str]
     prelude: str = ""
+    servers: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+
+def stop_servers(scratch: Scratch, keep_page: str | None = None) -> None:
+    """Stop every background block's process group, except those of ``keep_page``."""
+    for page, proc in list(scratch.servers):
+        if page == keep_page:
+            continue
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        scratch.servers.remove((page, proc))
+
+
+def _start_server(block: Block, scratch: Scratch, argv: list[str]) -> None:
+    log = scratch.root.parent / f"{block.page.stem}-{block.line}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, cwd=scratch.root, env=scratch.env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    scratch.servers.append((block.page.name, proc))
+    deadline = time.monotonic() + block.directive.timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+            raise AssertionError(f"{block.where}: the server exited with code {proc.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(block.directive.ready, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{block.where}: {block.directive.ready} not ready after {block.directive.timeout} s")
 
 
 def run_block(block: Block, scratch: Scratch) -> subprocess.CompletedProcess[str]:
@@ -260,6 +314,9 @@ def run_block(block: Block, scratch: Scratch) -> subprocess.CompletedProcess[str
         argv = ["bash", "-c", runner]
     else:
         argv = ["bash", "-c", f"{scratch.prelude}\nset -euo pipefail\n{code}"]
+    if block.directive.background:
+        _start_server(block, scratch, argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
     try:
         result = subprocess.run(argv, cwd=scratch.root, env=scratch.env, capture_output=True, text=True,
                                 timeout=block.directive.timeout)
@@ -271,6 +328,9 @@ def run_block(block: Block, scratch: Scratch) -> subprocess.CompletedProcess[str
             f"{block.where}: exit code {result.returncode}\n--- block\n{textwrap.indent(code, '  ')}"
             f"--- last lines of its output\n{tail}"
         )
+    if block.directive.expect and not re.search(block.directive.expect, result.stdout):
+        raise AssertionError(f"{block.where}: output does not match {block.directive.expect!r}:\n"
+                             f"{result.stdout[-3000:]}")
     return result
 
 

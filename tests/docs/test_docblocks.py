@@ -4,11 +4,12 @@ pages, each reported with its page and line."""
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
 import pytest
-from docblocks import DocsError, Scratch, check_syntax, clean_env, collect, run_block, script_of
+from docblocks import DocsError, Scratch, check_syntax, clean_env, collect, run_block, script_of, stop_servers
 
 pytestmark = pytest.mark.docs
 
@@ -77,6 +78,7 @@ def test_a_skipped_block_is_still_compiled(tmp_path: Path):
     ("```\nclazzify images --restaurant r1\n```\n", "fence without a language holds a command"),
     ("```bash\nls\n", "never closed"),
     ("<!-- docs-test: run after=nowhere -->\n```bash\nls\n```\n", "names no block"),
+    ("<!-- docs-test: run background -->\n```bash\nmake serve\n```\n", "needs ready="),
 ])
 def test_a_bad_marker_or_hidden_command_is_an_error(tmp_path: Path, text: str, message: str):
     with pytest.raises(DocsError, match=message):
@@ -95,6 +97,30 @@ def test_except_leaves_out_whole_commands_and_after_reorders(tmp_path: Path):
     assert "make demo\n" in script and "echo done" in script
     assert "# docs-test except: make test  # all" in script
     assert "# docs-test except:     --set source=s3://b/" in script
+
+
+def test_a_background_server_serves_the_next_blocks_and_expect_checks_output(tmp_path: Path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "hello.txt").write_text("hello from the page\n")
+    page = _page(tmp_path, (
+        f'<!-- docs-test: run background ready="http://127.0.0.1:{port}/hello.txt" timeout=60 -->\n'
+        f"```bash\npython -m http.server {port} --bind 127.0.0.1\n```\n\n"
+        f"<!-- docs-test: run expect='hello from' -->\n```bash\ncurl -s http://127.0.0.1:{port}/hello.txt\n```\n\n"
+        f"<!-- docs-test: run expect='goodbye' -->\n```bash\ncurl -s http://127.0.0.1:{port}/hello.txt\n```\n"))
+    server, fetch, wrong = collect(page)
+    scratch = _scratch(tmp_path)
+    try:
+        run_block(server, scratch)
+        run_block(fetch, scratch)
+        with pytest.raises(AssertionError, match=r"page\.md:12: output does not match 'goodbye'"):
+            run_block(wrong, scratch)
+    finally:
+        stop_servers(scratch)
+    assert scratch.servers == []
+    with pytest.raises(AssertionError, match="page.md:12: exit code 7"):  # curl: nothing listens now
+        run_block(wrong, scratch)
 
 
 def test_plain_diagrams_and_sql_are_not_blocks(tmp_path: Path):

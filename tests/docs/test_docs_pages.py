@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from docblocks import Block, DocsError, Scratch, check_syntax, collect, pages, run_block
+from docblocks import Block, DocsError, Scratch, check_syntax, collect, pages, run_block, stop_servers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,6 +59,7 @@ def test_every_block_is_marked_and_compiles(block: Block):
 @pytest.mark.docs
 @pytest.mark.parametrize("block", PARAMS)
 def test_block_runs_as_written(block: Block, scratch: Scratch):
+    stop_servers(scratch, keep_page=block.page.name)  # a page's servers serve its later blocks only
     if not block.runs:
         check_syntax(block)
         pytest.skip(f"{block.where} {block.directive.kind}: {block.directive.reason}")
