@@ -40,9 +40,9 @@ H3 = ("fixed in branch h3 (scoring commands refuse a missing database and an unk
       "stops on a permanent fault)")
 H4 = "fixed in branch h4 (the model server: busy port, unreachable MLflow)"
 ADOPT_TRAIN = ("fixed at merge: pipelines/train.py ends in sys.exit(run_command(cli)) "
-               "(from clazzify.cli import run_command; the file is h1's)")
-ADOPT_SERVING = ("fixed at merge: serving/__main__.py ends in sys.exit(run_command(main, prog_name="
-                 "'python -m serving')) (from clazzify.cli import run_command; h4's file)")
+               "(from clazzify.core.errors import run_command; the file is h1's)")
+ADOPT_SERVING = ("fixed at merge: serving/__main__.py and clazzify/serving/__main__.py end in "
+                 "sys.exit(run_command(main, prog_name=...)) (from clazzify.core.errors import run_command; h4's)")
 ADOPT_SERVE_CMD = ("fixed at merge: cli/serving.py's serve_cmd calls serve_main.main(..., "
                    "standalone_mode=False) so the clazzify group reports it (h4's file)")
 

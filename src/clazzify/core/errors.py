@@ -1,11 +1,19 @@
-"""Exceptions that carry a message a user can act on, and :func:`describe`, which puts the
-failures of bad settings and unreachable services on one such line."""
+"""Exceptions that carry a message a user can act on; :func:`describe`, which puts the
+failures of bad settings and unreachable services on one such line; and the handler every
+entry point shares (:func:`run_command`, :func:`as_clean_error`): one ``Error: ...`` line,
+exit code 2, the traceback above it only when verbose."""
 
 from __future__ import annotations
 
 import errno
+import os
 import re
 import socket
+import sys
+import traceback
+from collections.abc import Sequence
+
+import click
 
 
 class ClazzifyError(Exception):
@@ -205,3 +213,66 @@ def ensure_port_free(host: str, port: int, option: str = "--port") -> None:
                 raise
             raise ConfigError(f"port {port} on {host} is already in use: stop what listens there "
                               f"or pass another {option}") from e
+
+
+# --- The handler every entry point shares -------------------------------------------------
+
+#: Exit code of a bad input or configuration (click's own usage errors exit 2 too).
+BAD_INPUT = 2
+#: Set by ``clazzify -v`` for the commands it starts too (``retrain`` runs the pipeline).
+VERBOSE_ENV = "CLAZZIFY_VERBOSE"
+
+
+class CleanError(click.ClickException):
+    """One ``Error: ...`` line on stderr, exit code 2."""
+
+    exit_code = BAD_INPUT
+
+
+def verbose_errors() -> bool:
+    """Whether an error's traceback is printed above its line (``clazzify -v``, $CLAZZIFY_VERBOSE)."""
+    return os.environ.get(VERBOSE_ENV, "").lower() in ("1", "true", "yes")
+
+
+def as_clean_error(e: BaseException) -> click.ClickException | None:
+    """``e`` as the one line the user sees, or ``None`` for a bug (its traceback stays).
+
+    A :class:`click.ClickException` keeps its message; click's default exit code 1 becomes
+    2, a code of its own (say, a failed gate's) stays. A click ``Abort`` or ``Exit`` is no
+    error and passes through. Verbose, the traceback is printed first.
+    """
+    if isinstance(e, click.ClickException):
+        if e.exit_code == 1:
+            e.exit_code = BAD_INPUT
+        return e
+    message = describe(e)
+    if message is None:
+        return None
+    if verbose_errors():
+        traceback.print_exception(e, file=sys.stderr)
+    return CleanError(message)
+
+
+def run_command(command: click.Command, args: Sequence[str] | None = None, prog_name: str | None = None) -> int:
+    """Run a click command under the error contract; return its exit code.
+
+    For entry points outside the ``clazzify`` group, ``sys.exit(run_command(cli))``; it
+    lives in core so ``python -m clazzify.serving`` may use it under the import rule.
+    """
+    try:
+        # A command's return value is no exit code (click's standalone mode ignores it too);
+        # ctx.exit(n) and sys.exit(n) still set one.
+        command.main(args=list(args) if args is not None else None, prog_name=prog_name,
+                     standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        return 1
+    except Exception as e:
+        clean = as_clean_error(e)
+        if clean is None:
+            raise
+        clean.show()
+        return clean.exit_code
+    return 0
