@@ -9,6 +9,7 @@ import click
 
 from clazzify.cli.main import main
 from clazzify.cli.scoring import _db_option, _model_option, _open_repo, _quiet_libraries
+from clazzify.core.errors import ensure_port_free
 
 
 def _route(_ctx, _param, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -109,6 +110,7 @@ def review_ui(ctx: click.Context, db_url, model_name, host, port, low_threshold,
         max_hashes=max_hashes, max_body_bytes=max_body, session_idle_s=session_idle,
         session_lifetime_s=session_lifetime,
     )
+    ensure_port_free(host, port, "--port")
     repo = _open_repo(db_url)
     from clazzify.review.users import list_users
 
