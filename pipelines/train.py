@@ -630,6 +630,13 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         click.echo(f"Error: {e.format_message()}", err=True)
         return EXIT_STEP_FAILED if isinstance(e, StepFailed) else EXIT_BAD_INPUT
+    except Exception as e:  # an unexpected failure: one line by default, the traceback with -v
+        if verbose:
+            traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0]
+        click.echo(f"Error: {e.__class__.__name__}: {first}" + ("" if verbose else " (-v shows the traceback)"),
+                   err=True)
+        return EXIT_STEP_FAILED
 
 
 if __name__ == "__main__":
