@@ -23,7 +23,7 @@ $(BIN)/clazzify: pyproject.toml
 
 install: $(BIN)/clazzify ## Create .venv and install the project with its test extras
 
-demo: $(BIN)/clazzify ## Draw the synthetic demo set, run the whole pipeline locally, print the verdict
+demo: $(BIN)/clazzify ## Draw the synthetic demo set and run the whole pipeline locally
 	$(BIN)/clazzify demo-data $(DEMO_DATA) --per-class 100
 	$(BIN)/python -m pipelines.train run --local --source $(DEMO_DATA) --home $(HOME_DIR) \
 		$(foreach kv,$(DEMO_SET),--set $(kv))
