@@ -4,6 +4,10 @@
     python -m pipelines.train run --local --source DIR [--set key=value ...]
     python -m pipelines.train submit --host URL --experiment NAME [--set key=value ...]
 
+(or ``python pipelines/train.py ...``; ``kfp dsl compile --py pipelines/train.py`` reads it too).
+Exit codes: 0 done (a local run: gate passed), 1 a step failed, 2 a bad input refused before
+anything ran (one ``Error: ...`` line), 3 a local run whose gate failed (its reasons printed).
+
 The pipeline function is a pure factory: every tunable is a typed parameter,
 nothing reads the environment; the runners below supply the values.
 
@@ -28,7 +32,10 @@ factory :func:`make_pipeline` and a ``--parallelism`` option of each command.
 import contextlib
 import inspect
 import json
+import os
 import sys
+import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +52,7 @@ from components.record_outcome.component import record_outcome
 from components.register.component import register
 from components.retrain_check.component import retrain_check
 from components.train.component import train
+from pipelines import console, params
 
 # Requests and limits of the tasks whose size does not depend on the data set size
 # beyond what one pod handles; train's are pipeline parameters.
@@ -192,8 +200,9 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
             pixel_cache=pixel_cache,
         )
         ingest_task.set_caching_options(False)  # a live source changes under the same parameters
-        # Steps that talk to services (S3, MLflow, Kubernetes) retry with backoff: 30 s, 60 s, ...
-        ingest_task.set_retry(**SERVICE_RETRY)
+        # No KFP retry: ingest's failures are the data's (a missing folder, an empty source), and a
+        # retry only repeats them minutes later. Transient storage and MLflow failures are retried
+        # inside the step, capped, by their clients (minio's urllib3 retries, MLflow's HTTP retries).
         size(use_s3(ingest_task, s3_secret, s3_config), **SMALL)
         # ingest returns the shard numbers; one preprocessing task per shard.
         with dsl.ParallelFor(ingest_task.outputs["Output"], parallelism=parallelism, name="shards") as shard:
@@ -310,32 +319,14 @@ PRESET_HELP = "Start from a named parameter set (" + ", ".join(PRESETS) + "); --
 
 
 def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``key=value`` strings -> typed pipeline arguments; unknown keys are an error."""
-    params = pipeline_parameters()
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep:
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--set")
-        if key not in params:
-            raise click.BadParameter(
-                f"unknown parameter {key!r}; known: {', '.join(sorted(params))}", param_hint="--set"
-            )
-        kind = params[key].annotation
-        kind = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}.get(kind, kind)
-        try:
-            if kind is bool:
-                out[key] = raw.lower() in {"1", "true", "yes"}
-            elif kind is dict:
-                out[key] = json.loads(raw)
-                if not isinstance(out[key], dict):
-                    raise ValueError(raw)
-            else:
-                out[key] = kind(raw)
-        except ValueError as e:
-            raise click.BadParameter(f"{key}={raw!r} is not a valid {kind.__name__}", param_hint="--set") from e
-    return out
+    """``key=value`` strings -> typed pipeline arguments; unknown keys and mistyped values
+    (``frozen_backbone=ture``, ``epochs=many``) are a :class:`click.BadParameter`."""
+    return params.parse_overrides(pairs, pipeline_parameters())
+
+
+def check_arguments(args: dict[str, Any]) -> None:
+    """Refuse values the steps would refuse (``architecture=resnet``), before anything runs."""
+    params.check_values(args, pipeline_parameters())
 
 
 def parse_params_file(path: Path | None) -> tuple[str, ...]:
@@ -399,9 +390,26 @@ REGISTRY_HELP = (
 )
 
 
+#: Exit codes (docs/pipeline.md): a bad input refused before anything ran, a failed step,
+#: a local run whose gate failed.
+EXIT_BAD_INPUT = 2
+EXIT_STEP_FAILED = 1
+EXIT_GATE_FAILED = 3
+
+
+class ParamsHelpCommand(click.Command):
+    """A command whose help ends with every pipeline parameter, its type and default, grouped."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write("\n" + params.parameters_help(pipeline_parameters()) + "\n")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Stream every task's log; show tracebacks of errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Compile, run locally, or submit the clazzify training pipeline."""
+    ctx.obj = {"verbose": verbose}
 
 
 @cli.command("compile")
@@ -415,18 +423,32 @@ def compile_cmd(output: Path, registry: str | None, parallelism: int) -> None:
     click.echo(f"wrote {output}")
 
 
+def _run_dirs(root: Path) -> set[Path]:
+    return set(root.iterdir()) if root.is_dir() else set()
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def run_local(
-    source: str, overrides: dict[str, Any], home: Path, parallelism: int = DEFAULT_PARALLELISM
+    source: str, overrides: dict[str, Any], home: Path, parallelism: int = DEFAULT_PARALLELISM, check: bool = True
 ) -> dict[str, Any]:
-    """Run the pipeline with the KFP local SubprocessRunner; returns a summary."""
+    """Run the pipeline with the KFP local SubprocessRunner; returns a summary: the gate's
+    verdict and reasons, the test metrics, the champion and where everything is.
+
+    The source and every value are checked first (:mod:`pipelines.params`): a bad one raises
+    :class:`click.BadParameter` before any task starts (``check=False``: the caller did).
+    """
     from kfp import local
 
-    from clazzify.core import storage
     from clazzify.registry.tracking import TrackingConfig, activate, default_tracking_uri
     from clazzify.registry.versions import champion_version
 
-    if not storage.is_s3(source):
-        source = str(Path(source).resolve())
+    if check:
+        params.check_source(source)
+        check_arguments(overrides)
+    source = params.source_path(source)
     home = home.resolve()
     # One machine: ingest's pixels reach the preprocessing tasks without a copy.
     args = {"mlflow_tracking_uri": default_tracking_uri(home), "feature_cache": str(home / "features"),
@@ -436,35 +458,96 @@ def run_local(
         pipeline_root=str(home / "kfp"),
         raise_on_error=True,
     )
+    before = _run_dirs(home / "kfp")
     make_pipeline(parallelism)(**args)
+    run_dir = max(_run_dirs(home / "kfp") - before, key=lambda p: p.stat().st_mtime, default=None)
+    model_name = args.get("model_name", "clazzify")
     activate(TrackingConfig(args["mlflow_tracking_uri"], args.get("mlflow_experiment", "clazzify")))
-    champion = champion_version(args.get("model_name", "clazzify"))
+    champion = champion_version(model_name)
+    evaluation = run_dir / "evaluate" / "evaluation" if run_dir else Path("/nonexistent")
+    gate = _read_json(evaluation / "gate_report.json")
+    metrics = _read_json(evaluation / "metrics.json")
+    trained = (_read_json(run_dir / "train" / "executor_output.json") or {}) if run_dir else {}
+    run_id = trained.get("parameterValues", {}).get("run_id")
     return {
         "tracking_uri": args["mlflow_tracking_uri"],
         "pipeline_root": str(home / "kfp"),
+        "run_dir": str(run_dir) if run_dir else None,
+        "model_name": model_name,
+        "verdict": gate["verdict"] if gate else None,
+        "gate": {"passed": gate["passed"], "reasons": gate["reasons"]} if gate else None,
+        "metrics": {k: metrics[k] for k in ("n", "accuracy", "accuracy_interval", "class_names", "recall",
+                                            "recall_interval", "precision")} if metrics else None,
         "champion_version": champion.version if champion else None,
         "champion_run_id": champion.run_id if champion else None,
+        "registered": bool(champion and run_id and champion.run_id == run_id),
     }
 
 
-@cli.command("run")
+@cli.command("run", cls=ParamsHelpCommand)
 @click.option("--local", "is_local", is_flag=True, required=True,
               help="Run with the KFP local runner (subprocesses in this environment).")
 @click.option("--source", required=True, help="Class-folder root, s3:// prefix, or CSV/JSONL manifest.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a pipeline parameter (repeatable), e.g. --set epochs=3.")
+              help="Override a pipeline parameter (repeatable), e.g. --set epochs=3; the list is below.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="default", show_default=True,
               help=PRESET_HELP)
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=Path(".clazzify"),
-              show_default=True, help="Local state: MLflow store and KFP outputs.")
+              show_default=True, help="Local state: MLflow store, KFP outputs, logs/.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as JSON on stdout (progress goes to stderr).")
 @parallelism_option
-def run_cmd(is_local: bool, source: str, sets: tuple[str, ...], preset: str, home: Path, parallelism: int) -> None:
-    """Run the whole pipeline locally and print where the champion is."""
-    summary = run_local(source, parse_overrides(PRESETS[preset] + sets), home, parallelism)
-    click.echo(json.dumps(summary, indent=2))
+@click.pass_context
+def run_cmd(ctx: click.Context, is_local: bool, source: str, sets: tuple[str, ...], preset: str, home: Path,
+            as_json: bool, parallelism: int) -> None:
+    """Run the whole pipeline locally and end with the gate's verdict and the champion.
+
+    Exit codes: 0 the gate passed, 1 a step failed, 2 a bad input (refused before anything
+    ran), 3 the gate failed (its reasons are printed). The whole log, KFP's per-task output
+    included, is written to HOME/logs/; the console gets one line per step.
+    """
+    overrides = parse_overrides(PRESETS[preset] + sets)
+    params.check_source(source)
+    check_arguments(overrides)
+    log_path = home / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    progress = sys.stderr if as_json else sys.stdout
+    with console.local_run_console(log_path, verbose=ctx.obj["verbose"], console=progress) as out:
+        try:
+            summary = run_local(source, overrides, home, parallelism, check=False)
+        except RuntimeError as e:  # the local runner's "Pipeline ... finished with status FAILURE"
+            task = out.failed_task or "?"
+            reason = out.failure_reason(task) or str(e).splitlines()[0]
+            raise StepFailed(f"step {task!r} failed: {reason} (full log: {log_path})") from e
+    summary |= {"log": str(log_path), "home_arg": str(home)}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo("\n".join(console.verdict_lines(summary)))
+    if summary["gate"] is not None and not summary["gate"]["passed"]:
+        ctx.exit(EXIT_GATE_FAILED)
 
 
-@cli.command("submit")
+class StepFailed(click.ClickException):
+    """A pipeline step failed (exit 1)."""
+
+    exit_code = EXIT_STEP_FAILED
+
+
+def check_kfp_host(host: str, timeout_s: float = 10.0) -> None:
+    """The KFP API server at ``host`` answers HTTP (any status) within ``timeout_s``."""
+    import httpx
+
+    if not host.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{host!r} is not a URL: use e.g. http://localhost:8080", param_hint="--host")
+    try:
+        httpx.get(f"{host.rstrip('/')}/apis/v2beta1/healthz", timeout=timeout_s)
+    except httpx.HTTPError as e:
+        raise click.ClickException(
+            f"cannot reach the KFP API at {host} ({e.__class__.__name__}: {e}): check --host and that the "
+            "server is up (e.g. kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80)") from e
+
+
+@cli.command("submit", cls=ParamsHelpCommand)
 @click.option("--host", required=True, help="KFP API server URL, e.g. http://localhost:8080.")
 @click.option("--experiment", default="clazzify", show_default=True, help="KFP experiment name.")
 @click.option("--namespace", default=None, help="Kubeflow namespace (multi-user installs).")
@@ -485,7 +568,11 @@ def run_cmd(is_local: bool, source: str, sets: tuple[str, ...], preset: str, hom
 def submit_cmd(host: str, experiment: str, namespace: str | None, token: str | None,
                run_name: str | None, sets: tuple[str, ...], params_file: Path | None,
                preset: str, registry: str | None, parallelism: int, schedule: str | None) -> None:
-    """Submit the pipeline to a KFP API server and print the run URL (or create a recurring run)."""
+    """Submit the pipeline to a KFP API server and print the run URL (or create a recurring run).
+
+    The parameters are checked first; an s3:// source is probed when AWS_ENDPOINT_URL (or
+    MINIO_ENDPOINT) is set here. Exit code 2: a bad input or an unreachable host.
+    """
     import tempfile
 
     import kfp
@@ -493,23 +580,64 @@ def submit_cmd(host: str, experiment: str, namespace: str | None, token: str | N
     args = parse_overrides(PRESETS[preset] + parse_params_file(params_file) + sets)
     if "source" not in args:
         raise click.UsageError("--set source=s3://bucket/prefix is required for a cluster run")
-    client = kfp.Client(host=host, namespace=namespace, existing_token=token)
-    with tempfile.TemporaryDirectory() as tmp:
-        package = compile_to(Path(tmp) / "train.yaml", registry, parallelism, trigger=schedule is not None)
-        if schedule:
-            exp = client.create_experiment(experiment, namespace=namespace)
-            job = client.create_recurring_run(
-                exp.experiment_id, run_name or "clazzify-daily", cron_expression=schedule, params=args,
-                pipeline_package_path=str(package), max_concurrency=1, no_catchup=True,
+    from clazzify.core import storage
+
+    if not storage.is_s3(args["source"]):
+        raise click.BadParameter(f"source {args['source']!r} is not an s3://bucket/prefix: a cluster run cannot "
+                                 "read this machine's folders; upload them and pass the prefix", param_hint="--set")
+    params.check_source(args["source"], reach_s3=bool(os.environ.get("AWS_ENDPOINT_URL")
+                                                      or os.environ.get("MINIO_ENDPOINT")))
+    check_arguments(args)
+    check_kfp_host(host)
+    try:
+        client = kfp.Client(host=host, namespace=namespace, existing_token=token)
+        with tempfile.TemporaryDirectory() as tmp:
+            package = compile_to(Path(tmp) / "train.yaml", registry, parallelism, trigger=schedule is not None)
+            if schedule:
+                exp = client.create_experiment(experiment, namespace=namespace)
+                job = client.create_recurring_run(
+                    exp.experiment_id, run_name or "clazzify-daily", cron_expression=schedule, params=args,
+                    pipeline_package_path=str(package), max_concurrency=1, no_catchup=True,
+                )
+                click.echo(f"recurring run {job.recurring_run_id} on '{schedule}'")
+                return
+            run = client.create_run_from_pipeline_package(
+                str(package), arguments=args, experiment_name=experiment, run_name=run_name,
+                namespace=namespace,
             )
-            click.echo(f"recurring run {job.recurring_run_id} on '{schedule}'")
-            return
-        run = client.create_run_from_pipeline_package(
-            str(package), arguments=args, experiment_name=experiment, run_name=run_name,
-            namespace=namespace,
-        )
+    except click.ClickException:
+        raise
+    except Exception as e:  # the API's refusal (auth, namespace, a bad pipeline): say it in one line
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+        raise click.ClickException(f"the KFP API at {host} refused the submission: {first}") from e
     click.echo(f"{host.rstrip('/')}/#/runs/details/{run.run_id}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; a refused input or a failure ends in one ``Error: ...`` line
+    (with ``-v`` after its traceback) and the documented exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = bool({"-v", "--verbose"} & set(args[:1]))
+    try:
+        return cli.main(args, prog_name="pipelines.train", standalone_mode=False) or 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("Error: aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"Error: {e.format_message()}", err=True)
+        return EXIT_STEP_FAILED if isinstance(e, StepFailed) else EXIT_BAD_INPUT
+    except Exception as e:  # an unexpected failure: one line by default, the traceback with -v
+        if verbose:
+            traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0]
+        click.echo(f"Error: {e.__class__.__name__}: {first}" + ("" if verbose else " (-v shows the traceback)"),
+                   err=True)
+        return EXIT_STEP_FAILED
+
+
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(main())

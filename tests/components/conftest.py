@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 class LocalRun:
     home: Path  # --home: mlflow.db, mlartifacts/, kfp/
     run_dir: Path  # the run's task outputs under home/kfp
-    summary: dict  # what the command printed: tracking_uri, champion_version, ...
-    log: str  # its stdout and stderr
+    summary: dict  # what the command printed: tracking_uri, champion_version, gate, ...
+    log: str  # the whole log it wrote under home/logs/ (every task's output)
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,7 @@ def passing_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Loc
     home = tmp_path_factory.mktemp("pipeline-home")
     sets = {"image_size": 32, "min_accuracy": 0, "min_class_recall": 0, "min_class_precision": 0,
             "shard_size": 40}  # demo_dir's 96 accepted images: three preprocessing tasks
-    args = [sys.executable, "-m", "pipelines.train", "run", "--local", "--source", str(demo_dir),
+    args = [sys.executable, "-m", "pipelines.train", "run", "--local", "--json", "--source", str(demo_dir),
             "--home", str(home)]
     for key, value in sets.items():
         args += ["--set", f"{key}={value}"]
@@ -43,5 +43,5 @@ def passing_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Loc
                          env={k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KUBERNETES_"))})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (run_dir,) = (home / "kfp").iterdir()
-    summary, _ = json.JSONDecoder().raw_decode(out.stdout[out.stdout.rindex("\n{") + 1:])
-    return LocalRun(home, run_dir, summary, out.stdout + out.stderr)
+    summary = json.loads(out.stdout)  # --json: stdout is the summary alone, progress on stderr
+    return LocalRun(home, run_dir, summary, Path(summary["log"]).read_text())
