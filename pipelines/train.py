@@ -42,6 +42,7 @@ from typing import Any
 import click
 from kfp import compiler, dsl, kubernetes
 
+from clazzify.core.errors import describe
 from clazzify.core.imaging import ImageLimits
 from components.deploy.component import deploy
 from components.evaluate.component import evaluate
@@ -631,6 +632,12 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"Error: {e.format_message()}", err=True)
         return EXIT_STEP_FAILED if isinstance(e, StepFailed) else EXIT_BAD_INPUT
     except Exception as e:  # an unexpected failure: one line by default, the traceback with -v
+        clean = describe(e)  # the shared contract: unreachable services, refused logins, ports...
+        if clean is not None:
+            if verbose:
+                traceback.print_exc()
+            click.echo(f"Error: {clean}", err=True)
+            return EXIT_BAD_INPUT
         if verbose:
             traceback.print_exc()
         first = (str(e).strip().splitlines() or [""])[0]
