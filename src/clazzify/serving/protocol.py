@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 
 from clazzify.core.errors import ClazzifyError, ImageError
-from clazzify.core.imaging import image_to_array
+from clazzify.core.imaging import decoded_pixels, open_image, opened_to_array
 from clazzify.core.v2codec import BytesTensorError, unpack_bytes_tensor
 from clazzify.serving.config import ServingLimits
 
@@ -199,16 +199,34 @@ def v2_images(inputs: Sequence[Mapping[str, Any]], limits: ServingLimits) -> lis
 def images_to_batch(blobs: Sequence[bytes], image_size: int, limits: ServingLimits) -> np.ndarray:
     """Decode encoded images into the uint8 ``[N, S, S, 3]`` batch the model takes.
 
-    Uses :func:`clazzify.core.imaging.image_to_array`, the function that built the training data.
+    Every header is read first, so a request whose images would decode to more than
+    ``limits.max_request_pixels`` is refused before any pixel is decoded. Each image then
+    goes through :func:`clazzify.core.imaging.opened_to_array`, i.e. ``image_to_array``, the
+    function that built the training data.
 
     Raises:
         PayloadError: naming the index and the reason (empty, not an image, corrupt or
-            truncated, too small, too many pixels).
+            truncated, too small, too many pixels, over the request's pixel budget).
     """
-    batch = np.empty((len(blobs), image_size, image_size, 3), dtype=np.uint8)
+    opened = []
+    total = 0
     for i, blob in enumerate(blobs):
         try:
-            batch[i] = image_to_array(blob, image_size, limits.image_limits)
+            img = open_image(blob, limits.image_limits)  # the header only
+        except ImageError as e:
+            raise PayloadError(f"image {i}: {e.reason}: {e}") from e
+        total += decoded_pixels(img, image_size)
+        if total > limits.max_request_pixels:
+            raise PayloadError(
+                f"too_large: images 0..{i} would decode to {total} pixels, over the "
+                f"{limits.max_request_pixels}-pixel budget of one request: send fewer or "
+                "smaller images per request"
+            )
+        opened.append(img)
+    batch = np.empty((len(blobs), image_size, image_size, 3), dtype=np.uint8)
+    for i, img in enumerate(opened):
+        try:
+            batch[i] = opened_to_array(img, image_size)
         except ImageError as e:
             raise PayloadError(f"image {i}: {e.reason}: {e}") from e
     return batch

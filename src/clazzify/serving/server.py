@@ -84,6 +84,9 @@ def kserve_options(extra: list[str]) -> argparse.Namespace:
 @click.option("--max-images", default=64, help="Most images per request.")
 @click.option("--max-pixels", default=ImageLimits.max_pixels,
               help="Largest width*height per image (as ingest).")
+@click.option("--max-request-pixels", default=ServingLimits.max_request_pixels,
+              help="Most pixels one request may decode, summed over its images (a JPEG counts "
+                   "at the DCT scale it is decoded at); checked on the headers before decoding.")
 @click.option("--min-side", default=ImageLimits.min_side,
               help="Smallest accepted image side (as ingest).")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
@@ -93,7 +96,8 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
          engine: str, http_port: int, grpc_port: int, workers: int, max_batch_size: int,
          max_latency_ms: float, watch_alias: bool, watch_interval: float,
          api_keys_file: Path | None, insecure: bool, max_body_mb: float, max_images: int,
-         max_pixels: int, min_side: int, tracking_uri: str | None) -> None:
+         max_pixels: int, max_request_pixels: int, min_side: int,
+         tracking_uri: str | None) -> None:
     """Serve a clazzify model over KServe's V1 and V2 (Open Inference) REST and V2 gRPC.
 
     \b
@@ -116,7 +120,7 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
             max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
             watch_interval_s=watch_interval if watch_alias else 0.0,
             limits=ServingLimits(max_body_bytes=int(max_body_mb * 1024 * 1024),
-                                 max_images=max_images,
+                                 max_images=max_images, max_request_pixels=max_request_pixels,
                                  image_limits=ImageLimits(min_side=min_side, max_pixels=max_pixels)),
         )
         file_text = api_keys_file.read_text() if api_keys_file else None
