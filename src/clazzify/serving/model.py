@@ -25,6 +25,7 @@ from clazzify.serving.protocol import (
     v2_images,
     v2_metadata,
     v2_outputs,
+    with_raw_contents,
 )
 
 log = logging.getLogger(__name__)
@@ -57,17 +58,24 @@ class ClazzifyKServeModel(Model):
         self.version_override = version_override
         self.engine: Engine | None = None
         self._watcher: AliasWatcher | None = None
-        self._batcher = Batcher(
+        self._batcher = self._new_batcher()
+        self._stopped = False
+
+    def _new_batcher(self) -> Batcher:
+        return Batcher(
             lambda engine, images: engine.predict(images),
-            cfg.max_batch_size,
-            cfg.max_latency_ms / 1000.0,
-            on_batch=metrics.batch_size.observe,
+            self.cfg.max_batch_size,
+            self.cfg.max_latency_ms / 1000.0,
+            on_batch=self.metrics.batch_size.observe,
         )
 
     # ---------------------------------------------------------------- lifecycle
 
     def load(self) -> bool:
+        """Load the engine (again, after :meth:`stop`: the repository extension's load)."""
         engine = load_engine(self.source, self.cfg.engine, version_override=self.version_override)
+        if self._stopped:
+            self._batcher, self._stopped = self._new_batcher(), False
         self._install(engine)
         if self.cfg.watch_interval_s:
             self._watcher = AliasWatcher(
@@ -96,10 +104,12 @@ class ClazzifyKServeModel(Model):
         self.metrics.swaps.inc()
 
     def stop(self) -> None:
+        self.ready = False
         if self._watcher is not None:
             self._watcher.stop()
+            self._watcher = None
         self._batcher.close()
-        self.ready = False
+        self._stopped = True
 
     # ---------------------------------------------------------------- metadata
 
@@ -120,7 +130,7 @@ class ClazzifyKServeModel(Model):
         with self._batcher.expecting():
             try:
                 if isinstance(payload, InferRequest):
-                    blobs = v2_images([inp.to_dict() for inp in payload.inputs], limits)
+                    blobs = v2_images(_v2_inputs(payload), limits)
                 else:
                     blobs = v1_images(payload, limits)
                 pixels = await asyncio.get_running_loop().run_in_executor(
@@ -149,3 +159,13 @@ class ClazzifyKServeModel(Model):
             response_id=result.v2.id, model_name=self.name, infer_outputs=outputs,
             model_version=result.engine.version,
         )
+
+
+def _v2_inputs(request: InferRequest) -> list[dict]:
+    """The request's inputs as dicts, a gRPC ``raw_input_contents`` tensor unpacked.
+
+    KServe 0.21 keeps a raw tensor in ``InferInput._raw_data`` (``as_numpy`` reads it, but
+    splits elements with no bounds check), and has no public accessor for the bytes.
+    """
+    return [with_raw_contents(inp.to_dict(), getattr(inp, "_raw_data", None), f"inputs[{i}]")
+            for i, inp in enumerate(request.inputs)]

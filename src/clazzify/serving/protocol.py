@@ -156,6 +156,32 @@ def parse_v2_body(body: bytes, header_length: str | None) -> dict[str, Any]:
     return request
 
 
+def with_raw_contents(inp: Mapping[str, Any], raw: bytes | None, where: str) -> dict[str, Any]:
+    """A V2 input whose tensor came as raw bytes (gRPC ``raw_input_contents``), with
+    ``data`` set to its elements.
+
+    The Open Inference Protocol frames a raw BYTES tensor as the binary extension does:
+    each element a 4-byte little-endian length, then its bytes. KServe's
+    ``InferInput.set_data_from_numpy(..., binary_data=True)`` sends images this way, the
+    only way its gRPC client carries bytes that are not UTF-8.
+
+    Raises:
+        PayloadError: a raw tensor that is not BYTES, or lengths that do not add up.
+    """
+    out = dict(inp)
+    if raw is None:
+        return out
+    if inp.get("datatype") != "BYTES":
+        raise PayloadError(f"{where}: only BYTES inputs (encoded images) are accepted, got "
+                           f"{inp.get('datatype')!r} in raw_input_contents")
+    try:
+        out["data"] = unpack_bytes_tensor(raw, where)
+    except BytesTensorError as e:
+        raise PayloadError(f"{e} (raw_input_contents: 4-byte little-endian length, then the "
+                           "bytes, per element)") from e
+    return out
+
+
 def v2_images(inputs: Sequence[Mapping[str, Any]], limits: ServingLimits) -> list[bytes]:
     """Encoded images of the one V2 BYTES input (base64 strings in JSON, raw bytes in binary).
 
