@@ -191,7 +191,8 @@ def listening_addresses(port: int) -> set[str]:
             raw = bytes.fromhex(address)
             words = [raw[i : i + 4][::-1] for i in range(0, len(raw), 4)]  # little-endian words
             packed = b"".join(words)
-            found.add(socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, packed))
+            text = socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, packed)
+            found.add(text.removeprefix("::ffff:"))  # an IPv6 socket bound to an IPv4 address
     return found
 
 

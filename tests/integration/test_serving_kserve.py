@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import grpc
@@ -225,3 +229,27 @@ def test_a_raw_grpc_tensor_whose_lengths_do_not_add_up_is_invalid_argument(ports
                                                         infer_inputs=[infer_input]),
                                 GRPC_AUTH, words=None)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "raw_input_contents" in details
+
+
+def _doc_block(marker: str) -> str:
+    """The fenced block after ``marker`` in docs/serving.md, dedented."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
+    after = text[text.index(marker):]
+    start = after.index("```python") + len("```python")
+    return textwrap.dedent(after[start:after.index("```", start)])
+
+
+def test_the_grpc_script_in_docs_runs_as_written(ports, photos, v1_answer, tmp_path):
+    _, grpc_port = ports
+    script = tmp_path / "grpc_client.py"
+    script.write_text(_doc_block("grpc-client-script"))
+    paths = []
+    for i, photo in enumerate(photos):
+        paths.append(tmp_path / f"photo-{i}.jpg")
+        paths[-1].write_bytes(photo)
+    env = {**os.environ, "CLAZZIFY_API_KEY": KEY, "CLAZZIFY_GRPC": f"127.0.0.1:{grpc_port}"}
+    proc = subprocess.run([sys.executable, str(script), *map(str, paths)], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = [line.rsplit(" ", 1)[1] for line in proc.stdout.splitlines()]
+    assert got == [row["label"] for row in v1_answer]
