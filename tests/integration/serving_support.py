@@ -126,6 +126,7 @@ def running_process(
         args = ["--grpc-port", str(free_port()), *args]
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     full_env.pop("CLAZZIFY_API_KEYS", None)
+    full_env.pop("CLAZZIFY_HOST", None)  # the server's own default: loopback
     if keys:
         full_env["CLAZZIFY_API_KEYS"] = keys
     with log_path.open("wb") as log:

@@ -22,7 +22,7 @@ ENTRY_POINTS = [["serving"], ["clazzify.serving"], ["clazzify.cli", "serve"]]
 
 def _run(command: list[str], args: list[str], keys: str | None = KEY,
          timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "CLAZZIFY_API_KEYS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("CLAZZIFY_API_KEYS", "CLAZZIFY_HOST")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     if keys:
         env["CLAZZIFY_API_KEYS"] = keys

@@ -21,6 +21,7 @@ KEYS_ENV = "CLAZZIFY_API_KEYS"
 #: Exit code of a bad input or setting, as every clazzify entry point.
 BAD_INPUT = 2
 VERSION_ENV = "CLAZZIFY_MODEL_VERSION"
+HOST_ENV = "CLAZZIFY_HOST"
 log = logging.getLogger("serving")
 
 
@@ -91,9 +92,10 @@ class OneLineCommand(click.Command):
               help="auto = ONNX Runtime, falling back to Keras if the ONNX model cannot load; "
                    "openvino[-bf16] = OpenVINO on the ONNX export (pip install "
                    "'clazzify[openvino]'; check accuracy before adopting bf16).")
-@click.option("--host", default="127.0.0.1",
+@click.option("--host", envvar=HOST_ENV, default="127.0.0.1",
               help="Interface to listen on (HTTP and gRPC): 127.0.0.1 is this machine only; "
-                   "0.0.0.0 every interface (in a container, or behind a proxy).")
+                   f"0.0.0.0 every interface (the serving image sets ${HOST_ENV}=0.0.0.0: "
+                   "a pod's probes and Service reach it on the pod's address).")
 @click.option("--http-port", "--http_port", default=8080, type=click.IntRange(1, 65535),
               help="HTTP port.")
 @click.option("--grpc-port", "--grpc_port", default=8081, type=click.IntRange(1, 65535),
