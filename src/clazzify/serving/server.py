@@ -150,7 +150,10 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
          need no key)
 
     Every other call needs 'Authorization: Bearer <key>' (gRPC: the same metadata), with
-    keys from --api-keys-file and/or $CLAZZIFY_API_KEYS.
+    keys from --api-keys-file and/or $CLAZZIFY_API_KEYS. The model repository extension
+    (/v2/repository/..., gRPC Repository*) answers only keys from --admin-keys-file, and
+    no one without it. A bad setting, key file, model or busy port: one 'Error:' line,
+    exit code 2.
 
     KServe's ModelServer arguments (--model_name, --http_port, --grpc_port, --workers,
     --max_threads, --enable_grpc, --enable_docs_url, ...) are accepted as well.
