@@ -368,3 +368,8 @@ def test_serve_config_validates():
             ServerConfig(**kwargs)
     with pytest.raises(ConfigError, match="max_images"):
         ServingLimits(max_images=0)
+
+
+def test_the_decoding_budget_admits_every_request_within_its_own():
+    with pytest.raises(ConfigError, match="--max-decoding-pixels"):
+        ServingLimits(max_request_pixels=10_000, max_decoding_pixels=5_000)

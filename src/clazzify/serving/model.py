@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,8 @@ from clazzify.serving.metrics import ServingMetrics
 from clazzify.serving.protocol import (
     PayloadError,
     check_probabilities,
-    images_to_batch,
+    decode_batch,
+    open_images,
     v1_images,
     v1_predictions,
     v2_images,
@@ -45,6 +48,32 @@ class _Scored:
     v2: InferRequest | None
 
 
+class PixelGate:
+    """A weighted semaphore on decoded pixels: requests decode concurrently only while the
+    sum of their pixels stays within ``capacity``, so decode memory has a ceiling whatever
+    the number of clients. A request never asks for more than ``capacity``
+    (``ServingLimits`` checks ``max_request_pixels <= max_decoding_pixels``).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self._changed = asyncio.Condition()
+
+    @asynccontextmanager
+    async def hold(self, pixels: int) -> AsyncIterator[None]:
+        pixels = min(pixels, self.capacity)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_use + pixels <= self.capacity)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.in_use -= pixels
+                self._changed.notify_all()
+
+
 class ClazzifyKServeModel(Model):
     """Classifies encoded photos sent as KServe V1 ``b64`` instances or a V2 BYTES input."""
 
@@ -60,6 +89,7 @@ class ClazzifyKServeModel(Model):
         self._watcher: AliasWatcher | None = None
         self._batcher = self._new_batcher()
         self._stopped = False
+        self._decoding = PixelGate(cfg.limits.max_decoding_pixels)
 
     def _new_batcher(self) -> Batcher:
         return Batcher(
@@ -133,9 +163,11 @@ class ClazzifyKServeModel(Model):
                     blobs = v2_images(_v2_inputs(payload), limits)
                 else:
                     blobs = v1_images(payload, limits)
-                pixels = await asyncio.get_running_loop().run_in_executor(
-                    None, images_to_batch, blobs, engine.meta.image_size, limits
-                )
+                loop = asyncio.get_running_loop()
+                size = engine.meta.image_size
+                opened = await loop.run_in_executor(None, open_images, blobs, size, limits)
+                async with self._decoding.hold(opened.pixels):
+                    pixels = await loop.run_in_executor(None, decode_batch, opened, size)
             except PayloadError as e:
                 raise InvalidInput(str(e)) from e
         return _Prepared(pixels, engine, payload if isinstance(payload, InferRequest) else None)

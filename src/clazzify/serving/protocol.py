@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
+from PIL import Image
 
 from clazzify.core.errors import ClazzifyError, ImageError
 from clazzify.core.imaging import decoded_pixels, open_image, opened_to_array
@@ -222,17 +224,27 @@ def v2_images(inputs: Sequence[Mapping[str, Any]], limits: ServingLimits) -> lis
     ]
 
 
-def images_to_batch(blobs: Sequence[bytes], image_size: int, limits: ServingLimits) -> np.ndarray:
-    """Decode encoded images into the uint8 ``[N, S, S, 3]`` batch the model takes.
+@dataclass(frozen=True)
+class OpenedImages:
+    """A request's images with only their headers read, and what decoding them will cost.
 
-    Every header is read first, so a request whose images would decode to more than
-    ``limits.max_request_pixels`` is refused before any pixel is decoded. Each image then
-    goes through :func:`clazzify.core.imaging.opened_to_array`, i.e. ``image_to_array``, the
-    function that built the training data.
+    Attributes:
+        images: the opened images, in request order.
+        pixels: the pixels decoding them will hold, summed (see
+            :func:`clazzify.core.imaging.decoded_pixels`).
+    """
+
+    images: list[Image.Image]
+    pixels: int
+
+
+def open_images(blobs: Sequence[bytes], image_size: int, limits: ServingLimits) -> OpenedImages:
+    """Read every image's header and check the request's pixel budget; decode nothing.
 
     Raises:
-        PayloadError: naming the index and the reason (empty, not an image, corrupt or
-            truncated, too small, too many pixels, over the request's pixel budget).
+        PayloadError: naming the index and the reason (empty, not an image, unreadable
+            header, too small, too many pixels), or the request over
+            ``limits.max_request_pixels``.
     """
     opened = []
     total = 0
@@ -249,13 +261,34 @@ def images_to_batch(blobs: Sequence[bytes], image_size: int, limits: ServingLimi
                 "smaller images per request"
             )
         opened.append(img)
-    batch = np.empty((len(blobs), image_size, image_size, 3), dtype=np.uint8)
-    for i, img in enumerate(opened):
+    return OpenedImages(opened, total)
+
+
+def decode_batch(opened: OpenedImages, image_size: int) -> np.ndarray:
+    """Decode :func:`open_images`' images into the uint8 ``[N, S, S, 3]`` batch the model takes,
+    each with :func:`clazzify.core.imaging.opened_to_array`, i.e. ``image_to_array``, the
+    function that built the training data.
+
+    Raises:
+        PayloadError: naming the index, for truncated or corrupt image data.
+    """
+    batch = np.empty((len(opened.images), image_size, image_size, 3), dtype=np.uint8)
+    for i, img in enumerate(opened.images):
         try:
             batch[i] = opened_to_array(img, image_size)
         except ImageError as e:
             raise PayloadError(f"image {i}: {e.reason}: {e}") from e
     return batch
+
+
+def images_to_batch(blobs: Sequence[bytes], image_size: int, limits: ServingLimits) -> np.ndarray:
+    """:func:`open_images` then :func:`decode_batch`: every header is read (and the request's
+    pixel budget checked) before any pixel is decoded.
+
+    Raises:
+        PayloadError: as :func:`open_images` and :func:`decode_batch`.
+    """
+    return decode_batch(open_images(blobs, image_size, limits), image_size)
 
 
 # --------------------------------------------------------------------------- answers

@@ -127,6 +127,11 @@ class OneLineCommand(click.Command):
 @click.option("--max-request-pixels", default=ServingLimits.max_request_pixels,
               help="Most pixels one request may decode, summed over its images (a JPEG counts "
                    "at the DCT scale it is decoded at); checked on the headers before decoding.")
+@click.option("--max-decoding-pixels", type=int, default=None,
+              help="Most pixels the server decodes at once over all requests (at worst ~9 "
+                   "bytes each); a request waits until its pixels fit. At least "
+                   f"--max-request-pixels.  [default: {ServingLimits.max_decoding_pixels}, or "
+                   "--max-request-pixels if larger]")
 @click.option("--min-side", default=ImageLimits.min_side,
               help="Smallest accepted image side (as ingest).")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
@@ -137,7 +142,8 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
          max_latency_ms: float, watch_alias: bool, watch_interval: float,
          api_keys_file: Path | None, admin_keys_file: Path | None, insecure: bool,
          max_body_mb: float, max_images: int,
-         max_pixels: int, max_request_pixels: int, min_side: int,
+         max_pixels: int, max_request_pixels: int, max_decoding_pixels: int | None,
+         min_side: int,
          tracking_uri: str | None) -> None:
     """Serve a clazzify model over KServe's V1 and V2 (Open Inference) REST and V2 gRPC.
 
@@ -158,6 +164,8 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
     KServe's ModelServer arguments (--model_name, --http_port, --grpc_port, --workers,
     --max_threads, --enable_grpc, --enable_docs_url, ...) are accepted as well.
     """
+    if max_decoding_pixels is None:
+        max_decoding_pixels = max(ServingLimits.max_decoding_pixels, max_request_pixels)
     try:
         cfg = ServerConfig(
             model_uri=model_uri, model_name=model_name, engine=engine, http_port=http_port,
@@ -165,6 +173,7 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
             watch_interval_s=watch_interval if watch_alias else 0.0,
             limits=ServingLimits(max_body_bytes=int(max_body_mb * 1024 * 1024),
                                  max_images=max_images, max_request_pixels=max_request_pixels,
+                                 max_decoding_pixels=max_decoding_pixels,
                                  image_limits=ImageLimits(min_side=min_side, max_pixels=max_pixels)),
         )
         keys = load_api_keys(_read_keys(api_keys_file, "--api-keys-file"),
