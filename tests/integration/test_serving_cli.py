@@ -69,6 +69,9 @@ def _bad_settings(tmp_path: Path, bundle: Path) -> list[tuple[str, list[str], tu
         ("not a number", [*b, "--max-batch-size", "many"], ("--max-batch-size", "many")),
         ("unknown option", [*b, "--no-such-flag"], ("--no-such-flag",)),
         ("tiny pixel budget", [*b, "--max-request-pixels", "10"], ("--max-request-pixels",)),
+        # KServe's own flags: its module-level parser used to print a 25-line usage
+        ("KServe flag, bad int", [*b, "--max_threads", "abc"], ("--max_threads", "abc")),
+        ("KServe flag, bad choice", [*b, "--event-loop", "tokio"], ("--event-loop", "tokio")),
     ]
 
 

@@ -33,9 +33,8 @@ def kserve_options(extra: list[str]) -> argparse.Namespace:
     Raises:
         ServeError: an argument neither clazzify nor KServe knows, or a bad value.
     """
-    from kserve.model_server import parser as kserve_parser
-
-    strict = argparse.ArgumentParser(parents=[kserve_parser], add_help=False,
+    kserve_server = _import_model_server()
+    strict = argparse.ArgumentParser(parents=[kserve_server.parser], add_help=False,
                                      allow_abbrev=False, exit_on_error=False)
     try:
         ns, unknown = strict.parse_known_args(extra)
@@ -46,7 +45,22 @@ def kserve_options(extra: list[str]) -> argparse.Namespace:
             f"unknown arguments {' '.join(unknown)}: see --help (clazzify's options, each with "
             "KServe's underscore spelling where KServe has one) and kserve.model_server's parser"
         )
+    # ModelServer reads the module's parsed arguments (logging, predictor settings) when it
+    # is built: give it these, parsed strictly, rather than its own lenient parse of argv.
+    kserve_server.args = ns
     return ns
+
+
+def _import_model_server() -> Any:
+    """``kserve.model_server``, imported without its import-time parse of ``sys.argv``
+    (which answers a bad value with a 25-line usage dump and exits before our checks)."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        import kserve.model_server as kserve_server
+    finally:
+        sys.argv = saved
+    return kserve_server
 
 
 class ServeError(click.ClickException):
@@ -214,6 +228,10 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
         mlflow.set_registry_uri(uri)
 
     from kserve.model_server import app
+
+    if kserve_args.enable_docs_url and app.docs_url is None:
+        app.docs_url = "/docs"  # the app was built at import, before the arguments were read
+        app.setup()
 
     from clazzify.serving.grpc_server import GuardedGRPCServer
     from clazzify.serving.http import GuardMiddleware, add_v2_infer_route
