@@ -46,12 +46,14 @@ compile: $(BIN)/clazzify ## Compile the pipeline to train.yaml
 mlflow-ui: $(BIN)/clazzify ## Open the MLflow UI on the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(HOME_DIR))/mlflow.db --host 127.0.0.1 --port 5000
 
-serve: $(BIN)/clazzify ## Serve the local MLflow champion on :8080 (API key in .clazzify/api-keys)
+SERVE_HOST ?= 127.0.0.1
+serve: $(BIN)/clazzify ## Serve the local MLflow champion on 127.0.0.1:8080 (SERVE_HOST=0.0.0.0 for every interface)
 	@test -s $(HOME_DIR)/api-keys || (mkdir -p $(HOME_DIR) && \
 		$(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32))" > $(HOME_DIR)/api-keys)
 	@echo "API key: $$(head -n1 $(HOME_DIR)/api-keys)   (send 'Authorization: Bearer <key>')"
 	MLFLOW_TRACKING_URI=sqlite:///$(abspath $(HOME_DIR))/mlflow.db $(BIN)/clazzify serve \
-		--model-uri models:/clazzify@champion --watch-alias --api-keys-file $(HOME_DIR)/api-keys $(SERVE_ARGS)
+		--host $(SERVE_HOST) --model-uri models:/clazzify@champion --watch-alias \
+		--api-keys-file $(HOME_DIR)/api-keys $(SERVE_ARGS)
 
 REVIEW_DB ?= sqlite:///$(abspath $(HOME_DIR))/scores.db
 review: $(BIN)/clazzify ## Serve the moderators' review page on :8090 (REVIEW_DB=postgresql://...)

@@ -18,8 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Blocks another branch fixes: (page, text in the block) -> the reason. The lead removes an
 #: entry when that branch is merged; strict, so a fixed block left here turns the test red.
 KNOWN_BROKEN = {
-    ("serving.md", "async with InferenceGRPCClient"):
-        "fixed in branch h4: the gRPC snippet uses 'async with' outside an async function",
 }
 
 

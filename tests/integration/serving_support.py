@@ -111,11 +111,22 @@ def running_server(
 
     gRPC listens on another free port unless ARGS name one (``--grpc-port``/``--grpc_port``).
     """
+    with running_process(args, log_path, env, keys, ready_timeout) as (port, _):
+        yield port
+
+
+@contextmanager
+def running_process(
+    args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
+    keys: str | None = f"{KEY},{OTHER_KEY}", ready_timeout: float = 120.0,
+) -> Iterator[tuple[int, subprocess.Popen]]:
+    """:func:`running_server`, yielding the server process too (its pid, its memory)."""
     port = free_port()
     if not any(a in ("--grpc-port", "--grpc_port", "--enable_grpc") for a in args):
         args = ["--grpc-port", str(free_port()), *args]
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     full_env.pop("CLAZZIFY_API_KEYS", None)
+    full_env.pop("CLAZZIFY_HOST", None)  # the server's own default: loopback
     if keys:
         full_env["CLAZZIFY_API_KEYS"] = keys
     with log_path.open("wb") as log:
@@ -138,7 +149,7 @@ def running_server(
                 raise RuntimeError(f"server not ready after {ready_timeout}s:\n{_tail(log_path)}")
             time.sleep(0.25)
         client.close()
-        yield port
+        yield port, proc
     finally:
         stop_process(proc, grace=20)
 
@@ -156,3 +167,55 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             return float(value)
     return None
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (``VmHWM``), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses a TCP socket listens on ``port`` at (Linux ``/proc/net/tcp*``)."""
+    found = set()
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        path = Path(f"/proc/net/{table}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A = LISTEN
+                continue
+            raw = bytes.fromhex(address)
+            words = [raw[i : i + 4][::-1] for i in range(0, len(raw), 4)]  # little-endian words
+            packed = b"".join(words)
+            text = socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, packed)
+            found.add(text.removeprefix("::ffff:"))  # an IPv6 socket bound to an IPv4 address
+    return found
+
+
+def png16(width: int, height: int) -> bytes:
+    """A 16-bit greyscale PNG, black but for a bright diagonal, written row by row: a 50 MP
+    image costs a few tens of KB and never exists in the test's memory."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    packer = zlib.compressobj(9)
+    parts = []
+    row = bytearray(1 + 2 * width)  # filter byte 0, then big-endian 16-bit samples
+    for y in range(height):
+        x = 1 + 2 * (y * width // height)
+        row[x : x + 2] = b"\xff\xff"
+        parts.append(packer.compress(bytes(row)))
+        row[x : x + 2] = b"\0\0"
+    parts.append(packer.flush())
+    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts))
+            + chunk(b"IEND", b""))

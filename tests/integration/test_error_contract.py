@@ -35,12 +35,6 @@ TRAIN = [sys.executable, "-m", "pipelines.train"]
 SERVING = [sys.executable, "-m", "serving"]
 MAKE = ["make", f"VENV={sys.prefix}", "-o", f"{sys.prefix}/bin/clazzify", "--no-print-directory"]
 
-H4 = "fixed in branch h4 (the model server: busy port, unreachable MLflow)"
-ADOPT_SERVING = ("fixed at merge: serving/__main__.py and clazzify/serving/__main__.py end in "
-                 "sys.exit(run_command(main, prog_name=...)) (from clazzify.core.errors import run_command; h4's)")
-ADOPT_SERVE_CMD = ("fixed at merge: cli/serving.py's serve_cmd calls serve_main.main(..., "
-                   "standalone_mode=False) so the clazzify group reports it (h4's file)")
-
 
 def _with_password(url: str, password: str) -> str:
     parts = urlsplit(url)
@@ -105,7 +99,7 @@ ROWS = [
     Row("rollback empty registry", [*CLAZZIFY, "rollback", "--tracking-uri", "sqlite:///{tmp}/mlflow.db",
                                     "--dry-run"], "previous"),
     Row("serve missing bundle", [*CLAZZIFY, "serve", "--model-uri", "{tmp}/no-bundle", "--insecure"],
-        "no-bundle", xfail=ADOPT_SERVE_CMD),
+        "no-bundle"),
     Row("serve missing keys file", [*CLAZZIFY, "serve", "--api-keys-file", "{tmp}/no-keys"], "no-keys"),
     Row("review-ui bad db url", [*CLAZZIFY, "review-ui", "--db", "nosuchdb://x/y"], "nosuchdb"),
     Row("review-ui busy port", [*CLAZZIFY, "review-ui", "--db", "{scores}", "--port", "{busy}"], "--port"),
@@ -130,14 +124,13 @@ ROWS = [
     Row("--params missing file", [*TRAIN, "submit", "--host", "http://127.0.0.1:1", "--params",
                                   "{tmp}/no-params.yaml"], "no-params.yaml"),
     # --- python -m serving (serving.md) ---
-    Row("serving missing bundle", [*SERVING, "--model-uri", "{tmp}/no-bundle", "--insecure"], "no-bundle",
-        xfail=ADOPT_SERVING),
+    Row("serving missing bundle", [*SERVING, "--model-uri", "{tmp}/no-bundle", "--insecure"], "no-bundle"),
     Row("serving missing keys file", [*SERVING, "--api-keys-file", "{tmp}/no-keys"], "no-keys"),
     Row("serving no key", [*SERVING, "--model-uri", "{tmp}/no-bundle"], "key"),
-    Row("serving MLflow down", [*SERVING, "--insecure"], "mlflow", xfail=H4, timeout=30,
+    Row("serving MLflow down", [*SERVING, "--insecure"], "mlflow", timeout=30,
         env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}),
     Row("serving busy port", [*SERVING, "--model-uri", "{bundle}", "--insecure", "--http-port", "{busy}",
-                              "--grpc-port", "{free}"], "port", xfail=H4, timeout=90),
+                              "--grpc-port", "{free}"], "port", timeout=90),
     # --- make targets ---
     Row("make review bad db", [*MAKE, "review", "REVIEW_DB=nosuchdb://x/y", "HOME_DIR={tmp}/home"],
         "nosuchdb", make=True),

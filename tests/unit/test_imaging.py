@@ -1,11 +1,21 @@
 import io
+import tracemalloc
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from clazzify.core import imaging
 from clazzify.core.errors import ConfigError, ImageError
-from clazzify.core.imaging import ImageLimits, content_hash, decode_image, fit_square, image_to_array
+from clazzify.core.imaging import (
+    ImageLimits,
+    content_hash,
+    decode_image,
+    decoded_pixels,
+    fit_square,
+    image_to_array,
+    open_image,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -147,3 +157,47 @@ def test_draft_scale_of_a_truncated_jpeg_only_reads_the_header():
     with pytest.raises(ImageError) as e:
         open_image(b"not an image")
     assert e.value.reason == "not_an_image"
+
+
+def _old_high_depth_to_l(arr: np.ndarray) -> np.ndarray:
+    """The whole-array conversion the banded one replaced (the reference for parity)."""
+    wide = arr.astype(np.float64)
+    top = float(wide.max()) if wide.size else 0.0
+    scale = 255.0 / top if top > 255 else 1.0
+    return np.clip(wide * scale, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("arr", [
+    np.random.default_rng(0).integers(0, 65535, (301, 517), dtype=np.uint16),
+    np.full((40, 40), 200, np.uint16),  # max <= 255: kept as is
+    np.random.default_rng(1).integers(-1000, 10**7, (97, 64)).astype(np.int32),
+    np.random.default_rng(2).normal(0, 1000, (50, 90)).astype(np.float32),
+], ids=["I;16", "I;16-dark", "I", "F"])
+def test_banded_high_depth_conversion_gives_the_whole_array_pixels(arr, monkeypatch):
+    monkeypatch.setattr(imaging, "_BAND_PIXELS", 1000)  # many bands, a ragged last one
+    img = Image.fromarray(arr)
+    want = np.repeat(_old_high_depth_to_l(arr)[..., None], 3, axis=2)
+    np.testing.assert_array_equal(np.asarray(decode_image(encode(img, "TIFF"))), want)
+
+
+def test_a_16bit_image_decodes_without_full_size_float64_copies():
+    # 9 MP of 16-bit grey: the whole-array conversion made three 72 MB float64 copies
+    # (216 MiB); bands make three 2 MiB ones.
+    img = Image.new("I;16", (3000, 3000))
+    img.putpixel((10, 10), 65535)
+    data = encode(img)
+    tracemalloc.start()
+    try:
+        pixels = image_to_array(data, 64)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
+    assert peak < 16 * 2**20, f"numpy peak {peak / 2**20:.0f} MiB while decoding"
+
+
+def test_decoded_pixels_counts_a_drafted_jpeg_at_its_dct_scale():
+    jpeg = open_image(encode(gradient(1024, 768), "JPEG"))
+    assert decoded_pixels(jpeg, 128) == (1024 // 4) * (768 // 4)  # 768 // 128 = 6 -> scale 4
+    png = open_image(encode(gradient(1024, 768)))
+    assert decoded_pixels(png, 128) == 1024 * 768

@@ -189,6 +189,30 @@ def test_images_to_batch_is_the_training_decode_path():
         np.testing.assert_array_equal(row, image_to_array(blob, 32, LIMITS.image_limits))
 
 
+def test_a_request_over_its_pixel_budget_is_refused_before_decoding():
+    limits = ServingLimits(max_images=4, max_request_pixels=2 * 64 * 64)
+    png = _encode("PNG", (64, 64))
+    assert images_to_batch([png, png], 32, limits).shape == (2, 32, 32, 3)  # exactly the budget
+    # The third image's header is read, and it tips the sum: nothing is decoded. A corrupt
+    # body behind a valid header proves it (decoding it would say "corrupt").
+    truncated = _encode("PNG", (64, 64), seed=3)[:200]
+    with pytest.raises(PayloadError, match=r"too_large: images 0\.\.2 .* 8192-pixel budget"):
+        images_to_batch([png, png, truncated], 32, limits)
+
+
+def test_a_jpeg_counts_at_the_scale_it_is_decoded_at():
+    # 256x256 drafted for 32 px decodes at 1/8: 32*32 pixels, well inside a 64*64 budget.
+    limits = ServingLimits(max_images=4, max_request_pixels=64 * 64)
+    assert images_to_batch([_encode("JPEG", (256, 256))], 32, limits).shape == (1, 32, 32, 3)
+    with pytest.raises(PayloadError, match="budget"):
+        images_to_batch([_encode("PNG", (256, 256))], 32, limits)
+
+
+def test_the_pixel_budget_must_admit_one_image():
+    with pytest.raises(ConfigError, match="max-request-pixels"):
+        ServingLimits(max_request_pixels=100)
+
+
 @pytest.mark.parametrize(
     ("blob", "reason"),
     [
@@ -344,3 +368,8 @@ def test_serve_config_validates():
             ServerConfig(**kwargs)
     with pytest.raises(ConfigError, match="max_images"):
         ServingLimits(max_images=0)
+
+
+def test_the_decoding_budget_admits_every_request_within_its_own():
+    with pytest.raises(ConfigError, match="--max-decoding-pixels"):
+        ServingLimits(max_request_pixels=10_000, max_decoding_pixels=5_000)

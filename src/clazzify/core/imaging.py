@@ -85,15 +85,36 @@ def open_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
     return img
 
 
+#: Pixels per band when a high-depth image is scaled down to 8 bits: the float64 working
+#: copy is this size (2 MB), whatever the image's.
+_BAND_PIXELS = 1 << 18
+
+
+def _high_depth_to_l(img: Image.Image) -> Image.Image:
+    """A high-depth (16/32-bit, float) image as 8-bit ``L``, scaled so its maximum is 255.
+
+    Works band by band: the float64 arithmetic is the same per pixel as on the whole array
+    (so the pixels are the same), but no full-size float64 copy is ever made; a 50 MP
+    16-bit PNG costs its 8-bit result, not several 400 MB arrays.
+    """
+    width, height = img.size
+    top = float(img.getextrema()[1]) if width * height else 0.0
+    scale = 255.0 / top if top > 255 else 1.0
+    out = Image.new("L", img.size)
+    rows = max(1, _BAND_PIXELS // max(width, 1))
+    for y in range(0, height, rows):
+        band = np.asarray(img.crop((0, y, width, min(y + rows, height))), dtype=np.float64)
+        out.paste(Image.fromarray(np.clip(band * scale, 0, 255).astype(np.uint8), mode="L"),
+                  (0, y))
+    return out
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB; transparency is flattened onto white."""
     if img.mode == "RGB":
         return img
     if img.mode in _HIGH_DEPTH_MODES:
-        arr = np.asarray(img, dtype=np.float64)
-        top = float(arr.max()) if arr.size else 0.0
-        scale = 255.0 / top if top > 255 else 1.0
-        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+        img = _high_depth_to_l(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -144,6 +165,14 @@ def draft_scale(img: Image.Image, draft_size: int) -> int:
     return next((scale for scale in (8, 4, 2, 1) if fits >= scale), 1)
 
 
+def decoded_pixels(img: Image.Image, draft_size: int) -> int:
+    """Pixels ``decode_opened(img, draft_size)`` will hold, from the header alone: a JPEG
+    drafted at 1/8 counts an eighth of each side, any other image its full size."""
+    scale = draft_scale(img, draft_size)
+    width, height = img.size
+    return -(-width // scale) * -(-height // scale)
+
+
 def fit_square(img: Image.Image, image_size: int) -> np.ndarray:
     """Aspect-preserving resize plus centre crop to ``image_size`` squared, as uint8 HWC."""
     fitted = ImageOps.fit(img, (image_size, image_size), method=RESAMPLE, centering=(0.5, 0.5))
@@ -156,4 +185,10 @@ def image_to_array(
     """Encoded bytes -> uint8 array ``[image_size, image_size, 3]``: the training/serving path."""
     if image_size < 1:
         raise ConfigError(f"image_size must be >= 1, got {image_size}")
-    return fit_square(decode_image(data, limits, draft_size=image_size), image_size)
+    return opened_to_array(open_image(data, limits), image_size)
+
+
+def opened_to_array(img: Image.Image, image_size: int) -> np.ndarray:
+    """:func:`image_to_array` of an image :func:`open_image` opened: callers that check
+    headers first (the model server's per-request pixel budget) decode with this."""
+    return fit_square(decode_opened(img, draft_size=image_size), image_size)

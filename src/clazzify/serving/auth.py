@@ -5,16 +5,21 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from clazzify.core.errors import ConfigError
 
-#: Name of the single V2 input tensor (any name is accepted; this is what metadata advertises).
-V2_INPUT = "image"
-#: Header of the V2 binary-data extension: length of the JSON part before the raw tensors.
 MIN_KEY_LENGTH = 16
 _OPEN_PATHS = re.compile(
     r"^(?:/|/metrics|/v2/health/(?:live|ready)|/v1/models/[^/:]+|/v2/models/[^/]+/ready)$"
 )
+#: KServe's model repository extension (index, load, unload): the control plane.
+_CONTROL_PATHS = re.compile(r"^/v2/repository(?:/.*)?$")
+#: What a refused control-plane call is told.
+CONTROL_OFF = ("the model repository extension (index, load, unload) is off on this server: "
+               "start it with --admin-keys-file to allow it to admin keys")
+CONTROL_DENIED = ("a data-plane key may not index, load or unload models: use a key from "
+                  "--admin-keys-file")
 
 
 
@@ -78,6 +83,53 @@ def is_open_path(method: str, path: str) -> bool:
     return method in ("GET", "HEAD") and bool(_OPEN_PATHS.match(path))
 
 
+def is_control_path(path: str) -> bool:
+    """Whether ``path`` belongs to the model repository extension (``/v2/repository/...``)."""
+    return bool(_CONTROL_PATHS.match(path))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the edge does with a call: pass it on (``status`` 0) or refuse it.
+
+    Attributes:
+        status: 0 to pass, else 401 (no or unknown key) or 403 (a known key, not allowed).
+        error: the refusal's message.
+    """
+
+    status: int = 0
+    error: str = ""
+
+
+PASS = Verdict()
+
+
+def authorize(token: str | None, *, control: bool, keys: frozenset[str] | None,
+              admin_keys: frozenset[str]) -> Verdict:
+    """Who may make a call: data-plane keys the data plane, admin keys the control plane.
+
+    Args:
+        token: the caller's bearer token, None when it sent none.
+        control: the call is the model repository extension's (index, load, unload).
+        keys: the data-plane keys; None when the server runs ``--insecure``.
+        admin_keys: the control-plane keys; empty turns the control plane off for all.
+
+    Each key works on its own plane only: a data-plane key never unloads the model, and an
+    admin key (a rarely used secret) is not accepted for predictions.
+    """
+    if control:
+        if not admin_keys:
+            return Verdict(403, CONTROL_OFF)
+        if key_matches(token, admin_keys):
+            return PASS
+        if token is not None and keys and key_matches(token, keys):
+            return Verdict(403, CONTROL_DENIED)
+    elif keys is None or key_matches(token, keys):
+        return PASS
+    reason = "missing" if token is None else "invalid"
+    return Verdict(401, f"{reason} API key: send 'Authorization: Bearer <key>'")
+
+
 def route_label(method: str, path: str) -> str:
     """A low-cardinality route name for metrics (never the raw path)."""
     if method == "POST" and path.startswith("/v1/models/") and path.endswith(":predict"):
@@ -86,6 +138,8 @@ def route_label(method: str, path: str) -> str:
         return "v2_infer"
     if path == "/metrics":
         return "metrics"
+    if is_control_path(path):
+        return "repository"
     if is_open_path("GET", path):
         return "health"
     if path.startswith(("/v1/", "/v2")):

@@ -24,17 +24,38 @@ class ServingLimits:
         max_images: most images in one request.
         image_limits: size limits of one image (the decompression-bomb guard among them),
             the ones training applied.
+        max_request_pixels: most pixels one request may decode, summed over its images
+            (a JPEG counts at the DCT scale it is decoded at), read from the headers before
+            any image is decoded. It bounds a request's decode time and memory: a few
+            50 MP PNGs of a few KB each are refused, not decoded.
+        max_decoding_pixels: most pixels the whole server decodes at once, over all
+            requests; a request waits until its pixels fit. It bounds decode memory under
+            concurrency (~9 bytes per pixel at worst, a 16-bit PNG: 100 MP ~ 0.9 GB).
     """
 
     max_body_bytes: int = 10 * 1024 * 1024
     max_images: int = 64
     image_limits: ImageLimits = ImageLimits()
+    max_request_pixels: int = 100_000_000
+    max_decoding_pixels: int = 100_000_000
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         if not 1 <= self.max_images <= 4096:
             raise ConfigError(f"max_images must be within [1, 4096], got {self.max_images}")
+        if self.max_decoding_pixels < self.max_request_pixels:
+            raise ConfigError(
+                f"max_decoding_pixels={self.max_decoding_pixels} is below "
+                f"max_request_pixels={self.max_request_pixels}: a request within its budget "
+                "could never be decoded; raise --max-decoding-pixels"
+            )
+        if self.max_request_pixels < self.image_limits.min_side**2:
+            raise ConfigError(
+                f"max_request_pixels={self.max_request_pixels} is below "
+                f"min_side**2={self.image_limits.min_side**2}: no request could pass; raise "
+                "--max-request-pixels"
+            )
 
 
 @dataclass(frozen=True)

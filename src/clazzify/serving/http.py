@@ -1,4 +1,5 @@
-"""HTTP edge added to KServe's FastAPI app: API keys, a body limit, request metrics, V2 infer.
+"""HTTP edge added to KServe's FastAPI app: API keys, a body limit, request metrics, V2 infer,
+and error handlers that log a client's mistake as one line.
 
 :class:`GuardMiddleware` is plain ASGI (no per-request task or body copy beyond the one
 read KServe does anyway). The V2 infer route replaces KServe's, whose binary-extension
@@ -9,6 +10,7 @@ and whose malformed-header paths raise 500s; this one parses with
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -17,9 +19,15 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from kserve import InferInput, InferRequest
-from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
 
-from clazzify.serving.auth import bearer_token, is_open_path, key_matches, route_label
+from clazzify.serving.auth import (
+    authorize,
+    bearer_token,
+    is_control_path,
+    is_open_path,
+    route_label,
+)
 from clazzify.serving.metrics import ServingMetrics
 from clazzify.serving.protocol import V2_BINARY_HEADER, PayloadError, parse_v2_body
 
@@ -27,6 +35,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+# A child of KServe's logger: the same handler and format as the lines around it.
+log = logging.getLogger("kserve.clazzify")
 
 
 async def _reply(send: Send, status: int, error: str, headers: list[tuple[bytes, bytes]]) -> None:
@@ -47,14 +57,17 @@ class GuardMiddleware:
         keys: accepted API keys; None disables authentication (``--insecure``).
         max_body_bytes: larger bodies get a 413 before the app sees them.
         metrics: where request counts and latencies go.
+        admin_keys: the only keys accepted on ``/v2/repository/...`` (KServe's model
+            repository extension: index, load, unload); empty refuses it to everyone.
     """
 
     def __init__(
         self, app: Callable, *, keys: frozenset[str] | None, max_body_bytes: int,
-        metrics: ServingMetrics,
+        metrics: ServingMetrics, admin_keys: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.keys = keys
+        self.admin_keys = admin_keys
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
 
@@ -84,12 +97,14 @@ class GuardMiddleware:
     ) -> bool:
         """Answer or pass the request on; True when the client disconnected mid-body."""
         headers = dict(scope["headers"])
-        if self.keys is not None and not is_open_path(method, path):
+        if not is_open_path(method, path):
             token = bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
-            if not key_matches(token, self.keys):
-                reason = "missing" if token is None else "invalid"
-                await _reply(send, 401, f"{reason} API key: send 'Authorization: Bearer <key>'",
-                             [(b"www-authenticate", b'Bearer realm="clazzify"')])
+            verdict = authorize(token, control=is_control_path(path), keys=self.keys,
+                                admin_keys=self.admin_keys)
+            if verdict.status:
+                challenge = [(b"www-authenticate", b'Bearer realm="clazzify"')]
+                await _reply(send, verdict.status, verdict.error,
+                             challenge if verdict.status == 401 else [])
                 return False
         declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -163,3 +178,33 @@ def add_v2_infer_route(app: FastAPI, model: Any) -> None:
 
     app.add_api_route("/v2/models/{model_name}/infer", infer, methods=["POST"],
                       response_model=None, tags=["V2"])
+
+
+#: Answers that are the client's doing, or a state the server reports (not ready): logged as
+#: one warning line. Anything else keeps KServe's handler, which logs the traceback.
+_QUIET_ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (InvalidInput, 400), (ModelNotFound, 404), (ModelNotReady, 503), (ServerNotReady, 503),
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500]
+
+
+def quiet_client_errors(app: FastAPI) -> None:
+    """Answer KServe's client-error exceptions as KServe does, logging one warning line
+    (no traceback: the stack says nothing about a client's bad input).
+
+    Must run after KServe registered its own handlers (``RESTServer.create_application``).
+    """
+    for exc_type, status in _QUIET_ERRORS:
+        app.add_exception_handler(exc_type, _quiet_handler(status))
+
+
+def _quiet_handler(status: int) -> Callable:
+    async def handler(request: Request, exc: Exception) -> Response:
+        log.warning("%s %s -> %d %s", request.method, request.url.path, status, _one_line(exc))
+        return Response(orjson.dumps({"error": str(exc)}), status_code=status,
+                        media_type="application/json")
+
+    return handler

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +21,14 @@ from clazzify.serving.metrics import ServingMetrics
 from clazzify.serving.protocol import (
     PayloadError,
     check_probabilities,
-    images_to_batch,
+    decode_batch,
+    open_images,
     v1_images,
     v1_predictions,
     v2_images,
     v2_metadata,
     v2_outputs,
+    with_raw_contents,
 )
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,32 @@ class _Scored:
     v2: InferRequest | None
 
 
+class PixelGate:
+    """A weighted semaphore on decoded pixels: requests decode concurrently only while the
+    sum of their pixels stays within ``capacity``, so decode memory has a ceiling whatever
+    the number of clients. A request never asks for more than ``capacity``
+    (``ServingLimits`` checks ``max_request_pixels <= max_decoding_pixels``).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self._changed = asyncio.Condition()
+
+    @asynccontextmanager
+    async def hold(self, pixels: int) -> AsyncIterator[None]:
+        pixels = min(pixels, self.capacity)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_use + pixels <= self.capacity)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.in_use -= pixels
+                self._changed.notify_all()
+
+
 class ClazzifyKServeModel(Model):
     """Classifies encoded photos sent as KServe V1 ``b64`` instances or a V2 BYTES input."""
 
@@ -57,17 +87,25 @@ class ClazzifyKServeModel(Model):
         self.version_override = version_override
         self.engine: Engine | None = None
         self._watcher: AliasWatcher | None = None
-        self._batcher = Batcher(
+        self._batcher = self._new_batcher()
+        self._stopped = False
+        self._decoding = PixelGate(cfg.limits.max_decoding_pixels)
+
+    def _new_batcher(self) -> Batcher:
+        return Batcher(
             lambda engine, images: engine.predict(images),
-            cfg.max_batch_size,
-            cfg.max_latency_ms / 1000.0,
-            on_batch=metrics.batch_size.observe,
+            self.cfg.max_batch_size,
+            self.cfg.max_latency_ms / 1000.0,
+            on_batch=self.metrics.batch_size.observe,
         )
 
     # ---------------------------------------------------------------- lifecycle
 
     def load(self) -> bool:
+        """Load the engine (again, after :meth:`stop`: the repository extension's load)."""
         engine = load_engine(self.source, self.cfg.engine, version_override=self.version_override)
+        if self._stopped:
+            self._batcher, self._stopped = self._new_batcher(), False
         self._install(engine)
         if self.cfg.watch_interval_s:
             self._watcher = AliasWatcher(
@@ -96,10 +134,12 @@ class ClazzifyKServeModel(Model):
         self.metrics.swaps.inc()
 
     def stop(self) -> None:
+        self.ready = False
         if self._watcher is not None:
             self._watcher.stop()
+            self._watcher = None
         self._batcher.close()
-        self.ready = False
+        self._stopped = True
 
     # ---------------------------------------------------------------- metadata
 
@@ -120,12 +160,14 @@ class ClazzifyKServeModel(Model):
         with self._batcher.expecting():
             try:
                 if isinstance(payload, InferRequest):
-                    blobs = v2_images([inp.to_dict() for inp in payload.inputs], limits)
+                    blobs = v2_images(_v2_inputs(payload), limits)
                 else:
                     blobs = v1_images(payload, limits)
-                pixels = await asyncio.get_running_loop().run_in_executor(
-                    None, images_to_batch, blobs, engine.meta.image_size, limits
-                )
+                loop = asyncio.get_running_loop()
+                size = engine.meta.image_size
+                opened = await loop.run_in_executor(None, open_images, blobs, size, limits)
+                async with self._decoding.hold(opened.pixels):
+                    pixels = await loop.run_in_executor(None, decode_batch, opened, size)
             except PayloadError as e:
                 raise InvalidInput(str(e)) from e
         return _Prepared(pixels, engine, payload if isinstance(payload, InferRequest) else None)
@@ -149,3 +191,13 @@ class ClazzifyKServeModel(Model):
             response_id=result.v2.id, model_name=self.name, infer_outputs=outputs,
             model_version=result.engine.version,
         )
+
+
+def _v2_inputs(request: InferRequest) -> list[dict]:
+    """The request's inputs as dicts, a gRPC ``raw_input_contents`` tensor unpacked.
+
+    KServe 0.21 keeps a raw tensor in ``InferInput._raw_data`` (``as_numpy`` reads it, but
+    splits elements with no bounds check), and has no public accessor for the bytes.
+    """
+    return [with_raw_contents(inp.to_dict(), getattr(inp, "_raw_data", None), f"inputs[{i}]")
+            for i, inp in enumerate(request.inputs)]

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
+from PIL import Image
 
 from clazzify.core.errors import ClazzifyError, ImageError
-from clazzify.core.imaging import image_to_array
+from clazzify.core.imaging import decoded_pixels, open_image, opened_to_array
 from clazzify.core.v2codec import BytesTensorError, unpack_bytes_tensor
 from clazzify.serving.config import ServingLimits
 
@@ -156,6 +158,32 @@ def parse_v2_body(body: bytes, header_length: str | None) -> dict[str, Any]:
     return request
 
 
+def with_raw_contents(inp: Mapping[str, Any], raw: bytes | None, where: str) -> dict[str, Any]:
+    """A V2 input whose tensor came as raw bytes (gRPC ``raw_input_contents``), with
+    ``data`` set to its elements.
+
+    The Open Inference Protocol frames a raw BYTES tensor as the binary extension does:
+    each element a 4-byte little-endian length, then its bytes. KServe's
+    ``InferInput.set_data_from_numpy(..., binary_data=True)`` sends images this way, the
+    only way its gRPC client carries bytes that are not UTF-8.
+
+    Raises:
+        PayloadError: a raw tensor that is not BYTES, or lengths that do not add up.
+    """
+    out = dict(inp)
+    if raw is None:
+        return out
+    if inp.get("datatype") != "BYTES":
+        raise PayloadError(f"{where}: only BYTES inputs (encoded images) are accepted, got "
+                           f"{inp.get('datatype')!r} in raw_input_contents")
+    try:
+        out["data"] = unpack_bytes_tensor(raw, where)
+    except BytesTensorError as e:
+        raise PayloadError(f"{e} (raw_input_contents: 4-byte little-endian length, then the "
+                           "bytes, per element)") from e
+    return out
+
+
 def v2_images(inputs: Sequence[Mapping[str, Any]], limits: ServingLimits) -> list[bytes]:
     """Encoded images of the one V2 BYTES input (base64 strings in JSON, raw bytes in binary).
 
@@ -196,22 +224,71 @@ def v2_images(inputs: Sequence[Mapping[str, Any]], limits: ServingLimits) -> lis
     ]
 
 
-def images_to_batch(blobs: Sequence[bytes], image_size: int, limits: ServingLimits) -> np.ndarray:
-    """Decode encoded images into the uint8 ``[N, S, S, 3]`` batch the model takes.
+@dataclass(frozen=True)
+class OpenedImages:
+    """A request's images with only their headers read, and what decoding them will cost.
 
-    Uses :func:`clazzify.core.imaging.image_to_array`, the function that built the training data.
+    Attributes:
+        images: the opened images, in request order.
+        pixels: the pixels decoding them will hold, summed (see
+            :func:`clazzify.core.imaging.decoded_pixels`).
+    """
+
+    images: list[Image.Image]
+    pixels: int
+
+
+def open_images(blobs: Sequence[bytes], image_size: int, limits: ServingLimits) -> OpenedImages:
+    """Read every image's header and check the request's pixel budget; decode nothing.
 
     Raises:
-        PayloadError: naming the index and the reason (empty, not an image, corrupt or
-            truncated, too small, too many pixels).
+        PayloadError: naming the index and the reason (empty, not an image, unreadable
+            header, too small, too many pixels), or the request over
+            ``limits.max_request_pixels``.
     """
-    batch = np.empty((len(blobs), image_size, image_size, 3), dtype=np.uint8)
+    opened = []
+    total = 0
     for i, blob in enumerate(blobs):
         try:
-            batch[i] = image_to_array(blob, image_size, limits.image_limits)
+            img = open_image(blob, limits.image_limits)  # the header only
+        except ImageError as e:
+            raise PayloadError(f"image {i}: {e.reason}: {e}") from e
+        total += decoded_pixels(img, image_size)
+        if total > limits.max_request_pixels:
+            raise PayloadError(
+                f"too_large: images 0..{i} would decode to {total} pixels, over the "
+                f"{limits.max_request_pixels}-pixel budget of one request: send fewer or "
+                "smaller images per request"
+            )
+        opened.append(img)
+    return OpenedImages(opened, total)
+
+
+def decode_batch(opened: OpenedImages, image_size: int) -> np.ndarray:
+    """Decode :func:`open_images`' images into the uint8 ``[N, S, S, 3]`` batch the model takes,
+    each with :func:`clazzify.core.imaging.opened_to_array`, i.e. ``image_to_array``, the
+    function that built the training data.
+
+    Raises:
+        PayloadError: naming the index, for truncated or corrupt image data.
+    """
+    batch = np.empty((len(opened.images), image_size, image_size, 3), dtype=np.uint8)
+    for i, img in enumerate(opened.images):
+        try:
+            batch[i] = opened_to_array(img, image_size)
         except ImageError as e:
             raise PayloadError(f"image {i}: {e.reason}: {e}") from e
     return batch
+
+
+def images_to_batch(blobs: Sequence[bytes], image_size: int, limits: ServingLimits) -> np.ndarray:
+    """:func:`open_images` then :func:`decode_batch`: every header is read (and the request's
+    pixel budget checked) before any pixel is decoded.
+
+    Raises:
+        PayloadError: as :func:`open_images` and :func:`decode_batch`.
+    """
+    return decode_batch(open_images(blobs, image_size, limits), image_size)
 
 
 # --------------------------------------------------------------------------- answers

@@ -6,17 +6,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from clazzify.core.errors import ClazzifyError
+from clazzify.core.errors import ClazzifyError, ConfigError
 from clazzify.core.imaging import ImageLimits
 from clazzify.serving.auth import load_api_keys
 from clazzify.serving.config import SERVER_ENGINES, ServerConfig, ServingLimits, parse_model_uri
 
 KEYS_ENV = "CLAZZIFY_API_KEYS"
+#: Exit code of a bad input or setting, as every clazzify entry point.
+BAD_INPUT = 2
 VERSION_ENV = "CLAZZIFY_MODEL_VERSION"
+HOST_ENV = "CLAZZIFY_HOST"
 log = logging.getLogger("serving")
 
 
@@ -26,25 +31,66 @@ def kserve_options(extra: list[str]) -> argparse.Namespace:
     ...), so a standard ServingRuntime args template works.
 
     Raises:
-        click.UsageError: an argument neither clazzify nor KServe knows, or a bad value.
+        ServeError: an argument neither clazzify nor KServe knows, or a bad value.
     """
-    from kserve.model_server import parser as kserve_parser
-
-    strict = argparse.ArgumentParser(parents=[kserve_parser], add_help=False,
+    kserve_server = _import_model_server()
+    strict = argparse.ArgumentParser(parents=[kserve_server.parser], add_help=False,
                                      allow_abbrev=False, exit_on_error=False)
     try:
         ns, unknown = strict.parse_known_args(extra)
     except argparse.ArgumentError as e:
-        raise click.UsageError(f"{e}: see --help and KServe's ModelServer arguments") from e
+        raise ServeError(f"{e}: see --help and KServe's ModelServer arguments") from e
     if unknown:
-        raise click.UsageError(
+        raise ServeError(
             f"unknown arguments {' '.join(unknown)}: see --help (clazzify's options, each with "
             "KServe's underscore spelling where KServe has one) and kserve.model_server's parser"
         )
+    # ModelServer reads the module's parsed arguments (logging, predictor settings) when it
+    # is built: give it these, parsed strictly, rather than its own lenient parse of argv.
+    kserve_server.args = ns
     return ns
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True,
+def _import_model_server() -> Any:
+    """``kserve.model_server``, imported without its import-time parse of ``sys.argv``
+    (which answers a bad value with a 25-line usage dump and exits before our checks)."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        import kserve.model_server as kserve_server
+    finally:
+        sys.argv = saved
+    return kserve_server
+
+
+class ServeError(click.ClickException):
+    """A bad path, key file, setting or port: one ``Error: ...`` line, exit code 2."""
+
+    exit_code = BAD_INPUT
+
+
+def one_line(e: BaseException) -> str:
+    """``e``'s message on one line."""
+    return " ".join(str(e).split()) or repr(e)
+
+
+class OneLineCommand(click.Command):
+    """A command whose every usage error (a bad option value, an unknown option) ends in
+    one ``Error: ...`` line and exit code 2, without click's usage banner."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            click.echo(f"Error: {one_line(e.format_message())}", err=True)
+            sys.exit(e.exit_code if isinstance(e, ServeError) else BAD_INPUT)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+
+
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"], "show_default": True,
                                  "ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 @click.option("--model-uri", envvar="CLAZZIFY_MODEL_URI", default="models:/clazzify@champion",
@@ -60,9 +106,13 @@ def kserve_options(extra: list[str]) -> argparse.Namespace:
               help="auto = ONNX Runtime, falling back to Keras if the ONNX model cannot load; "
                    "openvino[-bf16] = OpenVINO on the ONNX export (pip install "
                    "'clazzify[openvino]'; check accuracy before adopting bf16).")
-@click.option("--http-port", "--http_port", default=8080,
-              help="HTTP port (listens on all interfaces).")
-@click.option("--grpc-port", "--grpc_port", default=8081,
+@click.option("--host", envvar=HOST_ENV, default="127.0.0.1",
+              help="Interface to listen on (HTTP and gRPC): 127.0.0.1 is this machine only; "
+                   f"0.0.0.0 every interface (the serving image sets ${HOST_ENV}=0.0.0.0: "
+                   "a pod's probes and Service reach it on the pod's address).")
+@click.option("--http-port", "--http_port", default=8080, type=click.IntRange(1, 65535),
+              help="HTTP port.")
+@click.option("--grpc-port", "--grpc_port", default=8081, type=click.IntRange(1, 65535),
               help="V2 gRPC port (same keys and limits as HTTP); --enable_grpc false turns it off.")
 @click.option("--workers", default=1, type=click.IntRange(1, 1),
               help="Server processes: 1 (the model and its batcher live in the process; add "
@@ -76,24 +126,39 @@ def kserve_options(extra: list[str]) -> argparse.Namespace:
               help="Re-resolve the models:/NAME@ALIAS URI every --watch-interval seconds and "
                    "swap in a new version without failing requests.")
 @click.option("--watch-interval", default=30.0, help="Seconds between alias checks.")
-@click.option("--api-keys-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--api-keys-file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help=f"Accepted bearer keys, one per line (merged with ${KEYS_ENV}).")
+@click.option("--admin-keys-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Keys for the model repository extension (REST /v2/repository/..., gRPC "
+                   "Repository*: index, load, unload), one per line, distinct from the "
+                   "data-plane keys. Without it the extension is refused to every key.")
 @click.option("--insecure", is_flag=True,
               help="Allow starting with no API key (no authentication).")
 @click.option("--max-body-mb", default=10.0, help="Largest request body, in MB (413 above).")
 @click.option("--max-images", default=64, help="Most images per request.")
 @click.option("--max-pixels", default=ImageLimits.max_pixels,
               help="Largest width*height per image (as ingest).")
+@click.option("--max-request-pixels", default=ServingLimits.max_request_pixels,
+              help="Most pixels one request may decode, summed over its images (a JPEG counts "
+                   "at the DCT scale it is decoded at); checked on the headers before decoding.")
+@click.option("--max-decoding-pixels", type=int, default=None,
+              help="Most pixels the server decodes at once over all requests (at worst ~9 "
+                   "bytes each); a request waits until its pixels fit. At least "
+                   f"--max-request-pixels.  [default: {ServingLimits.max_decoding_pixels}, or "
+                   "--max-request-pixels if larger]")
 @click.option("--min-side", default=ImageLimits.min_side,
               help="Smallest accepted image side (as ingest).")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
               help="MLflow tracking URI for models:/ and runs:/ URIs "
                    "(default: the local store under .clazzify/).")
 def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str | None,
-         engine: str, http_port: int, grpc_port: int, workers: int, max_batch_size: int,
+         engine: str, host: str, http_port: int, grpc_port: int, workers: int, max_batch_size: int,
          max_latency_ms: float, watch_alias: bool, watch_interval: float,
-         api_keys_file: Path | None, insecure: bool, max_body_mb: float, max_images: int,
-         max_pixels: int, min_side: int, tracking_uri: str | None) -> None:
+         api_keys_file: Path | None, admin_keys_file: Path | None, insecure: bool,
+         max_body_mb: float, max_images: int,
+         max_pixels: int, max_request_pixels: int, max_decoding_pixels: int | None,
+         min_side: int,
+         tracking_uri: str | None) -> None:
     """Serve a clazzify model over KServe's V1 and V2 (Open Inference) REST and V2 gRPC.
 
     \b
@@ -105,33 +170,54 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
          need no key)
 
     Every other call needs 'Authorization: Bearer <key>' (gRPC: the same metadata), with
-    keys from --api-keys-file and/or $CLAZZIFY_API_KEYS.
+    keys from --api-keys-file and/or $CLAZZIFY_API_KEYS. The model repository extension
+    (/v2/repository/..., gRPC Repository*) answers only keys from --admin-keys-file, and
+    no one without it. A bad setting, key file, model or busy port: one 'Error:' line,
+    exit code 2.
 
     KServe's ModelServer arguments (--model_name, --http_port, --grpc_port, --workers,
     --max_threads, --enable_grpc, --enable_docs_url, ...) are accepted as well.
     """
+    if max_decoding_pixels is None:
+        max_decoding_pixels = max(ServingLimits.max_decoding_pixels, max_request_pixels)
     try:
         cfg = ServerConfig(
             model_uri=model_uri, model_name=model_name, engine=engine, http_port=http_port,
             max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
             watch_interval_s=watch_interval if watch_alias else 0.0,
             limits=ServingLimits(max_body_bytes=int(max_body_mb * 1024 * 1024),
-                                 max_images=max_images,
+                                 max_images=max_images, max_request_pixels=max_request_pixels,
+                                 max_decoding_pixels=max_decoding_pixels,
                                  image_limits=ImageLimits(min_side=min_side, max_pixels=max_pixels)),
         )
-        file_text = api_keys_file.read_text() if api_keys_file else None
-        keys = load_api_keys(file_text, os.environ.get(KEYS_ENV))
-    except (ClazzifyError, OSError) as e:
-        raise click.UsageError(str(e)) from e
+        keys = load_api_keys(_read_keys(api_keys_file, "--api-keys-file"),
+                             os.environ.get(KEYS_ENV))
+        admin_keys = load_api_keys(_read_keys(admin_keys_file, "--admin-keys-file"))
+    except ClazzifyError as e:
+        raise ServeError(str(e)) from e
+    if admin_keys_file is not None and not admin_keys:
+        raise ServeError(f"--admin-keys-file {admin_keys_file} holds no key: put one key per "
+                         "line, or leave the option out to keep the control plane closed")
+    if admin_keys & keys:
+        raise ServeError("a key is both a data-plane key and an admin key: give the control "
+                         "plane its own keys (--admin-keys-file)")
     if model_version and cfg.watch_interval_s:
-        raise click.UsageError(f"--model-version (or ${VERSION_ENV}) and --watch-alias exclude "
-                               "each other: a watched alias reports the registry's version")
+        raise ServeError(f"--model-version (or ${VERSION_ENV}) and --watch-alias exclude "
+                         "each other: a watched alias reports the registry's version")
     if not keys and not insecure:
-        raise click.UsageError(
+        raise ServeError(
             f"no API key configured: put keys in --api-keys-file or ${KEYS_ENV}, or pass "
             "--insecure to serve without authentication"
         )
     kserve_args = kserve_options(ctx.args)
+    from clazzify.serving.lifecycle import ClazzifyModelServer, bind_http, check_port_free
+
+    try:  # the ports first: a busy one fails now, not after the model has loaded
+        http_socket = bind_http(host, cfg.http_port)
+        if kserve_args.enable_grpc:
+            check_port_free(host, grpc_port)
+    except ClazzifyError as e:
+        raise ServeError(str(e)) from e
     if parse_model_uri(cfg.model_uri).from_registry:
         import mlflow
 
@@ -141,8 +227,11 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
 
-    from kserve import ModelServer
     from kserve.model_server import app
+
+    if kserve_args.enable_docs_url and app.docs_url is None:
+        app.docs_url = "/docs"  # the app was built at import, before the arguments were read
+        app.setup()
 
     from clazzify.serving.grpc_server import GuardedGRPCServer
     from clazzify.serving.http import GuardMiddleware, add_v2_infer_route
@@ -154,16 +243,29 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
     try:
         model.load()
     except ClazzifyError as e:
-        raise click.ClickException(f"cannot load {cfg.model_uri}: {e}") from e
+        http_socket.close()
+        raise ServeError(f"cannot load {cfg.model_uri}: {one_line(e)}") from e
     if not keys:
         log.warning("serving WITHOUT authentication (--insecure)")
-    app.add_middleware(GuardMiddleware, keys=keys or None,
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        log.info("listening on %s: reachable from other machines", host)
+    app.add_middleware(GuardMiddleware, keys=keys or None, admin_keys=admin_keys,
                        max_body_bytes=cfg.limits.max_body_bytes, metrics=metrics)
     add_v2_infer_route(app, model)
-    server = ModelServer(
+
+    def grpc_server(server: ClazzifyModelServer) -> GuardedGRPCServer:
+        return GuardedGRPCServer(
+            grpc_port, server.dataplane, server.model_repository_extension, keys=keys or None,
+            admin_keys=admin_keys, metrics=metrics,
+            max_message_bytes=cfg.limits.max_body_bytes, grace_period=server.grace_period,
+            host=host,
+        )
+
+    server = ClazzifyModelServer(
+        http_socket, frozenset({cfg.model_name}),
+        grpc_server_factory=grpc_server if kserve_args.enable_grpc else None,
         http_port=cfg.http_port, grpc_port=grpc_port, workers=workers,
-        # KServe's own gRPC server takes no interceptors; the guarded one is added below.
-        enable_grpc=False, max_threads=kserve_args.max_threads,
+        max_threads=kserve_args.max_threads,
         max_asyncio_workers=kserve_args.max_asyncio_workers,
         enable_docs_url=kserve_args.enable_docs_url,
         # KServe's timing middleware logs two trace lines per request; /metrics has the
@@ -173,14 +275,14 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
         ssl_certfile=kserve_args.ssl_certfile, ssl_keyfile=kserve_args.ssl_keyfile,
     )
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)
-    if kserve_args.enable_grpc:
-        grpc_server = GuardedGRPCServer(
-            grpc_port, server.dataplane, server.model_repository_extension, keys=keys or None,
-            metrics=metrics, max_message_bytes=cfg.limits.max_body_bytes,
-            grace_period=server.grace_period,
-        )
-        # ModelServer.start gathers server.servers and stops _grpc_server on SIGTERM.
-        server._grpc_server = grpc_server
-        server.servers.append(grpc_server.start(kserve_args.max_threads))
     server.start([model])
 
+
+def _read_keys(path: Path | None, flag: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {flag} {path}: {e}: give a readable text file with "
+                          "one key per line") from e
