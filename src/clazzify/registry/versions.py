@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clazzify.core.bundle import META_FILE, BundleMeta, find_bundle
-from clazzify.core.errors import ConfigError
+from clazzify.core.errors import ConfigError, StorageError
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
@@ -53,6 +53,34 @@ def find_version(model_name: str, ref: str):  # -> ModelVersion | None
         raise
 
 
+def check_registry_reachable(timeout_s: float = 5.0) -> None:
+    """Refuse at once when the registry is an HTTP server nobody answers on.
+
+    MLflow's client retries a refused connection with back-off for minutes; a command
+    that cannot go on without the registry should say so in seconds instead.
+
+    Raises:
+        StorageError: nothing listens at the registry's host and port.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    import mlflow
+
+    uri = mlflow.get_registry_uri()
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as e:
+        raise StorageError(
+            f"cannot reach the MLflow registry at {uri} ({e.strerror or e}): start the tracking server "
+            "or set MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI"
+        ) from e
+
+
 def get_version(model_name: str, ref: str):  # -> ModelVersion
     """:func:`find_version`, for callers that cannot go on without it.
 
@@ -63,6 +91,7 @@ def get_version(model_name: str, ref: str):  # -> ModelVersion
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    check_registry_reachable()
     try:
         mv = find_version(model_name, ref)
     except MlflowException as e:
