@@ -309,19 +309,35 @@ def score_cmd(source, endpoint, model_name, api_key, api_key_file, timeout, clas
 
 
 @main.command("images")
-@click.option("--restaurant", required=True, help="Restaurant id.")
-@click.option("--label", default="ambiance", show_default=True, help="Predicted class to list.")
+@click.option("--restaurant", default=None,
+              help="Restaurant id (required unless --unknown, which lists every restaurant's).")
+@click.option("--label", default="ambiance", show_default=True,
+              help="Predicted class to list; 'unknown' is --unknown.")
+@click.option("--unknown", "unknown", is_flag=True,
+              help="List the photos the model flagged as none of its classes instead.")
 @click.option("--min-prob", default=0.0, show_default=True, help="Lowest probability shown.")
 @click.option("--limit", default=50, show_default=True)
 @_model_option
 @_db_option
 @_FORMAT
-def images_cmd(restaurant, label, min_prob, limit, model_name, db_url, fmt) -> None:
+def images_cmd(restaurant, label, unknown, min_prob, limit, model_name, db_url, fmt) -> None:
     """A restaurant's photos predicted as LABEL, most confident first.
 
     E.g. surface the ambiance shots on a restaurant page whose photos are mostly food.
+    Photos the model flagged as none of its classes are in no class's list: --unknown
+    (or --label unknown) lists them, least like the classes first.
     """
+    from clazzify.scoring.endpoint_client import UNKNOWN
+
     repo = _open_repo(db_url, read_only=True)
+    if unknown or label == UNKNOWN:
+        rows = repo.unknown_images(restaurant, model_name=model_name, limit=limit)
+        _emit(rows, fmt, ["image_id", "uri", "restaurant_id", "top_class", "top_probability",
+                          "in_distribution_score", "model_version"])
+        return
+    if not restaurant:
+        raise click.BadParameter("name the restaurant whose photos to list (or pass --unknown)",
+                                 param_hint="--restaurant")
     _check_label(repo, label, model_name)
     rows = repo.restaurant_images(restaurant, label, model_name=model_name,
                                   min_probability=min_prob, limit=limit)

@@ -313,6 +313,7 @@ def score_events(
                     prediction.class_names, prediction.probabilities[row], strict=True
                 )
             }
+            unknown, ood_score = prediction.verdict(row)
             results[i] = EventResult(
                 event,
                 score=ScoreRow(
@@ -321,6 +322,8 @@ def score_events(
                     model_version=prediction.model_version,
                     probabilities=probabilities,
                     source_uri=event.uri,
+                    unknown=unknown,
+                    in_distribution_score=ood_score,
                 ),
             )
     stats.infer_s += time.perf_counter() - started
