@@ -418,3 +418,38 @@ def relabel_import_cmd(file, out, classes, keep_unchanged, record_labels, model_
         repo.add_manual_labels(((a.image_id, a.label) for a in answers),
                                labelled_by="relabel-import")
     click.echo(f"{n} labelled photos -> {out} ({skipped} rows skipped without a label)")
+
+
+@main.command("drift-rules")
+@click.option("--manifest", "manifest", default=None,
+              help="The champion's training manifest (uri,label CSV/JSONL): its class counts.")
+@click.option("--class-counts", default="",
+              help="Or the counts themselves: food=470,human=415,... (from the model's report).")
+@click.option("-o", "--out", "out", default="-", show_default=True,
+              help="File to write (manifests/base/prometheus-rules.yaml), '-' for stdout.")
+@_model_option
+@click.option("--psi-threshold", default=0.2, show_default=True,
+              help="Class-mix alert: population stability index above this.")
+@click.option("--unknown-floor", default=0.05, show_default=True,
+              help="Unknown-rate alert: never below this share of photos.")
+@click.option("--confidence-drop", default=0.10, show_default=True,
+              help="Confidence alert: the 15-minute mean this far below the day's.")
+def drift_rules_cmd(manifest, class_counts, out, model_name, psi_threshold, unknown_floor,
+                    confidence_drop) -> None:
+    """Write the drift watch's PrometheusRule from the training mix (docs/monitoring.md)."""
+    from clazzify.core import storage
+    from clazzify.scoring import drift_rules
+
+    if bool(manifest) == bool(class_counts):
+        raise click.BadParameter("pass exactly one of --manifest or --class-counts",
+                                 param_hint="--manifest / --class-counts")
+    counts = (drift_rules.class_counts_from_manifest(manifest) if manifest
+              else drift_rules.parse_class_counts(class_counts))
+    cfg = drift_rules.DriftRuleConfig(model_name=model_name, psi_threshold=psi_threshold,
+                                      unknown_floor=unknown_floor, confidence_drop=confidence_drop)
+    text = drift_rules.render(drift_rules.training_mix(counts), cfg)
+    if out == "-":
+        click.echo(text, nl=False)
+    else:
+        storage.write_bytes(out, text.encode())
+        click.echo(f"wrote the drift rules for {len(counts)} classes to {out}")
