@@ -189,7 +189,7 @@ def test_backfill_counts_the_unknown_photos(tmp_path: Path, repo: ScoreRepositor
     flagged = repo.unknown_images(model_name="clazzify")
     assert report.scored == 6 and report.unknown == len(flagged) and report.judged == 6
     assert {Path(r["uri"]).name for r in flagged} >= {"grey0.png", "grey1.png"}
-    assert f"scored 6 ({report.unknown} unknown" in report.summary()
+    assert report.summary().endswith(f"; unknown (none of the classes): {report.unknown} of 6")
 
     older = score_collection(str(photos), _ProbingScorer(version="9"), repo, progress=False)
     assert older.judged == 0 and "no out-of-distribution score" in older.summary()

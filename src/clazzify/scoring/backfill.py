@@ -98,15 +98,16 @@ class BackfillReport:
         rate = self.scored / self.seconds if self.seconds else 0.0
         failures = ", ".join(f"{k}={v}" for k, v in sorted(self.failures.items())) or "none"
         if self.judged:
-            unknown = f" ({self.unknown} unknown: none of the classes)"
+            unknown = f"; unknown (none of the classes): {self.unknown} of {self.judged}"
         elif self.scored:
-            unknown = " (no unknown verdicts: the model has no out-of-distribution score)"
+            unknown = "; no unknown verdicts (the model has no out-of-distribution score)"
         else:
             unknown = ""
         return (
             f"{self.source}: listed {self.listed}, already scored {self.skipped}, "
-            f"scored {self.scored}{unknown}, failed {self.failed} ({failures}) with "
+            f"scored {self.scored}, failed {self.failed} ({failures}) with "
             f"{self.model_name} v{self.model_version} in {self.seconds:.1f}s ({rate:.1f} images/s)"
+            f"{unknown}"
         )
 
 
