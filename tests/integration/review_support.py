@@ -14,13 +14,17 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import numpy as np
+import sqlalchemy as sa
 from serving_support import free_port, stop_process
 
 from clazzify import DEMO_CLASSES
+from clazzify.scoring.schema import label_history, manual_labels
+from clazzify.scoring.schema import scores as scores_table
 from clazzify.scoring.scores import Batch, ImageRow, ScoreRepository, ScoreRow
 from clazzify.training import demo_data
 
@@ -106,6 +110,93 @@ def review_process(db_url: str, thumb_cache: Path, *extra: str) -> Iterator[tupl
         stop_process(proc, grace=10)
 
 
+#: The training mix the stats seed draws from (the default dataset's class counts).
+TRAINING_COUNTS = {"ambiance": 178, "food": 470, "human": 415, "menu": 216}
+
+
+def _ood_pictures(photos: Path) -> list[Path]:
+    """Uploads that are none of the classes: a flat colour, a bar chart, a UI screenshot."""
+    from PIL import Image, ImageDraw
+
+    photos.mkdir(parents=True, exist_ok=True)
+    flat = Image.new("RGB", (160, 160), (40, 160, 70))
+    chart = Image.new("RGB", (160, 160), "white")
+    draw = ImageDraw.Draw(chart)
+    for i, h in enumerate((40, 90, 65, 120, 30)):
+        draw.rectangle([15 + i * 28, 150 - h, 35 + i * 28, 150], fill=(50, 90, 200))
+    shot = Image.new("RGB", (160, 160), (245, 245, 250))
+    draw = ImageDraw.Draw(shot)
+    draw.rectangle([0, 0, 160, 22], fill=(30, 30, 60))
+    for y in range(32, 150, 18):
+        draw.rectangle([10, y, 150, y + 10], fill=(200, 205, 215))
+    paths = []
+    for name, picture in (("flat", flat), ("chart", chart), ("screenshot", shot)):
+        path = photos / f"ood-{name}.png"
+        picture.save(path)
+        paths.append(path)
+    return paths
+
+
+def seed_stats_db(db_url: str, photos: Path, days: int = 14, per_day: int = 60, seed: int = 1,
+                  now: datetime | None = None) -> dict[str, int]:
+    """Two weeks of version "3"'s scores with out-of-distribution verdicts and moderators'
+    labels, dated over ``days`` days: steady at the training mix, then, in the last four
+    days, a flood of food photos, more unknown uploads and a less sure model.
+
+    Returns:
+        How many scores were flagged unknown per day offset (0: today), for the assertions.
+    """
+    now = now or datetime.now(UTC)
+    rng = np.random.default_rng(seed)
+    ids = seed_review_db(db_url, photos / "classes", per_class=4, seed=seed)
+    uris = {i: str(photos / "classes" / f"{i}.jpg") for i in ids}
+    ood = _ood_pictures(photos / "ood")
+    classes = list(DEMO_CLASSES)
+    steady = np.array([TRAINING_COUNTS[c] for c in classes], dtype=float)
+    steady /= steady.sum()
+    flood = np.array([0.05, 0.8, 0.1, 0.05])
+    repo = ScoreRepository.open(db_url)
+    flagged_per_day: dict[str, int] = {}
+    try:
+        for offset in range(days - 1, -1, -1):
+            drifting = offset < 4
+            mix = flood if drifting else steady
+            unknown_share = 0.2 if drifting else 0.03
+            sharpness = 1.6 if drifting else 3.2
+            images, scores, marks = [], [], []
+            for k in range(per_day):
+                image_id = f"d{offset:02d}-{k:03d}"
+                is_unknown = rng.random() < unknown_share
+                c = int(rng.choice(len(classes), p=mix))
+                uri = str(ood[k % len(ood)]) if is_unknown else uris[f"{classes[c]}-{k % 4:02d}"]
+                logits = rng.normal(0.0, 0.7, len(classes))
+                logits[c] += sharpness * rng.uniform(0.6, 1.2)
+                p = np.exp(logits) / np.exp(logits).sum()
+                images.append(ImageRow(image_id, uri, RESTAURANTS[k % 3], "upload"))
+                scores.append(ScoreRow(image_id, "clazzify", "3", dict(zip(classes, map(float, p), strict=True)),
+                                       uri, unknown=is_unknown,
+                                       in_distribution_score=float(rng.normal(-2 if is_unknown else 3, 1))))
+                if k % 2 == 0:  # moderators review every other photo; they agree less when it drifts
+                    agree = rng.random() < (0.7 if drifting else 0.93)
+                    truth = c if agree else (c + 1) % len(classes)
+                    marks.append((image_id, "not_a_class" if is_unknown else classes[truth]))
+            repo.save(Batch(images=images, scores=scores))
+            repo.record_labels(marks, labelled_by="maria", action="label")
+            flagged_per_day[str(offset)] = sum(bool(s.unknown) for s in scores)
+            when = now - timedelta(days=offset, hours=1)
+            with repo.engine.begin() as conn:
+                day_ids = [i.image_id for i in images]
+                conn.execute(sa.update(scores_table).where(scores_table.c.image_id.in_(day_ids))
+                             .values(scored_at=when, updated_at=when))
+                conn.execute(sa.update(manual_labels).where(manual_labels.c.image_id.in_(day_ids))
+                             .values(labelled_at=when))
+                conn.execute(sa.update(label_history).where(label_history.c.image_id.in_(day_ids))
+                             .values(labelled_at=when))
+    finally:
+        repo.close()
+    return flagged_per_day
+
+
 @contextmanager
 def review_server(db_url: str, thumb_cache: Path, *extra: str) -> Iterator[str]:
     """`clazzify review-ui` in a child process on a free port; yields its base URL."""
@@ -152,5 +243,41 @@ def take_screenshot(out: Path, work: Path) -> None:
         browser.close()
 
 
+def take_stats_screenshots(out_dir: Path, work: Path) -> None:
+    """The docs' pictures of the Stats charts and of the queue "Not one of the classes"."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    from clazzify.review.users import add_user
+    from clazzify.scoring.database import create_db_engine
+
+    work.mkdir(parents=True, exist_ok=True)
+    db_url = f"sqlite:///{tempfile.mkdtemp(dir=work)}/scores.db"
+    seed_stats_db(db_url, work / "photos")
+    engine = create_db_engine(db_url)
+    add_user(engine, "maria", "screenshot-password", "moderator")
+    engine.dispose()
+    mix = ",".join(f"{k}={v}" for k, v in TRAINING_COUNTS.items())
+    with review_server(db_url, work / "thumbs", "--training-mix", mix) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1360, "height": 860}, device_scale_factor=1)
+        page.goto(f"{base}/login?next=/stats")
+        page.fill("input[name=username]", "maria")
+        page.fill("input[name=password]", "screenshot-password")
+        page.click("main.login button[type=submit]")
+        page.wait_for_selector("#chart-agreement svg")
+        page.locator("section.charts").screenshot(path=str(out_dir / "review-stats.png"))
+        page.goto(f"{base}/queue/unknown")
+        page.wait_for_selector("#counts .queues")
+        page.keyboard.press("x")
+        page.wait_for_timeout(2000)  # the toast, then the counts reload
+        page.screenshot(path=str(out_dir / "review-unknown-queue.png"))
+        browser.close()
+
+
 if __name__ == "__main__":
-    take_screenshot(Path(sys.argv[1]), Path(sys.argv[2]))
+    if sys.argv[1] == "stats":
+        take_stats_screenshots(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        take_screenshot(Path(sys.argv[1]), Path(sys.argv[2]))

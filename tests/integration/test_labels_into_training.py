@@ -108,3 +108,24 @@ def test_an_unreadable_labels_database_is_one_clear_line(tmp_path: Path):
     assert result.exit_code != 0
     assert "cannot read manual labels from" in result.output and "no such table" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_not_a_class_mark_never_becomes_a_class_label(tmp_path: Path):
+    """A moderator's "not a class" mark is read as an OOD example, never as a label by ingest."""
+    from clazzify.scoring.labels import NOT_A_CLASS, read_not_a_class_marks
+
+    root = tmp_path / "photos"
+    write_demo_data(root, per_class=6, size=48, seed=7, bad_files=False)
+    marked = sorted((root / "food").iterdir())[0]
+    db = f"sqlite:///{tmp_path / 'scores.db'}"
+    repo = ScoreRepository.open(db)
+    repo.save(Batch(images=[ImageRow("m", str(marked))]))
+    repo.record_labels([("m", NOT_A_CLASS)], labelled_by="mod", action="label")
+    repo.close()
+    assert read_not_a_class_marks(db) == [("m", str(marked))]
+    out = tmp_path / "ing"
+    result = CliRunner().invoke(main, ["ingest", str(root), "-o", str(out), "--labels-from", db])
+    assert result.exit_code == 0, result.output
+    rows = {r.uri: r for r in read_split_manifest(out / "manifest.csv")}
+    assert (rows[str(marked)].label, rows[str(marked)].label_source) == ("food", "folder")
+    assert NOT_A_CLASS not in {r.label for r in rows.values()}

@@ -19,6 +19,8 @@ from clazzify.core.imaging import image_to_array
 from clazzify.scoring.endpoint_client import EndpointError, Prediction
 
 CLASSES = ("ambiance", "food", "human", "menu")
+#: FakeScorer(ood=True) flags photos whose logits spread less than this (greyish ones).
+OOD_THRESHOLD = 0.5
 
 
 def png_bytes(colour: tuple[int, int, int], size: int = 40) -> bytes:
@@ -41,11 +43,14 @@ def write_images(root: Path, n: int, prefix: str = "img") -> list[Path]:
 class FakeScorer:
     """Scores by colour: probabilities are a softmax of a few pixel statistics."""
 
-    def __init__(self, version: str = "3", name: str = "clazzify") -> None:
+    def __init__(self, version: str = "3", name: str = "clazzify", ood: bool = False) -> None:
         self.version = version
         self.name = name
         self.down = False
         self.calls: list[int] = []
+        #: Answer like a model with an out-of-distribution score: colourfulness (the spread
+        #: of the channel means) is the in-distribution score; a grey photo is "unknown".
+        self.ood = ood
 
     def infer(self, images: Sequence[bytes]) -> Prediction:
         self.calls.append(len(images))
@@ -60,4 +65,9 @@ class FakeScorer:
             means = pixels.mean(axis=(0, 1))
             logits = np.array([means[0], means[1], means[2], 1.0 - means.mean()]) * 4
             rows.append(np.exp(logits) / np.exp(logits).sum())
-        return Prediction(self.name, self.version, CLASSES, np.array(rows, dtype=np.float32))
+        probs = np.array(rows, dtype=np.float32)
+        if not self.ood:
+            return Prediction(self.name, self.version, CLASSES, probs)
+        score = np.array([float(np.ptp(np.log(r[:3]))) for r in rows])
+        return Prediction(self.name, self.version, CLASSES, probs,
+                          unknown=score < OOD_THRESHOLD, in_distribution_score=score)

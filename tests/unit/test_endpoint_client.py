@@ -165,3 +165,81 @@ def test_a_binary_bytes_output_that_runs_past_its_end_is_a_bad_response() -> Non
     with pytest.raises(EndpointError, match="'label': element of 9 bytes") as info:
         decode_infer_response(head + raw, len(head))
     assert info.value.kind == "transient"
+
+
+def _ood_response(labels: list[str], score: list[float] | None, binary: bool):
+    from kserve.protocol.infer_type import InferOutput, InferResponse
+
+    n = len(labels)
+    probs = np.full((n, len(CLASSES)), 0.25, dtype=np.float32)
+    outputs = [
+        InferOutput("label", [n], "BYTES", None),
+        InferOutput("probabilities", [n, len(CLASSES)], "FP32", None),
+        InferOutput("class_names", [len(CLASSES)], "BYTES", None),
+    ]
+    outputs[0].set_data_from_numpy(np.array(labels, dtype=object), binary_data=binary)
+    outputs[1].set_data_from_numpy(probs, binary_data=binary)
+    outputs[2].set_data_from_numpy(np.array(CLASSES, dtype=object), binary_data=binary)
+    if score is not None:
+        out = InferOutput("in_distribution_score", [n], "FP32", None)
+        out.set_data_from_numpy(np.array(score, dtype=np.float32), binary_data=binary)
+        outputs.append(out)
+    body, json_length = InferResponse(
+        "r1", "clazzify", outputs, model_version="9", use_binary_outputs=binary
+    ).to_rest()
+    if json_length is None:
+        body = json.dumps(body).encode()
+    return decode_infer_response(body, json_length)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_an_unknown_label_and_the_score_are_read(binary: bool) -> None:
+    doc, tensors = _ood_response(["food", "unknown", "menu"], [3.5, -2.0, float("nan")], binary)
+    prediction = parse_prediction(doc, tensors, 3)
+    assert prediction.unknown.tolist() == [False, True, False]
+    assert prediction.verdict(0) == (False, pytest.approx(3.5))
+    assert prediction.verdict(1) == (True, pytest.approx(-2.0))
+    assert prediction.verdict(2) == (False, None)  # a non-finite score is no score
+    assert prediction.probabilities.shape == (3, 4)  # over the classes only
+
+
+def test_an_unknown_label_without_a_score_is_still_a_verdict() -> None:
+    doc, tensors = _ood_response(["unknown", "food"], None, binary=False)
+    prediction = parse_prediction(doc, tensors, 2)
+    assert [prediction.verdict(i) for i in range(2)] == [(True, None), (False, None)]
+
+
+def test_an_older_model_gives_no_verdict() -> None:
+    """No score output and no 'unknown' label: None, never "in-distribution"."""
+    doc, tensors = _ood_response(["food", "menu"], None, binary=True)
+    prediction = parse_prediction(doc, tensors, 2)
+    assert prediction.unknown is None and prediction.in_distribution_score is None
+    assert prediction.verdict(1) == (None, None)
+
+
+def test_a_score_of_the_wrong_shape_is_a_contract_error() -> None:
+    doc, tensors = _ood_response(["food", "menu"], [1.0, 2.0], binary=False)
+    tensors["in_distribution_score"] = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    with pytest.raises(EndpointError, match="in_distribution_score") as info:
+        parse_prediction(doc, tensors, 2)
+    assert info.value.kind == "config"
+
+
+def test_v1_predictions_carry_the_verdict() -> None:
+    from clazzify.scoring.endpoint_client import parse_v1_predictions
+
+    rows = [
+        {"label": "food", "probabilities": dict(zip(CLASSES, [0.1, 0.7, 0.1, 0.1], strict=True)),
+         "in_distribution_score": 4.0, "model_name": "clazzify", "model_version": "3"},
+        {"label": "unknown", "probabilities": dict(zip(CLASSES, [0.2, 0.5, 0.2, 0.1], strict=True)),
+         "in_distribution_score": -1.0, "model_name": "clazzify", "model_version": "3"},
+    ]
+    prediction = parse_v1_predictions({"predictions": rows}, 2)
+    assert prediction.model_version == "3" and prediction.class_names == tuple(CLASSES)
+    assert [prediction.verdict(i) for i in range(2)] == [(False, 4.0), (True, -1.0)]
+    for row in rows:
+        del row["in_distribution_score"]
+        row["label"] = "food"
+    assert parse_v1_predictions({"predictions": rows}, 2).unknown is None
+    with pytest.raises(EndpointError, match="2 entries"):
+        parse_v1_predictions({"predictions": rows[:1]}, 2)

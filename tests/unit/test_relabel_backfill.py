@@ -173,3 +173,23 @@ def test_backfill_never_moves_a_known_photo(tmp_path: Path, repo: ScoreRepositor
                               BackfillConfig(), progress=False)
     assert report.failures == {"id_conflict": 1} and report.scored == 0
     assert repo.image_uris(["p1"]) == {"p1": str(first)}
+
+
+def test_backfill_counts_the_unknown_photos(tmp_path: Path, repo: ScoreRepository) -> None:
+    from _scoring import png_bytes
+
+    photos = tmp_path / "photos"
+    write_images(photos, 4)
+    for i, grey in enumerate((90, 160)):
+        (photos / f"grey{i}.png").write_bytes(png_bytes((grey, grey, grey)))
+    scorer = _ProbingScorer(version="8")
+    scorer.ood = True
+    report = score_collection(str(photos), scorer, repo, BackfillConfig(batch_size=2, check_chunk=4),
+                              progress=False)
+    flagged = repo.unknown_images(model_name="clazzify")
+    assert report.scored == 6 and report.unknown == len(flagged) and report.judged == 6
+    assert {Path(r["uri"]).name for r in flagged} >= {"grey0.png", "grey1.png"}
+    assert report.summary().endswith(f"; unknown (none of the classes): {report.unknown} of 6")
+
+    older = score_collection(str(photos), _ProbingScorer(version="9"), repo, progress=False)
+    assert older.judged == 0 and "no out-of-distribution score" in older.summary()

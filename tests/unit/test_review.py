@@ -401,3 +401,32 @@ def test_tls_requests_get_hsts_and_secure_cookies(scheme: str, always_tls: bool,
     assert (b"; secure" in headers[b"set-cookie"]) is tls
     assert (headers.get(b"strict-transport-security") == b"max-age=31536000") is tls
     assert headers[b"x-content-type-options"] == b"nosniff"
+
+
+def test_flagged_photos_have_their_own_queue_and_leave_the_class_queues(filled: ScoreRepository):
+    # v3 rescored p01 (food) and p02 (human) as none of the classes.
+    flagged = [ScoreRow(i, "clazzify", "3", {c: 0.25 for c in CLASSES} | {c_: 0.4}, f"/photos/{i}.jpg",
+                        unknown=True, in_distribution_score=-1.0)
+               for i, c_ in (("p01", "food"), ("p02", "human"))]
+    filled.save(Batch(scores=flagged))
+    filled.record_labels([("p01", "not_a_class")], labelled_by="ann", action="label")
+    with filled.engine.connect() as conn:
+        def ids(queue: queues.Queue) -> list[str]:
+            return [c.image_id for c in queues.page(conn, _scope(), queue, limit=100)[0]]
+
+        assert ids(queues.Queue("unknown")) == ["p02"]
+        assert ids(queues.Queue("unknown", pending=False)) == ["p01", "p02"]
+        assert "p02" not in ids(queues.Queue("class", label="human", pending=False))
+        assert "p01" not in ids(queues.Queue("class", label="food", pending=False))
+        assert queues.page(conn, _scope(), queues.Queue("unknown"), limit=5)[0][0].unknown is True
+        counts = queues.counts(conn, _scope())
+        assert counts.unknown == (1, 2)
+        assert counts.by_class["food"] == (4, 4) and counts.by_class["human"] == (4, 4)
+        assert counts.unreviewed == (19, 19)
+
+
+def test_the_not_a_class_mark_can_never_be_a_configured_class():
+    from clazzify.review.app import ReviewConfig
+
+    with pytest.raises(ConfigError, match="not_a_class"):
+        ReviewConfig(classes=("food", "not_a_class"))

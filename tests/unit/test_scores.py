@@ -156,3 +156,83 @@ def test_a_later_event_without_a_restaurant_keeps_the_known_one(repo: ScoreRepos
     assert [r["image_id"] for r in repo.restaurant_images("r9", "food", model_name="clazzify")] == [
         "a"
     ]
+
+
+def test_unknown_photos_are_in_no_class_collection(tmp_path: Path) -> None:
+    repo = ScoreRepository.open(f"sqlite:///{tmp_path}/s.db")
+    rows = [
+        ScoreRow("flower", "clazzify", "1", {"food": 0.97, "menu": 0.03}, "s3://u/flower.jpg",
+                 unknown=True, in_distribution_score=-3.0),
+        ScoreRow("shot", "clazzify", "1", {"food": 0.1, "menu": 0.9}, "s3://u/shot.png",
+                 unknown=True, in_distribution_score=None),
+        ScoreRow("pizza", "clazzify", "1", {"food": 0.9, "menu": 0.1}, "s3://u/pizza.jpg",
+                 unknown=False, in_distribution_score=5.0),
+        ScoreRow("old", "clazzify", "1", {"food": 0.8, "menu": 0.2}, "s3://u/old.jpg"),  # no verdict
+    ]
+    repo.save(Batch(images=[image(r.image_id) for r in rows], scores=rows))
+    food = repo.restaurant_images("r1", "food", model_name="clazzify")
+    assert [r["image_id"] for r in food] == ["pizza", "old"]
+    assert repo.likely_photos(["menu"], model_name="clazzify", min_probability=0.5) == []
+    flagged = repo.unknown_images(model_name="clazzify")
+    assert [(r["image_id"], r["top_class"]) for r in flagged] == [("flower", "food"), ("shot", "menu")]
+    assert flagged[0]["in_distribution_score"] == pytest.approx(-3.0)
+    assert repo.unknown_images("elsewhere", model_name="clazzify") == []
+    assert repo.count_unknown("clazzify", "1") == (2, 3)
+    # A rescore that clears the flag brings the photo back into its class.
+    repo.save(Batch(scores=[ScoreRow("flower", "clazzify", "1", {"food": 0.97, "menu": 0.03},
+                                     "s3://u/flower.jpg", unknown=False)]))
+    assert {r["image_id"] for r in repo.restaurant_images("r1", "food", model_name="clazzify")} == {
+        "pizza", "old", "flower"}
+    with repo.engine.connect() as conn:
+        flags = dict(conn.execute(sa.text("SELECT image_id, unknown FROM image_labels")).tuples().all())
+    assert flags["shot"] and flags["old"] is None and not flags["flower"]
+
+
+def test_migration_0004_downgrades_and_upgrades_again(tmp_path: Path) -> None:
+    from clazzify.scoring.schema import upgrade_database
+
+    repo = ScoreRepository.open(f"sqlite:///{tmp_path}/s.db")
+    repo.save(Batch(images=[image("a")], scores=[score("a")]))
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", "clazzify.scoring:migrations")
+    with repo.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+    columns = {c["name"] for c in sa.inspect(repo.engine).get_columns("scores")}
+    assert "unknown" not in columns
+    assert repo.restaurant_images("r1", "food", model_name="clazzify")[0]["image_id"] == "a"
+    upgrade_database(repo.engine)
+    assert repo.unknown_images(model_name="clazzify") == []
+    assert len(repo.restaurant_images("r1", "food", model_name="clazzify")) == 1
+
+
+def test_images_command_lists_unknown_photos_apart(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from clazzify.cli import main
+
+    db = f"sqlite:///{tmp_path}/s.db"
+    repo = ScoreRepository.open(db)
+    rows = [
+        ScoreRow("flower", "clazzify", "1", {"food": 0.97, "menu": 0.03}, "s3://u/flower.jpg",
+                 unknown=True, in_distribution_score=-3.0),
+        ScoreRow("pizza", "clazzify", "1", {"food": 0.9, "menu": 0.1}, "s3://u/pizza.jpg",
+                 unknown=False, in_distribution_score=5.0),
+    ]
+    repo.save(Batch(images=[image(r.image_id) for r in rows], scores=rows))
+    repo.close()
+    run = CliRunner().invoke
+    food = run(main, ["images", "--restaurant", "r1", "--label", "food", "--db", db, "--format", "json"])
+    assert food.exit_code == 0, food.output
+    assert [r["image_id"] for r in json.loads(food.output)] == ["pizza"]
+    for args in (["--unknown"], ["--label", "unknown", "--restaurant", "r1"]):
+        out = run(main, ["images", *args, "--db", db, "--format", "json"])
+        assert out.exit_code == 0, out.output
+        assert [r["image_id"] for r in json.loads(out.output)] == ["flower"]
+    missing = run(main, ["images", "--label", "food", "--db", db])
+    assert missing.exit_code != 0 and "--restaurant" in missing.output

@@ -69,11 +69,16 @@ def _route(_ctx, _param, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]
               help="Seconds without a request after which a session ends.")
 @click.option("--session-lifetime", default=24 * 3600, show_default=True,
               help="Seconds after login after which a session ends, however active.")
+@click.option("--training-mix", default="", metavar="CLASS=COUNT,...",
+              help="The champion's training photos per class (e.g. food=470,human=415): the "
+                   "reference bar of the Stats page's class mix.")
+@click.option("--stats-days", default=14, show_default=True, help="Days the Stats charts cover.")
 @click.pass_context
 def review_ui(ctx: click.Context, db_url, model_name, host, port, low_threshold, page_size, routes,
               classes, thumb_size, thumb_cache, secret_file, secure_cookies, tls_cert, tls_key,
               trusted_proxies, max_body, max_hashes, login_free_tries, login_delay, login_max_delay,
-              login_lockout_after, login_lockout, session_idle, session_lifetime) -> None:
+              login_lockout_after, login_lockout, session_idle, session_lifetime, training_mix,
+              stats_days) -> None:
     """Serve the moderators' review page (queues, keyboard labelling, stats, export).
 
     Moderators log in with accounts made by `clazzify review-ui users add NAME`; every
@@ -103,12 +108,16 @@ def review_ui(ctx: click.Context, db_url, model_name, host, port, low_threshold,
         free_tries=login_free_tries, base_delay_s=login_delay, max_delay_s=login_max_delay,
         lock_after=login_lockout_after, lockout_s=login_lockout,
     )
+    from clazzify.scoring.drift_rules import parse_class_counts
+    from clazzify.scoring.drift_rules import training_mix as shares
+
+    mix = tuple(shares(parse_class_counts(training_mix)).items()) if training_mix else ()
     config = ReviewConfig(
         model_name=model_name, low_threshold=low_threshold, page_size=page_size, routes=routes,
         classes=tuple(c.strip() for c in classes.split(",") if c.strip()), thumb_size=thumb_size,
         thumb_cache=thumb_cache, secret_key=secret, https_only=secure_cookies, throttle=throttle,
         max_hashes=max_hashes, max_body_bytes=max_body, session_idle_s=session_idle,
-        session_lifetime_s=session_lifetime,
+        session_lifetime_s=session_lifetime, training_mix=mix, stats_days=stats_days,
     )
     ensure_port_free(host, port, "--port")
     repo = _open_repo(db_url)

@@ -309,19 +309,35 @@ def score_cmd(source, endpoint, model_name, api_key, api_key_file, timeout, clas
 
 
 @main.command("images")
-@click.option("--restaurant", required=True, help="Restaurant id.")
-@click.option("--label", default="ambiance", show_default=True, help="Predicted class to list.")
+@click.option("--restaurant", default=None,
+              help="Restaurant id (required unless --unknown, which lists every restaurant's).")
+@click.option("--label", default="ambiance", show_default=True,
+              help="Predicted class to list; 'unknown' is --unknown.")
+@click.option("--unknown", "unknown", is_flag=True,
+              help="List the photos the model flagged as none of its classes instead.")
 @click.option("--min-prob", default=0.0, show_default=True, help="Lowest probability shown.")
 @click.option("--limit", default=50, show_default=True)
 @_model_option
 @_db_option
 @_FORMAT
-def images_cmd(restaurant, label, min_prob, limit, model_name, db_url, fmt) -> None:
+def images_cmd(restaurant, label, unknown, min_prob, limit, model_name, db_url, fmt) -> None:
     """A restaurant's photos predicted as LABEL, most confident first.
 
     E.g. surface the ambiance shots on a restaurant page whose photos are mostly food.
+    Photos the model flagged as none of its classes are in no class's list: --unknown
+    (or --label unknown) lists them, least like the classes first.
     """
+    from clazzify.scoring.endpoint_client import UNKNOWN
+
     repo = _open_repo(db_url, read_only=True)
+    if unknown or label == UNKNOWN:
+        rows = repo.unknown_images(restaurant, model_name=model_name, limit=limit)
+        _emit(rows, fmt, ["image_id", "uri", "restaurant_id", "top_class", "top_probability",
+                          "in_distribution_score", "model_version"])
+        return
+    if not restaurant:
+        raise click.BadParameter("name the restaurant whose photos to list (or pass --unknown)",
+                                 param_hint="--restaurant")
     _check_label(repo, label, model_name)
     rows = repo.restaurant_images(restaurant, label, model_name=model_name,
                                   min_probability=min_prob, limit=limit)
@@ -402,3 +418,38 @@ def relabel_import_cmd(file, out, classes, keep_unchanged, record_labels, model_
         repo.add_manual_labels(((a.image_id, a.label) for a in answers),
                                labelled_by="relabel-import")
     click.echo(f"{n} labelled photos -> {out} ({skipped} rows skipped without a label)")
+
+
+@main.command("drift-rules")
+@click.option("--manifest", "manifest", default=None,
+              help="The champion's training manifest (uri,label CSV/JSONL): its class counts.")
+@click.option("--class-counts", default="",
+              help="Or the counts themselves: food=470,human=415,... (from the model's report).")
+@click.option("-o", "--out", "out", default="-", show_default=True,
+              help="File to write (manifests/base/prometheus-rules.yaml), '-' for stdout.")
+@_model_option
+@click.option("--psi-threshold", default=0.2, show_default=True,
+              help="Class-mix alert: population stability index above this.")
+@click.option("--unknown-floor", default=0.05, show_default=True,
+              help="Unknown-rate alert: never below this share of photos.")
+@click.option("--confidence-drop", default=0.10, show_default=True,
+              help="Confidence alert: the 15-minute mean this far below the day's.")
+def drift_rules_cmd(manifest, class_counts, out, model_name, psi_threshold, unknown_floor,
+                    confidence_drop) -> None:
+    """Write the drift watch's PrometheusRule from the training mix (docs/monitoring.md)."""
+    from clazzify.core import storage
+    from clazzify.scoring import drift_rules
+
+    if bool(manifest) == bool(class_counts):
+        raise click.BadParameter("pass exactly one of --manifest or --class-counts",
+                                 param_hint="--manifest / --class-counts")
+    counts = (drift_rules.class_counts_from_manifest(manifest) if manifest
+              else drift_rules.parse_class_counts(class_counts))
+    cfg = drift_rules.DriftRuleConfig(model_name=model_name, psi_threshold=psi_threshold,
+                                      unknown_floor=unknown_floor, confidence_drop=confidence_drop)
+    text = drift_rules.render(drift_rules.training_mix(counts), cfg)
+    if out == "-":
+        click.echo(text, nl=False)
+    else:
+        storage.write_bytes(out, text.encode())
+        click.echo(f"wrote the drift rules for {len(counts)} classes to {out}")

@@ -53,10 +53,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from clazzify.core.errors import ClazzifyError, ConfigError, ImageError, StorageError
-from clazzify.review import queues, users
+from clazzify.review import charts, queues, users
 from clazzify.review.middleware import BodyLimit, SecurityHeaders
 from clazzify.review.throttle import HashBusy, HashGate, LoginThrottle, ThrottleConfig, Throttled, retry_after
 from clazzify.review.thumbs import ThumbnailCache
+from clazzify.scoring.labels import NOT_A_CLASS
 from clazzify.scoring.scores import ScoreRepository
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ class ReviewConfig:
         max_body_bytes: the largest request body; larger ones get 413 unread.
         session_idle_s: a session ends after this long without a request (sliding).
         session_lifetime_s: a session ends this long after its login, however active.
+        training_mix: (class, share) of the champion's training set, drawn as the reference
+            bar of the Stats page's class mix (empty: no reference bar).
+        stats_days: days the Stats charts cover.
     """
 
     model_name: str = "clazzify"
@@ -105,8 +109,15 @@ class ReviewConfig:
     max_body_bytes: int = 1 << 20
     session_idle_s: int = 12 * 3600
     session_lifetime_s: int = 24 * 3600
+    training_mix: tuple[tuple[str, float], ...] = ()
+    stats_days: int = 14
 
     def __post_init__(self) -> None:
+        if NOT_A_CLASS in self.classes:
+            raise ConfigError(f"{NOT_A_CLASS!r} is the 'not a class' mark, never a class: "
+                              "remove it from --classes")
+        if not 1 <= self.stats_days <= 366:
+            raise ConfigError(f"stats_days must be 1..366, got {self.stats_days}")
         if not 0.0 < self.low_threshold <= 1.0:
             raise ConfigError(f"low_threshold must be in (0, 1], got {self.low_threshold}")
         if not 1 <= self.page_size <= 500:
@@ -585,8 +596,9 @@ async def label(request: Request) -> Response:
                 raise HTTPException(404, f"no score of version {scope.version} for {ids[0]!r}")
         else:
             chosen = str(form.get("label", ""))
-            if chosen not in state.classes():
-                raise HTTPException(400, f"unknown label {chosen!r}: choose one of {', '.join(state.classes())}")
+            if chosen not in state.classes() and chosen != NOT_A_CLASS:
+                raise HTTPException(400, f"unknown label {chosen!r}: choose one of "
+                                         f"{', '.join(state.classes())} or {NOT_A_CLASS}")
             decided = dict.fromkeys(ids, chosen)
         _known_or_404(state, list(decided))
         changes = state.repo.record_labels(decided.items(), labelled_by=user.username,
@@ -677,18 +689,36 @@ async def thumbnail(request: Request) -> Response:
 async def stats_page(request: Request) -> Response:
     state = _state(request)
 
-    def load() -> tuple[queues.Scope | None, queues.Stats | None, queues.Counts | None]:
+    def load() -> tuple[queues.Scope | None, queues.Stats | None, queues.Counts | None, dict]:
         scope = state.scope(request)
         if scope is None:
-            return None, None, None
+            return None, None, None, {}
         with state.engine.connect() as conn:
             stats = queues.stats(conn, scope, state.classes())
         counts = state.cache.get(("counts", scope, None, None), lambda: _counts(state, scope))
-        return scope, stats, counts
+        data = state.cache.get(("charts", scope), lambda: _chart_data(state, scope))
+        return scope, stats, counts, _charts(data, stats.classes, dict(state.config.training_mix))
 
-    scope, stats, counts = await run_in_threadpool(load)
+    scope, stats, counts, drawn = await run_in_threadpool(load)
     return _render(request, "stats.html", {"scope": scope, "stats": stats, "counts": counts,
-                                           "routes": dict(state.config.routes)})
+                                           "routes": dict(state.config.routes), "charts": drawn,
+                                           "days": state.config.stats_days})
+
+
+def _chart_data(state: _State, scope: queues.Scope) -> queues.ChartData:
+    with state.engine.connect() as conn:
+        return queues.chart_data(conn, scope, state.config.stats_days)
+
+
+def _charts(data: queues.ChartData, classes: list[str], training: dict[str, float]) -> dict:
+    """The four SVG charts of the Stats page (see :mod:`clazzify.review.charts`)."""
+    shown = [c for c in classes if c != NOT_A_CLASS]
+    return {
+        "class_mix": charts.class_mix(data.days, data.class_mix, shown, training or None),
+        "confidence": charts.confidence(*data.confidence),
+        "unknown": charts.unknown_rate(data.days, data.unknown),
+        "agreement": charts.agreement(data.days, data.agreement, shown),
+    }
 
 
 def _counts(state: _State, scope: queues.Scope) -> queues.Counts:
@@ -743,6 +773,7 @@ def create_app(repo: ScoreRepository, config: ReviewConfig = ReviewConfig()) -> 
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["percent"] = lambda p: f"{100 * float(p):.0f}%"
     templates.env.globals["dom_id"] = dom_id
+    templates.env.globals["NOT_A_CLASS"] = NOT_A_CLASS
     routes = [
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login, methods=["POST"]),

@@ -9,6 +9,8 @@ Queues:
 
 - ``low``: top probability below the threshold;
 - ``class``: one predicted class (``human`` -> photo moderation, ``menu`` -> content team);
+  photos the model flagged as none of its classes are in no class queue;
+- ``unknown``: "Not one of the classes": photos the model flagged as none of its classes;
 - ``disagree``: photos whose label differs between this version and another one;
 - ``unreviewed``: every photo without a manual label.
 
@@ -29,7 +31,7 @@ import sqlalchemy as sa
 from clazzify.core.errors import ConfigError
 from clazzify.scoring.schema import images, label_history, manual_labels, score_probabilities, scores
 
-KINDS = ("low", "class", "disagree", "unreviewed")
+KINDS = ("low", "class", "unknown", "disagree", "unreviewed")
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class Card:
     manual_label: str | None
     labelled_by: str | None
     other_label: str | None = None
+    unknown: bool | None = None
 
     @property
     def cursor(self) -> Cursor:
@@ -132,6 +135,7 @@ def _card_query(scope: Scope, with_other: bool) -> tuple[sa.Select, Any]:
         s.c.probability,
         manual_labels.c.label.label("manual_label"),
         manual_labels.c.labelled_by,
+        s.c.unknown,
     ]
     joined = s.outerjoin(images, images.c.image_id == s.c.image_id).outerjoin(
         manual_labels, manual_labels.c.image_id == s.c.image_id
@@ -180,7 +184,9 @@ def _filtered(query: sa.Select, scope: Scope, queue: Queue, s: Any, other: Any) 
     if queue.kind == "low":
         query = query.where(s.c.probability < scope.low_threshold)
     elif queue.kind == "class":
-        query = query.where(s.c.label == queue.label)
+        query = query.where(s.c.label == queue.label, _in_distribution(s))
+    elif queue.kind == "unknown":
+        query = query.where(s.c.unknown.is_(sa.true()))
     elif queue.kind == "disagree":
         query = query.where(other.c.label != s.c.label)
     if queue.pending or queue.kind == "unreviewed":
@@ -190,6 +196,11 @@ def _filtered(query: sa.Select, scope: Scope, queue: Queue, s: Any, other: Any) 
     if queue.source:
         query = query.where(images.c.source == queue.source)
     return query
+
+
+def _in_distribution(s: Any) -> Any:
+    """Not flagged as none of the classes (a model without a verdict flags nothing)."""
+    return sa.or_(s.c.unknown.is_(None), s.c.unknown.is_(sa.false()))
 
 
 def cards(conn: sa.Connection, scope: Scope, image_ids: Sequence[str]) -> list[Card]:
@@ -205,13 +216,15 @@ def cards(conn: sa.Connection, scope: Scope, image_ids: Sequence[str]) -> list[C
 class Counts:
     """Queue sizes: ``pending`` photos (no manual label) and ``total`` per queue.
 
-    ``by_class`` maps each predicted class to ``(pending, total)``.
+    ``by_class`` maps each predicted class to ``(pending, total)``, photos flagged as none
+    of the classes left out: they are counted in ``unknown``.
     """
 
     low: tuple[int, int]
     unreviewed: tuple[int, int]
     disagree: tuple[int, int] | None
     by_class: dict[str, tuple[int, int]]
+    unknown: tuple[int, int] = (0, 0)
 
 
 def counts(conn: sa.Connection, scope: Scope, restaurant: str | None = None,
@@ -238,15 +251,22 @@ def counts(conn: sa.Connection, scope: Scope, restaurant: str | None = None,
 
     by_class: dict[str, tuple[int, int]] = {}
     low_n = [0, 0]
+    unknown_n = [0, 0]
+    flagged = s.c.unknown.is_(sa.true())
+    unreviewed = 0
     query = scoped(
-        sa.select(s.c.label, n(pending), sa.func.count(), n(sa.and_(low, pending)), n(low))
+        sa.select(s.c.label, n(pending), sa.func.count(), n(sa.and_(low, pending)), n(low),
+                  n(sa.and_(flagged, pending)), n(flagged))
         .select_from(joined)
     ).group_by(s.c.label)
-    for label, pend, total, low_pend, low_total in conn.execute(query):
-        by_class[label] = (int(pend or 0), int(total))
+    for label, pend, total, low_pend, low_total, unk_pend, unk_total in conn.execute(query):
+        unk_pend, unk_total = int(unk_pend or 0), int(unk_total or 0)
+        unreviewed += int(pend or 0)
+        by_class[label] = (int(pend or 0) - unk_pend, int(total) - unk_total)
         low_n[0] += int(low_pend or 0)
         low_n[1] += int(low_total or 0)
-    unreviewed = sum(p for p, _ in by_class.values())
+        unknown_n[0] += unk_pend
+        unknown_n[1] += unk_total
     disagree = None
     if scope.other_version is not None:
         other = scores.alias("o")
@@ -259,7 +279,8 @@ def counts(conn: sa.Connection, scope: Scope, restaurant: str | None = None,
             scoped(sa.select(n(pending), sa.func.count()).select_from(joined_other))
         ).one()
         disagree = (int(pend or 0), int(total))
-    return Counts(tuple(low_n), (unreviewed, unreviewed), disagree, by_class)  # type: ignore[arg-type]
+    return Counts(tuple(low_n), (unreviewed, unreviewed), disagree, by_class,  # type: ignore[arg-type]
+                  tuple(unknown_n))  # type: ignore[arg-type]
 
 
 def versions(conn: sa.Connection, model_name: str) -> list[str]:
@@ -397,3 +418,95 @@ def export_rows(conn: sa.Connection, scope: Scope) -> Iterator[dict[str, Any]]:
     )
     for row in conn.execution_options(yield_per=1000).execute(query):
         yield dict(row._mapping)
+
+
+#: Equal-width bins of the confidence histogram over [0, 1].
+CONFIDENCE_BINS = 20
+
+
+@dataclass(frozen=True)
+class ChartData:
+    """What the Stats charts draw, for one model version over the last ``days``.
+
+    Attributes:
+        days: the calendar days (UTC), oldest first.
+        class_mix: day -> predicted class -> photos scored as that class (flagged ones out).
+        unknown: day -> (photos flagged unknown, photos with a verdict at all).
+        confidence: photos per top-probability bin, scored as a class / flagged unknown.
+        agreement: model class -> day -> (photos moderators kept at the model's label,
+            photos moderators labelled), by the day of the label.
+    """
+
+    days: list[Any]
+    class_mix: dict[Any, dict[str, int]]
+    unknown: dict[Any, tuple[int, int]]
+    confidence: tuple[list[int], list[int]]
+    agreement: dict[str, dict[Any, tuple[int, int]]]
+
+
+def _day_of(conn: sa.Connection, column: Any) -> Any:
+    """The UTC calendar day of a timestamp column, as text ``YYYY-MM-DD`` on both dialects."""
+    if conn.dialect.name == "postgresql":
+        return sa.func.to_char(sa.func.timezone("UTC", column), "YYYY-MM-DD")
+    return sa.func.date(column)
+
+
+def _bin_of(conn: sa.Connection, column: Any) -> Any:
+    scaled = column * CONFIDENCE_BINS
+    if conn.dialect.name == "postgresql":
+        return sa.func.floor(scaled)
+    return sa.cast(scaled, sa.Integer)  # SQLite truncates toward zero: floor for p >= 0
+
+
+def chart_data(conn: sa.Connection, scope: Scope, days: int = 14, now: datetime | None = None) -> ChartData:
+    """Read what :mod:`clazzify.review.charts` draws; four grouped queries over the version."""
+    from datetime import date, timedelta
+
+    today = midnight_utc(now)
+    since = today - timedelta(days=days - 1)
+    calendar = [(since + timedelta(days=i)).date() for i in range(days)]
+    s = scores
+    mine = sa.and_(s.c.model_name == scope.model_name, s.c.model_version == scope.version)
+    day = _day_of(conn, s.c.scored_at)
+    flagged = s.c.unknown.is_(sa.true())
+
+    class_mix: dict[Any, dict[str, int]] = {}
+    unknown: dict[Any, tuple[int, int]] = {}
+    query = (
+        sa.select(day.label("day"), s.c.label, sa.func.count(),
+                  sa.func.sum(sa.case((flagged, 1), else_=0)),
+                  sa.func.count(s.c.unknown))
+        .where(mine, s.c.scored_at >= since)
+        .group_by(day, s.c.label)
+    )
+    for d, label, total, n_flagged, judged in conn.execute(query):
+        key = date.fromisoformat(str(d))
+        n_flagged = int(n_flagged or 0)
+        if int(total) - n_flagged:
+            class_mix.setdefault(key, {})[label] = int(total) - n_flagged
+        f0, j0 = unknown.get(key, (0, 0))
+        unknown[key] = (f0 + n_flagged, j0 + int(judged or 0))
+
+    in_dist, out = [0] * CONFIDENCE_BINS, [0] * CONFIDENCE_BINS
+    bin_ = _bin_of(conn, s.c.probability)
+    query = (
+        sa.select(bin_.label("bin"), flagged.label("flagged"), sa.func.count())
+        .where(mine, s.c.scored_at >= since)
+        .group_by(bin_, flagged)
+    )
+    for b, is_flagged, n in conn.execute(query):
+        i = min(max(int(b), 0), CONFIDENCE_BINS - 1)  # p == 1.0 goes to the top bin
+        (out if is_flagged else in_dist)[i] += int(n)
+
+    agreement: dict[str, dict[Any, tuple[int, int]]] = {}
+    label_day = _day_of(conn, manual_labels.c.labelled_at)
+    kept = sa.func.sum(sa.case((manual_labels.c.label == s.c.label, 1), else_=0))
+    query = (
+        sa.select(label_day.label("day"), s.c.label, kept, sa.func.count())
+        .select_from(manual_labels.join(s, s.c.image_id == manual_labels.c.image_id))
+        .where(mine, manual_labels.c.labelled_at >= since)
+        .group_by(label_day, s.c.label)
+    )
+    for d, label, n_kept, n in conn.execute(query):
+        agreement.setdefault(label, {})[date.fromisoformat(str(d))] = (int(n_kept or 0), int(n))
+    return ChartData(calendar, class_mix, unknown, (in_dist, out), agreement)

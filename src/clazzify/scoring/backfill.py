@@ -26,7 +26,7 @@ from clazzify.core.manifest import is_manifest, read_manifest_rows
 from clazzify.scoring.database import is_transient
 from clazzify.scoring.endpoint_client import EndpointClient, EndpointError
 from clazzify.scoring.events import EventError, UploadEvent
-from clazzify.scoring.scores import Batch, ScoreRepository
+from clazzify.scoring.scores import Batch, ScoreRepository, ScoreRow
 from clazzify.scoring.worker import (
     BatchStats,
     Fetch,
@@ -83,14 +83,31 @@ class BackfillReport:
     failed: int = 0
     seconds: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)
+    #: Photos of this run the model flagged as none of its classes.
+    unknown: int = 0
+    #: Photos of this run that got an out-of-distribution verdict at all (0: an older model).
+    judged: int = 0
+
+    def count(self, scored: list[ScoreRow]) -> None:
+        """Add committed scores to the counts."""
+        self.scored += len(scored)
+        self.unknown += sum(s.unknown is True for s in scored)
+        self.judged += sum(s.unknown is not None for s in scored)
 
     def summary(self) -> str:
         rate = self.scored / self.seconds if self.seconds else 0.0
         failures = ", ".join(f"{k}={v}" for k, v in sorted(self.failures.items())) or "none"
+        if self.judged:
+            unknown = f"; unknown (none of the classes): {self.unknown} of {self.judged}"
+        elif self.scored:
+            unknown = "; no unknown verdicts (the model has no out-of-distribution score)"
+        else:
+            unknown = ""
         return (
             f"{self.source}: listed {self.listed}, already scored {self.skipped}, "
             f"scored {self.scored}, failed {self.failed} ({failures}) with "
             f"{self.model_name} v{self.model_version} in {self.seconds:.1f}s ({rate:.1f} images/s)"
+            f"{unknown}"
         )
 
 
@@ -199,7 +216,7 @@ def _score_batch(
                     raise
                 retry_detail = f"database: {e.__class__.__name__}"
             else:
-                report.scored += len(batch.scores)
+                report.count(batch.scores)
                 report.failed += len(batch.dead_letters)
                 for d in batch.dead_letters:
                     report.failures[d.reason] = report.failures.get(d.reason, 0) + 1

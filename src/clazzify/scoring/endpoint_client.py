@@ -13,6 +13,12 @@ Failures are classified for the worker:
 - configuration (retry later, log loudly): 401/403 (API key) and 404 (wrong model
   name), which say nothing about the photo and must not dead-letter it;
 - permanent (dead-letter): other 4xx, e.g. 400 for an image the server cannot decode.
+
+Out-of-distribution verdicts are optional: a model that has an out-of-distribution score
+answers ``label`` = :data:`UNKNOWN` for a photo that is none of its classes and may send an
+FP32 ``in_distribution_score`` ``[B]`` output (higher: more like the classes); the
+probabilities stay over the classes only. A response with neither (an older model) gives a
+:class:`Prediction` whose ``unknown`` is None: "no verdict", never "in-distribution".
 """
 
 from __future__ import annotations
@@ -46,6 +52,11 @@ _V2_DTYPES = {
     "FP32": np.float32,
     "FP64": np.float64,
 }
+#: The label a model gives a photo that is none of its classes (V1 ``label``, V2 ``label``).
+UNKNOWN = "unknown"
+#: The optional V2 output (and V1 field) with the model's in-distribution score.
+SCORE_OUTPUT = "in_distribution_score"
+
 _PROBABILITY_OUTPUTS = ("probabilities", "probs", "scores", "output-0", "output_0")
 _TRANSIENT_STATUS = {408, 425, 429}
 _CONFIG_STATUS = {401, 403, 404}
@@ -114,12 +125,27 @@ class Prediction:
 
     Attributes:
         probabilities: float array ``[B, C]``, row ``i`` for the ``i``-th image sent.
+        unknown: bool array ``[B]``, True where the model flagged the image as none of its
+            classes; None when the model gave no out-of-distribution verdict.
+        in_distribution_score: float array ``[B]`` (NaN where the server sent a non-finite
+            value); None when the server sent no score.
     """
 
     model_name: str
     model_version: str
     class_names: tuple[str, ...]
     probabilities: np.ndarray
+    unknown: np.ndarray | None = None
+    in_distribution_score: np.ndarray | None = None
+
+    def verdict(self, row: int) -> tuple[bool | None, float | None]:
+        """``(unknown, in_distribution_score)`` of image ``row``; None where not given."""
+        flag = None if self.unknown is None else bool(self.unknown[row])
+        score = None
+        if self.in_distribution_score is not None:
+            value = float(self.in_distribution_score[row])
+            score = value if np.isfinite(value) else None
+        return flag, score
 
     def as_dicts(self) -> list[dict[str, float]]:
         return [
@@ -255,11 +281,97 @@ def parse_prediction(
             f"{probs.shape[1]} probabilities per image but {len(names)} class names "
             f"({list(names)}): the server must name its classes or pass --class-names",
         )
+    unknown, score = _ood_outputs(tensors, batch_size)
     return Prediction(
         model_name=str(doc.get("model_name") or ""),
         model_version=str(doc.get("model_version") or ""),
         class_names=names,
         probabilities=probs,
+        unknown=unknown,
+        in_distribution_score=score,
+    )
+
+
+def _ood_outputs(
+    tensors: Mapping[str, np.ndarray], batch_size: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The optional ``label`` == :data:`UNKNOWN` flags and ``in_distribution_score``.
+
+    A model with an out-of-distribution score is recognised by its score output or by an
+    ``unknown`` label; a response with neither carries no verdict (None), because every
+    model sends ``label`` and an older one never says ``unknown``.
+
+    Raises:
+        EndpointError: kind ``config``, an output has the wrong shape or type.
+    """
+    score = None
+    if SCORE_OUTPUT in tensors:
+        raw = np.asarray(tensors[SCORE_OUTPUT])
+        if raw.dtype.kind not in "fiu" or raw.reshape(-1).shape != (batch_size,):
+            raise EndpointError(
+                "config",
+                f"output {SCORE_OUTPUT!r} is {raw.dtype} {list(raw.shape)}; expected FP32 "
+                f"[{batch_size}]",
+            )
+        score = raw.reshape(-1).astype(np.float64)
+        score[~np.isfinite(score)] = np.nan
+    labels = None
+    if "label" in tensors:
+        raw = np.asarray(tensors["label"], dtype=object).reshape(-1)
+        if raw.shape != (batch_size,):
+            raise EndpointError(
+                "config", f"output 'label' has shape {list(raw.shape)}; expected [{batch_size}]"
+            )
+        labels = np.array([str(v) == UNKNOWN for v in raw], dtype=bool)
+    if score is None and (labels is None or not labels.any()):
+        return None, None
+    if labels is None:
+        labels = np.zeros(batch_size, dtype=bool)
+    return labels, score
+
+
+def parse_v1_predictions(
+    doc: Mapping[str, Any], batch_size: int, class_names: Sequence[str] = ()
+) -> Prediction:
+    """A :class:`Prediction` from a V1 answer ``{"predictions": [{...}, ...]}``.
+
+    Each prediction carries ``probabilities`` (class -> probability), ``label``,
+    ``model_name``, ``model_version``, and optionally ``in_distribution_score``; ``label`` is
+    :data:`UNKNOWN` for a flagged photo. Absent fields mean "no out-of-distribution score".
+
+    Raises:
+        EndpointError: kind ``config``, the answer does not have that shape.
+    """
+    rows = doc.get("predictions") if isinstance(doc, Mapping) else None
+    if not isinstance(rows, list) or len(rows) != batch_size:
+        raise EndpointError(
+            "config", f"V1 answer needs a 'predictions' list of {batch_size} entries"
+        )
+    try:
+        names = tuple(class_names) or tuple(rows[0]["probabilities"])
+        probs = np.array(
+            [[float(r["probabilities"][n]) for n in names] for r in rows], dtype=np.float32
+        ).reshape(batch_size, len(names))
+        flags = np.array([str(r.get("label")) == UNKNOWN for r in rows], dtype=bool)
+        has_score = any(SCORE_OUTPUT in r for r in rows)
+        score = None
+        if has_score:
+            score = np.array(
+                [float(r[SCORE_OUTPUT]) if r.get(SCORE_OUTPUT) is not None else np.nan
+                 for r in rows],
+                dtype=np.float64,
+            )
+            score[~np.isfinite(score)] = np.nan
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise EndpointError("config", f"V1 answer is not a list of predictions: {e!r}") from e
+    unknown = flags if has_score or flags.any() else None
+    return Prediction(
+        model_name=str(rows[0].get("model_name") or "") if rows else "",
+        model_version=str(rows[0].get("model_version") or "") if rows else "",
+        class_names=names,
+        probabilities=probs,
+        unknown=unknown,
+        in_distribution_score=score,
     )
 
 

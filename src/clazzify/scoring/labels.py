@@ -3,6 +3,12 @@
 ``manual_labels`` holds the current label of each photo (the last write wins);
 ``label_history`` keeps every write, grouped by decision (a batch id), so a moderator's
 ``u`` reverts their newest decision and nothing is overwritten without a trace.
+
+A moderator's "not a class" mark is a manual label like any other (history, undo, last
+write wins) whose value is :data:`NOT_A_CLASS`. It is never a class: the training path
+(:meth:`LabelStore.manual_labels`, :func:`read_manual_labels`) leaves it out, and
+:func:`read_not_a_class_marks` hands those photos to the next run as out-of-distribution
+examples.
 """
 
 from __future__ import annotations
@@ -19,6 +25,11 @@ from sqlalchemy.engine import Engine
 from clazzify.core.errors import StorageError
 from clazzify.scoring.database import chunks, create_db_engine, upsert
 from clazzify.scoring.schema import images, label_history, manual_labels, utcnow
+
+#: The manual label of a photo a moderator marked "not one of the classes". Not a valid class
+#: name for the review app (which refuses a model whose classes include it), and never read
+#: as a class label by training, relabel export or import.
+NOT_A_CLASS = "not_a_class"
 
 #: First key of the advisory locks that serialise label writes per photo (PostgreSQL).
 _LABEL_LOCK_SPACE = 0x6C61  # "la"
@@ -119,7 +130,9 @@ class LabelStore:
                                  undoes=batch_id)
         return changes, [c.image_id for c in kept]
 
-    def manual_labels(self, since: datetime | None = None) -> list[dict[str, Any]]:
+    def manual_labels(
+        self, since: datetime | None = None, *, not_a_class: bool = False
+    ) -> list[dict[str, Any]]:
         """The current manual label of every photo (last write wins), with the photo's URI.
 
         What the next training run learns from (``clazzify ingest --labels-from``) and what
@@ -127,6 +140,8 @@ class LabelStore:
 
         Args:
             since: only labels given after this time.
+            not_a_class: False (the default): class labels only, "not a class" marks
+                left out; True: only the marks.
 
         Returns:
             rows of ``image_id, uri, label, labelled_by, labelled_at``, by ``image_id``;
@@ -140,6 +155,10 @@ class LabelStore:
         )
         if since is not None:
             query = query.where(manual_labels.c.labelled_at > since)
+        if not_a_class:
+            query = query.where(manual_labels.c.label == NOT_A_CLASS)
+        else:
+            query = query.where(manual_labels.c.label != NOT_A_CLASS)
         with self.engine.connect() as conn:
             return [dict(row) for row in conn.execute(query).mappings()]
 
@@ -214,11 +233,30 @@ class LabelStore:
 
 def read_manual_labels(url: str, since: datetime | None = None) -> list[dict[str, Any]]:
     """:meth:`LabelStore.manual_labels` of the database at ``url`` (opened, read, closed;
-    the schema is not migrated: a reader never changes the database)."""
+    the schema is not migrated: a reader never changes the database). Class labels only:
+    "not a class" marks are :func:`read_not_a_class_marks`."""
+    return _read(url, lambda store: store.manual_labels(since))
+
+
+def read_not_a_class_marks(url: str, since: datetime | None = None) -> list[tuple[str, str]]:
+    """``(image_id, uri)`` of every photo whose current manual label is :data:`NOT_A_CLASS`.
+
+    What the next training run reads as extra out-of-distribution examples, never as a
+    class. Photos whose URI the database does not know are left out (nothing to read).
+    An undone mark is gone (the label is the one before it, or none).
+
+    Raises:
+        StorageError: the database cannot be read (names the URL and the fix).
+    """
+    rows = _read(url, lambda store: store.manual_labels(since, not_a_class=True))
+    return [(str(r["image_id"]), str(r["uri"])) for r in rows if r.get("uri")]
+
+
+def _read(url: str, read: Any) -> Any:
     try:
         engine = create_db_engine(url)
         try:
-            return LabelStore(engine).manual_labels(since)
+            return read(LabelStore(engine))
         finally:
             engine.dispose()
     except sa.exc.SQLAlchemyError as e:

@@ -2,6 +2,15 @@
 
 Metrics live in their own registry (nothing is registered at import); the worker
 serves them on ``--metrics-port`` at ``/metrics``.
+
+The drift watch (docs/monitoring.md, manifests/base/prometheus-rules.yaml) reads two of them,
+both labelled by ``model_name`` and ``model_version``:
+
+- ``clazzify_worker_predictions_total{label}``: committed scores by predicted class, or
+  ``unknown`` for a photo the model flagged as none of its classes. Every class of a model
+  (and ``unknown``, for a model with an out-of-distribution score) gets its series at 0 as
+  soon as the model is seen, so a class that stops appearing still counts in the class mix.
+- ``clazzify_worker_confidence``: a histogram of the top class probability.
 """
 
 from __future__ import annotations
@@ -13,9 +22,13 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from clazzify.scoring.endpoint_client import UNKNOWN
+from clazzify.scoring.scores import ScoreRow
 from clazzify.scoring.worker import BatchStats, Outcome
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: Top-probability buckets: fine near 1, where a healthy model's answers are.
+CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
 
 
 class WorkerMetrics:
@@ -60,6 +73,20 @@ class WorkerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.predictions = Counter(
+            "clazzify_worker_predictions",
+            "Committed scores by predicted class ('unknown': none of the classes).",
+            ["model_name", "model_version", "label"],
+            registry=r,
+        )
+        self.confidence = Histogram(
+            "clazzify_worker_confidence",
+            "Top class probability of committed scores.",
+            ["model_name", "model_version"],
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self._seen: set[tuple[str, str, bool]] = set()
 
     def observe(self, stats: BatchStats, outcomes: Sequence[Outcome], seconds: float) -> None:
         self.consumed.inc(stats.messages)
@@ -74,6 +101,26 @@ class WorkerMetrics:
         self.stage_seconds.labels(stage="fetch").observe(stats.fetch_s)
         self.stage_seconds.labels(stage="infer").observe(stats.infer_s)
         self.stage_seconds.labels(stage="save").observe(stats.save_s)
+        self.observe_scores(stats.committed)
+
+    def observe_scores(self, committed: Sequence[ScoreRow]) -> None:
+        """Count committed scores by class (or ``unknown``) and their top probability."""
+        for score in committed:
+            self._init_series(score)
+            label = UNKNOWN if score.unknown else score.label
+            self.predictions.labels(score.model_name, score.model_version, label).inc()
+            self.confidence.labels(score.model_name, score.model_version).observe(
+                score.probability
+            )
+
+    def _init_series(self, score: ScoreRow) -> None:
+        key = (score.model_name, score.model_version, score.unknown is not None)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        names = list(score.probabilities) + ([UNKNOWN] if score.unknown is not None else [])
+        for name in names:
+            self.predictions.labels(score.model_name, score.model_version, name)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Serve ``/metrics`` on ``addr:port`` from a daemon thread."""

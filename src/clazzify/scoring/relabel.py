@@ -26,6 +26,7 @@ from clazzify.core import storage
 from clazzify.core.csvsafe import escape_row, unescape_cell
 from clazzify.core.errors import DataError
 from clazzify.core.manifest import RELABEL_FIELDS
+from clazzify.scoring.labels import NOT_A_CLASS
 
 #: The relabel format's columns, then the scoring database's own.
 EXPORT_FIELDS = (*RELABEL_FIELDS, "image_id", "restaurant_id", "model_version")
@@ -41,7 +42,11 @@ class Relabel:
 
 
 def export_rows(candidates: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """Rows of the export CSV from :meth:`ScoreRepository.relabel_candidates` results."""
+    """Rows of the export CSV from :meth:`ScoreRepository.relabel_candidates` results.
+
+    Photos a moderator marked "not a class" are left out: they are settled, and their mark
+    is no class label a spreadsheet round trip could carry into training.
+    """
     return [
         {
             "uri": str(c["uri"]),
@@ -55,6 +60,7 @@ def export_rows(candidates: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]
             "model_version": str(c["model_version"]),
         }
         for c in candidates
+        if c.get("manual_label") != NOT_A_CLASS
     ]
 
 
@@ -90,7 +96,8 @@ def read_relabels(
             always skipped.
 
     Returns:
-        (answers, skipped): the rows kept, and how many were skipped.
+        (answers, skipped): the rows kept, and how many were skipped (no label, or a
+        ``not_a_class`` mark, which is never a class label).
 
     Raises:
         DataError: a column is missing or a label is not a known class (names the line).
@@ -113,7 +120,9 @@ def read_relabels(
         label = (row.get("corrected_label") or "").strip()
         if not label and keep_unchanged:
             label = (row.get("label") or "").strip()
-        if not label:
+        if not label or label == NOT_A_CLASS:
+            # A "not a class" mark is no class label: the next run reads the marks from
+            # the database (read_not_a_class_marks), never from a manifest.
             skipped += 1
             continue
         if known and label not in known:

@@ -9,6 +9,8 @@ Tables (created by the Alembic migrations in :mod:`clazzify.scoring.migrations`)
   and its ``probability``, ``source_uri``, ``scored_at`` (first write), ``updated_at``
   (last write) and ``writes`` (how many times the row was written: redeliveries after a
   crash show up here, never as a second row).
+  ``unknown`` (the model flagged the photo as none of its classes; NULL: the model has no
+  out-of-distribution score) and ``in_distribution_score`` (higher: more like the classes).
 - ``score_probabilities``: the probability of every class for each score.
 - ``manual_labels``: the current label people gave a photo (moderators, relabel imports);
   the last write wins.
@@ -20,7 +22,7 @@ Tables (created by the Alembic migrations in :mod:`clazzify.scoring.migrations`)
 - ``dead_letters``: messages that could never be scored, with the reason.
 
 Views (documented in docs/scoring.md, created by the migrations): ``latest_scores``,
-``class_scores``, ``image_labels``.
+``class_scores`` (photos flagged unknown left out), ``image_labels``, ``unknown_images``.
 
 Writes live in :mod:`clazzify.scoring.scores` (scores and images),
 :mod:`clazzify.scoring.labels` (manual labels) and :mod:`clazzify.scoring.dead_letters`;
@@ -65,6 +67,11 @@ scores = sa.Table(
     sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("writes", sa.Integer, nullable=False, server_default="1"),
+    # The model's out-of-distribution verdict (migration 0004): True when it flagged the photo
+    # as none of its classes (V2 label "unknown"), False when it scored it as in-distribution,
+    # NULL when the model has no such score (older models).
+    sa.Column("unknown", sa.Boolean),
+    sa.Column("in_distribution_score", sa.Float),
 )
 # The review queues page by (probability, image_id) inside one model version (keyset).
 sa.Index(

@@ -37,6 +37,9 @@ class ScoreRow:
 
     Attributes:
         probabilities: class name -> probability, for every class of the model.
+        unknown: the model flagged the photo as none of its classes; None: the model gave
+            no out-of-distribution verdict.
+        in_distribution_score: the model's score (higher: more like the classes), if sent.
     """
 
     image_id: str
@@ -44,6 +47,8 @@ class ScoreRow:
     model_version: str
     probabilities: dict[str, float]
     source_uri: str
+    unknown: bool | None = None
+    in_distribution_score: float | None = None
 
     def __post_init__(self) -> None:
         if not self.probabilities:
@@ -145,6 +150,8 @@ class ScoreRepository(LabelStore):
                         "source_uri": stmt.excluded.source_uri,
                         "updated_at": stmt.excluded.updated_at,
                         "writes": scores.c.writes + 1,
+                        "unknown": stmt.excluded.unknown,
+                        "in_distribution_score": stmt.excluded.in_distribution_score,
                     },
                 )
                 conn.execute(
@@ -160,6 +167,8 @@ class ScoreRepository(LabelStore):
                             "scored_at": now,
                             "updated_at": now,
                             "writes": 1,
+                            "unknown": s.unknown,
+                            "in_distribution_score": s.in_distribution_score,
                         }
                         for s in ordered
                     ],
@@ -256,6 +265,37 @@ class ScoreRepository(LabelStore):
                 "limit": limit,
             },
         )
+
+    def unknown_images(
+        self, restaurant_id: str | None = None, *, model_name: str, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Photos whose latest score the model flagged as none of its classes.
+
+        Least like the classes first (lowest ``in_distribution_score``; photos without a
+        score last), then by id. ``restaurant_id``: only that restaurant's photos.
+        """
+        where = "model_name = :model"
+        params: dict[str, Any] = {"model": model_name, "limit": limit}
+        if restaurant_id is not None:
+            where += " AND restaurant_id = :restaurant"
+            params["restaurant"] = restaurant_id
+        return self._rows(
+            "SELECT image_id, uri, restaurant_id, top_class, top_probability, "
+            "in_distribution_score, model_version, scored_at FROM unknown_images "
+            f"WHERE {where} ORDER BY CASE WHEN in_distribution_score IS NULL THEN 1 ELSE 0 END, "
+            "in_distribution_score, image_id LIMIT :limit",
+            params,
+        )
+
+    def count_unknown(self, model_name: str, model_version: str) -> tuple[int, int]:
+        """(photos flagged unknown, photos with a verdict at all) among this version's scores."""
+        query = sa.select(
+            sa.func.count().filter(scores.c.unknown.is_(sa.true())),
+            sa.func.count(scores.c.unknown),
+        ).where(scores.c.model_name == model_name, scores.c.model_version == model_version)
+        with self.engine.connect() as conn:
+            flagged, judged = conn.execute(query).one()
+        return int(flagged or 0), int(judged or 0)
 
     def likely_photos(
         self, labels: Sequence[str], *, model_name: str, min_probability: float, limit: int = 1000

@@ -166,6 +166,8 @@ class BatchStats:
     save_s: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
     model_versions: dict[str, int] = field(default_factory=dict)
+    #: The committed scores of the batch (what the drift metrics count).
+    committed: list[ScoreRow] = field(default_factory=list)
 
 
 def classify_fetch_error(error: Exception) -> Failure:
@@ -313,6 +315,7 @@ def score_events(
                     prediction.class_names, prediction.probabilities[row], strict=True
                 )
             }
+            unknown, ood_score = prediction.verdict(row)
             results[i] = EventResult(
                 event,
                 score=ScoreRow(
@@ -321,6 +324,8 @@ def score_events(
                     model_version=prediction.model_version,
                     probabilities=probabilities,
                     source_uri=event.uri,
+                    unknown=unknown,
+                    in_distribution_score=ood_score,
                 ),
             )
     stats.infer_s += time.perf_counter() - started
@@ -500,6 +505,7 @@ def _count(stats: BatchStats, parsed: Sequence[MessageResult], outcomes: Sequenc
                 if r.score is not None:
                     v = r.score.model_version
                     stats.model_versions[v] = stats.model_versions.get(v, 0) + 1
+                    stats.committed.append(r.score)
 
 
 def _save(repo: Repository, batch: Batch, stats: BatchStats) -> sqlalchemy.exc.SQLAlchemyError | None:

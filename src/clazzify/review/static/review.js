@@ -1,4 +1,5 @@
-// Keyboard review on the queue page: digits/initials label, Enter accepts, u undoes, arrows move.
+// Keyboard review on the queue page: digits/initials label, x marks "not a class", Enter accepts,
+// u undoes, arrows move.
 (function () {
   "use strict";
   const grid = document.getElementById("grid");
@@ -64,6 +65,11 @@
       grid.querySelectorAll(".card.just-changed").forEach((c) => c.classList.remove("just-changed"));
       refocusChanged = true;
       post("/undo", {});
+      e.preventDefault();
+      return;
+    }
+    if (e.key === "x" && grid.dataset.notAClass) {
+      decide({ label: grid.dataset.notAClass });  // none of the classes: an OOD example
       e.preventDefault();
       return;
     }
