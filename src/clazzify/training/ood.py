@@ -1,0 +1,201 @@
+"""Out-of-distribution scores: how much an upload looks like one of the classes at all.
+
+The classifier's probabilities are calibrated over its classes, which says nothing about
+a photo that is none of them (a flower, a screenshot, a flat colour). Each score here
+maps a photo to one number, higher meaning "more like the training photos"; a photo is
+flagged ``unknown`` when its score falls below a threshold set on in-distribution
+validation photos at a target false-flag rate (:func:`threshold_at_false_flag_rate`).
+
+Training-free scores, from what the default recipe already has:
+
+* ``msp``: the maximum softmax probability (Hendrycks & Gimpel 2017);
+* ``energy``: ``logsumexp`` of the logits (Liu et al. 2020);
+* ``mahalanobis``: minus the smallest Mahalanobis distance to a class mean under one
+  shared covariance (Lee et al. 2018), shrunk by Ledoit-Wolf so 1,280 dimensions fit a
+  few hundred photos;
+* ``knn``: the cosine similarity to the k-th nearest training feature (Sun et al. 2022).
+
+And one trained score, outlier exposure (Hendrycks et al. 2019): photos known to be none
+of the classes train a rejection output beside the classes in the same multinomial
+logistic regression as the head (:func:`fit_rejection_head`); the score is
+``1 - p(reject)`` and the class probabilities are renormalised over the classes alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from clazzify.core.errors import ConfigError, DataError
+from clazzify.training.stats import wilson_interval
+
+TRAINING_FREE = ("msp", "energy", "mahalanobis", "knn")
+OOD_METHODS = (*TRAINING_FREE, "outlier_exposure")
+#: The label a flagged photo gets in predictions, scores and queues (never a class name).
+UNKNOWN = "unknown"
+
+
+def _logsumexp(logits: np.ndarray) -> np.ndarray:
+    m = logits.max(axis=1, keepdims=True)
+    return (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def msp_score(logits: np.ndarray) -> np.ndarray:
+    """The maximum softmax probability of each row of ``logits [N, C]``."""
+    return np.exp(logits.max(axis=1) - _logsumexp(logits))
+
+
+def energy_score(logits: np.ndarray) -> np.ndarray:
+    """Minus the free energy, ``logsumexp(logits)``: higher for in-distribution rows."""
+    return _logsumexp(np.asarray(logits, np.float64))
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class Mahalanobis:
+    """Class means and one shared precision matrix (Ledoit-Wolf shrinkage)."""
+
+    means: np.ndarray  # [C, D]
+    precision: np.ndarray  # [D, D]
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: np.ndarray) -> Mahalanobis:
+        from sklearn.covariance import LedoitWolf
+
+        features = np.asarray(features, np.float64)
+        classes = np.unique(labels)
+        if len(classes) < 1 or len(features) < 2:
+            raise DataError("Mahalanobis needs at least two training features")
+        means = np.stack([features[labels == c].mean(axis=0) for c in classes])
+        centred = features - means[np.searchsorted(classes, labels)]
+        return cls(means, LedoitWolf(assume_centered=True).fit(centred).precision_)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        x = np.asarray(features, np.float64)
+        # d^2(x, m) = x'Px - 2 x'Pm + m'Pm, for every class at once
+        xp = x @ self.precision
+        d2 = (xp * x).sum(1)[:, None] - 2 * xp @ self.means.T + ((self.means @ self.precision) * self.means).sum(1)
+        return -d2.min(axis=1)
+
+
+@dataclass(frozen=True)
+class NearestNeighbours:
+    """Cosine similarity to the ``k``-th nearest of the (normalised) training features."""
+
+    bank: np.ndarray  # [N, D], unit rows
+    k: int = 10
+
+    @classmethod
+    def fit(cls, features: np.ndarray, k: int = 10) -> NearestNeighbours:
+        if k < 1 or k > len(features):
+            raise ConfigError(f"knn k={k} must be in 1..{len(features)} (the training features)")
+        return cls(_l2_normalise(np.asarray(features, np.float32)), k)
+
+    def score(self, features: np.ndarray, block: int = 1024) -> np.ndarray:
+        q = _l2_normalise(np.asarray(features, np.float32))
+        out = np.empty(len(q), np.float32)
+        for start in range(0, len(q), block):
+            sims = q[start : start + block] @ self.bank.T
+            out[start : start + block] = -np.partition(-sims, self.k - 1, axis=1)[:, self.k - 1]
+        return out
+
+
+def fit_rejection_head(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, outliers: np.ndarray, *, l2: float = 10.0,
+    outlier_weight: float | None = None, max_iter: int = 2000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The head with one more output, "not a class", trained on ``outliers`` (outlier exposure).
+
+    Returns ``(kernel [D, C+1], bias [C+1])``; column ``C`` is the rejection output. The
+    outliers weigh, together, as much as an average class unless ``outlier_weight`` (per
+    outlier row) says otherwise, so a few hundred of them do not swamp the classes.
+
+    Raises:
+        DataError: no outliers, or a class without training rows.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if len(outliers) == 0:
+        raise DataError("outlier exposure needs at least one 'not a class' photo")
+    counts = np.bincount(labels, minlength=num_classes)
+    if (counts[:num_classes] == 0).any():
+        raise DataError(f"classes {np.flatnonzero(counts[:num_classes] == 0).tolist()} have no training images")
+    x = np.concatenate([features, outliers]).astype(np.float32)
+    y = np.concatenate([labels, np.full(len(outliers), num_classes)])
+    w = np.ones(len(y), np.float64)
+    w[len(labels):] = outlier_weight if outlier_weight is not None else len(labels) / num_classes / len(outliers)
+    clf = LogisticRegression(C=1.0 / l2, max_iter=max_iter)
+    clf.fit(x, y, sample_weight=w)
+    return clf.coef_.T.astype(np.float32), clf.intercept_.astype(np.float32)
+
+
+def split_rejection(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(class probabilities [N, C] over the classes only, in-distribution score [N])``
+    from the logits of a rejection head (last column = "not a class")."""
+    logits = np.asarray(logits, np.float64)
+    full = np.exp(logits - _logsumexp(logits)[:, None])
+    classes = np.exp(logits[:, :-1] - _logsumexp(logits[:, :-1])[:, None])
+    return classes, 1.0 - full[:, -1]
+
+
+def threshold_at_false_flag_rate(in_distribution: np.ndarray, rate: float = 0.02) -> float:
+    """The score below which ``rate`` of the in-distribution (validation) photos fall.
+
+    A photo is flagged when its score is strictly below the threshold, so at most
+    ``rate`` of the photos the threshold was set on are flagged.
+
+    Raises:
+        ConfigError: ``rate`` outside (0, 0.5].
+        DataError: no scores.
+    """
+    if not 0 < rate <= 0.5:
+        raise ConfigError(f"false-flag rate must be in (0, 0.5], got {rate}")
+    scores = np.sort(np.asarray(in_distribution, np.float64))
+    if scores.size == 0:
+        raise DataError("no in-distribution scores to set the threshold on")
+    # The largest threshold that flags at most floor(rate * n) photos.
+    allowed = int(np.floor(rate * scores.size))
+    return float(scores[allowed]) if allowed < scores.size else float(np.inf)
+
+
+def auroc(in_distribution: np.ndarray, outliers: np.ndarray) -> float:
+    """Probability that an outlier scores below an in-distribution photo (ties count half)."""
+    from sklearn.metrics import roc_auc_score
+
+    a, b = np.asarray(in_distribution), np.asarray(outliers)
+    if a.size == 0 or b.size == 0:
+        raise DataError("AUROC needs in-distribution and outlier scores")
+    return float(roc_auc_score(np.r_[np.ones(a.size), np.zeros(b.size)], np.r_[a, b]))
+
+
+def auroc_interval(in_distribution: np.ndarray, outliers: np.ndarray, *, rounds: int = 1000,
+                   seed: int = 0, groups: Sequence | None = None) -> tuple[float, float]:
+    """A 95% bootstrap interval of :func:`auroc`, resampling each side (outliers by
+    ``groups`` when given, e.g. by source, since photos of one source are not independent)."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(in_distribution), np.asarray(outliers)
+    group_ids = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    values = []
+    for _ in range(rounds):
+        ai = a[rng.integers(0, a.size, a.size)]
+        if group_ids is None:
+            bi = b[rng.integers(0, b.size, b.size)]
+        else:
+            picked = rng.integers(0, group_ids.max() + 1, group_ids.max() + 1)
+            bi = np.concatenate([b[group_ids == g] for g in picked])
+        values.append(auroc(ai, bi))
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def flag_rates(scores: np.ndarray, threshold: float) -> dict:
+    """Share of ``scores`` below ``threshold``, with its Wilson 95% interval."""
+    s = np.asarray(scores)
+    k = int((s < threshold).sum())
+    lo, hi = wilson_interval(k, s.size)
+    return {"flagged": k, "n": int(s.size), "rate": k / s.size if s.size else float("nan"), "interval": [lo, hi]}

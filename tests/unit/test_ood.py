@@ -1,0 +1,115 @@
+"""Out-of-distribution scores on synthetic features: each separates a far cluster, the
+threshold keeps its false-flag promise, and outlier exposure learns its rejection output."""
+
+import numpy as np
+import pytest
+
+from clazzify.core.errors import ConfigError, DataError
+from clazzify.training.ood import (
+    Mahalanobis,
+    NearestNeighbours,
+    auroc,
+    auroc_interval,
+    energy_score,
+    fit_rejection_head,
+    flag_rates,
+    msp_score,
+    split_rejection,
+    threshold_at_false_flag_rate,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def clusters(rng, n=60, d=16, k=3, spread=0.3):
+    centres = rng.normal(0, 3, (k, d))
+    labels = np.repeat(np.arange(k), n)
+    return centres[labels] + rng.normal(0, spread, (k * n, d)), labels, centres
+
+
+def test_msp_and_energy_rank_confident_logits_higher():
+    logits = np.array([[8.0, 0.0, 0.0], [0.1, 0.0, 0.0]])
+    assert msp_score(logits)[0] > 0.99 > msp_score(logits)[1]
+    np.testing.assert_allclose(msp_score(logits).sum() > 0, True)
+    assert energy_score(logits)[0] > energy_score(logits)[1]
+    # logsumexp, exactly
+    np.testing.assert_allclose(energy_score(np.array([[0.0, 0.0]])), [np.log(2)])
+
+
+@pytest.mark.parametrize("make", [lambda x, y: Mahalanobis.fit(x, y), lambda x, y: NearestNeighbours.fit(x, k=5)])
+def test_feature_scores_separate_a_far_cluster(make):
+    rng = np.random.default_rng(0)
+    x, y, centres = clusters(rng)
+    fitted = make(x, y)
+    near = centres[y[:30]] + rng.normal(0, 0.3, (30, x.shape[1]))
+    far = rng.normal(0, 3, (30, x.shape[1])) + 12 * np.sign(rng.normal(size=x.shape[1]))
+    assert auroc(fitted.score(near), fitted.score(far)) > 0.99
+
+
+def test_mahalanobis_distance_matches_the_definition():
+    rng = np.random.default_rng(1)
+    x, y, _ = clusters(rng, n=40, d=4, k=2)
+    m = Mahalanobis.fit(x, y)
+    q = rng.normal(size=(5, 4))
+    direct = np.array([[(qi - mu) @ m.precision @ (qi - mu) for mu in m.means] for qi in q]).min(1)
+    np.testing.assert_allclose(m.score(q), -direct, rtol=1e-8)
+
+
+def test_knn_k_is_checked():
+    with pytest.raises(ConfigError, match="knn k=50"):
+        NearestNeighbours.fit(np.ones((10, 3)), k=50)
+
+
+@pytest.mark.parametrize("rate", [0.02, 0.05, 0.1])
+def test_threshold_flags_at_most_the_rate_it_was_set_at(rate):
+    scores = np.random.default_rng(2).normal(size=1000)
+    t = threshold_at_false_flag_rate(scores, rate)
+    flagged = (scores < t).mean()
+    assert flagged <= rate
+    assert flagged >= rate - 0.002  # and not far fewer: the largest such threshold
+
+
+def test_threshold_refuses_bad_rates_and_empty_input():
+    with pytest.raises(ConfigError, match="false-flag rate"):
+        threshold_at_false_flag_rate(np.ones(10), 0.9)
+    with pytest.raises(DataError):
+        threshold_at_false_flag_rate(np.array([]), 0.02)
+
+
+def test_auroc_and_its_interval():
+    assert auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
+    assert auroc(np.array([0.0]), np.array([1.0])) == 0.0
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(1, 1, 200), rng.normal(0, 1, 200)
+    lo, hi = auroc_interval(a, b, rounds=200)
+    assert lo < auroc(a, b) < hi
+    # grouped resampling is wider than resampling single photos when groups are tight
+    groups = np.repeat(np.arange(4), 50)
+    b_grouped = np.repeat(rng.normal(0, 1.5, 4), 50) + rng.normal(0, 0.05, 200)
+    glo, ghi = auroc_interval(a, b_grouped, rounds=200, groups=groups)
+    plo, phi = auroc_interval(a, b_grouped, rounds=200)
+    assert ghi - glo > phi - plo
+
+
+def test_flag_rates_counts_strictly_below():
+    r = flag_rates(np.array([0.1, 0.5, 0.5, 0.9]), 0.5)
+    assert (r["flagged"], r["n"], r["rate"]) == (1, 4, 0.25)
+    assert r["interval"][0] < 0.25 < r["interval"][1]
+
+
+def test_outlier_exposure_learns_to_reject_and_keeps_the_classes():
+    rng = np.random.default_rng(4)
+    x, y, centres = clusters(rng, n=80, d=8, k=3)
+    outliers = rng.normal(0, 1, (60, 8)) + 10
+    kernel, bias = fit_rejection_head(x, y, 3, outliers, l2=1.0)
+    assert kernel.shape == (8, 4) and bias.shape == (4,)
+    probs, score = split_rejection(x @ kernel + bias)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+    assert (probs.argmax(1) == y).mean() > 0.98
+    _, out_score = split_rejection((rng.normal(0, 1, (30, 8)) + 10) @ kernel + bias)
+    assert auroc(score, out_score) > 0.99
+
+
+def test_outlier_exposure_needs_outliers():
+    with pytest.raises(DataError, match="not a class"):
+        fit_rejection_head(np.ones((4, 2)), np.array([0, 0, 1, 1]), 2, np.empty((0, 2)))
