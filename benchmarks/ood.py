@@ -49,6 +49,7 @@ from clazzify.training.ood import (
     flag_rates,
     msp_score,
     split_rejection,
+    synthetic_outliers,
     threshold_at_false_flag_rate,
 )
 from clazzify.training.preprocess import PreprocessConfig, build_hdf5
@@ -86,17 +87,12 @@ def scores_by_method(fitted: dict, feats: np.ndarray, logits: np.ndarray) -> dic
 
 
 def summarise(method: str, val_id: np.ndarray, test_id: np.ndarray, test_correct: np.ndarray,
-              ood: np.ndarray, rows: list[dict], rates: list[float], auroc_pairs: list | None = None) -> dict:
-    """Rates at each threshold for one method; ``auroc_pairs`` [(id_scores, ood_scores)] are
-    per-fold pairs for the cross-validated method (AUROC is then the pair-weighted mean)."""
+              ood: np.ndarray, rows: list[dict], rates: list[float]) -> dict:
+    """AUROC (bootstrap interval, OOD photos resampled by source) and the rates at each
+    threshold of one training-free method."""
     cats = sorted({r["category"] for r in rows})
     repos = [r["repository"] for r in rows]
-    if auroc_pairs is None:
-        a, ci = auroc(test_id, ood), auroc_interval(test_id, ood, groups=repos, rounds=300)
-    else:
-        w = np.array([len(i) * len(o) for i, o in auroc_pairs], float)
-        a = float(np.average([auroc(i, o) for i, o in auroc_pairs], weights=w))
-        ci = None
+    a, ci = auroc(test_id, ood), auroc_interval(test_id, ood, groups=repos, rounds=300)
     out = {"method": method, "auroc": a, "auroc_interval": ci, "at": {}}
     for rate in rates:
         t = threshold_at_false_flag_rate(val_id, rate)
@@ -108,6 +104,43 @@ def summarise(method: str, val_id: np.ndarray, test_id: np.ndarray, test_correct
             "per_category": {c: flag_rates(ood[[r["category"] == c for r in rows]], t) for c in cats},
             "accuracy_unflagged": float(test_correct[kept].mean()) if kept.any() else float("nan"),
             "accuracy_all": float(test_correct.mean()),
+        }
+    return out
+
+
+def cross_validated(name: str, outliers, folds: list, x: dict, y: dict, k: int, xo: np.ndarray,
+                    rows: list[dict], rates: list[float]) -> dict:
+    """Outlier exposure scored fold by fold: thresholds per fold (each fold's head has its
+    own scale) on that fold's val split, flags pooled over folds."""
+    per_fold, pairs = [], []
+    held_score = np.empty(len(rows))
+    fold_of = np.empty(len(rows), int)
+    for fold, (train_idx, held_idx) in enumerate(folds):
+        kr, br = fit_rejection_head(x["train"], y["train"], k, outliers(train_idx), l2=L2)
+        _, id_val = split_rejection(x["val"] @ kr + br)
+        probs_test, id_test = split_rejection(x["test"] @ kr + br)
+        held_score[held_idx] = split_rejection(xo[held_idx] @ kr + br)[1]
+        fold_of[held_idx] = fold
+        pairs.append((id_test, held_score[held_idx]))
+        per_fold.append({"val": id_val, "test": id_test, "correct": probs_test.argmax(1) == y["test"]})
+    weights = [len(i) * len(o) for i, o in pairs]
+    out = {"method": name, "auroc": float(np.average([auroc(i, o) for i, o in pairs], weights=weights)),
+           "auroc_interval": None, "at": {}}
+    cats = sorted({r["category"] for r in rows})
+    for rate in rates:
+        caught = np.zeros(len(rows), bool)
+        test_flags, unflagged = [], []
+        for fold, f in enumerate(per_fold):
+            t = threshold_at_false_flag_rate(f["val"], rate)
+            caught[fold_of == fold] = held_score[fold_of == fold] < t
+            test_flags.append(f["test"] < t)
+            unflagged.append(f["correct"][f["test"] >= t])
+        out["at"][str(rate)] = {
+            "test_flagged": share(np.concatenate(test_flags)),
+            "ood_caught": share(caught),
+            "per_category": {c: share(caught[[r["category"] == c for r in rows]]) for c in cats},
+            "accuracy_unflagged": float(np.concatenate(unflagged).mean()),
+            "accuracy_all": float(np.concatenate([f["correct"] for f in per_fold]).mean()),
         }
     return out
 
@@ -157,46 +190,19 @@ def main() -> None:
 
     # Outlier exposure, cross-validated by repository: each OOD photo is scored by a head
     # that never saw its source; the in-distribution side is each fold's val/test split.
+    # Three kinds of outliers: the real OOD photos of the other folds, those plus synthetic
+    # graphics (flat colours, gradients, charts, text, interfaces), and the synthetic ones
+    # alone (what a run without an OOD source can have).
+    synthetic = synthetic_outliers(240, SIZE, seed=1)
+    xs = np.concatenate([np.asarray(fm.predict_on_batch(synthetic[i : i + 32].astype(np.float32)))
+                         for i in range(0, len(synthetic), 32)])
     repos = np.array([r["repository"] for r in rows])
-    folds = GroupKFold(n_splits=min(args.folds, len(set(repos))))
-    oe_ood = np.empty(len(rows))
-    pairs, per_fold = [], []
-    for fold, (train_idx, held_idx) in enumerate(folds.split(xo, groups=repos)):
-        kr, br = fit_rejection_head(x["train"], y["train"], k, xo[train_idx], l2=L2)
-        probs_val, id_val = split_rejection(x["val"] @ kr + br)
-        probs_test, id_test = split_rejection(x["test"] @ kr + br)
-        _, id_held = split_rejection(xo[held_idx] @ kr + br)
-        oe_ood[held_idx] = id_held
-        pairs.append((id_test, id_held))
-        per_fold.append({"fold": fold, "val": id_val, "test": id_test,
-                         "correct": probs_test.argmax(1) == y["test"], "held_repos": sorted(set(repos[held_idx]))})
-        log(f"outlier exposure fold {fold}: held out {sorted(set(repos[held_idx]))}")
-    # Thresholds per fold (each fold's model has its own scale), flags pooled over folds.
-    oe = {"method": "outlier_exposure", "auroc": float(np.average([auroc(i, o) for i, o in pairs],
-                                                                  weights=[len(i) * len(o) for i, o in pairs])),
-          "auroc_interval": None, "at": {}}
-    fold_of = np.empty(len(rows), int)
-    for fold, (_, held_idx) in enumerate(folds.split(xo, groups=repos)):
-        fold_of[held_idx] = fold
-    for rate in rates:
-        flagged_ood = np.zeros(len(rows), bool)
-        test_flags, unflagged_correct = [], []
-        for fold, f in enumerate(per_fold):
-            t = threshold_at_false_flag_rate(f["val"], rate)
-            flagged_ood[fold_of == fold] = oe_ood[fold_of == fold] < t
-            test_flags.append(f["test"] < t)
-            unflagged_correct.append(f["correct"][f["test"] >= t])
-        tf = np.concatenate(test_flags)
-        cats = sorted({r["category"] for r in rows})
-        oe["at"][str(rate)] = {
-            "test_flagged": share(tf),
-            "ood_caught": share(flagged_ood),
-            "per_category": {c: share(flagged_ood[[r["category"] == c for r in rows]])
-                             for c in cats},
-            "accuracy_unflagged": float(np.concatenate(unflagged_correct).mean()),
-            "accuracy_all": float(np.concatenate([f["correct"] for f in per_fold]).mean()),
-        }
-    results.append(oe)
+    folds = list(GroupKFold(n_splits=min(args.folds, len(set(repos)))).split(xo, groups=repos))
+    for name, outliers in {"outlier_exposure": lambda tr: xo[tr],
+                           "outlier_exposure+synthetic": lambda tr: np.concatenate([xo[tr], xs]),
+                           "synthetic_only": lambda tr: xs}.items():
+        results.append(cross_validated(name, outliers, folds, x, y, k, xo, rows, rates))
+        log(f"{name}: done")
     # Serving cost of each score beside the model's own forward pass (per photo, one core).
     cost = {}
     probe = xo[:64]

@@ -113,3 +113,14 @@ def test_outlier_exposure_learns_to_reject_and_keeps_the_classes():
 def test_outlier_exposure_needs_outliers():
     with pytest.raises(DataError, match="not a class"):
         fit_rejection_head(np.ones((4, 2)), np.array([0, 0, 1, 1]), 2, np.empty((0, 2)))
+
+
+def test_synthetic_outliers_are_varied_uint8_images():
+    from clazzify.training.ood import SYNTHETIC_KINDS, synthetic_outliers
+
+    images = synthetic_outliers(2 * len(SYNTHETIC_KINDS), 32, seed=0)
+    assert images.shape == (12, 32, 32, 3) and images.dtype == np.uint8
+    stds = images.reshape(12, -1, 3).std(axis=1).max(axis=1)  # per channel, then the largest
+    assert stds[0] == 0  # a flat colour
+    assert (stds[1:len(SYNTHETIC_KINDS)] > 0).all()  # every other kind draws something
+    np.testing.assert_array_equal(images, synthetic_outliers(12, 32, seed=0))  # deterministic

@@ -199,3 +199,49 @@ def flag_rates(scores: np.ndarray, threshold: float) -> dict:
     k = int((s < threshold).sum())
     lo, hi = wilson_interval(k, s.size)
     return {"flagged": k, "n": int(s.size), "rate": k / s.size if s.size else float("nan"), "interval": [lo, hi]}
+
+
+SYNTHETIC_KINDS = ("flat", "gradient", "noise", "bars", "text", "interface")
+
+
+def synthetic_outliers(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """``n`` uint8 RGB images ``[n, size, size, 3]`` that are none of the classes by
+    construction: flat colours, gradients, noise, bar charts, lines of text on paper and
+    interface-like boxes, in turn. They teach the rejection output what a graphic looks
+    like without any downloaded data; real "not a class" photos teach it the rest."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        kind = SYNTHETIC_KINDS[i % len(SYNTHETIC_KINDS)]
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        img = Image.new("RGB", (size, size), colour if kind != "text" else (245, 245, 240))
+        draw = ImageDraw.Draw(img)
+        if kind == "gradient":
+            a, b = rng.integers(0, 256, (2, 3))
+            ramp = np.linspace(0, 1, size)[:, None, None]
+            arr = (a + (b - a) * ramp).astype(np.uint8).repeat(size, axis=1)
+            img = Image.fromarray(arr if rng.random() < 0.5 else arr.transpose(1, 0, 2).copy())
+        elif kind == "noise":
+            img = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        elif kind == "bars":
+            bars = int(rng.integers(3, 9))
+            width = size // (bars + 1)
+            for j in range(bars):
+                h = int(rng.integers(size // 8, size - 8))
+                fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+                draw.rectangle([4 + j * width, size - h, 4 + j * width + width - 3, size - 4], fill=fill)
+            draw.line([2, size - 3, size - 2, size - 3], fill=(0, 0, 0), width=2)
+        elif kind == "text":
+            for y in range(6, size - 8, int(rng.integers(7, 14))):
+                x_end = int(rng.integers(size // 3, size - 6))
+                draw.text((6, y), "".join(chr(int(c)) for c in rng.integers(97, 123, x_end // 6)), fill=(20, 20, 20))
+        elif kind == "interface":
+            for _ in range(int(rng.integers(3, 10))):
+                x0, y0 = (int(v) for v in rng.integers(0, size - 16, 2))
+                x1, y1 = x0 + int(rng.integers(12, size - x0)), y0 + int(rng.integers(8, max(9, size // 4)))
+                draw.rectangle([x0, y0, min(x1, size - 1), min(y1, size - 1)],
+                               fill=tuple(int(c) for c in rng.integers(0, 256, 3)), outline=(0, 0, 0))
+        out[i] = np.asarray(img, np.uint8)
+    return out
