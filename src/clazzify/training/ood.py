@@ -29,12 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from clazzify.core.errors import ConfigError, DataError
+from clazzify.core.ood import UNKNOWN  # noqa: F401  (re-exported: the label of a flagged photo)
 from clazzify.training.stats import wilson_interval
 
 TRAINING_FREE = ("msp", "energy", "mahalanobis", "knn")
 OOD_METHODS = (*TRAINING_FREE, "outlier_exposure")
-#: The label a flagged photo gets in predictions, scores and queues (never a class name).
-UNKNOWN = "unknown"
 
 
 def _logsumexp(logits: np.ndarray) -> np.ndarray:
