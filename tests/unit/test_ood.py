@@ -124,3 +124,58 @@ def test_synthetic_outliers_are_varied_uint8_images():
     assert stds[0] == 0  # a flat colour
     assert (stds[1:len(SYNTHETIC_KINDS)] > 0).all()  # every other kind draws something
     np.testing.assert_array_equal(images, synthetic_outliers(12, 32, seed=0))  # deterministic
+
+
+def _write_png(path, colour, size=40):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), colour).save(path)
+
+
+def test_load_outliers_reads_categories_and_sources_from_a_folder(tmp_path):
+    from clazzify.training.ood import load_outliers
+
+    _write_png(tmp_path / "plants" / "a.png", (0, 200, 0))
+    _write_png(tmp_path / "plants" / "b.png", (0, 150, 0))
+    _write_png(tmp_path / "screens" / "c.png", (200, 200, 200))
+    (tmp_path / "screens" / "broken.jpg").write_bytes(b"not a photo")
+    (tmp_path / "manifest.csv").write_text("file,category,repository\nplants/a.png,plants,r1\nplants/b.png,plants,r2\n")
+    got = load_outliers(str(tmp_path), 32)
+    assert got.images.shape == (3, 32, 32, 3) and got.images.dtype == np.uint8
+    by_uri = {u.rsplit("/", 1)[1]: (c, g) for u, c, g in zip(got.uris, got.categories, got.groups, strict=True)}
+    assert by_uri == {"a.png": ("plants", "r1"), "b.png": ("plants", "r2"), "c.png": ("screens", "screens")}
+    assert [u.rsplit("/", 1)[1] for u in got.skipped] == ["broken.jpg"]
+
+
+def test_load_outliers_reads_a_manifest_and_bounds_the_count(tmp_path):
+    from clazzify.training.ood import load_outliers
+
+    _write_png(tmp_path / "x.png", (1, 2, 3))
+    (tmp_path / "ood.csv").write_text("uri,category\nx.png,flat\nx.png,flat\n")
+    got = load_outliers(str(tmp_path / "ood.csv"), 16)
+    assert got.categories == ["flat", "flat"] and len(got.images) == 2
+    with pytest.raises(DataError, match="over the limit of 1"):
+        load_outliers(str(tmp_path / "ood.csv"), 16, limit=1)
+    with pytest.raises(DataError, match="no usable photo"):
+        (tmp_path / "bad.csv").write_text("uri\nmissing.png\n")
+        load_outliers(str(tmp_path / "bad.csv"), 16)
+
+
+def test_fit_head_with_ood_exports_a_rejection_head_and_measures_it_by_source():
+    from clazzify.training.head import fit_head
+    from clazzify.training.ood import fit_head_with_ood, split_rejection
+
+    rng = np.random.default_rng(5)
+    x, y, centres = clusters(rng, n=60, d=8, k=3)
+    xv, yv, _ = centres[np.repeat(np.arange(3), 30)] + rng.normal(0, 0.3, (90, 8)), np.repeat(np.arange(3), 30), None
+    outliers = np.concatenate([rng.normal(0, 1, (20, 8)) + 10 * s for s in (1, -1, 2)])
+    groups = ["a"] * 20 + ["b"] * 20 + ["c"] * 20
+    fit = fit_head_with_ood(x, y, xv, yv, 3, l2=1.0, outliers=outliers, categories=groups, groups=groups, folds=3)
+    assert fit.method == "outlier_exposure" and fit.kernel.shape == (8, 4)
+    cv = fit.measured["cross_validated"]
+    assert cv["folds"] == 3 and cv["outliers"] == 60 and set(cv["per_category"]) == {"a", "b", "c"}
+    _, val_scores = split_rejection(xv @ fit.kernel + fit.bias)
+    assert (val_scores < fit.threshold).mean() <= 0.02
+    plain = fit_head_with_ood(x, y, xv, yv, 3, l2=1.0, fit_plain=lambda a, b, k: fit_head(a, b, k, l2=1.0))
+    assert plain.method == "msp" and plain.kernel.shape == (8, 3) and "cross_validated" not in plain.measured

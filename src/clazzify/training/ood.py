@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clazzify.core.errors import ConfigError, DataError
+from clazzify.core.errors import ClazzifyError, ConfigError, DataError
 from clazzify.core.ood import UNKNOWN  # noqa: F401  (re-exported: the label of a flagged photo)
 from clazzify.training.stats import wilson_interval
 
@@ -244,3 +244,148 @@ def synthetic_outliers(n: int, size: int, seed: int = 0) -> np.ndarray:
                                fill=tuple(int(c) for c in rng.integers(0, 256, 3)), outline=(0, 0, 0))
         out[i] = np.asarray(img, np.uint8)
     return out
+
+
+@dataclass
+class Outliers:
+    """Photos that are none of the classes, decoded for training (``ood_source``)."""
+
+    images: np.ndarray  # uint8 [N, S, S, 3]
+    uris: list[str]
+    categories: list[str]  # what kind of photo (the manifest's category, or its folder)
+    groups: list[str]  # the source each came from (cross-validation never splits one)
+    skipped: dict[str, str]  # uri -> why it could not be used
+
+
+def load_outliers(source: str, image_size: int, *, limit: int = 5000) -> Outliers:
+    """Read and decode every photo of ``source``: a folder (or ``s3://`` prefix) whose
+    sub-folders name categories, or a CSV/JSONL manifest with ``uri`` (or ``file``) and
+    optional ``category`` and ``repository`` columns. A ``manifest.csv`` inside a folder is
+    read for its ``repository`` column (the groups of cross-validation); without one the
+    category folder is the group. Undecodable files are skipped with their reason.
+
+    Raises:
+        DataError: the source holds no usable photo, or more than ``limit``.
+    """
+    from clazzify.core import storage
+    from clazzify.core.imaging import image_to_array
+    from clazzify.core.manifest import is_manifest, read_manifest_rows, resolve_uri
+
+    entries: list[tuple[str, str, str]] = []  # uri, category, group
+    if is_manifest(source):
+        rows = read_manifest_rows(source, required=())
+        for row in rows:
+            uri = row.get("uri") or resolve_uri(source, row.get("file"))
+            if not uri:
+                raise DataError(f"{source} line {row.line}: no 'uri' (or 'file') column value")
+            category = row.get("category") or "other"
+            entries.append((uri, category, row.get("repository") or category))
+    else:
+        base = source.rstrip("/")
+        meta: dict[str, str] = {}
+        manifest_uri = storage.join(base, "manifest.csv")
+        try:
+            for row in read_manifest_rows(manifest_uri, required=()):
+                if row.get("file") and row.get("repository"):
+                    meta[storage.join(base, row.get("file"))] = row.get("repository")
+        except DataError:
+            meta = {}
+        for uri in storage.list_files(base):
+            if uri.endswith((".csv", ".jsonl", ".md", ".txt")):
+                continue
+            rel = uri[len(base) + 1:]
+            category = rel.split("/", 1)[0] if "/" in rel else "other"
+            entries.append((uri, category, meta.get(uri, category)))
+    if len(entries) > limit:
+        raise DataError(f"ood_source {source} lists {len(entries)} photos, over the limit of {limit}: "
+                        "sample it or raise the limit")
+    images, kept, skipped = [], [], {}
+    for uri, category, group in entries:
+        try:
+            images.append(image_to_array(storage.read_bytes(uri), image_size))
+            kept.append((uri, category, group))
+        except (ClazzifyError, OSError) as e:  # unreadable or not an image: skipped, reported
+            skipped[uri] = str(e)
+    if not kept:
+        raise DataError(f"ood_source {source} holds no usable photo ({len(skipped)} unreadable)")
+    uris, categories, groups = (list(col) for col in zip(*kept, strict=True))
+    return Outliers(np.stack(images), uris, categories, groups, skipped)
+
+
+@dataclass
+class OodFit:
+    """The head and the unknown rule that training exports."""
+
+    kernel: np.ndarray  # [D, C] or [D, C + 1] (outlier exposure), temperature folded in
+    bias: np.ndarray
+    temperature: float
+    method: str
+    threshold: float
+    measured: dict
+
+
+def fit_head_with_ood(
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, num_classes: int, *,
+    l2: float, rate: float = 0.02, outliers: np.ndarray | None = None, categories: Sequence[str] = (),
+    groups: Sequence[str] = (), folds: int = 5, calibrate: bool = True, fit_plain=None,
+) -> OodFit:
+    """Fit the classifier head and its unknown rule on frozen features.
+
+    With ``outliers`` (features of photos that are none of the classes): outlier exposure,
+    a rejection output beside the classes. Its catch rate is first estimated by
+    cross-validation with folds grouped by ``groups`` (a source is never both trained on
+    and scored), then the head is fitted on every outlier. Without: the plain head
+    (``fit_plain(x, y, num_classes)``), and the training-free maximum softmax probability.
+    Either way the temperature is fitted on the validation split over the classes, and the
+    threshold is set on the validation photos at ``rate``.
+    """
+    from clazzify.training.calibration import fit_temperature
+
+    def calibrated(kernel, bias, extra: bool):
+        logits = x_val @ kernel + bias
+        probs = split_rejection(logits)[0] if extra else np.exp(logits - _logsumexp(logits)[:, None])
+        t = fit_temperature(probs, y_val) if calibrate else 1.0
+        return kernel / t, bias / t, t
+
+    measured: dict = {"false_flag_rate": rate, "val_photos": len(y_val)}
+    if outliers is not None and len(outliers):
+        from sklearn.model_selection import GroupKFold
+
+        groups = list(groups) or ["all"] * len(outliers)
+        n_groups = len(set(groups))
+        if n_groups >= 2:
+            held = np.empty(len(outliers))
+            val_by_fold, fold_of = [], np.empty(len(outliers), int)
+            for fold, (tr, ho) in enumerate(GroupKFold(n_splits=min(folds, n_groups)).split(outliers, groups=groups)):
+                k, b, _ = calibrated(*fit_rejection_head(x_train, y_train, num_classes, outliers[tr], l2=l2), True)
+                val_by_fold.append(split_rejection(x_val @ k + b)[1])
+                held[ho] = split_rejection(outliers[ho] @ k + b)[1]
+                fold_of[ho] = fold
+            caught = np.zeros(len(outliers), bool)
+            for fold, val_scores in enumerate(val_by_fold):
+                t = threshold_at_false_flag_rate(val_scores, rate)
+                caught[fold_of == fold] = held[fold_of == fold] < t
+            cats = np.asarray(categories if len(categories) else ["other"] * len(outliers))
+            measured["cross_validated"] = {
+                "folds": len(val_by_fold), "groups": n_groups, "outliers": len(outliers),
+                "auroc": float(np.average(
+                    [auroc(v, held[fold_of == f]) for f, v in enumerate(val_by_fold)],
+                    weights=[len(v) * int((fold_of == f).sum()) for f, v in enumerate(val_by_fold)])),
+                "caught": flag_rates(np.where(caught, 0.0, 1.0), 0.5),
+                "per_category": {c: flag_rates(np.where(caught[cats == c], 0.0, 1.0), 0.5)
+                                 for c in sorted(set(cats))},
+            }
+        else:
+            measured["cross_validated"] = None  # one source: no honest held-out estimate
+        kernel, bias, t = calibrated(*fit_rejection_head(x_train, y_train, num_classes, outliers, l2=l2), True)
+        scores = split_rejection(x_val @ kernel + bias)[1]
+        method = "outlier_exposure"
+    else:
+        if fit_plain is None:
+            raise ConfigError("fit_head_with_ood needs fit_plain without outliers")
+        kernel, bias, t = calibrated(*fit_plain(x_train, y_train, num_classes), False)
+        scores = msp_score(x_val @ kernel + bias)
+        method = "msp"
+    threshold = threshold_at_false_flag_rate(scores, rate)
+    measured["val_flagged"] = flag_rates(scores, threshold)
+    return OodFit(kernel.astype(np.float32), bias.astype(np.float32), float(t), method, threshold, measured)
