@@ -146,7 +146,7 @@ def threshold_at_false_flag_rate(in_distribution: np.ndarray, rate: float = 0.02
     """The score below which ``rate`` of the in-distribution (validation) photos fall.
 
     A photo is flagged when its score is strictly below the threshold, so at most
-    ``rate`` of the photos the threshold was set on are flagged.
+    ``rate`` of the photos the threshold was set on are flagged (fewer where scores tie).
 
     Raises:
         ConfigError: ``rate`` outside (0, 0.5].
@@ -157,9 +157,15 @@ def threshold_at_false_flag_rate(in_distribution: np.ndarray, rate: float = 0.02
     scores = np.sort(np.asarray(in_distribution, np.float64))
     if scores.size == 0:
         raise DataError("no in-distribution scores to set the threshold on")
-    # The largest threshold that flags at most floor(rate * n) photos.
+    # Flag floor(rate * n) photos: the threshold sits midway between the last flagged score
+    # and the first kept one, so float32 engines (ONNX, int8) that move a score by 1e-5
+    # do not flip the photo the threshold was set beside.
     allowed = int(np.floor(rate * scores.size))
-    return float(scores[allowed]) if allowed < scores.size else float(np.inf)
+    if scores.size == 1:
+        return float(scores[0]) - 1e-6
+    if allowed == 0:
+        return float(scores[0] - (scores[1] - scores[0]) / 2) if scores[1] > scores[0] else float(scores[0]) - 1e-6
+    return float((scores[allowed - 1] + scores[allowed]) / 2)
 
 
 def auroc(in_distribution: np.ndarray, outliers: np.ndarray) -> float:
@@ -288,7 +294,7 @@ def load_outliers(source: str, image_size: int, *, limit: int = 5000) -> Outlier
             for row in read_manifest_rows(manifest_uri, required=()):
                 if row.get("file") and row.get("repository"):
                     meta[storage.join(base, row.get("file"))] = row.get("repository")
-        except DataError:
+        except ClazzifyError:  # no manifest.csv (or not one with these columns): folders are the groups
             meta = {}
         for uri in storage.list_files(base):
             if uri.endswith((".csv", ".jsonl", ".md", ".txt")):
