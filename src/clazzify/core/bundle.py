@@ -48,6 +48,9 @@ class BundleMeta:
     registered_name: str = ""
     registry_version: str = ""
     temperature: float = 1.0
+    #: How the model flags photos that are none of the classes: a
+    #: :class:`clazzify.core.ood.OodRule` as a dict (None: a model from before the rule).
+    ood: dict | None = None
 
     def save(self, bundle_dir: Path) -> None:
         (bundle_dir / META_FILE).write_text(json.dumps(asdict(self), indent=2))

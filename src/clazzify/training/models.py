@@ -38,6 +38,8 @@ class ModelSpec:
             needs network access) or a local weights file (see :func:`load_init_weights`).
         augment: add online augmentation layers (active in training only).
         dropout: dropout before the classifier.
+        num_outputs: width of the softmax when it is not ``num_classes``: one more for a
+            model trained with a "not a class" output (:mod:`clazzify.core.ood`).
     """
 
     architecture: str = "alexnet"
@@ -46,8 +48,11 @@ class ModelSpec:
     init_weights: str | None = None
     augment: bool = True
     dropout: float = 0.3
+    num_outputs: int | None = None
 
     def __post_init__(self) -> None:
+        if self.num_outputs is not None and self.num_outputs < self.num_classes:
+            raise ConfigError(f"num_outputs ({self.num_outputs}) must be >= num_classes ({self.num_classes})")
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(
                 f"unknown architecture {self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}"
@@ -179,7 +184,8 @@ def build_model(spec: ModelSpec):  # -> keras.Model
         x = _application(keras, spec.architecture, spec, x)
     if spec.dropout:
         x = keras.layers.Dropout(spec.dropout)(x)
-    probs = keras.layers.Dense(spec.num_classes, activation="softmax", dtype="float32", name="probs")(x)
+    width = spec.num_outputs or spec.num_classes
+    probs = keras.layers.Dense(width, activation="softmax", dtype="float32", name="probs")(x)
     core = keras.Model(core_in, probs, name="core")
 
     inputs = keras.Input(shape, dtype="uint8", name="image")

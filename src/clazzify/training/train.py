@@ -27,12 +27,14 @@ import clazzify
 from clazzify.core import storage
 from clazzify.core.bundle import BundleMeta
 from clazzify.core.errors import ConfigError, DataError, StorageError
+from clazzify.core.ood import OodRule
 from clazzify.registry.tracking import TrackingConfig, activate, epoch_logger, flatten_params
-from clazzify.training.calibration import fit_temperature
+from clazzify.training.calibration import apply_temperature, fit_temperature
 from clazzify.training.data import DataDirs, inspect_split, make_dataset, pydataset, read_column, read_rows, split_files
 from clazzify.training.export import export_bundle
 from clazzify.training.head import CLASS_WEIGHTING, FeatureCache, class_weights, extract_features, fit_head, softmax
 from clazzify.training.models import ModelSpec, build_model, feature_model
+from clazzify.training.ood import threshold_at_false_flag_rate
 from clazzify.training.plots import plot_history
 
 MIXED_PRECISION = ("auto", "on", "off")
@@ -67,6 +69,13 @@ class TrainConfig:
         feature_cache: folder caching backbone features by image pixels ('' = none).
         calibrate: fit a softmax temperature on the validation split and fold it into the
             classifier, so every consumer of the model gets calibrated probabilities.
+        ood_source: photos that are none of the classes (folder of category folders, or a
+            manifest; :func:`clazzify.training.ood.load_outliers`): with a frozen backbone
+            they train a "not a class" output beside the classes (outlier exposure). ''
+            uses the training-free maximum softmax probability instead.
+        ood_false_flag_rate: the share of in-distribution validation photos the unknown
+            threshold is set to flag.
+        ood_limit: at most this many ``ood_source`` photos (they are decoded in memory).
     """
 
     architecture: str = "alexnet"
@@ -85,8 +94,18 @@ class TrainConfig:
     head_l2: float = 1.0
     feature_cache: str = ""
     calibrate: bool = True
+    ood_source: str = ""
+    ood_false_flag_rate: float = 0.02
+    ood_limit: int = 5000
 
     def __post_init__(self) -> None:
+        if self.ood_source and not self.frozen_backbone:
+            raise ConfigError("ood_source needs frozen_backbone=true (the 'not a class' output is fitted on "
+                              "frozen features); leave ood_source empty for the training-free score")
+        if not 0 < self.ood_false_flag_rate <= 0.5:
+            raise ConfigError(f"ood_false_flag_rate must be in (0, 0.5], got {self.ood_false_flag_rate}")
+        if self.ood_limit < 1:
+            raise ConfigError(f"ood_limit must be >= 1, got {self.ood_limit}")
         if self.head_l2 <= 0:
             raise ConfigError(f"head_l2 must be > 0, got {self.head_l2}")
         if self.frozen_backbone and not self.init_weights:
@@ -126,6 +145,7 @@ class TrainResult:
     run_id: str | None = None
     class_counts: dict[str, int] = field(default_factory=dict)
     temperature: float = 1.0
+    ood: dict | None = None
 
 
 def balanced_class_weights(counts: Sequence[int]) -> dict[int, float]:
@@ -146,20 +166,47 @@ def _nll(p: np.ndarray, y: np.ndarray) -> float:
 
 
 def _train_head(model, spec: ModelSpec, cfg: TrainConfig, train_paths, val_paths, num_classes: int):
-    """Fit the classifier on frozen features; returns (history, validation probabilities, labels)."""
+    """Fit the classifier (and its unknown rule) on frozen features.
+
+    Returns ``(history, OodFit)``: the fit's kernel has the temperature folded in already
+    and one more column than the classes when ``cfg.ood_source`` trained a "not a class"
+    output; it is written into the model's ``probs`` layer here.
+    """
+    from clazzify.training.ood import fit_head_with_ood, load_outliers, split_rejection
+
     fm = feature_model(model)
     weights = cfg.init_weights if cfg.init_weights in ("packaged", "imagenet") else "file"
     cache = FeatureCache(cfg.feature_cache or None, f"{spec.architecture}-{weights}-{spec.image_size}")
     x_train, y_train = extract_features(fm, train_paths, cache=cache, batch_size=cfg.batch_size)
     x_val, y_val = extract_features(fm, val_paths, cache=cache, batch_size=cfg.batch_size)
-    kernel, bias = fit_head(x_train, y_train, num_classes, class_weighting=cfg.class_weighting, l2=cfg.head_l2)
-    model.get_layer("core").get_layer("probs").set_weights([kernel, bias])
-    p_train, p_val = softmax(x_train @ kernel + bias), softmax(x_val @ kernel + bias)
+    outliers = None
+    categories: list[str] = []
+    groups: list[str] = []
+    if cfg.ood_source:
+        found = load_outliers(cfg.ood_source, spec.image_size, limit=cfg.ood_limit)
+        outliers = np.concatenate([
+            np.asarray(fm.predict_on_batch(found.images[i : i + cfg.batch_size].astype(np.float32)))
+            for i in range(0, len(found.images), cfg.batch_size)])
+        categories, groups = found.categories, found.groups
+    fit = fit_head_with_ood(
+        x_train, y_train, x_val, y_val, num_classes, l2=cfg.head_l2, rate=cfg.ood_false_flag_rate,
+        outliers=outliers, categories=categories, groups=groups, calibrate=cfg.calibrate,
+        fit_plain=lambda x, y, k: fit_head(x, y, k, class_weighting=cfg.class_weighting, l2=cfg.head_l2))
+    if outliers is not None:
+        fit.measured["outliers"] = {"photos": len(outliers), "skipped": len(found.skipped),
+                                    "categories": dict(Counter(categories))}
+    model.get_layer("core").get_layer("probs").set_weights([fit.kernel, fit.bias])
+
+    def class_probs(x):
+        logits = x @ fit.kernel + fit.bias
+        return split_rejection(logits)[0] if fit.method == "outlier_exposure" else softmax(logits)
+
+    p_train, p_val = class_probs(x_train), class_probs(x_val)
     history = {
         "accuracy": [float((p_train.argmax(1) == y_train).mean())], "loss": [_nll(p_train, y_train)],
         "val_accuracy": [float((p_val.argmax(1) == y_val).mean())], "val_loss": [_nll(p_val, y_val)],
     }
-    return history, p_val, y_val
+    return history, fit
 
 
 def _predict_rows(model, paths, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -338,6 +385,8 @@ def train_model(
         image_size=info.image_size,
         init_weights=fetch_weights(cfg.init_weights, out_dir),
         augment=cfg.augment and not cfg.frozen_backbone,
+        # outlier exposure: one more output, "not a class" (clazzify.core.ood)
+        num_outputs=num_classes + 1 if cfg.ood_source else None,
     )
     with ExitStack() as stack:
         stack.callback(keras.mixed_precision.set_global_policy, "float32")
@@ -378,8 +427,11 @@ def train_model(
         callbacks += extra  # after the backup, so a failing extra callback leaves a backup
         try:
             start = time.perf_counter()
+            ood_rule = None
             if cfg.frozen_backbone:
-                history, val_probs, val_labels = _train_head(model, spec, cfg, train_paths, val_paths, num_classes)
+                history, fit = _train_head(model, spec, cfg, train_paths, val_paths, num_classes)
+                temperature = fit.temperature  # already folded into the kernel
+                ood_rule = OodRule(fit.method, fit.threshold, cfg.ood_false_flag_rate, fit.measured)
             else:
                 weights = (None if cfg.class_weighting == "none"
                            else class_weights(list(counts.values()), cfg.class_weighting))
@@ -391,13 +443,18 @@ def train_model(
                 history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
                 if best_path.is_file():
                     model.load_weights(best_path)
-                val_probs = val_labels = None
-            temperature = 1.0
-            if cfg.calibrate:
-                if val_probs is None:
-                    val_probs, val_labels = _predict_rows(model, val_paths, cfg.batch_size)
-                temperature = fit_temperature(val_probs, val_labels)
-                fold_temperature(model, temperature)
+            if not cfg.frozen_backbone:
+                temperature = 1.0
+                val_probs, val_labels = _predict_rows(model, val_paths, cfg.batch_size)
+                if cfg.calibrate:
+                    temperature = fit_temperature(val_probs, val_labels)
+                    fold_temperature(model, temperature)
+                    val_probs = apply_temperature(val_probs, temperature)
+                # The training-free unknown rule: the maximum softmax probability on val.
+                scores = val_probs.max(axis=1)
+                ood_rule = OodRule("msp", threshold_at_false_flag_rate(scores, cfg.ood_false_flag_rate),
+                                   cfg.ood_false_flag_rate,
+                                   {"false_flag_rate": cfg.ood_false_flag_rate, "val_photos": len(scores)})
             seconds = time.perf_counter() - start
             val_acc = history.get("val_accuracy", [0.0])
             best_epoch = int(np.argmax(val_acc))
@@ -408,6 +465,7 @@ def train_model(
                 fingerprint=fingerprint,
                 code_version=clazzify.__version__,
                 temperature=temperature,
+                ood=ood_rule.to_dict(),
             )
             keras.mixed_precision.set_global_policy("float32")
             bundle_dir = export_bundle(model, meta, out_dir / "bundle", onnx=cfg.onnx)
@@ -423,11 +481,14 @@ def train_model(
                 devices=devices,
                 class_counts=counts,
                 temperature=temperature,
+                ood=ood_rule.to_dict(),
             )
             if run:
                 mlflow.log_metrics({"best_val_accuracy": result.best_val_accuracy, "temperature": temperature,
                                     "train_seconds": seconds, "epochs_run": result.epochs_run})
                 mlflow.log_artifact(str(curve), "plots")
+                mlflow.log_dict(ood_rule.to_dict(), "ood_rule.json")
+                mlflow.log_metric("ood_threshold", ood_rule.threshold)
                 result.run_id = run.info.run_id
             return result
         finally:
