@@ -27,6 +27,7 @@ PARAM_GROUPS: dict[str, tuple[str, ...]] = {
     "Model and training": ("architecture", "image_size", "init_weights", "frozen_backbone", "head_l2",
                            "feature_cache", "epochs", "batch_size", "learning_rate", "patience",
                            "label_smoothing", "class_weighting"),
+    "Unknown uploads (none of the classes)": ("ood_source", "ood_false_flag_rate"),
     "Gate": ("min_accuracy", "max_regression", "min_class_recall", "min_class_precision"),
     "Tracking and registry": ("mlflow_tracking_uri", "mlflow_experiment", "model_name"),
     "Recurring runs (compiled with --schedule)": ("min_new_photos", "min_new_labels"),
@@ -124,7 +125,8 @@ def check_values(args: Mapping[str, Any], params: Mapping[str, inspect.Parameter
                             learning_rate=p["learning_rate"], init_weights=p["init_weights"] or None,
                             patience=p["patience"], label_smoothing=p["label_smoothing"], seed=p["seed"],
                             class_weighting=p["class_weighting"], frozen_backbone=p["frozen_backbone"],
-                            head_l2=p["head_l2"], feature_cache=p["feature_cache"]),
+                            head_l2=p["head_l2"], feature_cache=p["feature_cache"],
+                            ood_source=p["ood_source"], ood_false_flag_rate=p["ood_false_flag_rate"]),
         lambda: GateConfig(min_accuracy=p["min_accuracy"], max_regression=p["max_regression"],
                            min_class_recall=p["min_class_recall"], min_class_precision=p["min_class_precision"]),
         lambda: InferenceServiceConfig(image=p["serving_image"], name=p["isvc_name"],
@@ -138,6 +140,8 @@ def check_values(args: Mapping[str, Any], params: Mapping[str, inspect.Parameter
             check()
         except ConfigError as e:
             raise click.BadParameter(str(e), param_hint="--set") from e
+    if p["ood_source"]:
+        check_source(p["ood_source"], reach_s3=False, name="ood_source")
     if not 0 <= p["canary_traffic_percent"] <= 100:
         raise click.BadParameter(f"canary_traffic_percent={p['canary_traffic_percent']} is outside 0-100",
                                  param_hint="--set")
@@ -146,7 +150,8 @@ def check_values(args: Mapping[str, Any], params: Mapping[str, inspect.Parameter
             raise click.BadParameter(f"{name}={p[name]} must be >= 0", param_hint="--set")
 
 
-def check_source(source: str, *, reach_s3: bool = True, timeout_s: float = SOURCE_CHECK_TIMEOUT_S) -> None:
+def check_source(source: str, *, reach_s3: bool = True, timeout_s: float = SOURCE_CHECK_TIMEOUT_S,
+                 name: str = "source") -> None:
     """``source`` exists (a class-folder root or a CSV/JSONL manifest) or is an ``s3://`` prefix
     whose endpoint, credentials and bucket answer within ``timeout_s``.
 
@@ -179,18 +184,19 @@ def check_source(source: str, *, reach_s3: bool = True, timeout_s: float = SOURC
         if failure:
             raise click.BadParameter(f"{source}: {failure[0]}", param_hint="--source")
         return
+    hint_param = "--source" if name == "source" else "--set"
     path = storage.local_path(source)
     if not path.exists():
         parent = next((p for p in path.parents if p.exists()), None)
         near = difflib.get_close_matches(path.name, [c.name for c in parent.iterdir()], n=1) if parent else []
         hint = f" (did you mean {str(parent / near[0])!r}?)" if near else ""
         raise click.BadParameter(
-            f"source {str(path)!r} does not exist{hint}: give a folder with one sub-folder per class, a CSV/JSONL "
-            "manifest or an s3://bucket/prefix", param_hint="--source")
+            f"{name} {str(path)!r} does not exist{hint}: give a folder with one sub-folder per class, a CSV/JSONL "
+            "manifest or an s3://bucket/prefix", param_hint=hint_param)
     if path.is_file() and path.suffix.lower() not in MANIFEST_SUFFIXES:
         raise click.BadParameter(
-            f"source {str(path)!r} is a file but not a manifest ({'/'.join(MANIFEST_SUFFIXES)}): give its folder "
-            "or a manifest", param_hint="--source")
+            f"{name} {str(path)!r} is a file but not a manifest ({'/'.join(MANIFEST_SUFFIXES)}): give its folder "
+            "or a manifest", param_hint=hint_param)
 
 
 def format_default(value: Any) -> str:

@@ -129,6 +129,11 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
         # Folder caching backbone features by image pixels across runs ('' = none); the
         # local runner points it into --home.
         feature_cache: str = "",
+        # Photos that are none of the classes (folder of category folders or a manifest, like
+        # source): they train a "not a class" output; '' = the training-free score. Either way
+        # the unknown threshold flags ood_false_flag_rate of the validation photos.
+        ood_source: str = "",
+        ood_false_flag_rate: float = 0.02,
         augment_copies: int = 0,
         # 500k photos a day = 50 shards; each preprocessing pod (PREPROCESS) turns one into
         # HDF5 in minutes. 0 = one shard.
@@ -231,6 +236,8 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
             frozen_backbone=frozen_backbone,
             head_l2=head_l2,
             feature_cache=feature_cache,
+            ood_source=ood_source,
+            ood_false_flag_rate=ood_false_flag_rate,
             seed=seed,
             mlflow_tracking_uri=mlflow_tracking_uri,
             mlflow_experiment=mlflow_experiment,
@@ -454,6 +461,8 @@ def run_local(
     # One machine: ingest's pixels reach the preprocessing tasks without a copy.
     args = {"mlflow_tracking_uri": default_tracking_uri(home), "feature_cache": str(home / "features"),
             "pixel_cache": True, **overrides, "source": source}
+    if args.get("ood_source"):
+        args["ood_source"] = params.source_path(args["ood_source"])
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(home / "kfp"),

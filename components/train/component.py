@@ -21,6 +21,8 @@ def train(
     frozen_backbone: bool,
     head_l2: float,
     feature_cache: str,
+    ood_source: str,
+    ood_false_flag_rate: float,
     seed: int,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
@@ -48,6 +50,7 @@ def train(
         patience=patience, init_weights=init_weights or None, seed=seed,
         label_smoothing=label_smoothing, class_weighting=class_weighting,
         frozen_backbone=frozen_backbone, head_l2=head_l2, feature_cache=feature_cache,
+        ood_source=ood_source, ood_false_flag_rate=ood_false_flag_rate,
     )
     out = Path(model.path)
     result = train_model(

@@ -101,3 +101,23 @@ def labels_with_unknown(probs: np.ndarray, scores: np.ndarray, class_names: list
     flags = flag_unknown(scores, rule)
     top = np.asarray(probs).argmax(axis=1)
     return [UNKNOWN if f else class_names[k] for k, f in zip(top, flags, strict=True)]
+
+
+def rule_of(meta: Any) -> OodRule | None:
+    """The unknown rule a bundle's metadata records (``BundleMeta.ood``), or None."""
+    return OodRule.from_dict(getattr(meta, "ood", None))
+
+
+def split_for(meta: Any, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A model's raw outputs as ``(class probabilities [N, C], in-distribution scores [N],
+    labels [N])`` under the rule its metadata records: what the model server answers, what
+    evaluation scores and what the pyfunc returns, computed in this one place.
+
+    ``meta`` is a :class:`clazzify.core.bundle.BundleMeta` (anything with ``class_names`` and
+    ``ood``). A model without a rule gets the maximum softmax probability as its score and
+    no photo flagged.
+    """
+    rule = rule_of(meta)
+    names = list(meta.class_names)
+    probs, scores = split_outputs(raw, len(names), rule.method if rule else "msp")
+    return probs, scores, labels_with_unknown(probs, scores, names, rule)

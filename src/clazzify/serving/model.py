@@ -14,6 +14,8 @@ import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 
+from clazzify.core.errors import ClazzifyError, DataError
+from clazzify.core.ood import rule_of, split_for
 from clazzify.serving.batching import Batcher
 from clazzify.serving.config import ServerConfig, parse_model_uri
 from clazzify.serving.engine import AliasWatcher, Engine, load_engine, resolve_alias
@@ -180,13 +182,21 @@ class ClazzifyKServeModel(Model):
         self, result: _Scored, headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> dict | InferResponse:
-        names = result.engine.meta.class_names
-        probs = check_probabilities(result.probs, len(result.probs), names)
-        for label in probs.argmax(axis=1).tolist():
-            self.metrics.predictions.labels(names[label]).inc()
+        meta = result.engine.meta
+        names = meta.class_names
+        raw = np.asarray(result.probs, dtype=np.float32)
+        try:
+            probs, scores, labels = split_for(meta, raw)
+        except DataError as e:  # the bundle's clazzify.json does not match its model
+            raise ClazzifyError(f"model outputs do not match its metadata: {e}") from e
+        probs = check_probabilities(probs, len(raw), names)
+        if rule_of(meta) is None:
+            scores = None  # a model without an unknown rule answers as before
+        for label in labels:
+            self.metrics.predictions.labels(label).inc()
         if result.v2 is None:
-            return {"predictions": v1_predictions(probs, names, self.name, result.engine.version)}
-        outputs = [InferOutput(**out) for out in v2_outputs(probs, names)]
+            return {"predictions": v1_predictions(probs, names, self.name, result.engine.version, labels, scores)}
+        outputs = [InferOutput(**out) for out in v2_outputs(probs, names, labels, scores)]
         return InferResponse(
             response_id=result.v2.id, model_name=self.name, infer_outputs=outputs,
             model_version=result.engine.version,

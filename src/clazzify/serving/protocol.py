@@ -312,33 +312,47 @@ def check_probabilities(probs: np.ndarray, n_images: int, class_names: Sequence[
 
 
 def v1_predictions(
-    probs: np.ndarray, class_names: Sequence[str], model_name: str, model_version: str
+    probs: np.ndarray, class_names: Sequence[str], model_name: str, model_version: str,
+    labels: Sequence[str] | None = None, scores: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """One answer per image: top label, its probability, every class's probability, model."""
+    """One answer per image: its label (the top class, or ``unknown`` where the model's
+    unknown rule flags it), the top class's probability, every class's probability, the
+    in-distribution score when the model has one, and the model."""
     top = probs.argmax(axis=1)
     rows = probs.tolist()
-    return [
-        {
-            "label": class_names[k],
+    labels = list(labels) if labels is not None else [class_names[k] for k in top.tolist()]
+    answers = []
+    for i, (k, row) in enumerate(zip(top.tolist(), rows, strict=True)):
+        answer = {
+            "label": labels[i],
             "probability": row[k],
             "probabilities": dict(zip(class_names, row, strict=True)),
             "model_name": model_name,
             "model_version": model_version,
         }
-        for k, row in zip(top.tolist(), rows, strict=True)
-    ]
+        if scores is not None:
+            answer["in_distribution_score"] = float(scores[i])
+        answers.append(answer)
+    return answers
 
 
-def v2_outputs(probs: np.ndarray, class_names: Sequence[str]) -> list[dict[str, Any]]:
-    """V2 output tensors: ``label`` [N], ``probabilities`` [N, C] and ``class_names`` [C]."""
+def v2_outputs(probs: np.ndarray, class_names: Sequence[str], labels: Sequence[str] | None = None,
+               scores: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """V2 output tensors: ``label`` [N] (``unknown`` where flagged), ``probabilities`` [N, C]
+    over the classes, ``class_names`` [C], and ``in_distribution_score`` [N] when the model
+    has one (higher = more like the training photos)."""
     n, c = probs.shape
-    return [
-        {"name": "label", "datatype": "BYTES", "shape": [n],
-         "data": [class_names[k] for k in probs.argmax(axis=1).tolist()]},
+    labels = list(labels) if labels is not None else [class_names[k] for k in probs.argmax(axis=1).tolist()]
+    outputs = [
+        {"name": "label", "datatype": "BYTES", "shape": [n], "data": labels},
         {"name": "probabilities", "datatype": "FP32", "shape": [n, c],
          "data": probs.reshape(-1).tolist()},
         {"name": "class_names", "datatype": "BYTES", "shape": [c], "data": list(class_names)},
     ]
+    if scores is not None:
+        outputs.append({"name": "in_distribution_score", "datatype": "FP32", "shape": [n],
+                        "data": np.asarray(scores, np.float32).tolist()})
+    return outputs
 
 
 def v2_metadata(class_names: Sequence[str]) -> tuple[list[dict], list[dict]]:
@@ -349,6 +363,7 @@ def v2_metadata(class_names: Sequence[str]) -> tuple[list[dict], list[dict]]:
         {"name": "label", "datatype": "BYTES", "shape": [-1]},
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, c]},
         {"name": "class_names", "datatype": "BYTES", "shape": [c]},
+        {"name": "in_distribution_score", "datatype": "FP32", "shape": [-1]},
     ]
     return inputs, outputs
 
