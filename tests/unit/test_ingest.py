@@ -198,7 +198,7 @@ def test_near_duplicates_never_span_splits(tmp_path: Path):
 def test_leader_index_finds_the_nearest_leader_like_brute_force(monkeypatch, compare_all_up_to):
     from clazzify.training.ingest import LeaderIndex, hash_distance
 
-    monkeypatch.setattr("clazzify.training.ingest.BRUTE_FORCE_LEADERS", compare_all_up_to)
+    monkeypatch.setattr("clazzify.training.duplicates.BRUTE_FORCE_LEADERS", compare_all_up_to)
     rng = np.random.default_rng(0)
     leaders = [[int(v) for v in rng.integers(0, 2**63, 3, dtype=np.int64)] for _ in range(300)]
     index = LeaderIndex(8, capacity=300)
@@ -305,7 +305,7 @@ def test_perceptual_hashes_are_imagehash_phash_of_each_crop(size):
     """The batched pHash gives imagehash.phash's bits for each centre crop of the reduced image."""
     import imagehash
 
-    from clazzify.training.ingest import PHASH_REDUCED, PHASH_SCALES, perceptual_hashes
+    from clazzify.training.duplicates import PHASH_REDUCED, PHASH_SCALES, perceptual_hashes
 
     rng = np.random.default_rng(sum(size))
     noise = rng.integers(0, 255, (size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8)

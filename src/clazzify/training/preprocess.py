@@ -38,8 +38,8 @@ from clazzify.core import storage
 from clazzify.core.errors import ConfigError, DataError, ImageError
 from clazzify.core.imaging import RESAMPLE, ImageLimits, decode_image, image_to_array
 from clazzify.core.parallel import process_context
-from clazzify.training.ingest import SPLITS, Record, read_split_manifest
 from clazzify.training.pixels import PixelCache, RowSink, cache_files, create_images
+from clazzify.training.records import SPLITS, Record, read_split_manifest
 
 _STR = h5py.string_dtype(encoding="utf-8")
 

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from clazzify.core import storage
 from clazzify.core.errors import ConfigError
 from clazzify.core.imaging import content_hash
-from clazzify.training.ingest import list_source
 from clazzify.training.lineage import DatasetLineage
+from clazzify.training.listing import list_source
 
 
 @dataclass(frozen=True)
