@@ -343,3 +343,33 @@ def test_worker_processes_decide_and_cache_exactly_what_threads_do(demo_dir: Pat
     assert out["threads"][2].keys() == out["processes"][2].keys() and len(out["threads"][2]) > 90
     for digest, row in out["threads"][2].items():
         np.testing.assert_array_equal(row, out["processes"][2][digest])
+
+
+def test_prepare_ingest_reads_people_labels_csv_last_and_needs_a_reader(tmp_path: Path):
+    """The setup both the component and `clazzify ingest` call: the database's manual labels
+    (through the reader the entry point passes), then the relabel CSV's, which win."""
+    from clazzify.training.ingest import prepare_ingest
+
+    a, b = str(tmp_path / "a.png"), str(tmp_path / "b.png")
+    csv_path = tmp_path / "relabel.csv"
+    csv_path.write_text(f"uri,corrected_label\n{b},drink\n")
+    asked = []
+
+    def reader(url: str) -> list[dict]:
+        asked.append(url)
+        return [{"uri": a, "label": "menu"}, {"uri": b, "label": "food"}, {"uri": None, "label": "x"}]
+
+    setup = prepare_ingest(labels_from="sqlite:///s.db", relabel_csv=str(csv_path), read_manual_labels=reader)
+    assert asked == ["sqlite:///s.db"]
+    assert {k: (v.label, v.source) for k, v in setup.label_overrides.items()} == {
+        a: ("menu", "manual"), b: ("drink", "relabel_csv")}
+    assert setup.champion_data is None and setup.champion_version is None
+    with pytest.raises(ConfigError, match="labels_from='sqlite:///s.db' needs a manual-label reader"):
+        prepare_ingest(labels_from="sqlite:///s.db")
+
+
+def test_prepare_ingest_finds_no_champion_in_an_empty_store(tmp_path: Path):
+    from clazzify.training.ingest import prepare_ingest
+
+    setup = prepare_ingest(champion_model="nobody", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", workdir=tmp_path)
+    assert setup.label_overrides == {} and setup.champion_data is None

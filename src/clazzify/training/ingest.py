@@ -20,7 +20,7 @@ import csv
 import json
 import os
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -66,11 +66,11 @@ from clazzify.training.splits import assign_shards, assign_splits
 #: The ingest step's API; the names it re-exports from the modules it orchestrates (listing,
 #: duplicates, splits, records) stay importable from here, where callers found them.
 __all__ = [
-    "MANIFEST_FIELDS", "SPLITS", "IngestConfig", "IngestReport", "Item", "LabelOverride", "LeaderIndex",
-    "Record", "Rejected", "apply_label_overrides", "assign_shards", "assign_splits", "check_item",
-    "check_item_pixels", "group_near_duplicates", "hash_distance", "ingest_images", "list_source",
-    "manual_label_overrides", "perceptual_hashes", "read_manifest", "read_relabel_overrides",
-    "read_split_manifest", "remove_duplicates", "uri_key",
+    "IngestConfig", "IngestReport", "IngestSetup", "Item", "LabelOverride", "LeaderIndex", "MANIFEST_FIELDS",
+    "ManualLabelReader", "Record", "Rejected", "SPLITS", "apply_label_overrides", "assign_shards",
+    "assign_splits", "check_item", "check_item_pixels", "group_near_duplicates", "hash_distance",
+    "ingest_images", "list_source", "manual_label_overrides", "perceptual_hashes", "prepare_ingest",
+    "read_manifest", "read_relabel_overrides", "read_split_manifest", "remove_duplicates", "uri_key",
 ]
 
 #: JPEGs are validated with DCT scaling down to at least this side (pHash needs ~64 px): the
@@ -213,6 +213,60 @@ class IngestReport:
             lines += [f"- {', '.join(g[:10])}" + (f" (+{len(g) - 10} more)" if len(g) > 10 else "")
                       for g in shown]
         return "\n".join(lines) + "\n"
+
+
+#: Reads the scores database's manual labels at a URL (``clazzify.scoring``'s
+#: ``read_manual_labels``): passed in by the entry point, so training needs no database code.
+ManualLabelReader = Callable[[str], Iterable[Mapping]]
+
+
+@dataclass(frozen=True)
+class IngestSetup:
+    """What ingest needs besides the source: people's labels and the champion's data set."""
+
+    label_overrides: dict[str, LabelOverride]
+    champion_data: DatasetLineage | None = None
+    champion_version: str | None = None
+
+
+def prepare_ingest(
+    *,
+    labels_from: str | None = None,
+    relabel_csv: str | None = None,
+    read_manual_labels: ManualLabelReader | None = None,
+    champion_model: str | None = None,
+    tracking_uri: str | None = None,
+    workdir: Path | None = None,
+) -> IngestSetup:
+    """The ingest step's setup, shared by the pipeline's component and ``clazzify ingest``.
+
+    Args:
+        labels_from: scores database URL whose manual labels override folder/manifest labels.
+        relabel_csv: relabel CSV whose corrections override every other label (a photo in
+            both takes the CSV's).
+        read_manual_labels: reads the database's manual labels (needed with ``labels_from``).
+        champion_model: registered model whose champion's data set counts what is new.
+        tracking_uri: the MLflow store holding that model (default: the active one).
+        workdir: where the champion's lineage file is downloaded (default: a new temp folder).
+
+    Raises:
+        ConfigError: ``labels_from`` without a reader.
+    """
+    overrides: dict[str, LabelOverride] = {}
+    if labels_from:
+        if read_manual_labels is None:
+            raise ConfigError(f"labels_from={labels_from!r} needs a manual-label reader (clazzify.scoring)")
+        overrides.update(manual_label_overrides(read_manual_labels(labels_from)))
+    if relabel_csv:
+        overrides.update(read_relabel_overrides(relabel_csv))
+    if not champion_model:
+        return IngestSetup(overrides)
+    import tempfile
+
+    from clazzify.training.lineage import champion_lineage
+
+    found = champion_lineage(champion_model, workdir or Path(tempfile.mkdtemp()), tracking_uri)
+    return IngestSetup(overrides, found[1] if found else None, found[0] if found else None)
 
 
 def check_item(item: Item, limits: ImageLimits) -> Record | Rejected:
