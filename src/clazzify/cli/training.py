@@ -11,6 +11,7 @@ from clazzify.cli.main import main
 from clazzify.core.bundle import BUNDLE_ENGINES
 from clazzify.core.errors import StorageError
 from clazzify.core.imaging import ImageLimits
+from clazzify.training.models import DEFAULT_IMAGE_SIZE
 
 
 @main.command("demo-data")
@@ -80,7 +81,7 @@ def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: f
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for train.h5, val.h5, test.h5 (train-NNNNN.h5 ... with --shard).")
-@click.option("--image-size", default=227, show_default=True)
+@click.option("--image-size", default=DEFAULT_IMAGE_SIZE, show_default=True)
 @click.option("--augment-copies", default=0, show_default=True,
               help="Augmented variants written per training image.")
 @click.option("--workers", default=0, show_default=True, help="Processes (0 = one per core).")

@@ -60,6 +60,7 @@ from clazzify.training.listing import (
     read_relabel_overrides,
     uri_key,
 )
+from clazzify.training.models import DEFAULT_IMAGE_SIZE
 from clazzify.training.records import MANIFEST_FIELDS, SPLITS, Record, Rejected, read_split_manifest
 from clazzify.training.splits import assign_shards, assign_splits
 
@@ -75,7 +76,7 @@ __all__ = [
 
 #: JPEGs are validated with DCT scaling down to at least this side (pHash needs ~64 px): the
 #: pipeline's default image_size, so its training pixels are cut from this very decode.
-VALIDATE_DRAFT = 224
+VALIDATE_DRAFT = DEFAULT_IMAGE_SIZE
 
 QUARANTINE_FIELDS = ("uri", "label", "reason", "detail")
 #: Photos per decoding task, and the fewest photos worth starting worker processes for.
@@ -378,7 +379,7 @@ def ingest_images(
     champion_data: DatasetLineage | None = None,
     label_overrides: Mapping[str, LabelOverride] | None = None,
     pixel_cache: Path | None = None,
-    pixel_size: int = 227,
+    pixel_size: int = DEFAULT_IMAGE_SIZE,
 ) -> IngestReport:
     """Validate, de-duplicate and split every image of ``source``.
 
