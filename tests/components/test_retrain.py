@@ -82,3 +82,33 @@ def test_the_recurring_pipeline_checks_before_every_step(tmp_path: Path):
     assert {"ingest", "train", "evaluate"} <= set(inner)
     assert any(name.startswith("condition") for name in inner)  # the gate, nested
     assert spec["root"]["inputDefinitions"]["parameters"]["min_new_labels"]["parameterType"] == "NUMBER_INTEGER"
+
+
+def test_checkout_elsewhere_gets_the_paths_as_meant_where_retrain_was_called(tmp_path: Path, monkeypatch):
+    """`retrain photos --checkout <repo>` from another folder: the run starts in the checkout,
+    so the source, --home, the relabel CSV and a relative SQLite URL reach it absolute (the
+    run once looked for <repo>/photos). The checkout here is a scratch one whose
+    pipelines/train.py records what it was given and whether the source exists from there."""
+    from clazzify.training.demo_data import write_demo_data
+
+    checkout = tmp_path / "repo"
+    (checkout / "pipelines").mkdir(parents=True)
+    (checkout / "pipelines" / "__init__.py").write_text("")
+    (checkout / "pipelines" / "train.py").write_text(
+        "import json, sys\nfrom pathlib import Path\n"
+        "args = sys.argv[1:]\nsource = args[args.index('--source') + 1]\n"
+        "Path('seen.json').write_text(json.dumps({'args': args, 'source_exists': Path(source).is_dir()}))\n")
+    here = tmp_path / "elsewhere"
+    write_demo_data(here / "photos", per_class=3, size=32, seed=0, bad_files=False)
+    (here / "fix.csv").write_text("uri,corrected_label\n")
+    ScoreRepository.open(f"sqlite:///{here / 'scores.db'}").close()
+    monkeypatch.chdir(here)
+    result = CliRunner().invoke(main, ["retrain", "photos", "--home", "home", "--checkout", str(checkout),
+                                       "--labels-from", "sqlite:///scores.db", "--relabel-csv", "fix.csv"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    seen = json.loads((checkout / "seen.json").read_text())
+    args = seen["args"]
+    assert seen["source_exists"] and args[args.index("--source") + 1] == str(here / "photos")
+    assert args[args.index("--home") + 1] == str(here / "home")
+    assert f"labels_from=sqlite:///{here / 'scores.db'}" in args and f"relabel_csv={here / 'fix.csv'}" in args

@@ -226,11 +226,13 @@ def retrain_cmd(source: str, labels_from: str | None, relabel_csv: str | None, m
         return
     if not (checkout / "pipelines" / "train.py").exists():
         raise click.UsageError(f"{checkout} holds no pipelines/train.py: run from the checkout or pass --checkout")
+    # The run starts in the checkout: paths given from here must mean there what they meant here.
+    source, home = _from_here(source), home.resolve()
     params = [f"model_name={model_name}", *sets]
     if labels_from:
-        params.append(f"labels_from={labels_from}")
+        params.append(f"labels_from={_sqlite_from_here(labels_from)}")
     if relabel_csv:
-        params.append(f"relabel_csv={relabel_csv}")
+        params.append(f"relabel_csv={_from_here(relabel_csv)}")
     if host:
         cmd = [sys.executable, "-m", "pipelines.train", "submit", "--host", host, "--set", f"source={source}"]
     else:
@@ -239,3 +241,16 @@ def retrain_cmd(source: str, labels_from: str | None, relabel_csv: str | None, m
         cmd += ["--set", p]
     click.echo(f"retraining: {' '.join(cmd)}", err=True)
     raise SystemExit(subprocess.run(cmd, cwd=checkout).returncode)
+
+
+def _from_here(uri: str) -> str:
+    """A local path made absolute (from the folder the command was called in); URLs unchanged."""
+    return uri if "://" in uri else str(Path(uri).resolve())
+
+
+def _sqlite_from_here(url: str) -> str:
+    """``sqlite:///relative.db`` made absolute; other database URLs unchanged."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + str(Path(url.removeprefix(prefix)).resolve())
+    return url
