@@ -299,7 +299,7 @@ def check_item_pixels(
         return Rejected(item.uri, item.label, e.reason, str(e)), None
     digest = content_hash(data)
     return Record(item.uri, item.label, digest, img.width, img.height, group=digest, phash=perceptual_hashes(img),
-                  label_source=item.source), pixels
+                  label_source=item.source, source=item.origin), pixels
 
 
 def _check_task(

@@ -16,11 +16,17 @@ from clazzify.core.manifest import is_manifest, read_manifest_rows
 @dataclass(frozen=True)
 class Item:
     """One image as listed by a source, and where its label came from
-    (``folder``, ``manifest``, ``manual`` or ``relabel_csv``: the lineage's label sources)."""
+    (``folder``, ``manifest``, ``manual`` or ``relabel_csv``: the lineage's label sources).
+
+    ``origin`` is where the photo came from, the slice the gate report measures separately:
+    a manifest's optional ``source`` column, or the sub-folder below the class folder
+    (``root/<label>/<origin>/<file>``); empty when the source does not say.
+    """
 
     uri: str
     label: str
     source: str = "folder"
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ def read_manifest(uri: str) -> list[Item]:
         DataError: a row is not an object, lacks ``uri`` or ``label``, or leaves one empty.
     """
     rows = read_manifest_rows(uri, ("uri", "label"))
-    return [Item(row.get("uri"), row.get("label"), "manifest") for row in rows]
+    return [Item(row.get("uri"), row.get("label"), "manifest", row.get("source")) for row in rows]
 
 
 def uri_key(uri: str) -> str:
@@ -106,7 +112,7 @@ def apply_label_overrides(
         used.add(key)
         if override.label != item.label:
             changed[override.source] += 1
-        out.append(Item(item.uri, override.label, override.source))
+        out.append(Item(item.uri, override.label, override.source, item.origin))
     return out, dict(changed), len(set(overrides) - used)
 
 
@@ -122,7 +128,9 @@ def list_source(source: str) -> list[Item]:
         )
     items: list[Item] = []
     for label in labels:
-        for uri in storage.list_files(storage.join(source, label)):
+        folder = storage.join(source, label)
+        for uri in storage.list_files(folder):
             if not uri.rsplit("/", 1)[-1].startswith("."):
-                items.append(Item(uri, label))
+                below = uri[len(folder):].strip("/").split("/")
+                items.append(Item(uri, label, origin=below[0] if len(below) > 1 else ""))
     return items

@@ -16,9 +16,10 @@ from clazzify.core.errors import DataError
 SPLITS = ("train", "val", "test")
 MANIFEST_FIELDS = (
     "uri", "label", "split", "sha256", "width", "height", "group", "phash", "shard", "label_source",
+    "source",
 )
 #: Columns a split manifest may lack (older manifests); they read as the field default.
-OPTIONAL_FIELDS = frozenset({"phash", "shard", "label_source"})
+OPTIONAL_FIELDS = frozenset({"phash", "shard", "label_source", "source"})
 #: Hex digits of a content hash that name a photo or group in the lineage (128 bits).
 KEY_HEX = 32
 
@@ -37,6 +38,8 @@ class Record:
     phash: str = ""
     shard: int = 0
     label_source: str = "folder"
+    #: where the photo came from (:attr:`clazzify.training.listing.Item.origin`): the gate's slices
+    source: str = ""
 
     @property
     def hashes(self) -> list[int]:
@@ -72,6 +75,7 @@ def read_split_manifest(path: Path) -> list[Record]:
                 phash=row.get("phash") or "",
                 shard=int(row.get("shard") or 0),
                 label_source=row.get("label_source") or "folder",
+                source=row.get("source") or "",
             )
             for row in reader
         ]
