@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -34,10 +35,20 @@ ALLOWED: dict[str, set[str]] = {
 ENTRY_POINTS = {"components", "pipelines", "serving", "benchmarks", "tests", "kfp"}
 
 
+@cache
+def parsed(path: Path, mtime_ns: int) -> ast.Module:
+    """A file's syntax tree, parsed once for both checks (keyed by mtime: planted files change)."""
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def parse(path: Path) -> ast.Module:
+    return parsed(path, path.stat().st_mtime_ns)
+
+
 def imports_of(path: Path) -> list[tuple[int, str, list[str]]]:
     """(line, module, names) for every import in a file; ``names`` is empty for ``import x``."""
     out = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(parse(path)):
         if isinstance(node, ast.Import):
             out += [(node.lineno, alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -106,7 +117,7 @@ def import_graph(root: Path) -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         targets = set()
-        for node in cycle_imports(ast.parse(path.read_text(), filename=str(path))):
+        for node in cycle_imports(parse(path)):
             if isinstance(node, ast.Import):
                 targets |= {a.name for a in node.names}
                 continue
