@@ -175,6 +175,8 @@ def find_label_issues_cmd(data_dir: Path, out_dir: Path, folds: int, architectur
     report = find_label_issues(data_dir, out_dir, cfg)
     click.echo(f"{report.issues} likely label issues among {report.scored} training images "
                f"(out-of-fold accuracy {report.out_of_fold_accuracy:.3f}): {report.csv}, {report.grid}")
+    if report.warning:
+        click.echo(f"Warning: {report.warning}", err=True)
 # -- scoring: worker, backfill and the queries the scores exist for ---------------------------
 
 
