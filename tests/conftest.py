@@ -14,6 +14,15 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--model-uri", default=None, metavar="BUNDLE_OR_URI",
+        help="tests/model: the model to test, a bundle folder or an MLflow URI (models:/NAME@ALIAS, "
+        "runs:/...; MLFLOW_TRACKING_URI names the store). Default: train the default recipe on "
+        "synthetic photos in the session.",
+    )
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_uris_stay_in_their_test():
     """``mlflow.set_tracking_uri``/``set_registry_uri`` also export ``MLFLOW_TRACKING_URI`` and
