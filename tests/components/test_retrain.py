@@ -4,6 +4,7 @@ does nothing; manual labels given since the champion's data set start a run that
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -32,20 +33,23 @@ def retrain(source: Path, home: Path, db: str, *extra: str) -> tuple[dict, str]:
 
 
 @pytest.mark.slow
-def test_added_labels_trigger_a_run(tmp_path: Path):
+def test_added_labels_trigger_a_run(tmp_path: Path, passing_run, demo_dir: Path):
+    """Starts from the session's pipeline run (a copy of its store, whose champion learned
+    demo_dir) instead of training a first champion of its own: one pipeline run, not two."""
+    import shutil
+
     import mlflow
 
-    from clazzify.training.demo_data import write_demo_data
-
     source = tmp_path / "photos"
-    # no bad files: the trigger counts files by content, and a file ingest quarantines stays new
-    write_demo_data(source, per_class=24, size=64, seed=1, bad_files=False)
+    shutil.copytree(demo_dir, source)
+    # the trigger counts files by content, and a file ingest quarantines stays new
+    for bad in source.rglob("synthetic-bad-*"):
+        bad.unlink()
     home = tmp_path / "home"
+    shutil.copytree(passing_run.home, home, ignore=shutil.ignore_patterns("kfp"))
     db = f"sqlite:///{tmp_path / 'scores.db'}"
     ScoreRepository.open(db).close()
 
-    first, _ = retrain(source, home, db)
-    assert first["retrain"] and "no champion" in first["reason"]
     quiet, _ = retrain(source, home, db, "--dry-run")
     assert not quiet["retrain"] and quiet["evidence"]["new_photos"] == 0
     assert quiet["evidence"]["new_labels"] == 0
@@ -63,6 +67,10 @@ def test_added_labels_trigger_a_run(tmp_path: Path):
     latest = mlflow.MlflowClient().get_run(runs.iloc[0]["run_id"])
     tags = {t.key: t.value for t in latest.inputs.dataset_inputs[0].tags}
     assert tags["manual_labels"] == "3"
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri exports it, and it beats --home
+    first, _ = retrain(source, tmp_path / "empty-home", db, "--dry-run")
+    assert first["retrain"] and "no champion" in first["reason"]
 
 
 def test_the_recurring_pipeline_checks_before_every_step(tmp_path: Path):
