@@ -111,8 +111,10 @@ def test_checkout_elsewhere_gets_the_paths_as_meant_where_retrain_was_called(tmp
     (here / "fix.csv").write_text("uri,corrected_label\n")
     ScoreRepository.open(f"sqlite:///{here / 'scores.db'}").close()
     monkeypatch.chdir(here)
+    # both thresholds off: every check retrains, and nothing opens an MLflow store (seconds)
     result = CliRunner().invoke(main, ["retrain", "photos", "--home", "home", "--checkout", str(checkout),
-                                       "--labels-from", "sqlite:///scores.db", "--relabel-csv", "fix.csv"],
+                                       "--labels-from", "sqlite:///scores.db", "--relabel-csv", "fix.csv",
+                                       "--min-new-photos", "0", "--min-new-labels", "0"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     seen = json.loads((checkout / "seen.json").read_text())
