@@ -46,3 +46,15 @@ def test_bad_manifests_name_the_problem(tmp_path: Path, name, text, match):
     (tmp_path / name).write_text(text)
     with pytest.raises(DataError, match=match):
         read_manifest(str(tmp_path / name))
+
+
+@pytest.mark.parametrize("prefix", ["", "file://"])
+def test_a_sub_folder_below_the_class_names_the_photos_origin(tmp_path: Path, prefix: str):
+    """root/<label>/<origin>/<file>: the gate report's per-source slices come from here."""
+    from clazzify.training.listing import list_source
+
+    write_img(tmp_path / "food" / "app" / "a.png", 1)
+    write_img(tmp_path / "food" / "b.png", 2)
+    write_img(tmp_path / "menu" / "scraped" / "2024" / "c.png", 3)
+    items = {Path(i.uri).name: (i.label, i.origin) for i in list_source(f"{prefix}{tmp_path}")}
+    assert items == {"a.png": ("food", "app"), "b.png": ("food", ""), "c.png": ("menu", "scraped")}

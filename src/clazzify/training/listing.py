@@ -131,6 +131,8 @@ def list_source(source: str) -> list[Item]:
         folder = storage.join(source, label)
         for uri in storage.list_files(folder):
             if not uri.rsplit("/", 1)[-1].startswith("."):
-                below = uri[len(folder):].strip("/").split("/")
+                # a file:// source lists plain paths: then the path below the folder's path
+                rel = uri[len(folder):] if uri.startswith(folder) else os.path.relpath(uri, storage.local_path(folder))
+                below = rel.strip("/").split("/")
                 items.append(Item(uri, label, origin=below[0] if len(below) > 1 else ""))
     return items
