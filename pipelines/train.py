@@ -44,6 +44,7 @@ from kfp import compiler, dsl, kubernetes
 
 from clazzify.core.errors import describe
 from clazzify.core.imaging import ImageLimits
+from clazzify.training.models import DEFAULT_IMAGE_SIZE
 from components.deploy.component import deploy
 from components.evaluate.component import evaluate
 from components.images import IMAGES, SERVING_IMAGE, retarget
@@ -115,7 +116,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
         # temperature fitted on val; recipe (input size, class weighting, head L2) chosen on
         # validation folds by benchmarks/accuracy.py, never on the test split. --preset
         # original gives the original system's AlexNet from scratch at 227 px.
-        image_size: int = 224,
+        image_size: int = DEFAULT_IMAGE_SIZE,
         architecture: str = "efficientnet_lite0",
         epochs: int = 40,
         batch_size: int = 32,

@@ -14,6 +14,15 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--model-uri", default=None, metavar="BUNDLE_OR_URI",
+        help="tests/model: the model to test, a bundle folder or an MLflow URI (models:/NAME@ALIAS, "
+        "runs:/...; MLFLOW_TRACKING_URI names the store). Default: train the default recipe on "
+        "synthetic photos in the session.",
+    )
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_uris_stay_in_their_test():
     """``mlflow.set_tracking_uri``/``set_registry_uri`` also export ``MLFLOW_TRACKING_URI`` and
@@ -52,10 +61,17 @@ def hdf5_dir(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(hdf5_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model bundle (.keras + ONNX + clazzify.json) trained for 2 epochs at 32 px."""
+def tiny_run(hdf5_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One training run, 2 epochs at 32 px: ``(out_dir, TrainResult)``. The tests that check
+    what a run leaves (history, curve, bundle) and those that use its model share it."""
     from clazzify.training.train import TrainConfig, train_model
 
     out = tmp_path_factory.mktemp("model")
     cfg = TrainConfig(architecture="compact", epochs=2, batch_size=16, learning_rate=3e-3, patience=0)
-    return train_model(hdf5_dir, out, cfg, verbose=0).bundle_dir
+    return out, train_model(hdf5_dir, out, cfg, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run) -> Path:
+    """The model bundle (.keras + ONNX + clazzify.json) of :func:`tiny_run`."""
+    return tiny_run[1].bundle_dir

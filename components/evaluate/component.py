@@ -25,7 +25,7 @@ def evaluate(
     from pathlib import Path
 
     from clazzify.registry.tracking import TrackingConfig
-    from clazzify.training.evaluate import evaluate_and_gate, gate_markdown
+    from clazzify.training.evaluate import evaluate_and_gate
     from clazzify.training.gate import GateConfig
 
     gate = GateConfig(min_accuracy=min_accuracy, max_regression=max_regression, min_class_recall=min_class_recall,
@@ -38,5 +38,6 @@ def evaluate(
     )
     for name, value in result.flat().items():
         metrics.log_metric(name, value)
-    Path(gate_report.path).write_text(gate_markdown(decision, result))
+    # the report evaluate_and_gate wrote: the verdict, per-class and per-source tables
+    Path(gate_report.path).write_text((Path(evaluation.path) / "gate_report.md").read_text())
     return decision.verdict

@@ -30,25 +30,21 @@ def ingest(
     what the folder holds either way.
     """
     import json
-    import tempfile
     from pathlib import Path
 
     from clazzify.core.imaging import ImageLimits
     from clazzify.scoring.labels import read_manual_labels
-    from clazzify.training.ingest import IngestConfig, ingest_images, manual_label_overrides, read_relabel_overrides
-    from clazzify.training.lineage import champion_lineage
+    from clazzify.training.ingest import IngestConfig, ingest_images, prepare_ingest
 
     cfg = IngestConfig(
         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, limits=ImageLimits(min_side=min_side),
         shard_size=shard_size,
     )
-    # people's labels win over folder/manifest labels: the database's, then a relabel CSV's
-    overrides = manual_label_overrides(read_manual_labels(labels_from)) if labels_from else {}
-    overrides |= read_relabel_overrides(relabel_csv) if relabel_csv else {}
-    champion = champion_lineage(model_name, Path(tempfile.mkdtemp()), mlflow_tracking_uri)
+    setup = prepare_ingest(labels_from=labels_from, relabel_csv=relabel_csv, read_manual_labels=read_manual_labels,
+                           champion_model=model_name, tracking_uri=mlflow_tracking_uri)
     cache = {"pixel_cache": Path(pixels.path), "pixel_size": image_size} if pixel_cache else {}
     result = ingest_images(source, Path(manifest.path), Path(quarantine.path), cfg, progress=False,
-                           label_overrides=overrides, champion_data=champion[1] if champion else None, **cache)
+                           label_overrides=setup.label_overrides, champion_data=setup.champion_data, **cache)
     Path(pixels.path).mkdir(parents=True, exist_ok=True)
     described = {"image_size": image_size, "shards": result.shards if pixel_cache else []}
     (Path(pixels.path) / "cache.json").write_text(json.dumps(described))

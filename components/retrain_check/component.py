@@ -14,10 +14,9 @@ def retrain_check(
 ) -> str:
     """Decide whether enough is new since the champion's data set; returns 'retrain' or 'skip'."""
     from clazzify.scoring.labels import read_manual_labels
-    from clazzify.training.trigger import RetrainPolicy, check_retrain
+    from clazzify.training.trigger import RetrainPolicy, retrain_check
 
-    times = [r["labelled_at"] for r in read_manual_labels(labels_from)] if labels_from else None
-    decision = check_retrain(source, RetrainPolicy(min_new_photos, min_new_labels), model_name,
-                             mlflow_tracking_uri, times, progress=False)
+    decision = retrain_check(source, RetrainPolicy(min_new_photos, min_new_labels), model_name, mlflow_tracking_uri,
+                             labels_from=labels_from, read_manual_labels=read_manual_labels, progress=False)
     print(decision.to_json())
     return "retrain" if decision.retrain else "skip"

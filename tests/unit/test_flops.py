@@ -60,6 +60,7 @@ def test_published_counts_within_ten_percent():
         assert abs(macs / published[name] - 1) <= 0.10, f"{name}: {macs / 1e9:.3f} GMAC"
 
 
+@pytest.mark.slow  # builds MobileNetV2
 def test_the_projects_models_are_counted_through_their_nested_backbone():
     from clazzify.training.models import ModelSpec, build_model
 

@@ -1,5 +1,4 @@
 import csv
-import hashlib
 import json
 from pathlib import Path
 
@@ -10,12 +9,8 @@ from PIL import Image
 from clazzify.core.errors import ConfigError, DataError
 from clazzify.training.ingest import (
     IngestConfig,
-    Record,
-    assign_splits,
     ingest_images,
-    read_manifest,
     read_split_manifest,
-    remove_duplicates,
 )
 
 pytestmark = pytest.mark.unit
@@ -73,70 +68,12 @@ def test_split_is_seeded(source: Path, tmp_path: Path):
     assert run(5, "a") != run(6, "c")
 
 
-def test_manifest_sources(tmp_path: Path):
-    for i in range(6):
-        write_img(tmp_path / "imgs" / f"{i}.png", seed=i)
-    with (tmp_path / "m.csv").open("w") as f:
-        f.write("uri,label,extra\n" + "".join(f"imgs/{i}.png,{'ab'[i % 2]},x\n" for i in range(6)))
-    items = read_manifest(str(tmp_path / "m.csv"))
-    assert [i.label for i in items] == ["a", "b"] * 3
-    assert items[0].uri == str(tmp_path / "imgs" / "0.png")
-    (tmp_path / "m.jsonl").write_text(
-        "\n".join(json.dumps({"uri": f"imgs/{i}.png", "label": "ab"[i % 2]}) for i in range(6))
-    )
-    assert read_manifest(str(tmp_path / "m.jsonl")) == items
-
-
-@pytest.mark.parametrize(
-    ("name", "text", "match"),
-    [
-        ("bad.csv", "path,class\nx.png,a\n", "uri,label"),
-        ("bad.jsonl", '{"uri": "x.png"}\n', "line 1"),
-        ("empty-label.csv", "uri,label\nx.png, \n", "line 2: the label is empty"),
-    ],
-)
-def test_bad_manifests_name_the_problem(tmp_path: Path, name, text, match):
-    (tmp_path / name).write_text(text)
-    with pytest.raises(DataError, match=match):
-        read_manifest(str(tmp_path / name))
-
-
 def test_missing_or_flat_source(tmp_path: Path):
     with pytest.raises(Exception, match="does not exist"):
         ingest_images(str(tmp_path / "nope"), tmp_path / "m.csv", tmp_path, progress=False)
     write_img(tmp_path / "flat" / "a.png", 1)
     with pytest.raises(DataError, match="no class sub-folders"):
         ingest_images(str(tmp_path / "flat"), tmp_path / "m.csv", tmp_path, progress=False)
-
-
-def rec(uri, label, sha, group=None):
-    return Record(uri, label, sha, 50, 50, group or sha)
-
-
-def test_remove_duplicates_keeps_first_and_quarantines_conflicts():
-    kept, conflicts, groups = remove_duplicates(
-        [rec("b", "x", "h1"), rec("a", "x", "h1"), rec("c", "x", "h2"), rec("d", "y", "h2"), rec("e", "y", "h3")]
-    )
-    assert [r.uri for r in kept] == ["a", "e"]
-    assert sorted(c.uri for c in conflicts) == ["c", "d"]
-    assert sorted(map(sorted, groups)) == [["a", "b"], ["c", "d"]]
-
-
-def test_groups_never_span_splits():
-    records = [rec(f"{g}-{k}", "x", f"{g}-{k}", group=f"g{g}") for g in range(20) for k in range(3)]
-    out = assign_splits(records, IngestConfig(seed=0))
-    by_group: dict[str, set[str]] = {}
-    for r in out:
-        by_group.setdefault(r.group, set()).add(r.split)
-    assert all(len(s) == 1 for s in by_group.values())
-
-
-def test_small_classes_fill_every_split_or_fail():
-    cfg = IngestConfig(val_fraction=0.01, test_fraction=0.01)
-    out = assign_splits([rec(str(i), "x", str(i)) for i in range(3)], cfg)
-    assert sorted(r.split for r in out) == ["test", "train", "val"]  # each non-zero share gets one
-    with pytest.raises(DataError, match="only 2 distinct"):
-        assign_splits([rec("a", "x", "1"), rec("b", "x", "2")], IngestConfig())
 
 
 @pytest.mark.parametrize(
@@ -194,92 +131,6 @@ def test_near_duplicates_never_span_splits(tmp_path: Path):
     assert "Near-duplicate groups" in (tmp_path / "r" / "report.md").read_text()
 
 
-@pytest.mark.parametrize("compare_all_up_to", [0, 4096])  # 0: band probes; 4096: compare with every leader
-def test_leader_index_finds_the_nearest_leader_like_brute_force(monkeypatch, compare_all_up_to):
-    from clazzify.training.ingest import LeaderIndex, hash_distance
-
-    monkeypatch.setattr("clazzify.training.ingest.BRUTE_FORCE_LEADERS", compare_all_up_to)
-    rng = np.random.default_rng(0)
-    leaders = [[int(v) for v in rng.integers(0, 2**63, 3, dtype=np.int64)] for _ in range(300)]
-    index = LeaderIndex(8, capacity=300)
-    for hs in leaders:
-        index.add(hs)
-    queries = []
-    for i in range(200):  # flip up to 10 random bits of one of a leader's hashes
-        h = leaders[i][int(rng.integers(3))]
-        for bit in rng.choice(64, size=int(rng.integers(0, 11)), replace=False):
-            h ^= 1 << int(bit)
-        queries.append([h, int(rng.integers(0, 2**63))])
-    for q in queries:
-        dists = [hash_distance(q, hs) for hs in leaders]
-        best = min(range(len(leaders)), key=lambda i: (dists[i], i))
-        expected = (best, dists[best]) if dists[best] <= 8 else None
-        assert index.nearest(q) == expected
-
-
-def test_groups_do_not_chain():
-    from clazzify.training.ingest import group_near_duplicates
-
-    # a chain a - b - c - d, each 6 bits from the next: pairs are near, the ends are not
-    chain, h = [], 0
-    for step in range(4):
-        chain.append(h)
-        h ^= (1 << 6) - 1 << (6 * step)
-    records = [Record(f"p{i}", "x", f"{i:064x}", 50, 50, "", phash=f"{v:016x}") for i, v in enumerate(chain)]
-    grouping = group_near_duplicates(records, 8)
-    leader = records[0].sha256
-    assert [r.group for r in records] == [leader, leader, records[2].sha256, records[2].sha256]
-    assert all(len(g) <= 2 for g in grouping.groups)
-
-
-def test_old_photos_keep_their_group_when_a_near_copy_sorts_first():
-    from clazzify.training.ingest import group_near_duplicates
-
-    old = [Record("a", "x", "5" * 64, 50, 50, "", phash=f"{0:016x}"),
-           Record("b", "x", "6" * 64, 50, 50, "", phash=f"{0b111:016x}")]
-    group_near_duplicates(old, 8)
-    assert [r.group for r in old] == ["5" * 64] * 2
-    previous = {r.sha256[:32]: r.group[:32] for r in old}
-    newcomer = Record("c", "x", "1" * 64, 50, 50, "", phash=f"{0b11:016x}")  # sorts before "5..."
-    fresh = [Record(r.uri, r.label, r.sha256, 50, 50, "", phash=r.phash) for r in old] + [newcomer]
-    group_near_duplicates(fresh, 8, previous=previous)
-    assert [r.group for r in fresh] == ["5" * 64] * 3  # without the memory "1..." would lead
-    group_near_duplicates(fresh, 8)
-    assert {r.group for r in fresh} == {"1" * 64}
-
-
-def test_oversized_groups_are_reported_as_suspect():
-    from clazzify.training.ingest import group_near_duplicates
-
-    records = [Record(f"p{i}", "x", f"{i:064x}", 50, 50, "", phash=f"{1 << (i % 60):016x}") for i in range(12)]
-    grouping = group_near_duplicates(records, 8, max_group_size=10)
-    assert len(grouping.groups) == 1 and grouping.suspect == grouping.groups
-
-
-def test_a_photo_keeps_its_split_as_the_collection_grows():
-    def sha(i: int) -> str:
-        return hashlib.sha256(b"%d" % i).hexdigest()
-
-    base = [rec(f"u{i}", "ab"[i % 2], sha(i)) for i in range(400)]
-    first = {r.uri: r.split for r in assign_splits(base, IngestConfig(seed=3))}
-    assert set(first.values()) == {"train", "val", "test"}
-    grown = base + [rec(f"n{i}", "abc"[i % 3], sha(10_000 + i)) for i in range(600)]
-    second = {r.uri: r.split for r in assign_splits(grown, IngestConfig(seed=3))}
-    assert all(second[u] == s for u, s in first.items())
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_per_class_shares_are_within_three_points_of_the_fractions(seed):
-    rng = np.random.default_rng(seed)
-    records = [rec(f"u{i}", f"c{i % 4}", rng.bytes(32).hex()) for i in range(4 * 1_000)]
-    cfg = IngestConfig(val_fraction=0.15, test_fraction=0.15, seed=seed)
-    out = assign_splits(records, cfg)
-    for label in ("c0", "c1", "c2", "c3"):
-        splits = [r.split for r in out if r.label == label]
-        for split, asked in (("train", 0.7), ("val", 0.15), ("test", 0.15)):
-            assert abs(splits.count(split) / len(splits) - asked) <= 0.03, (label, split)
-
-
 @pytest.mark.parametrize("pixel_cache", [False, True])
 def test_truncated_large_jpegs_are_quarantined_by_the_draft_decode(tmp_path: Path, pixel_cache: bool):
     """Draft decoding skips most of the inverse DCT but still reads the whole bitstream."""
@@ -298,29 +149,6 @@ def test_truncated_large_jpegs_are_quarantined_by_the_draft_decode(tmp_path: Pat
     report = ingest_images(str(root), tmp_path / "m.csv", tmp_path / "r", IngestConfig(seed=1), progress=False, **kw)
     assert report.quarantined == {"corrupt": 2}
     assert report.accepted == 16
-
-
-@pytest.mark.parametrize("size", [(40, 50), (64, 64), (300, 200), (1000, 700)])
-def test_perceptual_hashes_are_imagehash_phash_of_each_crop(size):
-    """The batched pHash gives imagehash.phash's bits for each centre crop of the reduced image."""
-    import imagehash
-
-    from clazzify.training.ingest import PHASH_REDUCED, PHASH_SCALES, perceptual_hashes
-
-    rng = np.random.default_rng(sum(size))
-    noise = rng.integers(0, 255, (size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8)
-    img = Image.fromarray(noise).resize(size, Image.Resampling.BILINEAR)
-    gray = img.convert("L")
-    factor = min(gray.size) // PHASH_REDUCED
-    gray = gray.reduce(factor) if factor > 1 else gray
-    width, height = gray.size
-    expected = []
-    for scale in PHASH_SCALES:
-        left, top = int(width * (1 - scale) / 2), int(height * (1 - scale) / 2)
-        expected.append(str(imagehash.phash(gray.crop((left, top, width - left, height - top)))))
-    assert perceptual_hashes(img) == " ".join(expected)
-    flat = Image.new("RGB", size, (90, 90, 90))
-    assert perceptual_hashes(flat).split()[0] == str(imagehash.phash(flat.convert("L")))
 
 
 def test_worker_processes_decide_and_cache_exactly_what_threads_do(demo_dir: Path, tmp_path: Path, monkeypatch):
@@ -343,3 +171,26 @@ def test_worker_processes_decide_and_cache_exactly_what_threads_do(demo_dir: Pat
     assert out["threads"][2].keys() == out["processes"][2].keys() and len(out["threads"][2]) > 90
     for digest, row in out["threads"][2].items():
         np.testing.assert_array_equal(row, out["processes"][2][digest])
+
+
+def test_prepare_ingest_reads_people_labels_csv_last_and_needs_a_reader(tmp_path: Path):
+    """The setup both the component and `clazzify ingest` call: the database's manual labels
+    (through the reader the entry point passes), then the relabel CSV's, which win."""
+    from clazzify.training.ingest import prepare_ingest
+
+    a, b = str(tmp_path / "a.png"), str(tmp_path / "b.png")
+    csv_path = tmp_path / "relabel.csv"
+    csv_path.write_text(f"uri,corrected_label\n{b},drink\n")
+    asked = []
+
+    def reader(url: str) -> list[dict]:
+        asked.append(url)
+        return [{"uri": a, "label": "menu"}, {"uri": b, "label": "food"}, {"uri": None, "label": "x"}]
+
+    setup = prepare_ingest(labels_from="sqlite:///s.db", relabel_csv=str(csv_path), read_manual_labels=reader)
+    assert asked == ["sqlite:///s.db"]
+    assert {k: (v.label, v.source) for k, v in setup.label_overrides.items()} == {
+        a: ("menu", "manual"), b: ("drink", "relabel_csv")}
+    assert setup.champion_data is None and setup.champion_version is None
+    with pytest.raises(ConfigError, match="labels_from='sqlite:///s.db' needs a manual-label reader"):
+        prepare_ingest(labels_from="sqlite:///s.db")

@@ -12,6 +12,7 @@ from clazzify.training.label_issues import (
     find_label_issues,
     fold_bounds,
     rank_label_issues,
+    weak_model_warning,
 )
 
 pytestmark = pytest.mark.unit
@@ -64,3 +65,26 @@ def test_finds_flipped_labels_out_of_fold(hdf5_dir, tmp_path):
 def test_bad_config():
     with pytest.raises(ConfigError):
         LabelIssueConfig(folds=1)
+
+
+@pytest.mark.parametrize(("accuracy", "warns"), [(0.478, True), (0.79, True), (0.8, False), (0.97, False)])
+def test_a_weak_out_of_fold_model_is_named_as_the_likely_cause(accuracy, warns):
+    text = weak_model_warning(accuracy, 18, 90, 0.8)
+    assert bool(text) == warns
+    if warns:
+        assert f"out-of-fold accuracy {accuracy:.3f} is below 0.80" in text and "18 of 90 flagged" in text
+
+
+@pytest.mark.slow
+def test_find_label_issues_warns_on_a_weak_model(hdf5_dir, tmp_path):
+    """One epoch per fold: the fold models are weak, and the command says so on stderr."""
+    from click.testing import CliRunner
+
+    from clazzify.cli import main
+
+    result = CliRunner().invoke(main, ["find-label-issues", str(hdf5_dir), "-o", str(tmp_path / "out"),
+                                       "--folds", "2", "--epochs", "1", "--batch-size", "16"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    accuracy = float(result.stdout.split("out-of-fold accuracy ")[1].split(")")[0])
+    assert accuracy < 0.8 and "Warning: out-of-fold accuracy" in result.stderr

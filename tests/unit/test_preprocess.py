@@ -170,3 +170,17 @@ def test_pixel_cache_reads_rows_of_any_layout_and_refuses_a_cut_file(tmp_path):
         f.truncate(os.path.getsize(tmp_path / "plain.h5") - 100)
     with pytest.raises(OSError, match="truncated"):
         PixelCache([tmp_path / "plain.h5"], 8, ImageLimits())
+
+
+def test_every_entry_point_reads_one_image_size_default():
+    """The pipeline, PreprocessConfig, ModelSpec and `clazzify preprocess` all default to the
+    default recipe's input side, read from one place (they once said 224 and 227)."""
+    from clazzify.cli import main
+    from clazzify.training.models import DEFAULT_IMAGE_SIZE, ModelSpec
+    from pipelines.train import pipeline_parameters
+
+    option = next(p for p in main.commands["preprocess"].params if p.name == "image_size")
+    defaults = {"pipeline": pipeline_parameters()["image_size"].default,
+                "PreprocessConfig": PreprocessConfig().image_size, "ModelSpec": ModelSpec().image_size,
+                "clazzify preprocess": option.default}
+    assert defaults == dict.fromkeys(defaults, DEFAULT_IMAGE_SIZE) and DEFAULT_IMAGE_SIZE == 224

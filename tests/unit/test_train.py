@@ -1,6 +1,11 @@
-"""Training, the input pipeline and the bundle (small: 32 px, the compact network)."""
+"""Training, the input pipeline and the bundle (small: 32 px, the compact network); one
+training function under two backends (JAX: PyDataset loader, ONNX exported through
+TensorFlow in a child process), and the mixed-precision choice."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +16,7 @@ from clazzify.core.errors import ConfigError, DataError
 from clazzify.training.data import make_dataset
 from clazzify.training.evaluate import evaluate_model, iter_split
 from clazzify.training.models import ARCHITECTURES, ModelSpec, build_model
-from clazzify.training.train import TrainConfig, train_model
+from clazzify.training.train import TrainConfig, precision_policy, train_model
 
 pytestmark = pytest.mark.unit
 
@@ -32,16 +37,15 @@ def test_dataset_yields_every_row_once_per_epoch(hdf5_dir):
     assert not np.array_equal(first, second)  # reshuffled each epoch
 
 
-def test_loss_falls_and_bundle_is_complete(hdf5_dir, tmp_path):
-    cfg = TrainConfig(architecture="compact", epochs=2, batch_size=16, learning_rate=3e-3, patience=0)
-    result = train_model(hdf5_dir, tmp_path, cfg, verbose=0)
+def test_loss_falls_and_bundle_is_complete(tiny_run):
+    out, result = tiny_run  # the session's run: compact, 2 epochs at 32 px
     loss = result.history["loss"]
     assert len(loss) == 2 and loss[1] < loss[0]
     assert {p.name for p in result.bundle_dir.iterdir()} >= {"model.keras", "model.onnx", "clazzify.json"}
     meta = BundleMeta.load(result.bundle_dir)
     assert meta.image_size == 32 and meta.class_names == ["ambiance", "food", "human", "menu"]
-    assert json.loads((tmp_path / "history.json").read_text())["loss"] == loss
-    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+    assert json.loads((out / "history.json").read_text())["loss"] == loss
+    assert (out / "learning_curve.png").stat().st_size > 1000
     assert result.class_counts and sum(result.class_counts.values()) > 0
 
 
@@ -103,7 +107,12 @@ def test_resume_from_backup(hdf5_dir, tmp_path):
     assert not backup.exists()  # a finished run removes its backup
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+#: keras.applications backbones take seconds each to build: the slow tier builds them.
+APPLICATIONS = {"mobilenet_v2", "efficientnet_b0", "resnet50"}
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in APPLICATIONS else a
+                                  for a in ARCHITECTURES])
 def test_every_architecture_builds_and_takes_uint8(arch):
     model = build_model(ModelSpec(architecture=arch, num_classes=3, image_size=32, augment=False))
     out = model(np.zeros((2, 32, 32, 3), dtype=np.uint8), training=False)
@@ -129,6 +138,7 @@ def test_balanced_class_weights():
     assert w[0] * 10 == pytest.approx(w[1] * 30)  # each class weighs the same in total
 
 
+@pytest.mark.slow
 def test_from_scratch_backbones_use_fast_batchnorm_statistics():
     import keras
 
@@ -136,3 +146,48 @@ def test_from_scratch_backbones_use_fast_batchnorm_statistics():
     backbone = next(layer for layer in model.get_layer("core").layers if isinstance(layer, keras.Model))
     norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(layer.momentum == 0.9 for layer in norms)
+
+
+# -- under JAX, and the mixed-precision choice ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "capabilities", "policy"),
+    [
+        ("auto", [], "float32"),  # CPU
+        ("off", [(9, 0)], "float32"),
+        ("auto", [(9, 0)], "mixed_bfloat16"),  # H100/H200
+        ("auto", [(8, 0), (8, 6)], "mixed_bfloat16"),  # A100, A10
+        ("auto", [(7, 0)], "mixed_float16"),  # V100: no bf16
+        ("auto", [(8, 0), (7, 5)], "mixed_float16"),  # one old GPU decides
+        ("auto", [None], "mixed_float16"),  # unknown: the safe choice
+        ("on", [], "mixed_bfloat16"),  # asked for on a CPU
+    ],
+)
+def test_bf16_where_the_gpu_has_it_fp16_only_where_not(setting, capabilities, policy):
+    assert precision_policy(setting, capabilities) == policy
+
+
+JAX_TRAIN_SCRIPT = """
+import json, sys
+from pathlib import Path
+import keras
+from clazzify.training.train import TrainConfig, train_model
+assert keras.backend.backend() == "jax"
+cfg = TrainConfig(architecture="compact", epochs=1, batch_size=16, learning_rate=3e-3, patience=0)
+result = train_model(Path(sys.argv[1]), Path(sys.argv[2]), cfg, verbose=0)
+print(json.dumps({"loss": result.history["loss"], "devices": result.devices,
+                  "files": sorted(p.name for p in result.bundle_dir.iterdir())}))
+"""
+
+
+@pytest.mark.slow
+def test_train_model_runs_under_jax_and_exports_onnx(hdf5_dir, tmp_path):
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", JAX_TRAIN_SCRIPT, str(hdf5_dir), str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == ["CPU"] and all(v == v for v in out["loss"])
+    assert {"model.keras", "model.onnx"} <= set(out["files"])  # ONNX parity was checked at export

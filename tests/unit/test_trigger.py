@@ -29,3 +29,16 @@ def test_should_retrain(new_photos, new_labels, min_photos, min_labels, retrain,
 def test_negative_thresholds_are_refused():
     with pytest.raises(ConfigError, match="min_new_labels"):
         RetrainPolicy(10, -1)
+
+
+def test_retrain_check_reads_label_times_through_the_reader_it_is_given(tmp_path):
+    """The setup both the component and `clazzify retrain` call; with both thresholds off it
+    decides without counting, but still needs a reader for a database."""
+    from clazzify.training.trigger import RetrainPolicy, retrain_check
+
+    asked = []
+    decision = retrain_check(str(tmp_path), RetrainPolicy(0, 0), "m", f"sqlite:///{tmp_path / 'm.db'}",
+                             labels_from="sqlite:///s.db", read_manual_labels=lambda url: asked.append(url) or [])
+    assert decision.retrain and asked == ["sqlite:///s.db"]
+    with pytest.raises(ConfigError, match="needs a manual-label reader"):
+        retrain_check(str(tmp_path), RetrainPolicy(0, 0), "m", "sqlite:///x.db", labels_from="sqlite:///s.db")

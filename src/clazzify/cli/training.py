@@ -11,6 +11,7 @@ from clazzify.cli.main import main
 from clazzify.core.bundle import BUNDLE_ENGINES
 from clazzify.core.errors import StorageError
 from clazzify.core.imaging import ImageLimits
+from clazzify.training.models import DEFAULT_IMAGE_SIZE
 
 
 @main.command("demo-data")
@@ -26,22 +27,6 @@ def demo_data(out_dir: Path, per_class: int, size: int, seed: int, bad_files: bo
 
     counts = write_demo_data(out_dir, per_class, size=size, seed=seed, bad_files=bad_files)
     click.echo(f"wrote {sum(counts.values())} synthetic files to {out_dir}: {counts}")
-
-
-def read_label_overrides(labels_from: str | None, relabel_csv: str | None) -> dict:
-    """People's labels for ingest: the scores database's manual labels, then a relabel CSV's
-    corrections (a photo in both takes the CSV's). The database is read here, in the command
-    layer, so the training package needs no database code (the import rule)."""
-    from clazzify.training.ingest import manual_label_overrides, read_relabel_overrides
-
-    overrides = {}
-    if labels_from:
-        from clazzify.scoring.labels import read_manual_labels
-
-        overrides.update(manual_label_overrides(read_manual_labels(labels_from)))
-    if relabel_csv:
-        overrides.update(read_relabel_overrides(relabel_csv))
-    return overrides
 
 
 @main.command("ingest")
@@ -74,21 +59,19 @@ def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: f
                min_side: int, shard_size: int, labels_from: str | None, relabel_csv: str | None,
                champion_model: str | None, pixels_for: int | None) -> None:
     """Validate, de-duplicate and split SOURCE (class folders, s3:// prefix or CSV/JSONL manifest)."""
-    from clazzify.training.ingest import IngestConfig, ingest_images
+    from clazzify.registry.tracking import default_tracking_uri
+    from clazzify.scoring.labels import read_manual_labels
+    from clazzify.training.ingest import IngestConfig, ingest_images, prepare_ingest
 
     cfg = IngestConfig(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                        limits=ImageLimits(min_side=min_side), shard_size=shard_size)
-    overrides = read_label_overrides(labels_from, relabel_csv)
-    champion_data = None
-    if champion_model:
-        from clazzify.registry.tracking import default_tracking_uri
-        from clazzify.training.lineage import champion_lineage
-
-        found = champion_lineage(champion_model, out_dir / "champion", default_tracking_uri())
-        champion_data = found[1] if found else None
+    tracking_uri = default_tracking_uri() if champion_model else None  # it makes .clazzify/: only when asked
+    setup = prepare_ingest(labels_from=labels_from, relabel_csv=relabel_csv, read_manual_labels=read_manual_labels,
+                           champion_model=champion_model, tracking_uri=tracking_uri,
+                           workdir=out_dir / "champion")
     pixels = {"pixel_cache": out_dir / "pixels", "pixel_size": pixels_for} if pixels_for else {}
     report = ingest_images(source, out_dir / "manifest.csv", out_dir, cfg,
-                           label_overrides=overrides, champion_data=champion_data, **pixels)
+                           label_overrides=setup.label_overrides, champion_data=setup.champion_data, **pixels)
     click.echo(report.to_markdown())
     if pixels:
         click.echo(f"pixel cache: {pixels['pixel_cache']} (preprocess --image-size {pixels_for} --pixel-cache ...)")
@@ -98,7 +81,7 @@ def ingest_cmd(source: str, out_dir: Path, val_fraction: float, test_fraction: f
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for train.h5, val.h5, test.h5 (train-NNNNN.h5 ... with --shard).")
-@click.option("--image-size", default=227, show_default=True)
+@click.option("--image-size", default=DEFAULT_IMAGE_SIZE, show_default=True)
 @click.option("--augment-copies", default=0, show_default=True,
               help="Augmented variants written per training image.")
 @click.option("--workers", default=0, show_default=True, help="Processes (0 = one per core).")
@@ -192,6 +175,8 @@ def find_label_issues_cmd(data_dir: Path, out_dir: Path, folds: int, architectur
     report = find_label_issues(data_dir, out_dir, cfg)
     click.echo(f"{report.issues} likely label issues among {report.scored} training images "
                f"(out-of-fold accuracy {report.out_of_fold_accuracy:.3f}): {report.csv}, {report.grid}")
+    if report.warning:
+        click.echo(f"Warning: {report.warning}", err=True)
 # -- scoring: worker, backfill and the queries the scores exist for ---------------------------
 
 
@@ -227,7 +212,8 @@ def retrain_cmd(source: str, labels_from: str | None, relabel_csv: str | None, m
 
     from clazzify.core import storage
     from clazzify.registry.tracking import default_tracking_uri
-    from clazzify.training.trigger import RetrainPolicy, check_retrain
+    from clazzify.scoring.labels import read_manual_labels
+    from clazzify.training.trigger import RetrainPolicy, retrain_check
 
     # A source the pipeline could not read is a bad input now, not a failed run later.
     if storage.is_s3(source):
@@ -235,23 +221,20 @@ def retrain_cmd(source: str, labels_from: str | None, relabel_csv: str | None, m
     elif not storage.local_path(source).exists():
         raise StorageError(f"source {source} does not exist: pass a class-folder root, an "
                            "s3:// prefix or a CSV/JSONL manifest")
-    policy = RetrainPolicy(min_new_photos, min_new_labels)
-    label_times = None
-    if labels_from:
-        from clazzify.scoring.labels import read_manual_labels
-
-        label_times = [r["labelled_at"] for r in read_manual_labels(labels_from)]
-    decision = check_retrain(source, policy, model_name, default_tracking_uri(home), label_times)
+    decision = retrain_check(source, RetrainPolicy(min_new_photos, min_new_labels), model_name,
+                             default_tracking_uri(home), labels_from=labels_from, read_manual_labels=read_manual_labels)
     click.echo(decision.to_json())
     if not decision.retrain or dry_run:
         return
     if not (checkout / "pipelines" / "train.py").exists():
         raise click.UsageError(f"{checkout} holds no pipelines/train.py: run from the checkout or pass --checkout")
+    # The run starts in the checkout: paths given from here must mean there what they meant here.
+    source, home = _from_here(source), home.resolve()
     params = [f"model_name={model_name}", *sets]
     if labels_from:
-        params.append(f"labels_from={labels_from}")
+        params.append(f"labels_from={_sqlite_from_here(labels_from)}")
     if relabel_csv:
-        params.append(f"relabel_csv={relabel_csv}")
+        params.append(f"relabel_csv={_from_here(relabel_csv)}")
     if host:
         cmd = [sys.executable, "-m", "pipelines.train", "submit", "--host", host, "--set", f"source={source}"]
     else:
@@ -260,3 +243,16 @@ def retrain_cmd(source: str, labels_from: str | None, relabel_csv: str | None, m
         cmd += ["--set", p]
     click.echo(f"retraining: {' '.join(cmd)}", err=True)
     raise SystemExit(subprocess.run(cmd, cwd=checkout).returncode)
+
+
+def _from_here(uri: str) -> str:
+    """A local path made absolute (from the folder the command was called in); URLs unchanged."""
+    return uri if "://" in uri else str(Path(uri).resolve())
+
+
+def _sqlite_from_here(url: str) -> str:
+    """``sqlite:///relative.db`` made absolute; other database URLs unchanged."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + str(Path(url.removeprefix(prefix)).resolve())
+    return url

@@ -25,6 +25,7 @@ from clazzify.training.data import DataDirs, as_paths, read_column, read_rows, s
 from clazzify.training.gate import Comparison, GateConfig, GateDecision, passes_gate
 from clazzify.training.lineage import LINEAGE_ARTIFACT, DatasetLineage, digests, lineage_from_manifest
 from clazzify.training.plots import plot_confusion, plot_grid
+from clazzify.training.records import read_split_manifest
 from clazzify.training.stats import wilson_interval
 
 GRID_MAX = 24
@@ -165,11 +166,76 @@ def write_metrics(
     return metrics
 
 
+@dataclass(frozen=True)
+class SourceSlice:
+    """The test metrics of the photos of one source (where they came from: ``Record.source``).
+
+    ``weak``: the slice's 95% interval lies wholly below the whole split's accuracy, so the
+    model is worse on this source than on the rest, beyond what its sample size explains.
+    """
+
+    source: str
+    n: int
+    accuracy: float
+    accuracy_interval: tuple[float, float]
+    recall: dict[str, float]
+    support: dict[str, int]
+    weak: bool = False
+
+
+#: How a photo without a known source is listed in the slice table.
+NO_SOURCE = "(unknown)"
+
+
+def source_slices(
+    labels: np.ndarray, probs: np.ndarray, sources: Sequence[str], class_names: Sequence[str]
+) -> list[SourceSlice]:
+    """Accuracy with its interval, and recall per class, of each source's test photos
+    (largest first); empty when no photo names a source."""
+    sources = np.asarray([s or NO_SOURCE for s in sources], dtype=object)
+    if len(sources) != len(labels):
+        raise DataError(f"{len(sources)} sources for {len(labels)} test photos")
+    if not len(sources) or set(sources.tolist()) == {NO_SOURCE}:
+        return []
+    overall = float((probs.argmax(axis=1) == labels).mean())
+    out = []
+    for name in sorted(set(sources.tolist())):
+        mask = sources == name
+        m = compute_metrics(labels[mask], probs[mask], class_names)
+        out.append(SourceSlice(name, m.n, m.accuracy, m.accuracy_interval,
+                               {c: m.recall[c] for c in class_names if m.support[c]},
+                               {c: m.support[c] for c in class_names if m.support[c]},
+                               weak=m.accuracy_interval[1] < overall))
+    return sorted(out, key=lambda s: (-s.n, s.source))
+
+
+def row_sources(paths: Sequence[Path], manifest: Path) -> list[str]:
+    """The source of each row of HDF5 split files, in :func:`iter_split`'s order: each row's
+    content hash looked up in ingest's split manifest."""
+    by_hash = {r.sha256: r.source for r in read_split_manifest(manifest)}
+    return [by_hash.get(h, "") for h in read_column(as_paths(paths), "sha256").tolist()]
+
+
+def slice_markdown(slices: Sequence[SourceSlice], class_names: Sequence[str]) -> list[str]:
+    """The per-source table of the gate report."""
+    if not slices:
+        return []
+    lines = ["", "Per source (a **weak** source's interval lies below the whole split's accuracy):", "",
+             "| source | n | accuracy (95% CI) | " + " | ".join(f"recall {c}" for c in class_names) + " |",
+             "|---|---:|---:|" + "---:|" * len(class_names)]
+    for sl in slices:
+        recalls = [f"{sl.recall[c]:.3f} ({sl.support[c]})" if c in sl.recall else "-" for c in class_names]
+        name = f"**{sl.source}** (weak)" if sl.weak else sl.source
+        accuracy = f"{sl.accuracy:.3f}{_ci(sl.accuracy_interval)}"
+        lines.append(f"| {name} | {sl.n} | {accuracy} | " + " | ".join(recalls) + " |")
+    return lines
+
+
 def _ci(interval: tuple[float, float] | None) -> str:
     return f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
 
 
-def gate_markdown(decision: GateDecision, metrics: EvalMetrics) -> str:
+def gate_markdown(decision: GateDecision, metrics: EvalMetrics, slices: Sequence[SourceSlice] = ()) -> str:
     lines = [
         f"# Gate: **{decision.verdict.upper()}**",
         "",
@@ -187,6 +253,7 @@ def gate_markdown(decision: GateDecision, metrics: EvalMetrics) -> str:
         )
     lines += ["", f"accuracy {metrics.accuracy:.4f} (95% Wilson interval {metrics.accuracy_interval[0]:.3f}-"
               f"{metrics.accuracy_interval[1]:.3f}) on {metrics.n} test images, ECE {metrics.ece:.4f}"]
+    lines += slice_markdown(slices, metrics.class_names)
     return "\n".join(lines) + "\n"
 
 
@@ -452,7 +519,9 @@ def evaluate_and_gate(
         precision=metrics.precision,
     )
     (out_dir / "gate_report.json").write_text(decision.to_json())
-    (out_dir / "gate_report.md").write_text(gate_markdown(decision, metrics))
+    slices = source_slices(labels, probs, row_sources(test_paths, manifest), names) if manifest else []
+    (out_dir / "slices.json").write_text(json.dumps([asdict(sl) for sl in slices], indent=2))
+    (out_dir / "gate_report.md").write_text(gate_markdown(decision, metrics, slices))
     (out_dir / "model_card.md").write_text(model_card(metrics, decision, lineage, model_name))
     if tracking:
         from clazzify.registry.versions import CANDIDATE_FILE, log_candidate
@@ -472,7 +541,7 @@ def evaluate_and_gate(
             if lineage is not None:
                 log_lineage(lineage, out_dir, source)
             names_out = ["metrics.json", "confusion.json", "confusion.png", "misclassified.png",
-                         "gate_report.json", "gate_report.md", "model_card.md"]
+                         "gate_report.json", "gate_report.md", "model_card.md", "slices.json"]
             if comparison:
                 names_out.append("comparison.json")
             for name in names_out:

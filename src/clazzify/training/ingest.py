@@ -1,4 +1,9 @@
-"""Ingest: list a source, validate every image, remove duplicates, split.
+"""Ingest: list a source, validate every image, remove duplicates, split; write the manifests.
+
+This module is the step's orchestration: :mod:`~clazzify.training.listing` lists the source
+and applies people's labels, :mod:`~clazzify.training.duplicates` finds exact and near
+duplicates, :mod:`~clazzify.training.splits` splits and shards, and
+:mod:`~clazzify.training.records` holds the manifest's row and reader.
 
 Sources:
 - a folder or bucket prefix with one sub-folder per class (``root/<label>/*``);
@@ -12,21 +17,16 @@ Bad files are quarantined with a reason and never stop the run; exact duplicates
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
-from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from itertools import chain, combinations
-from math import comb
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from clazzify.core import storage
@@ -40,30 +40,43 @@ from clazzify.core.imaging import (
     image_to_array,
     open_image,
 )
-from clazzify.core.manifest import is_manifest, read_manifest_rows
 from clazzify.core.parallel import process_context
 from clazzify.training import pixels
-from clazzify.training.lineage import DatasetLineage
-
-SPLITS = ("train", "val", "test")
-MANIFEST_FIELDS = (
-    "uri", "label", "split", "sha256", "width", "height", "group", "phash", "shard", "label_source",
+from clazzify.training.duplicates import (
+    LeaderIndex,
+    group_near_duplicates,
+    hash_distance,
+    perceptual_hashes,
+    remove_duplicates,
 )
-#: Columns a split manifest may lack (older manifests); they read as the field default.
-OPTIONAL_FIELDS = frozenset({"phash", "shard", "label_source"})
+from clazzify.training.lineage import DatasetLineage
+from clazzify.training.listing import (
+    Item,
+    LabelOverride,
+    apply_label_overrides,
+    list_source,
+    manual_label_overrides,
+    read_manifest,
+    read_relabel_overrides,
+    uri_key,
+)
+from clazzify.training.models import DEFAULT_IMAGE_SIZE
+from clazzify.training.records import MANIFEST_FIELDS, SPLITS, Record, Rejected, read_split_manifest
+from clazzify.training.splits import assign_shards, assign_splits
+
+#: The ingest step's API; the names it re-exports from the modules it orchestrates (listing,
+#: duplicates, splits, records) stay importable from here, where callers found them.
+__all__ = [
+    "IngestConfig", "IngestReport", "IngestSetup", "Item", "LabelOverride", "LeaderIndex", "MANIFEST_FIELDS",
+    "ManualLabelReader", "Record", "Rejected", "SPLITS", "apply_label_overrides", "assign_shards",
+    "assign_splits", "check_item", "check_item_pixels", "group_near_duplicates", "hash_distance",
+    "ingest_images", "list_source", "manual_label_overrides", "perceptual_hashes", "prepare_ingest",
+    "read_manifest", "read_relabel_overrides", "read_split_manifest", "remove_duplicates", "uri_key",
+]
+
 #: JPEGs are validated with DCT scaling down to at least this side (pHash needs ~64 px): the
 #: pipeline's default image_size, so its training pixels are cut from this very decode.
-VALIDATE_DRAFT = 224
-#: pHash: a 32x32 greyscale thumbnail, of whose DCT the lowest 8x8 coefficients are kept.
-PHASH_THUMB, PHASH_BITS_SIDE = 32, 8
-#: Images are box-reduced to at least this side (and under twice it) before the thumbnail.
-PHASH_REDUCED = 64
-#: Centre-crop scales hashed per image, so lightly cropped copies still match.
-PHASH_SCALES = (1.0, 0.9, 0.8)
-#: Up to this many leaders a query compares with all of them (vectorised, ~30 us at 1,000)
-#: instead of probing the bands (~190 us); the band probes find the same leaders, faster
-#: beyond it.
-BRUTE_FORCE_LEADERS = 4096
+VALIDATE_DRAFT = DEFAULT_IMAGE_SIZE
 
 QUARANTINE_FIELDS = ("uri", "label", "reason", "detail")
 #: Photos per decoding task, and the fewest photos worth starting worker processes for.
@@ -121,59 +134,6 @@ class IngestConfig:
             )
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
-
-
-@dataclass(frozen=True)
-class Item:
-    """One image as listed by a source, and where its label came from
-    (``folder``, ``manifest``, ``manual`` or ``relabel_csv``: the lineage's label sources)."""
-
-    uri: str
-    label: str
-    source: str = "folder"
-
-
-@dataclass(frozen=True)
-class LabelOverride:
-    """A label a person gave a photo, which wins over its folder or manifest label.
-
-    Attributes:
-        label: the class.
-        source: ``manual`` (the scores database's manual labels) or ``relabel_csv``.
-    """
-
-    label: str
-    source: str = "manual"
-
-
-@dataclass
-class Record:
-    """One accepted image, as written to the split manifest."""
-
-    uri: str
-    label: str
-    sha256: str
-    width: int
-    height: int
-    group: str
-    split: str = ""
-    phash: str = ""
-    shard: int = 0
-    label_source: str = "folder"
-
-    @property
-    def hashes(self) -> list[int]:
-        return [int(h, 16) for h in self.phash.split()]
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """One quarantined file and why."""
-
-    uri: str
-    label: str
-    reason: str
-    detail: str
 
 
 @dataclass
@@ -256,96 +216,58 @@ class IngestReport:
         return "\n".join(lines) + "\n"
 
 
-def read_manifest(uri: str) -> list[Item]:
-    """Read a CSV (``uri,label`` header) or JSONL manifest into items.
+#: Reads the scores database's manual labels at a URL (``clazzify.scoring``'s
+#: ``read_manual_labels``): passed in by the entry point, so training needs no database code.
+ManualLabelReader = Callable[[str], Iterable[Mapping]]
+
+
+@dataclass(frozen=True)
+class IngestSetup:
+    """What ingest needs besides the source: people's labels and the champion's data set."""
+
+    label_overrides: dict[str, LabelOverride]
+    champion_data: DatasetLineage | None = None
+    champion_version: str | None = None
+
+
+def prepare_ingest(
+    *,
+    labels_from: str | None = None,
+    relabel_csv: str | None = None,
+    read_manual_labels: ManualLabelReader | None = None,
+    champion_model: str | None = None,
+    tracking_uri: str | None = None,
+    workdir: Path | None = None,
+) -> IngestSetup:
+    """The ingest step's setup, shared by the pipeline's component and ``clazzify ingest``.
+
+    Args:
+        labels_from: scores database URL whose manual labels override folder/manifest labels.
+        relabel_csv: relabel CSV whose corrections override every other label (a photo in
+            both takes the CSV's).
+        read_manual_labels: reads the database's manual labels (needed with ``labels_from``).
+        champion_model: registered model whose champion's data set counts what is new.
+        tracking_uri: the MLflow store holding that model (default: the active one).
+        workdir: where the champion's lineage file is downloaded (default: a new temp folder).
 
     Raises:
-        DataError: a row is not an object, lacks ``uri`` or ``label``, or leaves one empty.
+        ConfigError: ``labels_from`` without a reader.
     """
-    rows = read_manifest_rows(uri, ("uri", "label"))
-    return [Item(row.get("uri"), row.get("label"), "manifest") for row in rows]
+    overrides: dict[str, LabelOverride] = {}
+    if labels_from:
+        if read_manual_labels is None:
+            raise ConfigError(f"labels_from={labels_from!r} needs a manual-label reader (clazzify.scoring)")
+        overrides.update(manual_label_overrides(read_manual_labels(labels_from)))
+    if relabel_csv:
+        overrides.update(read_relabel_overrides(relabel_csv))
+    if not champion_model:
+        return IngestSetup(overrides)
+    import tempfile
 
+    from clazzify.training.lineage import champion_lineage
 
-def uri_key(uri: str) -> str:
-    """A URI as labels are matched on: ``file://`` and relative local paths made absolute."""
-    uri = uri.strip()
-    if uri.startswith("file://"):
-        uri = uri.removeprefix("file://")
-    if "://" in uri:
-        return uri
-    return os.path.abspath(uri)
-
-
-def read_relabel_overrides(uri: str) -> dict[str, LabelOverride]:
-    """The corrected labels of a relabel CSV (``uri``, ``corrected_label``), keyed by :func:`uri_key`.
-
-    Rows with an empty ``corrected_label`` are skipped; a photo answered twice keeps the last.
-
-    Raises:
-        DataError: the CSV lacks the columns (names them and the file).
-    """
-    rows = read_manifest_rows(uri, ("uri",))
-    if rows and "corrected_label" not in rows[0].values:
-        raise DataError(
-            f"{uri}: a relabel CSV needs a corrected_label column (written by relabel-export or "
-            "find-label-issues, filled in by moderators)"
-        )
-    return {
-        uri_key(row.get("uri")): LabelOverride(row.get("corrected_label"), "relabel_csv")
-        for row in rows
-        if row.get("corrected_label")
-    }
-
-
-def manual_label_overrides(rows: Iterable[Mapping[str, Any]]) -> dict[str, LabelOverride]:
-    """Overrides from the scores database's manual labels (rows with ``uri`` and ``label``, as
-    ``ScoreRepository.manual_labels()`` returns them; the caller reads the database, so
-    training needs no database code). Rows without a URI cannot match a photo and are skipped."""
-    return {uri_key(str(r["uri"])): LabelOverride(str(r["label"]), "manual") for r in rows if r.get("uri")}
-
-
-def apply_label_overrides(
-    items: Sequence[Item], overrides: Mapping[str, LabelOverride]
-) -> tuple[list[Item], dict[str, int], int]:
-    """Give each listed photo the label a person gave it, if any.
-
-    Returns:
-        (items, how many labels each source changed, how many overrides matched no listed photo).
-    """
-    if not overrides:
-        return list(items), {}, 0
-    out: list[Item] = []
-    changed: Counter[str] = Counter()
-    used: set[str] = set()
-    for item in items:
-        key = uri_key(item.uri)
-        override = overrides.get(key)
-        if override is None:
-            out.append(item)
-            continue
-        used.add(key)
-        if override.label != item.label:
-            changed[override.source] += 1
-        out.append(Item(item.uri, override.label, override.source))
-    return out, dict(changed), len(set(overrides) - used)
-
-
-def list_source(source: str) -> list[Item]:
-    """List every file of a class-folder source or a manifest."""
-    if is_manifest(source):
-        return read_manifest(source)
-    labels = storage.list_children(source)
-    if not labels:
-        raise DataError(
-            f"{source} has no class sub-folders: lay images out as {source}/<label>/<file> "
-            "or pass a CSV/JSONL manifest"
-        )
-    items: list[Item] = []
-    for label in labels:
-        for uri in storage.list_files(storage.join(source, label)):
-            if not uri.rsplit("/", 1)[-1].startswith("."):
-                items.append(Item(uri, label))
-    return items
+    found = champion_lineage(champion_model, workdir or Path(tempfile.mkdtemp()), tracking_uri)
+    return IngestSetup(overrides, found[1] if found else None, found[0] if found else None)
 
 
 def check_item(item: Item, limits: ImageLimits) -> Record | Rejected:
@@ -377,7 +299,7 @@ def check_item_pixels(
         return Rejected(item.uri, item.label, e.reason, str(e)), None
     digest = content_hash(data)
     return Record(item.uri, item.label, digest, img.width, img.height, group=digest, phash=perceptual_hashes(img),
-                  label_source=item.source), pixels
+                  label_source=item.source, source=item.origin), pixels
 
 
 def _check_task(
@@ -437,293 +359,6 @@ def _take(future: Future, bar: tqdm) -> list[Record | Rejected]:
     return done
 
 
-def perceptual_hashes(img: Image.Image) -> str:
-    """64-bit pHashes of the image's centre crops at :data:`PHASH_SCALES`, as hex words.
-
-    Each word is ``imagehash.phash`` of that crop of the box-reduced image (a test holds
-    them equal), computed for the three crops at once: one batched DCT instead of three
-    calls. pHash looks at a 32x32 thumbnail, so the image is first box-reduced to
-    :data:`PHASH_REDUCED`-2x that side (cheap, in C): the three Lanczos resamplings of
-    ~128 px images took a sixth of ingest's time, of ~64 px ones a quarter of that.
-    """
-    from scipy.fft import dct
-
-    gray = img.convert("L")
-    factor = min(gray.size) // PHASH_REDUCED
-    if factor > 1:
-        gray = gray.reduce(factor)
-    width, height = gray.size
-    thumbs = np.empty((len(PHASH_SCALES), PHASH_THUMB, PHASH_THUMB), dtype=np.uint8)
-    for i, scale in enumerate(PHASH_SCALES):
-        left, top = int(width * (1 - scale) / 2), int(height * (1 - scale) / 2)
-        crop = gray if scale == 1.0 else gray.crop((left, top, width - left, height - top))
-        thumbs[i] = np.asarray(crop.resize((PHASH_THUMB, PHASH_THUMB), Image.Resampling.LANCZOS))
-    low = dct(dct(thumbs.astype(np.float64), axis=1), axis=2)[:, :PHASH_BITS_SIDE, :PHASH_BITS_SIDE]
-    low = low.reshape(len(PHASH_SCALES), -1)
-    bits = low > np.median(low, axis=1, keepdims=True)
-    return " ".join(row.tobytes().hex() for row in np.packbits(bits, axis=1))
-
-
-def hash_distance(a: Sequence[int], b: Sequence[int]) -> int:
-    """Smallest Hamming distance between any hash of ``a`` and any of ``b``."""
-    return min((x ^ y).bit_count() for x in a for y in b)
-
-
-def _bit_masks(width: int, radius: int) -> np.ndarray:
-    """Every ``width``-bit mask with at most ``radius`` bits set (the probes of one band)."""
-    masks = [0]
-    for k in range(1, radius + 1):
-        masks += [sum(1 << b for b in bits) for bits in combinations(range(width), k)]
-    return np.array(masks, dtype=np.uint64)
-
-
-def _band_plan(max_distance: int, n: int) -> tuple[list[tuple[int, int]], int]:
-    """(shift, width) of each band and the probe radius per band, for ``n`` indexed items.
-
-    Multi-index hashing: two 64-bit hashes within ``d`` bits differ in at most ``d // m`` bits
-    of at least one of ``m`` bands (pigeonhole). Each query probes every band value within
-    that radius; fewer, wider bands mean more probes but emptier buckets. The band count is
-    the one with the least expected work (probes + random candidates) for ``n`` items.
-    """
-    best: tuple[float, int] | None = None
-    for m in range(1, 9):
-        width, radius = 64 // m, max_distance // m
-        probes = 3 * m * sum(comb(width, k) for k in range(radius + 1))  # 3 hashes per photo
-        # measured in CPython: a band lookup costs ~30 probes, a bucket hit ~20 (set.update)
-        cost = 30 * 3 * m + probes * (1 + 20 * 3 * n / 2.0**width)
-        if best is None or cost < best[0]:
-            best = (cost, m)
-    m = best[1] if best else 1
-    bounds = np.linspace(0, 64, m + 1).astype(int).tolist()
-    return [(bounds[b], bounds[b + 1] - bounds[b]) for b in range(m)], max_distance // m
-
-
-class LeaderIndex:
-    """The representatives ("leaders") of near-duplicate groups, searchable by Hamming radius.
-
-    Memory is O(leaders); a query probes a fixed number of band values and compares only the
-    leaders found there (vectorised), so grouping ``n`` photos costs about ``n`` queries, not
-    ``n**2`` comparisons.
-    """
-
-    def __init__(self, max_distance: int, capacity: int, hashes_per_item: int = len(PHASH_SCALES)) -> None:
-        self.max_distance = max_distance
-        self.bands, radius = _band_plan(max_distance, capacity)
-        self.masks = [_bit_masks(width, radius) for _, width in self.bands]
-        self.buckets: list[dict[int, list[int]]] = [defaultdict(list) for _ in self.bands]
-        self.hashes = np.zeros((max(capacity, 1), hashes_per_item), dtype=np.uint64)
-        self.size = 0
-
-    def _band(self, h: int, b: int) -> int:
-        shift, width = self.bands[b]
-        return (h >> shift) & ((1 << width) - 1)
-
-    def add(self, hashes: Sequence[int]) -> int:
-        """Index a new leader; returns its id."""
-        i = self.size
-        if i == len(self.hashes):
-            self.hashes = np.concatenate([self.hashes, np.zeros_like(self.hashes)])
-        self.hashes[i, : len(hashes)] = hashes
-        self.hashes[i, len(hashes) :] = hashes[0]
-        for b, bucket in enumerate(self.buckets):
-            for value in {self._band(h, b) for h in hashes}:
-                bucket[value].append(i)
-        self.size += 1
-        return i
-
-    def nearest(self, hashes: Sequence[int]) -> tuple[int, int] | None:
-        """(leader id, distance) of the nearest leader within the radius (lowest id on ties)."""
-        if self.size <= BRUTE_FORCE_LEADERS:  # comparing with every leader is cheaper than probing
-            ids = np.arange(self.size)
-        else:
-            found: set[int] = set()
-            for b, bucket in enumerate(self.buckets):
-                shift, width = self.bands[b]
-                values = np.array([(h >> shift) & ((1 << width) - 1) for h in hashes], dtype=np.uint64)
-                probes = set(np.bitwise_xor.outer(values, self.masks[b]).ravel().tolist())
-                # the set operations and the gathering run in C: no Python loop per probe or hit
-                found.update(chain.from_iterable(map(bucket.__getitem__, bucket.keys() & probes)))
-            ids = np.fromiter(found, dtype=np.int64, count=len(found))
-        if not len(ids):
-            return None
-        query = np.array(hashes, dtype=np.uint64)
-        dist = np.bitwise_count(self.hashes[ids][:, :, None] ^ query[None, None, :]).min(axis=(1, 2))
-        best = np.lexsort((ids, dist))[0]
-        if dist[best] > self.max_distance:
-            return None
-        return int(ids[best]), int(dist[best])
-
-
-@dataclass(frozen=True)
-class Grouping:
-    """Near-duplicate groups found by :func:`group_near_duplicates`."""
-
-    groups: list[list[str]]
-    suspect: list[list[str]]
-
-
-#: Hex digits of a content hash that name a photo or group in the lineage (128 bits).
-KEY_HEX = 32
-
-
-def group_near_duplicates(
-    records: Sequence[Record],
-    max_distance: int,
-    max_group_size: int = 50,
-    previous: Mapping[str, str] | None = None,
-) -> Grouping:
-    """Give near-identical records one ``group``: the content hash of its representative.
-
-    Photos the previous data set held (``previous``: photo key -> group key, the first
-    :data:`KEY_HEX` hex digits of each, from the champion's lineage) keep their group, so a
-    group's key, and with it its split, stays put as the collection grows. The other photos
-    are visited in content-hash order; each joins the nearest representative (an old group's
-    or a new one's) within ``max_distance`` bits, or becomes one. A photo joins a group only
-    when it is near the group's representative, never through a chain of members (the old
-    union-find made one 4,687-photo group out of 10,000 synthetic photos), so any two
-    members are within ``2 * max_distance`` bits.
-
-    Returns:
-        the groups of more than one URI, and those larger than ``max_group_size`` (suspect:
-        a look-alike class such as blank menu pages, worth a look before training).
-    """
-    previous = previous or {}
-    for rec in records:
-        rec.group = rec.sha256
-    if max_distance < 0 or len(records) < 2:
-        return Grouping([], [])
-    ordered = sorted(records, key=lambda r: r.sha256)
-    by_key = {r.sha256[:KEY_HEX]: r for r in ordered}
-    index = LeaderIndex(max_distance, capacity=len(ordered))
-    leaders: list[str] = []  # leader id -> group key
-    members: dict[str, list[Record]] = defaultdict(list)
-    new: list[Record] = []
-    for rec in ordered:
-        old_group = previous.get(rec.sha256[:KEY_HEX])
-        if old_group is None:
-            new.append(rec)
-            continue
-        representative = by_key.get(old_group)
-        rec.group = representative.sha256 if representative else old_group
-        members[rec.group].append(rec)
-        if rec is representative and rec.hashes:
-            index.add(rec.hashes)
-            leaders.append(rec.group)
-    for rec in new:
-        hashes = rec.hashes
-        if not hashes:
-            continue
-        hit = index.nearest(hashes)
-        if hit is None:
-            index.add(hashes)
-            leaders.append(rec.sha256)
-        else:
-            rec.group = leaders[hit[0]]
-        members[rec.group].append(rec)
-    groups = sorted(sorted(r.uri for r in recs) for recs in members.values() if len(recs) > 1)
-    suspect = [g for g in groups if len(g) > max_group_size]
-    return Grouping(groups, suspect)
-
-
-def remove_duplicates(records: Sequence[Record]) -> tuple[list[Record], list[Rejected], list[list[str]]]:
-    """Keep one record per content hash.
-
-    Copies that agree on the label are dropped in favour of the first URI (sorted);
-    copies whose labels disagree are all quarantined, since no label can be trusted.
-
-    Returns:
-        (kept records, quarantined conflicts, groups of duplicate URIs).
-    """
-    by_hash: dict[str, list[Record]] = defaultdict(list)
-    for rec in sorted(records, key=lambda r: r.uri):
-        by_hash[rec.sha256].append(rec)
-    kept: list[Record] = []
-    conflicts: list[Rejected] = []
-    groups: list[list[str]] = []
-    for copies in by_hash.values():
-        if len(copies) > 1:
-            groups.append([c.uri for c in copies])
-        labels = {c.label for c in copies}
-        if len(labels) > 1:
-            detail = "same bytes labelled " + ", ".join(sorted(labels))
-            conflicts += [Rejected(c.uri, c.label, "conflicting_labels", detail) for c in copies]
-        else:
-            kept.append(copies[0])
-    return kept, conflicts, groups
-
-
-def split_position(group: str, seed: int) -> float:
-    """Where a group falls in [0, 1): a hash of its key salted by the dataset's seed.
-
-    A pure function of the group's own key (its first :data:`KEY_HEX` hex digits, 128 bits,
-    which the lineage keeps), so adding photos never moves an existing group to another
-    split (the old seeded permutation reshuffled every group whenever one was added,
-    putting the champion's training photos into the next test split).
-    """
-    digest = hashlib.sha256(f"{seed}:{group[:KEY_HEX]}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def split_of(position: float, val_fraction: float, test_fraction: float) -> str:
-    """test for the lowest ``test_fraction`` of positions, then val, then train."""
-    if position < test_fraction:
-        return "test"
-    return "val" if position < test_fraction + val_fraction else "train"
-
-
-def assign_splits(records: Sequence[Record], cfg: IngestConfig) -> list[Record]:
-    """Split by group: every member of a group lands in the split its key hashes to.
-
-    Each group's split is :func:`split_of` its :func:`split_position`, so on many photos
-    every class's shares approach the asked fractions (binomially: on 1,000 photos of a
-    class a 15% share has a standard deviation of 1.1 points). Small classes are the
-    exception: a class whose hashes leave val or test empty lends its lowest-positioned
-    groups to them (at least one group each when the fraction is above 0); such a lent
-    group can return to train as the class grows. A group is filed under its most common
-    label, so a group that mixes labels still stays whole.
-
-    Raises:
-        DataError: a class has too few groups to fill train, val and test.
-    """
-    groups: dict[str, list[Record]] = defaultdict(list)
-    for rec in records:
-        groups[rec.group].append(rec)
-    by_stratum: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for key, recs in groups.items():
-        label = Counter(r.label for r in recs).most_common(1)[0][0]
-        by_stratum[label].append((split_position(key, cfg.seed), key))
-    out: list[Record] = []
-    for label in sorted(by_stratum):
-        ranked = sorted(by_stratum[label])
-        splits = [split_of(pos, cfg.val_fraction, cfg.test_fraction) for pos, _ in ranked]
-        n_test = max(splits.count("test"), int(cfg.test_fraction > 0))
-        end_val = max(splits.count("test") + splits.count("val"), n_test + int(cfg.val_fraction > 0))
-        if end_val >= len(ranked):
-            raise DataError(
-                f"class {label!r} has only {len(ranked)} distinct image group(s): it needs at least "
-                f"{end_val + 1} to fill train/val/test; add images or lower the fractions"
-            )
-        for rank, (_, key) in enumerate(ranked):
-            split = "test" if rank < n_test else "val" if rank < end_val else "train"
-            for rec in groups[key]:
-                rec.split = split
-                out.append(rec)
-    return sorted(out, key=lambda r: (SPLITS.index(r.split), r.label, r.uri))
-
-
-def assign_shards(records: Sequence[Record], shard_size: int) -> list[int]:
-    """Deal ``records`` round-robin into shards of at most ``shard_size`` (0 = one shard).
-
-    Dealt in manifest order (split, then class), every shard gets a stratified slice
-    of every split and class, and shard sizes differ by at most one image.
-
-    Returns:
-        the number of images in each shard.
-    """
-    n_shards = max(1, -(-len(records) // shard_size)) if shard_size else 1
-    for i, rec in enumerate(records):
-        rec.shard = i % n_shards
-    return [len(range(i, len(records), n_shards)) for i in range(n_shards)]
 
 
 def _write_csv(path: Path, fields: Iterable[str], rows: Iterable[dict]) -> None:
@@ -732,30 +367,6 @@ def _write_csv(path: Path, fields: Iterable[str], rows: Iterable[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-
-
-def read_split_manifest(path: Path) -> list[Record]:
-    """Read a split manifest written by :func:`ingest_images`."""
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = set(MANIFEST_FIELDS) - OPTIONAL_FIELDS - set(reader.fieldnames or ())
-        if missing:
-            raise DataError(f"{path} is not a split manifest: missing columns {sorted(missing)}")
-        return [
-            Record(
-                uri=row["uri"],
-                label=row["label"],
-                sha256=row["sha256"],
-                width=int(row["width"]),
-                height=int(row["height"]),
-                group=row["group"],
-                split=row["split"],
-                phash=row.get("phash") or "",
-                shard=int(row.get("shard") or 0),
-                label_source=row.get("label_source") or "folder",
-            )
-            for row in reader
-        ]
 
 
 def ingest_images(
@@ -768,7 +379,7 @@ def ingest_images(
     champion_data: DatasetLineage | None = None,
     label_overrides: Mapping[str, LabelOverride] | None = None,
     pixel_cache: Path | None = None,
-    pixel_size: int = 227,
+    pixel_size: int = DEFAULT_IMAGE_SIZE,
 ) -> IngestReport:
     """Validate, de-duplicate and split every image of ``source``.
 

@@ -41,6 +41,8 @@ class LabelIssueConfig:
         learning_rate: Adam learning rate.
         seed: seed of the weights and shuffling.
         grid: suspects shown in the image grid.
+        min_trusted_accuracy: below this out-of-fold accuracy the report warns that the
+            ranking means little (see :func:`weak_model_warning`).
     """
 
     folds: int = 5
@@ -50,8 +52,11 @@ class LabelIssueConfig:
     learning_rate: float = 2e-3
     seed: int = 42
     grid: int = 36
+    min_trusted_accuracy: float = 0.8
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.min_trusted_accuracy <= 1.0:
+            raise ConfigError(f"min_trusted_accuracy must be within [0, 1], got {self.min_trusted_accuracy}")
         if not 2 <= self.folds <= 20:
             raise ConfigError(f"folds must be within [2, 20], got {self.folds}")
         if self.epochs < 1 or self.batch_size < 1 or self.grid < 0:
@@ -67,6 +72,26 @@ class LabelIssueReport:
     out_of_fold_accuracy: float
     csv: str
     grid: str
+    #: set when the out-of-fold models are too weak for the ranking to mean anything
+    warning: str = ""
+
+
+def weak_model_warning(accuracy: float, issues: int, scored: int, min_accuracy: float) -> str:
+    """A warning when the out-of-fold accuracy is below ``min_accuracy``, else ``""``.
+
+    Confident learning flags the photos whose label the models confidently dispute; it finds
+    label errors only when the models are mostly right. When they get more than
+    ``1 - min_accuracy`` of the photos wrong, their own mistakes outnumber the few percent of
+    wrong labels a real collection holds, and the top of the ranking is mostly those.
+    """
+    if accuracy >= min_accuracy:
+        return ""
+    return (
+        f"out-of-fold accuracy {accuracy:.3f} is below {min_accuracy:.2f}: the fold models get "
+        f"{1 - accuracy:.0%} of the photos wrong themselves, so most of the {issues} of {scored} "
+        "flagged are likely their mistakes, not wrong labels; score with a stronger model "
+        "(more --epochs, or a pretrained --architecture) before asking moderators to check them"
+    )
 
 
 def fold_bounds(n: int, folds: int, unit: int = 1) -> list[tuple[int, int]]:
@@ -177,6 +202,7 @@ def find_label_issues(
     titles = [f"{names[labels[r]]} -> {names[int(probs[r].argmax())]} ({probs[r].max():.2f})" for r in shown]
     grid_path = plot_grid(images, titles, out_dir / "label_issues.png")
     accuracy = float((probs[originals].argmax(axis=1) == labels[originals]).mean())
-    report = LabelIssueReport(len(originals), len(ranked), accuracy, str(csv_path), str(grid_path))
+    warning = weak_model_warning(accuracy, len(ranked), len(originals), cfg.min_trusted_accuracy)
+    report = LabelIssueReport(len(originals), len(ranked), accuracy, str(csv_path), str(grid_path), warning)
     (out_dir / "label_issues.json").write_text(json.dumps(asdict(report), indent=2))
     return report

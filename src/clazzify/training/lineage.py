@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from clazzify.core.errors import DataError
+from clazzify.training.records import read_split_manifest
 
 #: Bytes of SHA-256 kept per photo: 128 bits, no collision in any realistic collection.
 DIGEST_BYTES = 16
@@ -151,8 +152,6 @@ class DatasetLineage:
 
 def lineage_from_manifest(path: Path, created_at: str = "") -> DatasetLineage:
     """The lineage of the data set a split manifest (from ingest) describes."""
-    from clazzify.training.ingest import read_split_manifest
-
     rows = [(r.sha256, r.split, r.label, r.label_source, r.group) for r in read_split_manifest(path)]
     if not rows:
         raise DataError(f"{path} lists no photo: nothing to record")

@@ -20,6 +20,9 @@ ARCHITECTURES = ("alexnet", "compact", "mobilenet_v2", "efficientnet_b0", "resne
 _APPLICATIONS = {"mobilenet_v2", "efficientnet_b0", "resnet50"}
 #: Architectures whose ImageNet weights ship in a package dependency (no network needed).
 PACKAGED = {"efficientnet_lite0"}
+#: The default input side: the default recipe's (EfficientNet-Lite0 at 224 px). Every entry
+#: point reads it from here: ModelSpec, PreprocessConfig, ``clazzify preprocess``, the pipeline.
+DEFAULT_IMAGE_SIZE = 224
 # Keras' default 0.99 leaves the moving statistics far off after the few hundred
 # steps a small dataset gives; 0.9 converges within tens of steps.
 _BN_MOMENTUM = 0.9
@@ -44,7 +47,7 @@ class ModelSpec:
 
     architecture: str = "alexnet"
     num_classes: int = 4
-    image_size: int = 227
+    image_size: int = DEFAULT_IMAGE_SIZE
     init_weights: str | None = None
     augment: bool = True
     dropout: float = 0.3

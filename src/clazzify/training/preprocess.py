@@ -38,8 +38,9 @@ from clazzify.core import storage
 from clazzify.core.errors import ConfigError, DataError, ImageError
 from clazzify.core.imaging import RESAMPLE, ImageLimits, decode_image, image_to_array
 from clazzify.core.parallel import process_context
-from clazzify.training.ingest import SPLITS, Record, read_split_manifest
+from clazzify.training.models import DEFAULT_IMAGE_SIZE
 from clazzify.training.pixels import PixelCache, RowSink, cache_files, create_images
+from clazzify.training.records import SPLITS, Record, read_split_manifest
 
 _STR = h5py.string_dtype(encoding="utf-8")
 
@@ -49,7 +50,8 @@ class PreprocessConfig:
     """Settings of the HDF5 step.
 
     Attributes:
-        image_size: side of the square images written (227 = the original AlexNet input).
+        image_size: side of the square images written (default: the default recipe's
+            :data:`~clazzify.training.models.DEFAULT_IMAGE_SIZE`).
         augment_copies: extra augmented variants written per training image.
         seed: seed for the training-row order and the augmentations.
         task_size: images per worker task.
@@ -57,7 +59,7 @@ class PreprocessConfig:
         limits: the image quality limits, the same as ingest's.
     """
 
-    image_size: int = 227
+    image_size: int = DEFAULT_IMAGE_SIZE
     augment_copies: int = 0
     seed: int = 42
     task_size: int = 32

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from clazzify.core import storage
 from clazzify.core.errors import ConfigError
 from clazzify.core.imaging import content_hash
-from clazzify.training.ingest import list_source
 from clazzify.training.lineage import DatasetLineage
+from clazzify.training.listing import list_source
 
 
 @dataclass(frozen=True)
@@ -142,3 +142,29 @@ def check_retrain(
     with tempfile.TemporaryDirectory() as tmp:
         champion = champion_lineage(model_name, Path(tmp), tracking_uri)
         return should_retrain(gather_evidence(source, champion, label_times, progress=progress), policy)
+
+
+def retrain_check(
+    source: str,
+    policy: RetrainPolicy,
+    model_name: str,
+    tracking_uri: str,
+    *,
+    labels_from: str | None = None,
+    read_manual_labels: Callable[[str], Iterable[Mapping]] | None = None,
+    progress: bool = True,
+) -> RetrainDecision:
+    """The retrain check's setup and decision, shared by the pipeline's component and
+    ``clazzify retrain``: :func:`check_retrain` with the ``labelled_at`` of the manual labels
+    of the scores database at ``labels_from`` (read by ``read_manual_labels``, which the
+    entry point passes in, so training needs no database code).
+
+    Raises:
+        ConfigError: ``labels_from`` without a reader.
+    """
+    times = None
+    if labels_from:
+        if read_manual_labels is None:
+            raise ConfigError(f"labels_from={labels_from!r} needs a manual-label reader (clazzify.scoring)")
+        times = [r["labelled_at"] for r in read_manual_labels(labels_from)]
+    return check_retrain(source, policy, model_name, tracking_uri, times, progress=progress)
