@@ -242,7 +242,7 @@ def test_verbose_prints_the_traceback_then_the_line(tmp_path: Path):
     loud = CliRunner().invoke(main, ["-v", *argv])
     for result in (quiet, loud):
         assert result.exit_code == 2, result.output
-        assert result.stderr.strip().splitlines()[-1].startswith("Error: cannot reach the RabbitMQ broker")
+        assert result.stderr.strip().splitlines()[-1].startswith("Error: cannot reach the broker")
     assert "Traceback" not in quiet.stderr and "Traceback (most recent call last)" in loud.stderr
     assert "CLAZZIFY_VERBOSE" not in __import__("os").environ  # -v does not leak into the next command
 

@@ -254,7 +254,22 @@ def test_v2_outputs_and_metadata_agree():
     np.testing.assert_allclose(by_name["probabilities"]["data"], probs.reshape(-1))
     assert by_name["class_names"]["data"] == ["x", "y"]
     _, meta_out = v2_metadata(["x", "y"])
-    assert [o["name"] for o in meta_out] == [o["name"] for o in outputs]
+    assert [o["name"] for o in meta_out][:3] == [o["name"] for o in outputs]  # no score: no fourth tensor
+    scored = v2_outputs(probs, ["x", "y"], ["y", "unknown", "y"], np.array([2.0, -1.0, 3.0]))
+    assert [o["name"] for o in meta_out] == [o["name"] for o in scored]
+    by_name = {o["name"]: o for o in scored}
+    assert by_name["label"]["data"] == ["y", "unknown", "y"]
+    assert by_name["in_distribution_score"] == {"name": "in_distribution_score", "datatype": "FP32", "shape": [3],
+                                                "data": [2.0, -1.0, 3.0]}
+
+
+def test_v1_predictions_carry_the_unknown_label_and_score():
+    probs = np.array([[0.1, 0.9], [0.6, 0.4]], dtype=np.float32)
+    out = v1_predictions(probs, ["x", "y"], "clazzify", "3", ["y", "unknown"], np.array([0.9, 0.2]))
+    assert [p["label"] for p in out] == ["y", "unknown"]
+    assert [p["in_distribution_score"] for p in out] == pytest.approx([0.9, 0.2])
+    assert out[1]["probabilities"] == pytest.approx({"x": 0.6, "y": 0.4})  # classes only, as before
+    assert "in_distribution_score" not in v1_predictions(probs, ["x", "y"], "clazzify", "3")[0]
 
 
 def test_check_probabilities_flags_a_broken_model():

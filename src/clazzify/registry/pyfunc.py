@@ -19,6 +19,7 @@ import numpy as np
 from clazzify.core.bundle import load_predictor
 from clazzify.core.errors import DataError, ImageError
 from clazzify.core.imaging import image_to_array
+from clazzify.core.ood import rule_of, split_for
 
 #: The input column: base64 strings of encoded images (KServe V1's ``b64`` key).
 INPUT_COLUMN = "b64"
@@ -78,10 +79,14 @@ class ClazzifyPyfunc(mlflow.pyfunc.PythonModel):
 
         meta = self.predictor.meta
         pixels = decode_images(b64_column(model_input), meta.image_size)
-        probs = (self.predictor.predict(pixels) if len(pixels)
-                 else np.zeros((0, len(meta.class_names)), np.float32))
+        if len(pixels):
+            probs, scores, labels = split_for(meta, self.predictor.predict(pixels))
+        else:
+            probs, scores, labels = np.zeros((0, len(meta.class_names)), np.float32), np.zeros(0, np.float32), []
         top = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
         out = pd.DataFrame(probs.astype(np.float64), columns=list(meta.class_names))
         out.insert(0, "probability", probs[np.arange(len(probs)), top].astype(np.float64))
-        out.insert(0, "label", [meta.class_names[k] for k in top])
+        out.insert(0, "label", labels)  # the top class, or "unknown" where the model's rule flags it
+        if rule_of(meta) is not None:
+            out["in_distribution_score"] = np.asarray(scores, np.float64)
         return out

@@ -19,6 +19,7 @@ from PIL import Image
 from clazzify.core.bundle import Predictor, load_predictor
 from clazzify.core.errors import DataError
 from clazzify.core.imaging import RESAMPLE
+from clazzify.core.ood import rule_of, split_for
 from clazzify.registry.tracking import TrackingConfig, activate, flatten_params
 from clazzify.training.calibration import expected_calibration_error
 from clazzify.training.data import DataDirs, as_paths, read_column, read_rows, split_files
@@ -116,15 +117,80 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
 def predict_split(
     predictor: Predictor, paths: Path | Sequence[Path], batch_size: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and true labels for every row of HDF5 split files (read end to end)."""
+    """Class probabilities and true labels for every row of HDF5 split files (read end to end)."""
+    probs, labels, _ = predict_split_scored(predictor, paths, batch_size)
+    return probs, labels
+
+
+def predict_split_scored(
+    predictor: Predictor, paths: Path | Sequence[Path], batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`predict_split` and each photo's in-distribution score (:func:`clazzify.core.ood.split_for`,
+    the server's own computation)."""
     size = predictor.meta.image_size
-    probs, labels = [], []
+    raw, labels = [], []
     for images, y in iter_split(paths, batch_size):
-        probs.append(predictor.predict(resize_batch(images, size)))
+        raw.append(predictor.predict(resize_batch(images, size)))
         labels.append(y)
-    if not probs:
+    if not raw:
         raise DataError(f"{', '.join(map(str, as_paths(paths)))} hold(s) no images to evaluate")
-    return np.concatenate(probs), np.concatenate(labels)
+    probs, scores, _ = split_for(predictor.meta, np.concatenate(raw))
+    return probs, np.concatenate(labels), scores
+
+
+def ood_summary(meta, probs: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> dict | None:
+    """How the model's unknown rule treats the test split: the share flagged (these are all
+    photos of the classes, so every flag is a false one) and the accuracy of the photos left
+    unflagged, beside the rule and what training measured of it. None without a rule."""
+    rule = rule_of(meta)
+    if rule is None:
+        return None
+    flagged = scores < rule.threshold
+    correct = probs.argmax(axis=1) == labels
+    lo, hi = wilson_interval(int(flagged.sum()), len(flagged))
+    kept = ~flagged
+    return {
+        "method": rule.method, "threshold": rule.threshold, "false_flag_rate": rule.false_flag_rate,
+        "test_flagged": {"flagged": int(flagged.sum()), "n": len(flagged), "rate": float(flagged.mean()),
+                         "interval": [lo, hi]},
+        "accuracy_unflagged": float(correct[kept].mean()) if kept.any() else None,
+        "accuracy_all": float(correct.mean()),
+        "trained": rule.measured or {},
+    }
+
+
+def ood_catch_rate(summary: dict | None) -> float | None:
+    """The cross-validated share of "not a class" photos caught, when training measured one."""
+    cv = ((summary or {}).get("trained") or {}).get("cross_validated")
+    return float(cv["caught"]["rate"]) if cv else None
+
+
+def ood_markdown(summary: dict | None) -> str:
+    """The gate report's and model card's section on photos that are none of the classes."""
+    if summary is None:
+        return "\n## Unknown uploads\n\nThis model records no unknown rule (trained before it existed).\n"
+    t = summary["test_flagged"]
+    lines = ["", "## Unknown uploads (none of the classes)", "",
+             f"- Rule: `{summary['method']}`; a photo scoring below {summary['threshold']:.4f} is answered "
+             f"`unknown`. The threshold flags {summary['false_flag_rate']:.1%} of the validation photos.",
+             f"- Test split (all of them photos of the classes): {t['flagged']} of {t['n']} flagged "
+             f"({t['rate']:.1%}, 95% interval {t['interval'][0]:.1%}-{t['interval'][1]:.1%}); accuracy "
+             + (f"{summary['accuracy_unflagged']:.4f} on the photos left unflagged, " if summary['accuracy_unflagged']
+                is not None else "")
+             + f"{summary['accuracy_all']:.4f} on all."]
+    cv = summary["trained"].get("cross_validated")
+    if cv:
+        c = cv["caught"]
+        lines.append(f"- Training's cross-validation by source ({cv['folds']} folds, {cv['groups']} sources, "
+                     f"{cv['outliers']} photos): AUROC {cv['auroc']:.3f}; {c['rate']:.1%} caught "
+                     f"(95% interval {c['interval'][0]:.1%}-{c['interval'][1]:.1%}).")
+        lines += ["", "| category | caught | photos |", "|---|---:|---:|"]
+        lines += [f"| {cat} | {r['rate']:.1%} | {r['n']} |" for cat, r in sorted(cv["per_category"].items())]
+    elif summary["method"] == "msp":
+        lines.append("- Training-free score (maximum softmax probability): no photos that are none of the classes "
+                     "were given (`ood_source`), so no catch rate is measured; benchmarks/README.md, "
+                     "\"Unknown uploads\", gives its rates on the shared OOD photos.")
+    return "\n".join(lines) + "\n"
 
 
 def _misclassified_grid(
@@ -373,7 +439,8 @@ def predict_rows(predictor: Predictor, paths: Sequence[Path], rows: np.ndarray, 
     out = [np.zeros((0, len(predictor.meta.class_names)), dtype=np.float32)]
     for start in range(0, len(rows), batch_size):
         images = read_rows(paths, rows[start : start + batch_size])
-        out.append(predictor.predict(resize_batch(images, predictor.meta.image_size)))
+        raw = predictor.predict(resize_batch(images, predictor.meta.image_size))
+        out.append(split_for(predictor.meta, raw)[0])  # the classes only ("not a class" set aside)
     return np.concatenate(out)
 
 
@@ -481,7 +548,7 @@ def evaluate_and_gate(
     """
     test_paths = split_files(data_dirs, "test")  # the gate needs a test split
     predictor = load_predictor(bundle_dir)
-    probs, labels = predict_split(predictor, test_paths)
+    probs, labels, scores = predict_split_scored(predictor, test_paths)
     names = list(predictor.meta.class_names)
     if data_class_names(test_paths) != names:
         raise DataError(
@@ -510,6 +577,8 @@ def evaluate_and_gate(
                 load_predictor(champion.bundle_dir), test_paths, labels, probs, names,
                 champion_data, lineage, out_dir,
             )
+    ood = ood_summary(predictor.meta, probs, labels, scores)
+    (out_dir / "ood.json").write_text(json.dumps(ood, indent=2))
     decision = passes_gate(
         metrics.accuracy,
         metrics.recall,
@@ -517,12 +586,13 @@ def evaluate_and_gate(
         champion_version=champion.version if champion else None,
         comparison=comparison,
         precision=metrics.precision,
+        ood_catch_rate=ood_catch_rate(ood),
     )
     (out_dir / "gate_report.json").write_text(decision.to_json())
     slices = source_slices(labels, probs, row_sources(test_paths, manifest), names) if manifest else []
     (out_dir / "slices.json").write_text(json.dumps([asdict(sl) for sl in slices], indent=2))
-    (out_dir / "gate_report.md").write_text(gate_markdown(decision, metrics, slices))
-    (out_dir / "model_card.md").write_text(model_card(metrics, decision, lineage, model_name))
+    (out_dir / "gate_report.md").write_text(gate_markdown(decision, metrics, slices) + ood_markdown(ood))
+    (out_dir / "model_card.md").write_text(model_card(metrics, decision, lineage, model_name) + ood_markdown(ood))
     if tracking:
         from clazzify.registry.versions import CANDIDATE_FILE, log_candidate
 
@@ -541,7 +611,7 @@ def evaluate_and_gate(
             if lineage is not None:
                 log_lineage(lineage, out_dir, source)
             names_out = ["metrics.json", "confusion.json", "confusion.png", "misclassified.png",
-                         "gate_report.json", "gate_report.md", "model_card.md", "slices.json"]
+                         "gate_report.json", "gate_report.md", "model_card.md", "slices.json", "ood.json"]
             if comparison:
                 names_out.append("comparison.json")
             for name in names_out:

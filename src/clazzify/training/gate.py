@@ -24,6 +24,9 @@ class GateConfig:
             photos the model calls X, at least this share must be X, so no class becomes a
             dumping ground for the others' errors (0 disables it).
         class_precision: per-class floors overriding ``min_class_precision``.
+        min_ood_catch_rate: the share of "not a class" photos the model's unknown rule must
+            catch, as training cross-validated it by source (0 disables it; a model without
+            that estimate then fails, so an OOD source must be given).
     """
 
     min_accuracy: float = 0.5
@@ -32,9 +35,11 @@ class GateConfig:
     class_recall: Mapping[str, float] = field(default_factory=dict)
     min_class_precision: float = 0.0
     class_precision: Mapping[str, float] = field(default_factory=dict)
+    min_ood_catch_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("min_accuracy", "max_regression", "min_class_recall", "min_class_precision"):
+        for name in ("min_accuracy", "max_regression", "min_class_recall", "min_class_precision",
+                     "min_ood_catch_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"gate threshold {name}={value} is outside [0, 1]")
@@ -111,6 +116,7 @@ def passes_gate(
     champion_version: str | None = None,
     comparison: Comparison | None = None,
     precision: Mapping[str, float] | None = None,
+    ood_catch_rate: float | None = None,
 ) -> GateDecision:
     """Decide whether a challenger passes.
 
@@ -126,6 +132,8 @@ def passes_gate(
         comparison: both models on the test photos neither trained on; the regression
             check compares these two accuracies. The absolute thresholds always apply to
             the challenger's whole test split.
+        ood_catch_rate: the share of "not a class" photos the challenger's unknown rule
+            caught in training's cross-validation by source; None when it has none.
 
     Raises:
         ConfigError: the gate names a class the model does not have.
@@ -157,6 +165,16 @@ def passes_gate(
                 f"every class's {kind} >= its floor "
                 f"(closest: {tight!r} {values[tight]:.4f} >= {floors[tight]:.4f})"
             )
+    if cfg.min_ood_catch_rate:
+        if ood_catch_rate is None:
+            ok = False
+            reasons.append(f"min_ood_catch_rate {cfg.min_ood_catch_rate:.4f} is set, but the model has no "
+                           "cross-validated catch rate: train it with an ood_source of two or more sources")
+        else:
+            caught = ood_catch_rate >= cfg.min_ood_catch_rate
+            ok = ok and caught
+            reasons.append(f"unknown catch rate {ood_catch_rate:.4f} {'>=' if caught else '<'} "
+                           f"min_ood_catch_rate {cfg.min_ood_catch_rate:.4f}")
     if comparison is not None:
         if comparison.class_set_changed:
             reasons.append(
