@@ -154,6 +154,9 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
         # No class may become the others' dumping ground (issue 15: 56% of the photos the
         # old default called ambiance were ambiance).
         min_class_precision: float = 0.8,
+        # The share of ood_source photos the unknown rule must catch (cross-validated by
+        # source in train); 0 = not required.
+        min_ood_catch_rate: float = 0.0,
         seed: int = 42,
         # Moderators' labels win over folder/manifest labels: a scores database URL whose
         # manual_labels are read ('' = none) and/or a relabel CSV with corrected_label filled.
@@ -262,6 +265,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
             max_regression=max_regression,
             min_class_recall=min_class_recall,
             min_class_precision=min_class_precision,
+            min_ood_catch_rate=min_ood_catch_rate,
             mlflow_tracking_uri=mlflow_tracking_uri,
             mlflow_experiment=mlflow_experiment,
         )

@@ -15,6 +15,7 @@ def evaluate(
     max_regression: float,
     min_class_recall: float,
     min_class_precision: float,
+    min_ood_catch_rate: float,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
     metrics: Output[Metrics],
@@ -29,7 +30,7 @@ def evaluate(
     from clazzify.training.gate import GateConfig
 
     gate = GateConfig(min_accuracy=min_accuracy, max_regression=max_regression, min_class_recall=min_class_recall,
-                      min_class_precision=min_class_precision)
+                      min_class_precision=min_class_precision, min_ood_catch_rate=min_ood_catch_rate)
     result, decision = evaluate_and_gate(
         Path(model.path) / "bundle", [Path(d.path) for d in train_data], Path(evaluation.path), gate,
         model_name=model_name, tracking=TrackingConfig(mlflow_tracking_uri, mlflow_experiment, run_id=run_id),

@@ -116,3 +116,16 @@ def test_gate_compares_on_unseen_photos(acc, comparison, cfg, expected, says):
     decision = passes_gate(acc, RECALL, cfg, champion_version="3", comparison=comparison)
     assert decision.passed is expected
     assert any(says in r for r in decision.reasons), decision.reasons
+
+
+@pytest.mark.parametrize(("caught", "floor", "passed", "says"), [
+    (0.9, 0.0, True, None),  # off: nothing said
+    (0.9, 0.8, True, "unknown catch rate 0.9000 >= min_ood_catch_rate 0.8000"),
+    (0.7, 0.8, False, "unknown catch rate 0.7000 < min_ood_catch_rate 0.8000"),
+    (None, 0.8, False, "no cross-validated catch rate"),
+])
+def test_the_gate_can_require_an_unknown_catch_rate(caught, floor, passed, says):
+    decision = passes_gate(0.95, {"a": 0.9, "b": 0.9}, GateConfig(min_ood_catch_rate=floor), ood_catch_rate=caught)
+    assert decision.passed is passed
+    matching = [r for r in decision.reasons if "catch rate" in r]
+    assert (says is None and not matching) or (says is not None and says in matching[0])
