@@ -24,6 +24,7 @@ from clazzify.core.bundle import (
     load_predictor,
 )
 from clazzify.core.errors import ClazzifyError, ConfigError, DataError, StorageError
+from clazzify.core.ood import split_for
 from clazzify.serving.config import ModelSource
 from clazzify.serving.protocol import check_probabilities
 
@@ -190,6 +191,10 @@ def load_engine(
         predictor = load_engine_predictor(bundle, engine)
         size = predictor.meta.image_size
         warm = predictor.predict(np.zeros((1, size, size, 3), dtype=np.uint8))
+        try:  # the classes (and "not a class" when the bundle's unknown rule has one)
+            warm = split_for(predictor.meta, warm)[0]
+        except DataError as e:
+            raise ClazzifyError(f"model outputs do not match its clazzify.json: {e}") from e
         check_probabilities(warm, 1, predictor.meta.class_names)
     except BaseException:
         if owned:
