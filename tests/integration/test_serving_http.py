@@ -107,7 +107,8 @@ def test_metadata_and_health(server: Client, tiny_bundle: Path):
     status, meta = server.json("GET", "/v2/models/clazzify")
     assert status == 200
     assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
-    assert {o["name"] for o in meta["outputs"]} == {"label", "probabilities", "class_names"}
+    # every bundle trained now records an unknown rule, so the score is an output too
+    assert {o["name"] for o in meta["outputs"]} == {"label", "probabilities", "class_names", "in_distribution_score"}
     for path in ("/v2/health/live", "/v2/health/ready", "/v1/models/clazzify",
                  "/v2/models/clazzify/ready"):
         assert server.request("GET", path, key=None)[0] == 200, path

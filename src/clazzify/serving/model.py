@@ -149,7 +149,7 @@ class ClazzifyKServeModel(Model):
         return v2_metadata(self.engine.meta.class_names)[0]
 
     def get_output_types(self) -> list[dict]:
-        return v2_metadata(self.engine.meta.class_names)[1]
+        return v2_metadata(self.engine.meta.class_names, rule_of(self.engine.meta) is not None)[1]
 
     # ---------------------------------------------------------------- inference
 

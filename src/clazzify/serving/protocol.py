@@ -355,7 +355,7 @@ def v2_outputs(probs: np.ndarray, class_names: Sequence[str], labels: Sequence[s
     return outputs
 
 
-def v2_metadata(class_names: Sequence[str]) -> tuple[list[dict], list[dict]]:
+def v2_metadata(class_names: Sequence[str], scored: bool = True) -> tuple[list[dict], list[dict]]:
     """V2 model metadata: the input and output tensors of :func:`v2_images` / :func:`v2_outputs`."""
     c = len(class_names)
     inputs = [{"name": V2_INPUT, "datatype": "BYTES", "shape": [-1]}]
@@ -363,7 +363,8 @@ def v2_metadata(class_names: Sequence[str]) -> tuple[list[dict], list[dict]]:
         {"name": "label", "datatype": "BYTES", "shape": [-1]},
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, c]},
         {"name": "class_names", "datatype": "BYTES", "shape": [c]},
-        {"name": "in_distribution_score", "datatype": "FP32", "shape": [-1]},
     ]
+    if scored:  # a model with an unknown rule (every model trained since it exists)
+        outputs.append({"name": "in_distribution_score", "datatype": "FP32", "shape": [-1]})
     return inputs, outputs
 
