@@ -242,6 +242,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
             feature_cache=feature_cache,
             ood_source=ood_source,
             ood_false_flag_rate=ood_false_flag_rate,
+            labels_from=labels_from,
             seed=seed,
             mlflow_tracking_uri=mlflow_tracking_uri,
             mlflow_experiment=mlflow_experiment,

@@ -23,6 +23,7 @@ def train(
     feature_cache: str,
     ood_source: str,
     ood_false_flag_rate: float,
+    labels_from: str,
     seed: int,
     mlflow_tracking_uri: str,
     mlflow_experiment: str,
@@ -45,12 +46,19 @@ def train(
     from clazzify.registry.tracking import TrackingConfig
     from clazzify.training.train import TrainConfig, train_model
 
+    # Photos moderators marked "not a class" train the "not a class" output (frozen backbone).
+    marked = ()
+    if labels_from and frozen_backbone:
+        from clazzify.scoring.labels import read_not_a_class_marks
+
+        marked = tuple(uri for _, uri in read_not_a_class_marks(labels_from))
+
     cfg = TrainConfig(
         architecture=architecture, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         patience=patience, init_weights=init_weights or None, seed=seed,
         label_smoothing=label_smoothing, class_weighting=class_weighting,
         frozen_backbone=frozen_backbone, head_l2=head_l2, feature_cache=feature_cache,
-        ood_source=ood_source, ood_false_flag_rate=ood_false_flag_rate,
+        ood_source=ood_source, ood_false_flag_rate=ood_false_flag_rate, ood_marked=marked,
     )
     out = Path(model.path)
     result = train_model(

@@ -215,3 +215,19 @@ def test_ood_source_needs_a_frozen_backbone():
 
     with pytest.raises(ConfigError, match="ood_source needs frozen_backbone=true"):
         TrainConfig(architecture="compact", ood_source="/tmp/x")
+
+
+def test_marked_photos_join_the_outliers_as_their_own_source(tmp_path):
+    from clazzify.training.ood import MARKED, load_outliers
+
+    _write_png(tmp_path / "marks" / "m.png", (9, 9, 9))
+    got = load_outliers("", 16, extra=[str(tmp_path / "marks" / "m.png")])
+    assert (got.categories, got.groups) == ([MARKED], [MARKED])
+
+
+def test_a_relabel_csv_never_makes_not_a_class_a_class(tmp_path):
+    from clazzify.core.ood import NOT_A_CLASS
+    from clazzify.training.listing import read_relabel_overrides
+
+    (tmp_path / "relabel.csv").write_text(f"uri,corrected_label\n/a.jpg,food\n/b.jpg,{NOT_A_CLASS}\n")
+    assert [o.label for o in read_relabel_overrides(str(tmp_path / "relabel.csv")).values()] == ["food"]

@@ -26,6 +26,9 @@ from clazzify.core.errors import DataError
 
 #: The label of a flagged photo in predictions, scores and queues (never a class name).
 UNKNOWN = "unknown"
+#: The manual label moderators give a photo that is none of the classes: the next run
+#: trains on it as an out-of-distribution example, never as a class.
+NOT_A_CLASS = "not_a_class"
 #: Methods whose score the model's own outputs carry (see the module docstring).
 OUTPUT_METHODS = ("msp", "outlier_exposure")
 

@@ -23,13 +23,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from clazzify.core.errors import StorageError
+
+# NOT_A_CLASS: the manual label of a photo a moderator marked "not one of the classes" (its
+# definition is in core, which training reads too). Not a valid class name for the review
+# app, and never read as a class label by training, relabel export or import.
+from clazzify.core.ood import NOT_A_CLASS
 from clazzify.scoring.database import chunks, create_db_engine, upsert
 from clazzify.scoring.schema import images, label_history, manual_labels, utcnow
-
-#: The manual label of a photo a moderator marked "not one of the classes". Not a valid class
-#: name for the review app (which refuses a model whose classes include it), and never read
-#: as a class label by training, relabel export or import.
-NOT_A_CLASS = "not_a_class"
 
 #: First key of the advisory locks that serialise label writes per photo (PostgreSQL).
 _LABEL_LOCK_SPACE = 0x6C61  # "la"

@@ -11,6 +11,7 @@ from typing import Any
 from clazzify.core import storage
 from clazzify.core.errors import DataError
 from clazzify.core.manifest import is_manifest, read_manifest_rows
+from clazzify.core.ood import NOT_A_CLASS
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def read_relabel_overrides(uri: str) -> dict[str, LabelOverride]:
     return {
         uri_key(row.get("uri")): LabelOverride(row.get("corrected_label"), "relabel_csv")
         for row in rows
-        if row.get("corrected_label")
+        if row.get("corrected_label") and row.get("corrected_label") != NOT_A_CLASS
     }
 
 

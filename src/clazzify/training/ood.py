@@ -263,12 +263,18 @@ class Outliers:
     skipped: dict[str, str]  # uri -> why it could not be used
 
 
-def load_outliers(source: str, image_size: int, *, limit: int = 5000) -> Outliers:
+#: Category and source of the photos moderators marked "not a class" (``extra`` below).
+MARKED = "moderator marks"
+
+
+def load_outliers(source: str, image_size: int, *, limit: int = 5000, extra: Sequence[str] = ()) -> Outliers:
     """Read and decode every photo of ``source``: a folder (or ``s3://`` prefix) whose
     sub-folders name categories, or a CSV/JSONL manifest with ``uri`` (or ``file``) and
     optional ``category`` and ``repository`` columns. A ``manifest.csv`` inside a folder is
     read for its ``repository`` column (the groups of cross-validation); without one the
-    category folder is the group. Undecodable files are skipped with their reason.
+    category folder is the group. ``extra`` URIs (the photos moderators marked "not a
+    class") join as category and source :data:`MARKED`; ``source`` may then be ''.
+    Undecodable files are skipped with their reason.
 
     Raises:
         DataError: the source holds no usable photo, or more than ``limit``.
@@ -277,8 +283,10 @@ def load_outliers(source: str, image_size: int, *, limit: int = 5000) -> Outlier
     from clazzify.core.imaging import image_to_array
     from clazzify.core.manifest import is_manifest, read_manifest_rows, resolve_uri
 
-    entries: list[tuple[str, str, str]] = []  # uri, category, group
-    if is_manifest(source):
+    entries: list[tuple[str, str, str]] = [(uri, MARKED, MARKED) for uri in extra]  # uri, category, group
+    if not source:
+        pass
+    elif is_manifest(source):
         rows = read_manifest_rows(source, required=())
         for row in rows:
             uri = row.get("uri") or resolve_uri(source, row.get("file"))

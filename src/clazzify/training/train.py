@@ -76,6 +76,9 @@ class TrainConfig:
         ood_false_flag_rate: the share of in-distribution validation photos the unknown
             threshold is set to flag.
         ood_limit: at most this many ``ood_source`` photos (they are decoded in memory).
+        ood_marked: URIs of photos moderators marked "not a class": extra examples of the
+            "not a class" output, beside ``ood_source`` (the entry point reads them from the
+            scores database; training reads no database).
     """
 
     architecture: str = "alexnet"
@@ -97,9 +100,10 @@ class TrainConfig:
     ood_source: str = ""
     ood_false_flag_rate: float = 0.02
     ood_limit: int = 5000
+    ood_marked: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.ood_source and not self.frozen_backbone:
+        if (self.ood_source or self.ood_marked) and not self.frozen_backbone:
             raise ConfigError("ood_source needs frozen_backbone=true (the 'not a class' output is fitted on "
                               "frozen features); leave ood_source empty for the training-free score")
         if not 0 < self.ood_false_flag_rate <= 0.5:
@@ -182,8 +186,8 @@ def _train_head(model, spec: ModelSpec, cfg: TrainConfig, train_paths, val_paths
     outliers = None
     categories: list[str] = []
     groups: list[str] = []
-    if cfg.ood_source:
-        found = load_outliers(cfg.ood_source, spec.image_size, limit=cfg.ood_limit)
+    if cfg.ood_source or cfg.ood_marked:
+        found = load_outliers(cfg.ood_source, spec.image_size, limit=cfg.ood_limit, extra=cfg.ood_marked)
         outliers = np.concatenate([
             np.asarray(fm.predict_on_batch(found.images[i : i + cfg.batch_size].astype(np.float32)))
             for i in range(0, len(found.images), cfg.batch_size)])
@@ -386,7 +390,7 @@ def train_model(
         init_weights=fetch_weights(cfg.init_weights, out_dir),
         augment=cfg.augment and not cfg.frozen_backbone,
         # outlier exposure: one more output, "not a class" (clazzify.core.ood)
-        num_outputs=num_classes + 1 if cfg.ood_source else None,
+        num_outputs=num_classes + 1 if (cfg.ood_source or cfg.ood_marked) else None,
     )
     with ExitStack() as stack:
         stack.callback(keras.mixed_precision.set_global_policy, "float32")
