@@ -231,3 +231,28 @@ def test_a_relabel_csv_never_makes_not_a_class_a_class(tmp_path):
 
     (tmp_path / "relabel.csv").write_text(f"uri,corrected_label\n/a.jpg,food\n/b.jpg,{NOT_A_CLASS}\n")
     assert [o.label for o in read_relabel_overrides(str(tmp_path / "relabel.csv")).values()] == ["food"]
+
+
+def test_evaluation_reports_false_flags_catch_rates_and_the_champion():
+    from types import SimpleNamespace
+
+    from clazzify.core.ood import OodRule
+    from clazzify.training.evaluate import ood_catch_rate, ood_markdown, ood_summary
+
+    cv = {"folds": 2, "groups": 3, "outliers": 10, "auroc": 0.97,
+          "caught": {"flagged": 9, "n": 10, "rate": 0.9, "interval": [0.6, 0.98]},
+          "per_category": {"plants": {"flagged": 5, "n": 5, "rate": 1.0, "interval": [0.5, 1.0]}}}
+    meta = SimpleNamespace(class_names=["a", "b"],
+                           ood=OodRule("outlier_exposure", 0.5, 0.02, {"cross_validated": cv}).to_dict())
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 1, 1, 1])
+    scores = np.array([0.9, 0.8, 0.1, 0.7])  # the third (a wrong answer) is flagged
+    summary = ood_summary(meta, probs, labels, scores)
+    assert summary["test_flagged"]["flagged"] == 1 and summary["test_flagged"]["rate"] == 0.25
+    assert summary["accuracy_unflagged"] == 1.0 and summary["accuracy_all"] == 0.75
+    assert ood_catch_rate(summary) == 0.9
+    text = ood_markdown(summary, {"measured": {"cross_validated": {**cv, "caught": {**cv["caught"], "rate": 0.7}}}})
+    assert "1 of 4 flagged" in text and "90.0% caught" in text and "| plants | 100.0% | 5 |" in text
+    assert "champion's cross-validated catch rate: 70.0%" in text
+    assert ood_summary(SimpleNamespace(class_names=["a"], ood=None), probs, labels, scores) is None
+    assert "no unknown rule" in ood_markdown(None)

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from clazzify.core.bundle import Predictor, load_predictor
+from clazzify.core.bundle import BundleMeta, Predictor, load_predictor
 from clazzify.core.errors import DataError
 from clazzify.core.imaging import RESAMPLE
 from clazzify.core.ood import rule_of, split_for
@@ -165,8 +165,10 @@ def ood_catch_rate(summary: dict | None) -> float | None:
     return float(cv["caught"]["rate"]) if cv else None
 
 
-def ood_markdown(summary: dict | None) -> str:
-    """The gate report's and model card's section on photos that are none of the classes."""
+def ood_markdown(summary: dict | None, champion: dict | None = None) -> str:
+    """The gate report's and model card's section on photos that are none of the classes;
+    ``champion`` is the champion's rule (``BundleMeta.ood``), compared when both have a
+    cross-validated catch rate."""
     if summary is None:
         return "\n## Unknown uploads\n\nThis model records no unknown rule (trained before it existed).\n"
     t = summary["test_flagged"]
@@ -186,6 +188,9 @@ def ood_markdown(summary: dict | None) -> str:
                      f"(95% interval {c['interval'][0]:.1%}-{c['interval'][1]:.1%}).")
         lines += ["", "| category | caught | photos |", "|---|---:|---:|"]
         lines += [f"| {cat} | {r['rate']:.1%} | {r['n']} |" for cat, r in sorted(cv["per_category"].items())]
+        theirs = ood_catch_rate({"trained": (champion or {}).get("measured") or {}})
+        if theirs is not None:
+            lines += ["", f"- The champion's cross-validated catch rate: {theirs:.1%} (this model: {c['rate']:.1%})."]
     elif summary["method"] == "msp":
         lines.append("- Training-free score (maximum softmax probability): no photos that are none of the classes "
                      "were given (`ood_source`), so no catch rate is measured; benchmarks/README.md, "
@@ -578,6 +583,7 @@ def evaluate_and_gate(
                 champion_data, lineage, out_dir,
             )
     ood = ood_summary(predictor.meta, probs, labels, scores)
+    champion_rule = BundleMeta.load(champion.bundle_dir).ood if champion else None
     (out_dir / "ood.json").write_text(json.dumps(ood, indent=2))
     decision = passes_gate(
         metrics.accuracy,
@@ -591,7 +597,7 @@ def evaluate_and_gate(
     (out_dir / "gate_report.json").write_text(decision.to_json())
     slices = source_slices(labels, probs, row_sources(test_paths, manifest), names) if manifest else []
     (out_dir / "slices.json").write_text(json.dumps([asdict(sl) for sl in slices], indent=2))
-    (out_dir / "gate_report.md").write_text(gate_markdown(decision, metrics, slices) + ood_markdown(ood))
+    (out_dir / "gate_report.md").write_text(gate_markdown(decision, metrics, slices) + ood_markdown(ood, champion_rule))
     (out_dir / "model_card.md").write_text(model_card(metrics, decision, lineage, model_name) + ood_markdown(ood))
     if tracking:
         from clazzify.registry.versions import CANDIDATE_FILE, log_candidate
