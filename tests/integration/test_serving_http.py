@@ -125,7 +125,7 @@ def test_a_photo_reaches_the_model_as_the_pixels_training_stored(server: Client,
     pixels = images_to_batch(files, stored.shape[1], ServingLimits())
     np.testing.assert_array_equal(pixels, stored)
     # ...and over HTTP the model answers exactly as it does on the stored rows.
-    engine = load_predictor(tiny_bundle, "onnx")
+    engine = load_predictor(tiny_bundle, "auto")  # the engine the server chose (int8 if it passed)
     for start in range(0, len(files), 4):
         status, out = server.json("POST", V1, v1_body(files[start : start + 4]))
         assert status == 200, out
