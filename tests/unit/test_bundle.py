@@ -89,15 +89,24 @@ def test_quantization_keeps_the_input_exact(tiny_bundle: Path):
     assert [n.op_type for n in graph.node if image in n.input] != ["QuantizeLinear"]
     assert all(n.op_type != "QuantizeLinear" for n in graph.node if image in n.input)
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)  # but it is quantized
+    # The first convolution and the head stay float: no dequantized weights feed them.
+    float_nodes = set(BundleMeta.load(tiny_bundle).int8["float_nodes"])
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    produced = {o: n for n in graph.node for o in n.output}
+    for conv in (convs[0], convs[-1]):
+        assert conv.name in float_nodes
+        weight = produced.get(conv.input[1])
+        assert weight is None or weight.op_type != "DequantizeLinear"
+    assert any(produced.get(c.input[1]) is not None for c in convs[1:-1])  # the rest is int8
 
 
-def test_a_failed_check_refits_the_temperature_keeps_the_head_float_and_says_so(
+def test_a_failed_check_refits_the_temperature_and_leaves_float32_the_default(
     tiny_bundle: Path, hdf5_dir: Path, tmp_path: Path,
 ):
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
     train, val = split_files(hdf5_dir, "train"), split_files(hdf5_dir, "val")
     result = quantize_bundle(bundle, train, val, Int8Check(max_ece=1e-9, calibration_photos=8))
-    assert result["passed"] is False and result["head_float"] is True
+    assert result["passed"] is False
     assert result["temperature"] != 1.0 and result["calibration_photos"] == 8
     graph = onnx.load(str(bundle / INT8_FILE)).graph
     assert any(n.op_type == "Div" and n.name.endswith("_over_temperature_div") for n in graph.node)
