@@ -247,8 +247,8 @@ def _predictors(bundle: Path, engine: str, calibration: np.ndarray | None = None
                 ("default", OpenVinoInt8(bundle, calibration))]
     variants = [("default", load_predictor(bundle, engine))]
     if engine == "onnx-int8":
-        variants.append(("all cores, no spinning", load_predictor(
-            bundle, engine, threads=len(os.sched_getaffinity(0)), spinning=False)))
+        variants.append(("a core left to decode, no spinning", load_predictor(
+            bundle, engine, threads=max(1, len(os.sched_getaffinity(0)) - 1), spinning=False)))
     if engine.startswith("onnx"):
         variants.append(("server threads", load_predictor(
             bundle, engine, threads=serving_threads(), spinning=False)))

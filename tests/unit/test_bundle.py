@@ -44,10 +44,11 @@ def test_an_unknown_engine_is_refused_with_the_choices(tiny_bundle: Path):
         load_predictor(tiny_bundle, "tensorrt")
 
 
-def test_serving_threads_leave_one_core_for_decoding():
-    assert serving_threads(1) == 1
-    assert serving_threads(2) == 1
-    assert serving_threads(16) == 15
+def test_serving_threads_are_one_per_core_the_process_may_use():
+    import os
+
+    assert serving_threads(2) == 2 and serving_threads(16) == 16
+    assert serving_threads() == len(os.sched_getaffinity(0))
 
 
 def test_the_bundle_carries_both_models_and_the_int8_comparison(tiny_bundle: Path, hdf5_dir: Path):
@@ -123,3 +124,23 @@ def test_a_failed_check_refits_the_temperature_and_leaves_float32_the_default(
 def test_int8_check_settings_are_validated(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         Int8Check(**kwargs)
+
+
+def test_the_gate_report_states_int8_against_float32_on_the_test_split(
+    tiny_bundle: Path, hdf5_dir: Path, tmp_path: Path,
+):
+    from clazzify.training.evaluate import predict_split
+    from clazzify.training.export import int8_report
+
+    test = split_files(hdf5_dir, "test")
+    fp32, labels = predict_split(load_predictor(tiny_bundle, "onnx"), test)
+    comparison, markdown = int8_report(tiny_bundle, test, fp32, labels)
+    assert comparison["test"]["photos"] == len(labels)
+    assert comparison["test"]["fp32_accuracy"] == float((fp32.argmax(1) == labels).mean())
+    assert comparison["validation"] == BundleMeta.load(tiny_bundle).int8
+    for name in BundleMeta.load(tiny_bundle).class_names:
+        assert f"| recall {name} |" in markdown
+    assert "passed its check" in markdown or "FAILED its check" in markdown
+    plain = Path(shutil.copytree(tiny_bundle, tmp_path / "no-int8"))
+    (plain / INT8_FILE).unlink()
+    assert int8_report(plain, test, fp32, labels) == ({}, "")

@@ -278,8 +278,9 @@ def load_predictor(
 
 
 def serving_threads(cores: int | None = None) -> int:
-    """Intra-op threads for an engine that shares its cores with request decoding: all but
-    one core of the ones this process may use, at least one (benchmarks/README.md,
-    "Request path")."""
-    cores = cores or len(os.sched_getaffinity(0))
-    return max(1, cores - 1)
+    """Intra-op threads for an engine that shares its cores with request decoding: one per
+    core this process may use, run with spinning off so that a thread with no op to run
+    sleeps and gives its core to decoding. Measured on 2 shared cores (benchmarks/README.md,
+    "Request path"): int8 with 2 non-spinning threads beat 1 thread (leaving a core to
+    decode) by 1.7-2.6x in a decode + engine pipeline, and spinning threads lost 3-6x."""
+    return max(1, cores or len(os.sched_getaffinity(0)))

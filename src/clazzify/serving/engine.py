@@ -139,8 +139,8 @@ def fetch_bundle(source: ModelSource, version: str | None = None) -> tuple[Path,
 
 def load_engine_predictor(bundle_dir: Path, engine: str) -> Predictor:
     """``engine`` (a name of :data:`clazzify.core.bundle.ENGINES` or ``auto``) as the server
-    runs it: intra-op threads on all cores but the one that decodes requests, idle threads
-    sleeping rather than spinning (benchmarks/README.md, "Request path")."""
+    runs it: one intra-op thread per core, idle threads sleeping rather than spinning, so
+    decoding gets the cores between engine calls (benchmarks/README.md, "Request path")."""
     return load_predictor(bundle_dir, engine, threads=serving_threads(), spinning=False)
 
 

@@ -22,6 +22,7 @@ from clazzify.core.imaging import RESAMPLE
 from clazzify.registry.tracking import TrackingConfig, activate, flatten_params
 from clazzify.training.calibration import expected_calibration_error
 from clazzify.training.data import DataDirs, as_paths, read_column, read_rows, split_files
+from clazzify.training.export import int8_report
 from clazzify.training.gate import Comparison, GateConfig, GateDecision, passes_gate
 from clazzify.training.lineage import LINEAGE_ARTIFACT, DatasetLineage, digests, lineage_from_manifest
 from clazzify.training.plots import plot_confusion, plot_grid
@@ -452,8 +453,10 @@ def evaluate_and_gate(
         precision=metrics.precision,
     )
     (out_dir / "gate_report.json").write_text(decision.to_json())
-    (out_dir / "gate_report.md").write_text(gate_markdown(decision, metrics))
-    (out_dir / "model_card.md").write_text(model_card(metrics, decision, lineage, model_name))
+    int8, int8_md = int8_report(predictor.bundle_dir, test_paths, probs, labels)  # int8 vs float32
+    (out_dir / "int8.json").write_text(json.dumps(int8, indent=2))
+    (out_dir / "gate_report.md").write_text(gate_markdown(decision, metrics) + "\n" + int8_md)
+    (out_dir / "model_card.md").write_text(model_card(metrics, decision, lineage, model_name) + "\n" + int8_md)
     if tracking:
         from clazzify.registry.versions import CANDIDATE_FILE, log_candidate
 
@@ -472,7 +475,7 @@ def evaluate_and_gate(
             if lineage is not None:
                 log_lineage(lineage, out_dir, source)
             names_out = ["metrics.json", "confusion.json", "confusion.png", "misclassified.png",
-                         "gate_report.json", "gate_report.md", "model_card.md"]
+                         "gate_report.json", "gate_report.md", "model_card.md", "int8.json"]
             if comparison:
                 names_out.append("comparison.json")
             for name in names_out:

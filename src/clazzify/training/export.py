@@ -191,6 +191,16 @@ def _fold_temperature_into_onnx(path: Path, temperature: float) -> None:
     onnx.save(model, str(path))
 
 
+def _blocks(paths: Sequence[Path], rows: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(images, labels)`` blocks of HDF5 split files read end to end."""
+    import h5py
+
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            for start in range(0, f["images"].shape[0], rows):
+                yield f["images"][start : start + rows], f["labels"][start : start + rows]
+
+
 def _probs(path: Path, images: Iterator[np.ndarray]) -> np.ndarray:
     import onnxruntime as ort
 
@@ -251,7 +261,6 @@ def quantize_bundle(bundle_dir: Path, train_paths: Sequence[Path], val_paths: Se
 
     from clazzify.training.calibration import fit_temperature
     from clazzify.training.data import inspect_split, read_rows
-    from clazzify.training.evaluate import iter_split
 
     start = time.perf_counter()
     fp32_path, int8_path = bundle_dir / ONNX_FILE, bundle_dir / INT8_FILE
@@ -271,21 +280,21 @@ def quantize_bundle(bundle_dir: Path, train_paths: Sequence[Path], val_paths: Se
             batch = next(self._batches, None)
             return None if batch is None else {input_name: batch}
 
-    val_labels = np.concatenate([y for _, y in iter_split(val_paths, 64)])
-    fp32 = _probs(fp32_path, (x for x, _ in iter_split(val_paths, 64)))
+    val_labels = np.concatenate([y for _, y in _blocks(val_paths)])
+    fp32 = _probs(fp32_path, (x for x, _ in _blocks(val_paths)))
     exclude = _input_nodes(model) + _edge_nodes(model)
     quantize_static(
         str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
     )
-    int8 = _probs(int8_path, (x for x, _ in iter_split(val_paths, 64)))
+    int8 = _probs(int8_path, (x for x, _ in _blocks(val_paths)))
     result = compare_int8(fp32, int8, val_labels, meta.class_names)
     result["temperature"] = 1.0
     if result["int8_ece"] > check.max_ece:
         temperature = fit_temperature(int8, val_labels)
         _fold_temperature_into_onnx(int8_path, temperature)
-        int8 = _probs(int8_path, (x for x, _ in iter_split(val_paths, 64)))
+        int8 = _probs(int8_path, (x for x, _ in _blocks(val_paths)))
         result.update(compare_int8(fp32, int8, val_labels, meta.class_names), temperature=temperature)
     result["passed"] = bool(
         result["agreement"] >= check.min_agreement
@@ -301,3 +310,33 @@ def quantize_bundle(bundle_dir: Path, train_paths: Sequence[Path], val_paths: Se
     )
     replace(meta, int8=result).save(bundle_dir)
     return result
+
+
+def int8_report(bundle_dir: Path, test_paths: Sequence[Path], fp32_probs: np.ndarray,
+                labels: np.ndarray) -> tuple[dict, str]:
+    """The int8 model against float32 on the test split, beside the export's validation
+    check, for the gate report and the model card: ``(comparison, markdown)``.
+
+    ``({}, "")`` for a bundle without an int8 model.
+    """
+    meta = BundleMeta.load(bundle_dir)
+    if not meta.int8 or not (bundle_dir / INT8_FILE).is_file():
+        return {}, ""
+    int8 = _probs(bundle_dir / INT8_FILE, (x for x, _ in _blocks(test_paths)))
+    test = compare_int8(fp32_probs, int8, labels, meta.class_names)
+    val = meta.int8
+    lines = [
+        f"**int8** ({INT8_FILE}, {val['int8_bytes'] / 1e6:.1f} MB vs {val['fp32_bytes'] / 1e6:.1f} MB): "
+        f"{'passed' if val['passed'] else 'FAILED'} its check on {val['photos']} validation photos "
+        f"(agreement {val['agreement']:.4f} >= {val['thresholds']['min_agreement']}, accuracy "
+        f"{val['fp32_accuracy']:.4f} -> {val['int8_accuracy']:.4f}, ECE {val['int8_ece']:.4f}); the "
+        f"server's auto engine serves {'int8' if val['passed'] else 'float32'}.",
+        "",
+        f"| int8 on the test split ({test['photos']} photos) | float32 | int8 |",
+        "|---|---:|---:|",
+        f"| accuracy (agreement {test['agreement']:.4f}) | {test['fp32_accuracy']:.4f} | {test['int8_accuracy']:.4f} |",
+        f"| ECE | {test['fp32_ece']:.4f} | {test['int8_ece']:.4f} |",
+    ]
+    lines += [f"| recall {name} | {r['fp32_recall']:.3f} | {r['int8_recall']:.3f} |"
+              for name, r in test["per_class"].items()]
+    return {"validation": val, "test": test}, "\n".join(lines) + "\n"
