@@ -468,6 +468,9 @@ def evaluate_and_gate(
         with mlflow.start_run(run_id=tracking.run_id):
             mlflow.log_params(flatten_params({"gate": asdict(gate)}))
             mlflow.log_metrics(metrics.flat())
+            if int8:
+                mlflow.log_metrics({f"int8_test_{k}": int8["test"][k]
+                                    for k in ("agreement", "int8_accuracy", "int8_ece")})
             if comparison and comparison.photos:
                 mlflow.log_metrics({"champion_compared_accuracy": comparison.champion_accuracy,
                                     "challenger_compared_accuracy": comparison.challenger_accuracy,
