@@ -9,8 +9,9 @@ speed does not depend on the weights), same real photos, same machine, one run:
 - engines in-process on decoded pixels, per batch size: ``onnx`` float32 with ONNX
   Runtime's defaults (every core, spinning threads; batch 1 of it is the issue's
   reference), ``onnx-int8`` (the bundle's int8 model) with the defaults and as the server
-  runs it (intra-op threads on all cores but one, no spinning), and ``openvino-int8``
-  (NNCF post-training quantization of the same ONNX model, when nncf is importable);
+  runs it (one non-spinning intra-op thread per core; and one core fewer), OpenVINO on
+  the same int8 model (``openvino-int8``), and ``openvino-nncf`` (NNCF's own post-training
+  quantization of the float32 model, OpenVINO's int8 path, when nncf is importable);
 - the request path's pieces, per image: JSON + base64 parsing of a V1 body, decoding
   (``image_to_array``), and a decode + engine pipeline in one process (decode threads
   feeding one engine thread) for each engine thread / spinning setting: where the time
@@ -214,7 +215,7 @@ class OpenVinoInt8:
     """The bundle's float32 ONNX model quantized by NNCF's post-training quantization
     (OpenVINO's own int8 path), compiled for latency as the server's OpenVINO engines are."""
 
-    engine = "openvino-int8"
+    engine = "openvino-nncf"
 
     def __init__(self, bundle: Path, calibration: np.ndarray, threads: int = 0) -> None:
         import nncf
@@ -242,7 +243,7 @@ def _predictors(bundle: Path, engine: str, calibration: np.ndarray | None = None
     ONNX Runtime's defaults, and the engine as the server runs it."""
     from clazzify.core.bundle import load_predictor, serving_threads
 
-    if engine == "openvino-int8":
+    if engine == "openvino-nncf":
         return [("server threads", OpenVinoInt8(bundle, calibration, serving_threads())),
                 ("default", OpenVinoInt8(bundle, calibration))]
     variants = [("default", load_predictor(bundle, engine))]
@@ -470,8 +471,9 @@ def main() -> None:
                         help="clazzify servers to start, ENGINE:MAX_BATCH each.")
     parser.add_argument("--systems", default="clazzify",
                         help="clazzify, grpc (the first server's gRPC port), flask, mlflow.")
-    parser.add_argument("--engines", default="onnx,onnx-int8,openvino-int8",
-                        help="Engines measured in-process (openvino-int8 needs nncf).")
+    parser.add_argument("--engines", default="onnx,onnx-int8,openvino-int8,openvino-nncf",
+                        help="Engines measured in-process: the table's, and openvino-nncf (NNCF's "
+                             "own int8 of the float32 model; needs nncf).")
     parser.add_argument("--write-sizes", type=Path, default=None,
                         help=f"Write the first server's measured sizes here (e.g. {SIZES}: "
                              "the deploy step's and manifests' one source of serving sizes).")
@@ -480,7 +482,8 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     wanted = args.systems.split(",")
-    engines = [e for e in args.engines.split(",") if e != "openvino-int8" or _has_nncf()]
+    engines = [e for e in args.engines.split(",")
+               if (e != "openvino-nncf" or _has_nncf()) and (not e.startswith("openvino") or _has_openvino())]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from clazzify.core.bundle import BundleMeta, auto_engines, find_bundle
@@ -553,8 +556,8 @@ def main() -> None:
         results["systems"][grpc_name] = {}
     log("loading the engines in-process")
     predictors = {e: _predictors(bundle, e, calibration) for e in engines}
-    if "openvino-int8" in predictors:
-        results["openvino_int8_quantize_s"] = predictors["openvino-int8"][0][1].quantize_s
+    if "openvino-nncf" in predictors:
+        results["openvino_nncf_quantize_s"] = predictors["openvino-nncf"][0][1].quantize_s
     results["agreement"] = agreement(predictors, arrays)
     results["parsing"] = measure_parsing(photos, image_size)
     running: list[tuple[str, subprocess.Popen, int, list]] = []
@@ -613,6 +616,12 @@ def main() -> None:
         sizes = serving_sizes(results, levels, model, next(iter(served)))
         args.write_sizes.write_text(json.dumps(sizes, indent=2) + "\n")
         print(f"serving sizes: {args.write_sizes}")
+
+
+def _has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 def _has_nncf() -> bool:

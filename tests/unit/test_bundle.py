@@ -34,7 +34,7 @@ def _test_images(hdf5_dir: Path) -> np.ndarray:
 
 def test_the_server_and_bundle_loading_share_one_engine_table():
     assert SERVER_ENGINES == ENGINE_CHOICES == ("auto", *ENGINES)
-    assert {"onnx", "onnx-int8", "keras", "openvino", "openvino-bf16"} <= set(ENGINES)
+    assert {"onnx", "onnx-int8", "keras", "openvino", "openvino-bf16", "openvino-int8"} <= set(ENGINES)
     for name, spec in ENGINES.items():
         assert spec.name == name and spec.file
 
@@ -144,3 +144,16 @@ def test_the_gate_report_states_int8_against_float32_on_the_test_split(
     plain = Path(shutil.copytree(tiny_bundle, tmp_path / "no-int8"))
     (plain / INT8_FILE).unlink()
     assert int8_report(plain, test, fp32, labels) == ({}, "")
+
+
+def test_openvino_runs_the_same_int8_model(tiny_bundle: Path, hdf5_dir: Path):
+    pytest.importorskip("openvino")
+    images = _test_images(hdf5_dir)
+    ort_int8 = load_predictor(tiny_bundle, "onnx-int8").predict(images)
+    predictor = load_predictor(tiny_bundle, "openvino-int8", threads=1)
+    assert predictor.engine == "openvino-int8"
+    ov_int8 = predictor.predict(images)
+    assert np.abs(ov_int8 - ort_int8).max() < 0.2  # two int8 kernels, one model
+    top2 = np.sort(ort_int8, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 0.2
+    assert (ov_int8.argmax(1) == ort_int8.argmax(1))[clear].all()
