@@ -57,9 +57,9 @@ def kserve_options(extra: list[str]) -> argparse.Namespace:
                    "default: the registry version (of a models:/ URI, or stamped into the "
                    "bundle's clazzify.json at registration), else a hash of the model file.")
 @click.option("--engine", type=click.Choice(SERVER_ENGINES), default="auto",
-              help="auto = ONNX Runtime, falling back to Keras if the ONNX model cannot load; "
-                   "openvino[-bf16] = OpenVINO on the ONNX export (pip install "
-                   "'clazzify[openvino]'; check accuracy before adopting bf16).")
+              help="auto = ONNX Runtime on the int8 model if the export's int8 check passed, "
+                   "else on float32 (onnx), else Keras; openvino[-bf16|-int8] = OpenVINO on the "
+                   "ONNX export (pip install 'clazzify[openvino]'; check accuracy before bf16).")
 @click.option("--http-port", "--http_port", default=8080,
               help="HTTP port (listens on all interfaces).")
 @click.option("--grpc-port", "--grpc_port", default=8081,
