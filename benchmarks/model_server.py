@@ -1,35 +1,35 @@
-"""Serving throughput and latency: this server against three references, in one run.
+"""Serving throughput and latency: the server next to the engine limits and decode, in one run.
 
-    python benchmarks/model_server.py [--architecture mobilenet_v2] [--image-size 224]
-                                 [--photos /work/shared/datasets/restaurant-photos]
-                                 [--seconds 6] [--concurrency 1,8,32]
+    python benchmarks/model_server.py --bundle BUNDLE_DIR [--photos DIR] [--seconds 3]
+        [--concurrency 1,8,32] [--servers auto:4,auto:8,onnx:4] [--systems clazzify]
 
-Same model (one bundle, registered in a throwaway MLflow store), same real photos, same
-machine, one run. Each system gets one image per request at concurrency 1, 8 and 32:
+Same model (a trained bundle, or an untrained ``--architecture`` when no ``--bundle``;
+speed does not depend on the weights), same real photos, same machine, one run:
 
-- clazzify: ``python -m serving`` (KServe V1, base64 JPEG, API key, adaptive batching),
-  once per engine (ONNX Runtime, and OpenVINO bfloat16 when installed);
-- flask: the original design, Flask calling Keras ``model.predict`` per request
-  (benchmarks/flask_baseline.py; raw JPEG bytes in the body);
-- mlflow: ``mlflow models serve --env-manager local`` of the registered model (its pyfunc
-  takes the same V1 base64 body; local env so the speed, not the env build, is measured);
-- clazzify gRPC: the first clazzify server's V2 gRPC port (KServe's ModelInfer, one BYTES
-  image per call, API key in metadata), the same closed loop as REST;
-- engine: each engine in-process on decoded arrays at its best batch size (the
-  ceiling) and on one image, plus the in-process request path (decode one photo, then
-  predict it) whose p99 is the floor for a server's p99 at concurrency 1.
+- engines in-process on decoded pixels, per batch size: ``onnx`` float32 with ONNX
+  Runtime's defaults (every core, spinning threads; batch 1 of it is the issue's
+  reference), ``onnx-int8`` (the bundle's int8 model) with the defaults and as the server
+  runs it (one non-spinning intra-op thread per core; and one core fewer), OpenVINO on
+  the same int8 model (``openvino-int8``), and ``openvino-nncf`` (NNCF's own post-training
+  quantization of the float32 model, OpenVINO's int8 path, when nncf is importable);
+- the request path's pieces, per image: JSON + base64 parsing of a V1 body, decoding
+  (``image_to_array``), and a decode + engine pipeline in one process (decode threads
+  feeding one engine thread) for each engine thread / spinning setting: where the time
+  between the engine limit and the server goes;
+- servers: ``python -m serving`` (KServe V1, base64 JPEG, API key, adaptive batching), one
+  per ``--servers`` entry ``ENGINE:MAX_BATCH``; optionally its gRPC port, the original
+  Flask design and ``mlflow models serve`` (``--systems``).
 
-The machine is shared, so all servers run at once and every cell (system x concurrency,
-and the in-process figures) is measured once per round, the rounds interleaved; each
-cell reports its best round. The model's weights are random (speed does not depend on
-them); the photos stay where they are. Prints a Markdown table and the target ratios,
-and writes JSON (--out).
+The machine is shared, so every cell is measured once per round, the rounds interleaved,
+and each cell reports its best round; the load average is recorded before and after.
+Prints a Markdown table and the target ratios, and writes JSON (--out).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -49,23 +49,8 @@ from common import PHOTOS, build_bundle, free_port, log, stop
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "benchmark-key-0123456789abcdef"
 SIZES = ROOT / "benchmarks" / "results" / "serving_sizes.json"
-
-
-def serving_sizes(results: dict, levels: Sequence[int], model: str) -> dict:
-    """The numbers deployment sizes come from: the default engine's best batch size and one
-    replica's best measured throughput (tests/unit/test_deploy.py holds the InferenceService's
-    --max-batch-size equal to ``best_batch_size``)."""
-    engine = results["engines"]["onnx"]
-    server = results["systems"]["clazzify (onnx)"]
-    return {
-        "source": "benchmarks/model_server.py",
-        "model": model,
-        "engine": "onnx",
-        "replica_cpus": results["cpus"],
-        "best_batch_size": int(engine["best_batch"]),
-        "engine_images_per_s_at_best_batch": round(engine["images_per_s"], 1),
-        "replica_images_per_s": round(max(server[c]["images_per_s"] for c in levels), 1),
-    }
+# A git worktree sits one level deeper than the main checkout; look beside both.
+PHOTOS = PHOTOS if PHOTOS.is_dir() else Path("/work/shared/datasets/restaurant-photos")
 
 
 def load_grpc(port: int, photos: Sequence[bytes], concurrency: int, seconds: float,
@@ -226,24 +211,59 @@ def summarize(latencies: list[float], seconds: float, errors: int = 0) -> dict:
             "p99_ms": float(np.percentile(ms, 99)), "n": len(latencies), "errors": errors}
 
 
-def _predictors(bundle: Path, engine: str):
-    """The in-process variants of ``engine`` worth trying (the best per batch counts)."""
-    if engine == "onnx":
-        from clazzify.core.bundle import OnnxPredictor
+class OpenVinoInt8:
+    """The bundle's float32 ONNX model quantized by NNCF's post-training quantization
+    (OpenVINO's own int8 path), compiled for latency as the server's OpenVINO engines are."""
 
-        return [OnnxPredictor(bundle, spinning=True), OnnxPredictor(bundle, spinning=False)]
-    from clazzify.serving.engine import load_engine_predictor
+    engine = "openvino-nncf"
 
-    return [load_engine_predictor(bundle, engine)]
+    def __init__(self, bundle: Path, calibration: np.ndarray, threads: int = 0) -> None:
+        import nncf
+        import openvino as ov
+
+        from clazzify.core.bundle import ONNX_FILE
+
+        t0 = time.perf_counter()
+        core = ov.Core()
+        model = core.read_model(str(bundle / ONNX_FILE))
+        data = nncf.Dataset([img[np.newaxis] for img in calibration])
+        quantized = nncf.quantize(model, data, subset_size=len(calibration))
+        self.quantize_s = time.perf_counter() - t0
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self._model = core.compile_model(quantized, "CPU", config)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self._model(np.ascontiguousarray(images, dtype=np.uint8))[0])
 
 
-def measure_engine(bundle: Path, engine: str, arrays: np.ndarray, seconds: float,
+def _predictors(bundle: Path, engine: str, calibration: np.ndarray | None = None):
+    """``(setting, predictor)`` variants of ``engine`` worth measuring in-process:
+    ONNX Runtime's defaults, and the engine as the server runs it."""
+    from clazzify.core.bundle import load_predictor, serving_threads
+
+    if engine == "openvino-nncf":
+        return [("server threads", OpenVinoInt8(bundle, calibration, serving_threads())),
+                ("default", OpenVinoInt8(bundle, calibration))]
+    variants = [("default", load_predictor(bundle, engine))]
+    if engine == "onnx-int8":
+        variants.append(("a core left to decode, no spinning", load_predictor(
+            bundle, engine, threads=max(1, len(os.sched_getaffinity(0)) - 1), spinning=False)))
+    if engine.startswith("onnx"):
+        variants.append(("server threads", load_predictor(
+            bundle, engine, threads=serving_threads(), spinning=False)))
+    return variants
+
+
+def measure_engine(predictors, arrays: np.ndarray, seconds: float,
                    previous: dict | None = None) -> dict:
-    """Images/s per batch size in-process, keeping the best of this and ``previous``:
-    other load on the machine only ever lowers the figures, so the maximum is the ceiling."""
-    by_batch: dict[int, dict] = dict(previous["by_batch"]) if previous else {}
-    for predictor in _predictors(bundle, engine):
-        for batch in (1, 4, 8, 16, 32, 64):
+    """Images/s per setting and batch size in-process, keeping the best of this and
+    ``previous``: other load only ever lowers the figures, so the maximum is the ceiling."""
+    out: dict = {k: dict(v) for k, v in (previous or {}).items()}
+    for setting, predictor in predictors:
+        by_batch = dict(out.get(setting, {}).get("by_batch", {}))
+        for batch in (1, 4, 8, 16):
             x = np.resize(arrays, (batch, *arrays.shape[1:]))
             predictor.predict(x)
             n, times, t_end = 0, [], time.perf_counter() + seconds
@@ -256,18 +276,89 @@ def measure_engine(bundle: Path, engine: str, arrays: np.ndarray, seconds: float
             old = by_batch.get(batch, {"images_per_s": 0.0, "p50_ms": float("inf")})
             by_batch[batch] = {"images_per_s": max(rate, old["images_per_s"]),
                                "p50_ms": min(1000 * statistics.median(times), old["p50_ms"])}
-    best = max(by_batch, key=lambda b: by_batch[b]["images_per_s"])
-    return {"by_batch": by_batch, "best_batch": best,
-            "images_per_s": by_batch[best]["images_per_s"],
-            "single_image_ms": by_batch[1]["p50_ms"]}
+        best = max(by_batch, key=lambda b: by_batch[b]["images_per_s"])
+        out[setting] = {"by_batch": by_batch, "best_batch": best,
+                        "images_per_s": by_batch[best]["images_per_s"],
+                        "single_image_ms": by_batch[1]["p50_ms"]}
+    return out
 
 
-def measure_request_path(bundle: Path, engine: str, photos: Sequence[bytes],
-                         image_size: int) -> dict:
+def agreement(predictors: dict, arrays: np.ndarray) -> dict:
+    """Top-1 agreement of each engine with float32 ONNX on the benchmark's photos."""
+    ref = predictors["onnx"][0][1].predict(arrays).argmax(1)
+    return {name: float((variants[0][1].predict(arrays).argmax(1) == ref).mean())
+            for name, variants in predictors.items()}
+
+
+def measure_parsing(photos: Sequence[bytes], image_size: int) -> dict:
+    """Milliseconds per image of the request path's pure-CPU pieces, one core: JSON +
+    base64 of a V1 body, and decoding."""
+    from clazzify.core.imaging import image_to_array
+    from clazzify.serving.config import ServingLimits
+    from clazzify.serving.protocol import v1_images
+
+    limits = ServingLimits()
+    bodies = [json.dumps({"instances": [{"b64": base64.b64encode(p).decode()}]}).encode()
+              for p in photos]
+    t0 = time.perf_counter()
+    for body in bodies:
+        v1_images(json.loads(body), limits)
+    t1 = time.perf_counter()
+    for p in photos:
+        image_to_array(p, image_size)
+    t2 = time.perf_counter()
+    n = len(photos)
+    return {"json_base64_ms": 1000 * (t1 - t0) / n, "decode_ms": 1000 * (t2 - t1) / n,
+            "mean_photo_kb": sum(map(len, photos)) / n / 1024}
+
+
+def measure_pipeline(predictor, photos: Sequence[bytes], image_size: int, seconds: float,
+                     decode_threads: int, max_batch: int) -> dict:
+    """Decode threads feed one engine thread that takes up to ``max_batch`` decoded images
+    at a time, in one process: the server's work without HTTP. Images/s."""
+    import queue
+
+    from clazzify.core.imaging import image_to_array
+
+    ready: queue.Queue = queue.Queue(maxsize=4 * max_batch)
+    stop_at = time.perf_counter() + seconds
+    done = [0]
+
+    def decoder(offset: int) -> None:
+        k = offset
+        while time.perf_counter() < stop_at:
+            with contextlib.suppress(queue.Full):
+                ready.put(image_to_array(photos[k % len(photos)], image_size), timeout=0.5)
+            k += decode_threads
+
+    def engine() -> None:
+        while time.perf_counter() < stop_at:
+            try:
+                batch = [ready.get(timeout=0.5)]
+            except queue.Empty:
+                continue
+            while len(batch) < max_batch:
+                try:
+                    batch.append(ready.get_nowait())
+                except queue.Empty:
+                    break
+            predictor.predict(np.stack(batch))
+            done[0] += len(batch)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=decoder, args=(i,)) for i in range(decode_threads)]
+    threads.append(threading.Thread(target=engine))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"images_per_s": done[0] / (time.perf_counter() - t0)}
+
+
+def measure_request_path(predictor, photos: Sequence[bytes], image_size: int) -> dict:
     """Decode one photo then predict it, in-process, photo after photo: a server's floor."""
     from clazzify.core.imaging import image_to_array
 
-    predictor = _predictors(bundle, engine)[-1]
     decode, total = [], []
     for p in photos:
         t0 = time.perf_counter()
@@ -287,85 +378,135 @@ def best_of(old: dict | None, new: dict) -> dict:
     return new if old is None or new["images_per_s"] > old["images_per_s"] else old
 
 
+def reference(results: dict) -> float:
+    """The issue's yardstick: float32 ONNX Runtime alone, default threads, batch 1."""
+    return results["engines"]["onnx"]["default"]["by_batch"][1]["images_per_s"]
+
+
 def markdown(results: dict, levels: Sequence[int]) -> str:
-    lines = ["| system | " + " | ".join(f"c={c}: img/s · p50 · p99 (ms)" for c in levels) + " |",
+    ref = reference(results)
+    lines = ["| path | " + " | ".join(f"c={c}: img/s · p50 · p99 ms" for c in levels) + " |",
              "|---|" + "---|" * len(levels)]
     for name, by_level in results["systems"].items():
         cells = []
         for c in levels:
             r = by_level[c]
-            cells.append(f"{r['images_per_s']:.1f} · {r['p50_ms']:.0f} · {r['p99_ms']:.0f}"
+            cells.append(f"{r['images_per_s']:.1f} ({r['images_per_s'] / ref:.2f}×) · "
+                         f"{r['p50_ms']:.0f} · {r['p99_ms']:.0f}"
                          + (f" ({r['errors']} errors)" if r["errors"] else "")
                          if r["n"] else f"no answers ({r['errors']} errors)")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    for engine, eng in results["engines"].items():
-        path = results["request_path"][engine]
-        lines.append(f"| engine {engine} in-process | best batch {eng['best_batch']}: "
-                     f"{eng['images_per_s']:.1f} img/s | one image: "
-                     f"{eng['single_image_ms']:.1f} ms | decode+predict one photo: p50 "
-                     f"{path['p50_ms']:.0f}, p99 {path['p99_ms']:.0f} ms |")
+    lines += ["", "| engine in-process (decoded pixels) | setting | b1 | b4 | b8 | b16 | "
+              "agreement with fp32 |", "|---|---|---:|---:|---:|---:|---:|"]
+    for engine, settings in results["engines"].items():
+        for setting, eng in settings.items():
+            by = eng["by_batch"]
+            lines.append(f"| {engine} | {setting} | " + " | ".join(
+                f"{by[b]['images_per_s']:.0f}" for b in (1, 4, 8, 16)) +
+                f" | {results['agreement'].get(engine, float('nan')):.4f} |")
+    parse = results["parsing"]
+    lines += ["", f"Per image on one core: JSON + base64 {parse['json_base64_ms']:.2f} ms, "
+              f"decode {parse['decode_ms']:.2f} ms ({1000 / parse['decode_ms']:.0f} img/s; "
+              f"mean photo {parse['mean_photo_kb']:.0f} KB).", "",
+              "| decode + engine pipeline in one process | img/s |", "|---|---:|"]
+    lines += [f"| {name} | {r['images_per_s']:.1f} |" for name, r in results["pipeline"].items()]
     return "\n".join(lines)
 
 
 def ratios(results: dict, levels: Sequence[int]) -> dict[str, float]:
-    systems, top, low = results["systems"], max(levels), min(levels)
+    """The issue's targets: each server over float32 ONNX Runtime alone (default threads,
+    batch 1); p99 at the lowest concurrency over decode + engine for one image."""
+    ref, low = reference(results), min(levels)
     out = {}
-    for engine, eng in results["engines"].items():
-        ours = systems.get(f"clazzify ({engine})")
-        if not ours:
-            continue
-        best = max(ours[c]["images_per_s"] for c in levels)
-        for ref in ("flask", "mlflow"):
-            if ref in systems:
-                out[f"clazzify ({engine}) / {ref} throughput at c={top}"] = (
-                    ours[top]["images_per_s"] / max(systems[ref][top]["images_per_s"], 1e-9))
-        out[f"clazzify ({engine}) best throughput / engine best"] = best / eng["images_per_s"]
-        path = results["request_path"][engine]
-        sequential = 1000 / (path["decode_mean_ms"] + 1000 / eng["images_per_s"])
-        out[f"clazzify ({engine}) best throughput / decode+engine in sequence"] = best / sequential
-        p99 = ours[low]["p99_ms"] or float("inf")
-        out[f"clazzify ({engine}) p99 at c={low} / engine one-image latency"] = (
-            p99 / eng["single_image_ms"])
-        out[f"clazzify ({engine}) p99 at c={low} / in-process decode+predict p99"] = (
-            p99 / path["p99_ms"])
+    for name, by_level in results["systems"].items():
+        for c in levels:
+            out[f"{name} at c={c} / fp32 ORT alone b1"] = by_level[c]["images_per_s"] / ref
+        engine = results["served_engine"].get(name)
+        if engine in results["request_path"]:
+            floor = results["request_path"][engine]["p50_ms"]
+            out[f"{name} p99 at c={low} / (decode + engine, one image)"] = (
+                (by_level[low]["p99_ms"] or float("inf")) / floor)
     return out
+
+
+def serving_sizes(results: dict, levels: Sequence[int], model: str, system: str) -> dict:
+    """The numbers deployment sizes come from: the served engine's measured best batch size
+    and one replica's best measured throughput (tests/unit/test_deploy.py holds the
+    InferenceService's --max-batch-size equal to ``best_batch_size``)."""
+    engine = results["served_engine"][system]
+    eng = results["engines"][engine]["server threads"]
+    return {
+        "source": "benchmarks/model_server.py",
+        "model": model,
+        "engine": engine,
+        "replica_cpus": results["cpus"],
+        "best_batch_size": int(results["server_batch"][system]),
+        "engine_images_per_s_at_best_batch": round(eng["images_per_s"], 1),
+        "replica_images_per_s": round(max(results["systems"][system][c]["images_per_s"]
+                                          for c in levels), 1),
+    }
+
+
+def loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--architecture", default="mobilenet_v2")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="A trained bundle (with model.int8.onnx); default: an untrained "
+                             "--architecture exported here.")
+    parser.add_argument("--architecture", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--photos", type=Path, default=PHOTOS)
     parser.add_argument("--n-photos", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=3.0, help="Measured seconds per cell.")
     parser.add_argument("--rounds", type=int, default=2, help="Interleaved rounds; best counts.")
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--systems", default="clazzify,grpc,flask,mlflow")
-    parser.add_argument("--sizes-out", type=Path, default=SIZES,
-                        help="Where the measured best batch size and per-replica throughput go "
-                             "(the deploy step's and manifests' one source of serving sizes).")
-    parser.add_argument("--engines", default="onnx,openvino-bf16",
-                        help="Engines to serve and measure (openvino ones need its extra).")
+    parser.add_argument("--servers", default="auto:4,auto:8,onnx:4",
+                        help="clazzify servers to start, ENGINE:MAX_BATCH each.")
+    parser.add_argument("--systems", default="clazzify",
+                        help="clazzify, grpc (the first server's gRPC port), flask, mlflow.")
+    parser.add_argument("--engines", default="onnx,onnx-int8,openvino-int8,openvino-nncf",
+                        help="Engines measured in-process: the table's, and openvino-nncf (NNCF's "
+                             "own int8 of the float32 model; needs nncf).")
+    parser.add_argument("--write-sizes", type=Path, default=None,
+                        help=f"Write the first server's measured sizes here (e.g. {SIZES}: "
+                             "the deploy step's and manifests' one source of serving sizes).")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON results (default: serving.json in the work folder).")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     wanted = args.systems.split(",")
-    engines = [e for e in args.engines.split(",") if e == "onnx" or _has_openvino()]
+    engines = [e for e in args.engines.split(",")
+               if (e != "openvino-nncf" or _has_nncf()) and (not e.startswith("openvino") or _has_openvino())]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from clazzify.core.bundle import BundleMeta, auto_engines, find_bundle
 
     work = Path(tempfile.mkdtemp(prefix="clazzify-bench-"))
     tracking = f"sqlite:///{work / 'mlflow.db'}"
-    log(f"building an untrained {args.architecture} at {args.image_size} px in {work}")
-    bundle = build_bundle(work, args.architecture, args.image_size)
+    if args.bundle:
+        bundle = find_bundle(args.bundle)
+        model = f"{BundleMeta.load(bundle).architecture} {BundleMeta.load(bundle).image_size} px, trained"
+    else:
+        log(f"building an untrained {args.architecture} at {args.image_size} px in {work}")
+        bundle = build_bundle(work, args.architecture, args.image_size)
+        model = f"{args.architecture} {args.image_size} px, untrained"
+    image_size = BundleMeta.load(bundle).image_size
     version = register(bundle, tracking)
-    photos, source = load_photos(args.photos, args.n_photos, seed=0)
+    photos, source = load_photos(args.photos, args.n_photos + 200, seed=0)
+    photos, calibration_photos = photos[: args.n_photos], photos[args.n_photos :]
     log(f"registered as models:/clazzify/{version}; {source}")
 
     from clazzify.core.imaging import image_to_array
 
-    arrays = np.stack([image_to_array(p, args.image_size) for p in photos])
+    arrays = np.stack([image_to_array(p, image_size) for p in photos])
+    calibration = np.stack([image_to_array(p, image_size) for p in calibration_photos])
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "CLAZZIFY_API_KEYS": KEY,
            # mlflow models serve runs `uvicorn` from PATH: the one beside this interpreter
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -382,13 +523,20 @@ def main() -> None:
             json.dumps({"instances": [{"b64": base64.b64encode(p).decode()}]}).encode(),
             {"Content-Type": "application/json"}) for p in photos]
     plans = []  # (name, command, health path, requests)
+    served: dict[str, str] = {}
+    server_batch: dict[str, int] = {}
     grpc_ports: dict[str, int] = {}
     if "clazzify" in wanted:
-        for engine in engines:
-            grpc_ports[engine] = free_port()
-            plans.append((f"clazzify ({engine})", [sys.executable, "-m", "serving", "--model-uri",
-                          uri, "--engine", engine, "--grpc-port", str(grpc_ports[engine]),
-                          "--http-port"], "/v2/health/ready", v1))
+        for spec in args.servers.split(","):
+            engine, _, batch = spec.partition(":")
+            name = f"clazzify ({engine}, batch {batch or 4})"
+            served[name] = auto_engines(bundle)[0] if engine == "auto" else engine
+            server_batch[name] = int(batch or 4)
+            grpc_ports[name] = free_port()
+            plans.append((name, [sys.executable, "-m", "serving", "--model-uri", uri,
+                                 "--engine", engine, "--max-batch-size", str(batch or 4),
+                                 "--grpc-port", str(grpc_ports[name]), "--http-port"],
+                          "/v2/health/ready", v1))
     if "flask" in wanted:
         plans.append(("flask", [sys.executable, str(ROOT / "benchmarks" / "flask_baseline.py"),
                                 str(bundle)], "/health", raw))
@@ -397,31 +545,44 @@ def main() -> None:
                                  "--env-manager", "local", "--host", "127.0.0.1", "--port"],
                       "/ping", b64))
 
-    results: dict = {"model": f"{args.architecture} {args.image_size} px, untrained",
-                     "photos": source, "cpus": os.cpu_count(), "seconds_per_cell": args.seconds,
+    results: dict = {"model": model, "photos": source, "cpus": os.cpu_count(),
+                     "load_before": loadavg(), "seconds_per_cell": args.seconds,
                      "rounds": args.rounds, "engines": {}, "request_path": {},
+                     "pipeline": {}, "served_engine": served, "server_batch": server_batch,
                      "systems": {name: {} for name, *_ in plans}}
-    grpc_engine = next(iter(grpc_ports), None) if "grpc" in wanted else None
-    grpc_name = f"clazzify ({grpc_engine}) gRPC"
-    if grpc_engine:
+    grpc_server = next(iter(grpc_ports), None) if "grpc" in wanted else None
+    grpc_name = f"{grpc_server} gRPC"
+    if grpc_server:
         results["systems"][grpc_name] = {}
+    log("loading the engines in-process")
+    predictors = {e: _predictors(bundle, e, calibration) for e in engines}
+    if "openvino-nncf" in predictors:
+        results["openvino_nncf_quantize_s"] = predictors["openvino-nncf"][0][1].quantize_s
+    results["agreement"] = agreement(predictors, arrays)
+    results["parsing"] = measure_parsing(photos, image_size)
     running: list[tuple[str, subprocess.Popen, int, list]] = []
     try:
         for name, cmd, health, requests in plans:
             port = free_port()
             log(f"starting {name} on port {port}")
-            slug = name.replace(" ", "").replace("(", "-").replace(")", "")
+            slug = "".join(ch for ch in name if ch.isalnum())
             proc = start([*cmd, str(port)], port, health, env, logs / f"{slug}.log")
             running.append((name, proc, port, requests))
         for rnd in range(1, args.rounds + 1):
-            for engine in engines:
+            for engine, variants in predictors.items():
                 log(f"round {rnd}: the {engine} engine in-process")
                 results["engines"][engine] = measure_engine(
-                    bundle, engine, arrays[:64], 0.75, previous=results["engines"].get(engine))
-                path = measure_request_path(bundle, engine, photos, args.image_size)
+                    variants, arrays[:64], 0.75, previous=results["engines"].get(engine))
+                path = measure_request_path(variants[-1][1], photos[:64], image_size)
                 old = results["request_path"].get(engine)
                 results["request_path"][engine] = (
                     path if old is None or path["p99_ms"] < old["p99_ms"] else old)
+                for setting, predictor in variants:
+                    for batch in (1, 4, 8):
+                        key = f"{engine} {setting}, engine batch ≤ {batch}"
+                        r = measure_pipeline(predictor, photos, image_size, args.seconds / 2,
+                                             decode_threads=2, max_batch=batch)
+                        results["pipeline"][key] = best_of(results["pipeline"].get(key), r)
             for c in levels:
                 for name, _, port, requests in running:
                     r = load(port, requests, c, args.seconds, warmup=1.0)
@@ -429,8 +590,8 @@ def main() -> None:
                         f"p50 {r['p50_ms'] or 0:.0f} ms p99 {r['p99_ms'] or 0:.0f} ms "
                         f"errors {r['errors']}")
                     results["systems"][name][c] = best_of(results["systems"][name].get(c), r)
-                if grpc_engine:
-                    r = load_grpc(grpc_ports[grpc_engine], photos, c, args.seconds, warmup=1.0)
+                if grpc_server:
+                    r = load_grpc(grpc_ports[grpc_server], photos, c, args.seconds, warmup=1.0)
                     log(f"round {rnd}: {grpc_name} c={c}: {r['images_per_s']:.1f} img/s "
                         f"p50 {r['p50_ms'] or 0:.0f} ms p99 {r['p99_ms'] or 0:.0f} ms "
                         f"errors {r['errors']}")
@@ -439,32 +600,34 @@ def main() -> None:
     finally:
         for _, proc, _, _ in running:
             stop(proc)
+    results["load_after"] = loadavg()
 
     out = args.out or work / "serving.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"model: {model}; {source}; {results['cpus']} CPUs; load average before "
+          f"{results['load_before']}, after {results['load_after']}")
     print(markdown(results, levels))
     print()
     for name, value in ratios(results, levels).items():
         print(f"- {name}: {value:.2f}")
-    print()
-    for engine, eng in results["engines"].items():
-        path = results["request_path"][engine]
-        print(f"engine {engine} by batch: " + ", ".join(
-            f"{b}: {r['images_per_s']:.0f}/s" for b, r in eng["by_batch"].items()))
-    print(f"decode (image_to_array) per photo: mean {path['decode_mean_ms']:.1f} ms, "
-          f"p50 {path['decode_p50_ms']:.1f} ms, p99 {path['decode_p99_ms']:.1f} ms")
     print(f"results: {out}")
-    if "onnx" in results["engines"] and "clazzify (onnx)" in results["systems"]:
-        sizes = serving_sizes(results, levels, f"{args.architecture} {args.image_size} px")
-        args.sizes_out.write_text(json.dumps(sizes, indent=2) + "\n")
-        print(f"serving sizes: {args.sizes_out}")
+    if args.write_sizes and served:
+        sizes = serving_sizes(results, levels, model, next(iter(served)))
+        args.write_sizes.write_text(json.dumps(sizes, indent=2) + "\n")
+        print(f"serving sizes: {args.write_sizes}")
 
 
 def _has_openvino() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("openvino") is not None
+
+
+def _has_nncf() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("openvino", "nncf"))
 
 
 if __name__ == "__main__":

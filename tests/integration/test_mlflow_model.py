@@ -93,6 +93,14 @@ def test_a_candidate_that_fails_the_gate_is_logged_not_registered(
     assert logged.tags["gate"] == "failed" and logged.source_run_id == run.info.run_id
     assert "test_accuracy" in {m.key for m in logged.metrics}
     assert mlflow.MlflowClient().search_model_versions("name='clazzify'") == []
+    # The int8 model's comparison with float32 is in the report, the card and the run.
+    for name in ("gate_report.md", "model_card.md"):
+        text = (tmp_path / "eval" / name).read_text()
+        assert "**int8**" in text and "int8 on the test split" in text, name
+    int8 = json.loads((tmp_path / "eval" / "int8.json").read_text())
+    assert int8["test"]["photos"] > 0 and "agreement" in int8["validation"]
+    run_metrics = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
+    assert run_metrics["int8_test_agreement"] == pytest.approx(int8["test"]["agreement"])
 
 
 @pytest.mark.slow

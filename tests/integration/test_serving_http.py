@@ -126,13 +126,38 @@ def test_a_photo_reaches_the_model_as_the_pixels_training_stored(server: Client,
     pixels = images_to_batch(files, stored.shape[1], ServingLimits())
     np.testing.assert_array_equal(pixels, stored)
     # ...and over HTTP the model answers exactly as it does on the stored rows.
-    engine = load_predictor(tiny_bundle, "onnx")
+    engine = load_predictor(tiny_bundle, "auto")  # the engine the server chose (int8 if it passed)
     for start in range(0, len(files), 4):
         status, out = server.json("POST", V1, v1_body(files[start : start + 4]))
         assert status == 200, out
         got = np.array([list(p["probabilities"].values()) for p in out["predictions"]])
         want = engine.predict(stored[start : start + 4])
         np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["onnx-int8", "onnx"])
+def test_each_served_engine_answers_as_it_does_on_the_pixels_training_stored(
+    engine: str, photos, tiny_bundle: Path, tmp_path: Path,
+):
+    """Training/serving parity for the int8 model too: a photo sent over HTTP to a server
+    on ``engine`` gets what that engine gives on the row training stored."""
+    files = [p for p, _ in photos[:8]]
+    stored = np.stack([row for _, row in photos[:8]])
+    with running_server(["--model-uri", str(tiny_bundle), "--engine", engine, *SERVER_ARGS],
+                        tmp_path / "server.log") as port:
+        client = Client(port)
+        got = []
+        for start in range(0, len(files), 4):
+            status, out = client.json("POST", V1, v1_body(files[start : start + 4]))
+            assert status == 200, out
+            got += [list(p["probabilities"].values()) for p in out["predictions"]]
+        client.close()
+    want = load_predictor(tiny_bundle, engine).predict(stored)
+    np.testing.assert_allclose(np.array(got), want, atol=1e-5)
+    if engine == "onnx-int8":  # and it is the int8 model, not float32 under another name
+        fp32 = load_predictor(tiny_bundle, "onnx").predict(stored)
+        assert not np.allclose(want, fp32, atol=1e-6)
 
 
 def test_onnx_and_keras_engines_agree_on_the_test_split(tiny_bundle: Path, hdf5_dir: Path):

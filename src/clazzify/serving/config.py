@@ -4,13 +4,13 @@
 import re
 from dataclasses import dataclass, field
 
-from clazzify.core.bundle import BUNDLE_ENGINES
+from clazzify.core.bundle import ENGINE_CHOICES
 from clazzify.core.errors import ConfigError
 from clazzify.core.imaging import ImageLimits
 
-#: The model server's ``--engine`` choices: a bundle's own engines, ``auto`` (ONNX, falling
-#: back to Keras) and OpenVINO on the ONNX file.
-SERVER_ENGINES = ("auto", *BUNDLE_ENGINES, "openvino", "openvino-bf16")
+#: The model server's ``--engine`` choices: ``auto`` (int8 when its check passed, else ONNX,
+#: else Keras) and every engine of the one engine table, clazzify.core.bundle.ENGINES.
+SERVER_ENGINES = ENGINE_CHOICES
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 

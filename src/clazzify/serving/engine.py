@@ -18,10 +18,11 @@ from clazzify.core.bundle import (
     KERAS_FILE,
     ONNX_FILE,
     BundleMeta,
-    OnnxPredictor,
+    OpenVinoPredictor,  # noqa: F401  (re-exported: it lived here before the engine table)
     Predictor,
     find_bundle,
     load_predictor,
+    serving_threads,
 )
 from clazzify.core.errors import ClazzifyError, ConfigError, DataError, StorageError
 from clazzify.core.ood import split_for
@@ -128,51 +129,11 @@ def fetch_bundle(source: ModelSource, version: str | None = None) -> tuple[Path,
         raise
 
 
-class OpenVinoPredictor(Predictor):
-    """OpenVINO on the bundle's ONNX model.
-
-    ``precision="bf16"`` runs in bfloat16 on CPUs that have it (AVX-512 BF16, AMX); its
-    probabilities differ from float32 in the second or third decimal, so adopt it only
-    where the test-split accuracy stays the same (see benchmarks/README.md).
-    """
-
-    def __init__(self, bundle_dir: Path, *, precision: str = "f32") -> None:
-        super().__init__(bundle_dir)
-        try:
-            import openvino as ov
-        except ImportError as e:
-            raise ConfigError(
-                "the openvino engines need the openvino package: pip install 'clazzify[openvino]'"
-            ) from e
-        path = self.bundle_dir / ONNX_FILE
-        if not path.is_file():
-            raise DataError(f"{path} is missing: OpenVINO reads the bundle's ONNX export")
-        self.engine = f"openvino-{precision}"
-        # LATENCY: every core on one inference at a time, as the batcher makes one call at
-        # a time (THROUGHPUT streams only pay off with several calls in flight).
-        self._model = ov.Core().compile_model(
-            str(path), "CPU",
-            {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"},
-        )
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self._model(np.ascontiguousarray(images, dtype=np.uint8))[0])
-
-
 def load_engine_predictor(bundle_dir: Path, engine: str) -> Predictor:
-    """ONNX Runtime for ``onnx``; Keras for ``keras``; ``auto`` tries ONNX, then Keras;
-    ``openvino`` / ``openvino-bf16`` run the ONNX export on OpenVINO in float32 / bfloat16."""
-    if engine.startswith("openvino"):
-        return OpenVinoPredictor(bundle_dir, precision="bf16" if engine.endswith("bf16") else "f32")
-    if engine in ("auto", "onnx"):
-        try:
-            # Not spinning: the decode threads share the cores with the engine's threads.
-            return OnnxPredictor(bundle_dir, spinning=False)
-        except (DataError, RuntimeError, OSError) as e:
-            if engine == "onnx":
-                raise
-            log.warning("ONNX Runtime cannot load %s (%s); falling back to Keras", bundle_dir, e)
-    return load_predictor(bundle_dir, "keras")
+    """``engine`` (a name of :data:`clazzify.core.bundle.ENGINES` or ``auto``) as the server
+    runs it: one intra-op thread per core, idle threads sleeping rather than spinning, so
+    decoding gets the cores between engine calls (benchmarks/README.md, "Request path")."""
+    return load_predictor(bundle_dir, engine, threads=serving_threads(), spinning=False)
 
 
 def load_engine(

@@ -103,9 +103,9 @@ class OneLineCommand(click.Command):
                    "default: the registry version (of a models:/ URI, or stamped into the "
                    "bundle's clazzify.json at registration), else a hash of the model file.")
 @click.option("--engine", type=click.Choice(SERVER_ENGINES), default="auto",
-              help="auto = ONNX Runtime, falling back to Keras if the ONNX model cannot load; "
-                   "openvino[-bf16] = OpenVINO on the ONNX export (pip install "
-                   "'clazzify[openvino]'; check accuracy before adopting bf16).")
+              help="auto = ONNX Runtime on the int8 model if the export's int8 check passed, "
+                   "else on float32 (onnx), else Keras; openvino[-bf16|-int8] = OpenVINO on the "
+                   "ONNX export (pip install 'clazzify[openvino]'; check accuracy before bf16).")
 @click.option("--host", envvar=HOST_ENV, default="127.0.0.1",
               help="Interface to listen on (HTTP and gRPC): 127.0.0.1 is this machine only; "
                    f"0.0.0.0 every interface (the serving image sets ${HOST_ENV}=0.0.0.0: "

@@ -23,6 +23,7 @@ from clazzify.core.ood import rule_of, split_for
 from clazzify.registry.tracking import TrackingConfig, activate, flatten_params
 from clazzify.training.calibration import expected_calibration_error
 from clazzify.training.data import DataDirs, as_paths, read_column, read_rows, split_files
+from clazzify.training.export import int8_report
 from clazzify.training.gate import Comparison, GateConfig, GateDecision, passes_gate
 from clazzify.training.lineage import LINEAGE_ARTIFACT, DatasetLineage, digests, lineage_from_manifest
 from clazzify.training.plots import plot_confusion, plot_grid
@@ -597,8 +598,12 @@ def evaluate_and_gate(
     (out_dir / "gate_report.json").write_text(decision.to_json())
     slices = source_slices(labels, probs, row_sources(test_paths, manifest), names) if manifest else []
     (out_dir / "slices.json").write_text(json.dumps([asdict(sl) for sl in slices], indent=2))
-    (out_dir / "gate_report.md").write_text(gate_markdown(decision, metrics, slices) + ood_markdown(ood, champion_rule))
-    (out_dir / "model_card.md").write_text(model_card(metrics, decision, lineage, model_name) + ood_markdown(ood))
+    int8, int8_md = int8_report(predictor.bundle_dir, test_paths, probs, labels)  # int8 vs float32
+    (out_dir / "int8.json").write_text(json.dumps(int8, indent=2))
+    (out_dir / "gate_report.md").write_text(
+        gate_markdown(decision, metrics, slices) + "\n" + int8_md + ood_markdown(ood, champion_rule))
+    (out_dir / "model_card.md").write_text(
+        model_card(metrics, decision, lineage, model_name) + "\n" + int8_md + ood_markdown(ood))
     if tracking:
         from clazzify.registry.versions import CANDIDATE_FILE, log_candidate
 
@@ -610,6 +615,9 @@ def evaluate_and_gate(
         with mlflow.start_run(run_id=tracking.run_id):
             mlflow.log_params(flatten_params({"gate": asdict(gate)}))
             mlflow.log_metrics(metrics.flat())
+            if int8:
+                mlflow.log_metrics({f"int8_test_{k}": int8["test"][k]
+                                    for k in ("agreement", "int8_accuracy", "int8_ece")})
             if comparison and comparison.photos:
                 mlflow.log_metrics({"champion_compared_accuracy": comparison.champion_accuracy,
                                     "challenger_compared_accuracy": comparison.challenger_accuracy,
@@ -617,7 +625,8 @@ def evaluate_and_gate(
             if lineage is not None:
                 log_lineage(lineage, out_dir, source)
             names_out = ["metrics.json", "confusion.json", "confusion.png", "misclassified.png",
-                         "gate_report.json", "gate_report.md", "model_card.md", "slices.json", "ood.json"]
+                         "gate_report.json", "gate_report.md", "model_card.md", "slices.json", "ood.json",
+                         "int8.json"]
             if comparison:
                 names_out.append("comparison.json")
             for name in names_out:

@@ -1,26 +1,39 @@
 """Write a trained Keras model as a bundle (see :mod:`clazzify.core.bundle`): .keras, ONNX
-checked for parity with Keras, and the metadata file."""
+checked for parity with Keras, the int8 model with its measured comparison, and the metadata
+file."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from clazzify.core.bundle import KERAS_FILE, ONNX_FILE, BundleMeta
-from clazzify.core.errors import DataError
+from clazzify.core.bundle import INT8_FILE, KERAS_FILE, ONNX_FILE, BundleMeta
+from clazzify.core.errors import ConfigError, DataError
+from clazzify.core.ood import split_for
 from clazzify.training.models import inference_model
 
 
-def export_bundle(model, meta: BundleMeta, bundle_dir: Path, *, onnx: bool = True) -> Path:
+def export_bundle(
+    model, meta: BundleMeta, bundle_dir: Path, *, onnx: bool = True,
+    int8_data: tuple[Sequence[Path], Sequence[Path]] | None = None,
+    int8_check: Int8Check | None = None,
+) -> Path:
     """Save ``model``'s inference twin (no augmentation layers) as .keras (and ONNX) plus
     metadata into ``bundle_dir``.
 
     The twin holds only stock Keras layers, so the model server loads the .keras file
     without importing the training code's augmentation layer.
+
+    ``int8_data``: the ``(train, val)`` HDF5 files; with them (and ONNX) the ONNX model is
+    also quantized to int8 and compared with float32 (:func:`quantize_bundle`), the
+    comparison recorded in the metadata's ``int8``.
     """
     bundle_dir.mkdir(parents=True, exist_ok=True)
 
@@ -33,6 +46,8 @@ def export_bundle(model, meta: BundleMeta, bundle_dir: Path, *, onnx: bool = Tru
     elif onnx:
         export_onnx_with_tensorflow(bundle_dir / KERAS_FILE, bundle_dir / ONNX_FILE, meta.image_size)
     meta.save(bundle_dir)
+    if onnx and int8_data is not None:
+        quantize_bundle(bundle_dir, *int8_data, int8_check or Int8Check())
     return bundle_dir
 
 
@@ -90,3 +105,242 @@ def check_onnx_parity(model, onnx_path: Path, image_size: int, *, atol: float = 
     worst = float(np.abs(expected - got).max())
     if worst > atol:
         raise DataError(f"{onnx_path} disagrees with the Keras model by {worst:.2g} (> {atol}) on the same images")
+
+
+# --------------------------------------------------------------------------- int8
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    """What the int8 model must show against the float32 model on the validation split
+    before ``auto`` serves it.
+
+    Attributes:
+        min_agreement: share of validation photos on which both give the same top-1 class.
+        max_accuracy_drop: most validation accuracy (a fraction) int8 may lose.
+        max_ece: largest expected calibration error of the int8 outputs; above it the
+            temperature is refitted on the int8 outputs and folded into the int8 graph.
+        calibration_photos: training photos the activation ranges are calibrated on.
+        seed: which training photos.
+    """
+
+    min_agreement: float = 0.995
+    max_accuracy_drop: float = 0.003
+    max_ece: float = 0.03
+    calibration_photos: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_agreement <= 1.0:
+            raise ConfigError(f"min_agreement must be within (0, 1], got {self.min_agreement}")
+        if not 0.0 <= self.max_accuracy_drop < 1.0:
+            raise ConfigError(f"max_accuracy_drop must be within [0, 1), got {self.max_accuracy_drop}")
+        if not 0.0 < self.max_ece <= 1.0:
+            raise ConfigError(f"max_ece must be within (0, 1], got {self.max_ece}")
+        if self.calibration_photos < 1:
+            raise ConfigError(f"calibration_photos must be >= 1, got {self.calibration_photos}")
+
+
+def _input_nodes(model) -> list[str]:
+    """The nodes between the graph input and the first convolution (the uint8 cast and the
+    rescaling): left in float so the input reaches the first layer exactly."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    keep, frontier = [], [i.name for i in model.graph.input]
+    seen: set[str] = set()
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            if node.name in seen or node.op_type in ("Conv", "MatMul", "Gemm"):
+                continue
+            seen.add(node.name)
+            keep.append(node.name)
+            frontier.extend(node.output)
+    return keep
+
+
+def _edge_nodes(model) -> list[str]:
+    """The first convolution, and the last convolution with everything after it (pooling,
+    classifier, softmax): the layers int8 hurts most, left in float. Measured on the
+    default model: quantizing them moved probabilities by up to 0.6 and flipped 3 of 201
+    test photos; in float, 2 flips that cancel out (benchmarks/README.md, "int8")."""
+    nodes = list(model.graph.node)
+    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    if not convs:
+        return []
+    return [nodes[convs[0]].name] + [n.name for n in nodes[convs[-1]:]]
+
+
+def _fold_temperature_into_onnx(path: Path, temperature: float) -> None:
+    """Divide the logits that feed the graph's final Softmax by ``temperature``."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
+    if not softmax:
+        raise DataError(f"{path} has no Softmax to recalibrate")
+    node = softmax[-1]
+    scaled = f"{node.input[0]}_over_temperature"
+    const = numpy_helper.from_array(np.array(temperature, dtype=np.float32), f"{scaled}_t")
+    model.graph.initializer.append(const)
+    div = helper.make_node("Div", [node.input[0], const.name], [scaled], name=f"{scaled}_div")
+    index = list(model.graph.node).index(node)
+    model.graph.node.insert(index, div)
+    node.input[0] = scaled
+    onnx.save(model, str(path))
+
+
+def _blocks(paths: Sequence[Path], rows: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(images, labels)`` blocks of HDF5 split files read end to end."""
+    import h5py
+
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            for start in range(0, f["images"].shape[0], rows):
+                yield f["images"][start : start + rows], f["labels"][start : start + rows]
+
+
+def _probs(path: Path, images: Iterator[np.ndarray], meta: BundleMeta) -> np.ndarray:
+    """The class probabilities of the ONNX model at ``path`` ("not a class" split off by the
+    bundle's unknown rule, as every consumer does)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    raw = np.concatenate([session.run(None, {name: np.ascontiguousarray(x)})[0] for x in images])
+    return split_for(meta, raw)[0]
+
+
+def compare_int8(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray,
+                 class_names: Sequence[str]) -> dict:
+    """Top-1 agreement, accuracy and ECE of both, and recall per class, on one split."""
+    from clazzify.training.calibration import expected_calibration_error
+
+    labels = np.asarray(labels, dtype=np.int64)
+    a, b = fp32.argmax(axis=1), int8.argmax(axis=1)
+    per_class = {}
+    for k, name in enumerate(class_names):
+        mask = labels == k
+        if mask.any():
+            per_class[name] = {"fp32_recall": float((a[mask] == k).mean()),
+                               "int8_recall": float((b[mask] == k).mean()), "support": int(mask.sum())}
+    return {
+        "photos": int(len(labels)),
+        "agreement": float((a == b).mean()),
+        "fp32_accuracy": float((a == labels).mean()),
+        "int8_accuracy": float((b == labels).mean()),
+        "fp32_ece": expected_calibration_error(labels, fp32),
+        "int8_ece": expected_calibration_error(labels, int8),
+        "per_class": per_class,
+    }
+
+
+def quantize_bundle(bundle_dir: Path, train_paths: Sequence[Path], val_paths: Sequence[Path],
+                    check: Int8Check = Int8Check()) -> dict:
+    """Write ``model.int8.onnx`` beside ``model.onnx`` and record how it compares.
+
+    ONNX Runtime's ``quantize_static``: QDQ format, int8 weights per output channel, uint8
+    activations whose ranges are calibrated (min/max) on ``check.calibration_photos``
+    training photos. The nodes before the first convolution stay float, so the input is
+    exact, and so do the first convolution and the head (:func:`_edge_nodes`). It is
+    compared with the float32 model on the validation split (:func:`compare_int8`). An ECE
+    above ``check.max_ece`` refits the temperature on the int8 outputs and folds it into
+    the int8 graph. The result goes into the bundle's metadata (``int8``), where ``passed``
+    makes the ``auto`` engine serve int8; a failed check leaves float32 the default.
+
+    Returns:
+        The comparison: agreement, accuracy and ECE of both, per-class recall, the nodes
+        left in float, the int8 temperature and ``passed``.
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from clazzify.training.calibration import fit_temperature
+    from clazzify.training.data import inspect_split, read_rows
+
+    start = time.perf_counter()
+    fp32_path, int8_path = bundle_dir / ONNX_FILE, bundle_dir / INT8_FILE
+    meta = BundleMeta.load(bundle_dir)
+    total = inspect_split(train_paths).total
+    rows = np.sort(np.random.default_rng(check.seed).choice(
+        total, min(total, check.calibration_photos), replace=False))
+    calibration = read_rows(train_paths, rows)
+    model = onnx.load(str(fp32_path))
+    input_name = model.graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(np.array_split(calibration, max(1, len(calibration) // 16)))
+
+        def get_next(self) -> dict | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {input_name: batch}
+
+    val_labels = np.concatenate([y for _, y in _blocks(val_paths)])
+    fp32 = _probs(fp32_path, (x for x, _ in _blocks(val_paths)), meta)
+    exclude = _input_nodes(model) + _edge_nodes(model)
+    quantize_static(
+        str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
+    )
+    int8 = _probs(int8_path, (x for x, _ in _blocks(val_paths)), meta)
+    result = compare_int8(fp32, int8, val_labels, meta.class_names)
+    result["temperature"] = 1.0
+    if result["int8_ece"] > check.max_ece:
+        temperature = fit_temperature(int8, val_labels)
+        _fold_temperature_into_onnx(int8_path, temperature)
+        int8 = _probs(int8_path, (x for x, _ in _blocks(val_paths)), meta)
+        result.update(compare_int8(fp32, int8, val_labels, meta.class_names), temperature=temperature)
+    result["passed"] = bool(
+        result["agreement"] >= check.min_agreement
+        and result["fp32_accuracy"] - result["int8_accuracy"] <= check.max_accuracy_drop
+        and result["int8_ece"] <= check.max_ece
+    )
+    result.update(
+        split="val", calibration_photos=len(calibration), input_exact=True, float_nodes=exclude,
+        fp32_bytes=fp32_path.stat().st_size, int8_bytes=int8_path.stat().st_size,
+        seconds=round(time.perf_counter() - start, 1),
+        thresholds={"min_agreement": check.min_agreement,
+                    "max_accuracy_drop": check.max_accuracy_drop, "max_ece": check.max_ece},
+    )
+    replace(meta, int8=result).save(bundle_dir)
+    return result
+
+
+def int8_report(bundle_dir: Path, test_paths: Sequence[Path], fp32_probs: np.ndarray,
+                labels: np.ndarray) -> tuple[dict, str]:
+    """The int8 model against float32 on the test split, beside the export's validation
+    check, for the gate report and the model card: ``(comparison, markdown)``.
+
+    ``({}, "")`` for a bundle without an int8 model.
+    """
+    meta = BundleMeta.load(bundle_dir)
+    if not meta.int8 or not (bundle_dir / INT8_FILE).is_file():
+        return {}, ""
+    int8 = _probs(bundle_dir / INT8_FILE, (x for x, _ in _blocks(test_paths)), meta)
+    test = compare_int8(fp32_probs, int8, labels, meta.class_names)
+    val = meta.int8
+    lines = [
+        f"**int8** ({INT8_FILE}, {val['int8_bytes'] / 1e6:.1f} MB vs {val['fp32_bytes'] / 1e6:.1f} MB): "
+        f"{'passed' if val['passed'] else 'FAILED'} its check on {val['photos']} validation photos "
+        f"(agreement {val['agreement']:.4f} >= {val['thresholds']['min_agreement']}, accuracy "
+        f"{val['fp32_accuracy']:.4f} -> {val['int8_accuracy']:.4f}, ECE {val['int8_ece']:.4f}); the "
+        f"server's auto engine serves {'int8' if val['passed'] else 'float32'}.",
+        "",
+        f"| int8 on the test split ({test['photos']} photos) | float32 | int8 |",
+        "|---|---:|---:|",
+        f"| accuracy (agreement {test['agreement']:.4f}) | {test['fp32_accuracy']:.4f} | {test['int8_accuracy']:.4f} |",
+        f"| ECE | {test['fp32_ece']:.4f} | {test['int8_ece']:.4f} |",
+    ]
+    lines += [f"| recall {name} | {r['fp32_recall']:.3f} | {r['int8_recall']:.3f} |"
+              for name, r in test["per_class"].items()]
+    return {"validation": val, "test": test}, "\n".join(lines) + "\n"

@@ -472,7 +472,8 @@ def train_model(
                 ood=ood_rule.to_dict(),
             )
             keras.mixed_precision.set_global_policy("float32")
-            bundle_dir = export_bundle(model, meta, out_dir / "bundle", onnx=cfg.onnx)
+            bundle_dir = export_bundle(model, meta, out_dir / "bundle", onnx=cfg.onnx,
+                                       int8_data=(train_paths, val_paths))
             (out_dir / "history.json").write_text(json.dumps(history, indent=2))
             curve = plot_history(history, out_dir / "learning_curve.png")
             result = TrainResult(
