@@ -28,10 +28,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from db_support import query
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 from review_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     clazzify,
     peak_rss_mib,
     review_process,
@@ -47,16 +45,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a server and a brows
 
 PG_ADMIN = os.environ.get("CLAZZIFY_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PASSWORDS = {"alice": "alice-admin-pw", "bob": "bob-moderator-pw"}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @contextmanager

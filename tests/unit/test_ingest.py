@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _images import write_img
 from PIL import Image
 
 from clazzify.core.errors import ConfigError, DataError
@@ -14,13 +15,6 @@ from clazzify.training.ingest import (
 )
 
 pytestmark = pytest.mark.unit
-
-
-def write_img(path: Path, seed: int, size=(48, 40)) -> Path:
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture()

@@ -3,21 +3,13 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from _images import write_img
 
 from clazzify.core.errors import DataError
 from clazzify.training.listing import read_manifest
 
 pytestmark = pytest.mark.unit
-
-
-def write_img(path: Path, seed: int, size=(48, 40)) -> Path:
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def test_manifest_sources(tmp_path: Path):
