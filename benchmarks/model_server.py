@@ -53,7 +53,7 @@ SIZES = ROOT / "benchmarks" / "results" / "serving_sizes.json"
 
 def serving_sizes(results: dict, levels: Sequence[int], model: str) -> dict:
     """The numbers deployment sizes come from: the default engine's best batch size and one
-    replica's best measured throughput (tests/unit/test_deploy.py holds the InferenceService's
+    replica's best measured throughput (tests/unit/test_isvc.py holds the InferenceService's
     --max-batch-size equal to ``best_batch_size``)."""
     engine = results["engines"]["onnx"]
     server = results["systems"]["clazzify (onnx)"]
