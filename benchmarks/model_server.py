@@ -431,7 +431,7 @@ def ratios(results: dict, levels: Sequence[int]) -> dict[str, float]:
 
 def serving_sizes(results: dict, levels: Sequence[int], model: str, system: str) -> dict:
     """The numbers deployment sizes come from: the served engine's measured best batch size
-    and one replica's best measured throughput (tests/unit/test_deploy.py holds the
+    and one replica's best measured throughput (tests/unit/test_isvc.py holds the
     InferenceService's --max-batch-size equal to ``best_batch_size``)."""
     engine = results["served_engine"][system]
     eng = results["engines"][engine]["server threads"]

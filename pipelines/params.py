@@ -106,15 +106,11 @@ def check_values(args: Mapping[str, Any], params: Mapping[str, inspect.Parameter
     from clazzify.core.errors import ConfigError
     from clazzify.core.imaging import ImageLimits
     from clazzify.rollout.canary import CanaryPolicy
+    from clazzify.rollout.isvc import InferenceServiceConfig
     from clazzify.training.gate import GateConfig
     from clazzify.training.ingest import IngestConfig
     from clazzify.training.models import ModelSpec
     from clazzify.training.train import TrainConfig
-
-    try:  # rollout/deploy.py became rollout/isvc.py on main (issue 19's naming)
-        from clazzify.rollout.isvc import InferenceServiceConfig
-    except ImportError:
-        from clazzify.rollout.deploy import InferenceServiceConfig
 
     p = {k: v.default for k, v in params.items() if v.default is not inspect.Parameter.empty} | dict(args)
     checks = (

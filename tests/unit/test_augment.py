@@ -1,6 +1,6 @@
 """Augmentation that XLA compiles: the geometry matches Keras' own transforms, and every
 architecture with augmentation passes Keras' ``model_supports_jit`` under TensorFlow (so
-"Model doesn't support `jit_compile=True`" cannot come back; test_backends.py checks JAX)."""
+"Model doesn't support `jit_compile=True`" cannot come back; tests/unit/test_models.py checks JAX)."""
 
 import math
 import subprocess

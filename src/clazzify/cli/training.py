@@ -204,8 +204,9 @@ def retrain_cmd(source: str, labels_from: str | None, relabel_csv: str | None, m
 
     Counts photos (by content hash) that the champion's data set did not hold and manual
     labels given after it was read; retrains when either reaches its threshold, then runs
-    `python -m pipelines.train run --local` (or `submit --host`) from the checkout. Exit
-    status 0 either way; the decision is printed as JSON.
+    `python -m pipelines.train run --local` (or `submit --host`) from the checkout. The
+    decision is printed as JSON; the exit status is 0 when nothing is retrained (or with
+    --dry-run), else the run's own (3: its gate failed).
     """
     import subprocess
     import sys
