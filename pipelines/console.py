@@ -144,6 +144,16 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
         recalls = ", ".join(f"{name} {metrics['recall'][name]:.2f} ({_interval(metrics['recall_interval'].get(name))})"
                             for name in metrics["class_names"])
         lines.append(f"Recall per class: {recalls}")
+    ood = summary.get("unknown")
+    if ood:
+        t = ood["test_flagged"]
+        line = (f"Unknown uploads: {ood['method']} rule, {t['flagged']} of {t['n']} test photos flagged "
+                f"({t['rate']:.1%}; set for {ood['false_flag_rate']:.0%} of val)")
+        cv = (ood.get("trained") or {}).get("cross_validated")
+        if cv:
+            line += (f"; {cv['caught']['rate']:.1%} of {cv['outliers']} OOD photos caught, cross-validated by "
+                     f"source (AUROC {cv['auroc']:.3f})")
+        lines.append(line)
     model = summary["model_name"]
     if summary.get("champion_version") is None:
         lines.append(f"Champion: none ({model} has no champion yet)")

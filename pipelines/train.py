@@ -483,6 +483,7 @@ def run_local(
     evaluation = run_dir / "evaluate" / "evaluation" if run_dir else Path("/nonexistent")
     gate = _read_json(evaluation / "gate_report.json")
     metrics = _read_json(evaluation / "metrics.json")
+    ood = _read_json(evaluation / "ood.json")
     trained = (_read_json(run_dir / "train" / "executor_output.json") or {}) if run_dir else {}
     run_id = trained.get("parameterValues", {}).get("run_id")
     return {
@@ -494,6 +495,7 @@ def run_local(
         "gate": {"passed": gate["passed"], "reasons": gate["reasons"]} if gate else None,
         "metrics": {k: metrics[k] for k in ("n", "accuracy", "accuracy_interval", "class_names", "recall",
                                             "recall_interval", "precision")} if metrics else None,
+        "unknown": ood,
         "champion_version": champion.version if champion else None,
         "champion_run_id": champion.run_id if champion else None,
         "registered": bool(champion and run_id and champion.run_id == run_id),

@@ -87,3 +87,16 @@ def test_the_verdict_block_of_a_failed_gate():
     assert "Champion: clazzify version 4 (unchanged, not this run)" in text
     assert "make mlflow-ui HOME_DIR=/h" in text and "make serve HOME_DIR=/h" in text
     assert text.endswith("Full log: /h/logs/run-1.log")
+
+
+def test_the_verdict_block_states_the_unknown_rule():
+    cv = {"outliers": 168, "auroc": 0.991, "caught": {"rate": 0.881}}
+    summary = {
+        "gate": {"passed": True, "reasons": []}, "model_name": "clazzify", "champion_version": 1, "registered": True,
+        "tracking_uri": "sqlite:////h/mlflow.db", "home_arg": ".clazzify", "log": "l",
+        "unknown": {"method": "outlier_exposure", "false_flag_rate": 0.02,
+                    "test_flagged": {"flagged": 3, "n": 201, "rate": 3 / 201}, "trained": {"cross_validated": cv}},
+    }
+    text = "\n".join(verdict_lines(summary))
+    assert ("Unknown uploads: outlier_exposure rule, 3 of 201 test photos flagged (1.5%; set for 2% of val); "
+            "88.1% of 168 OOD photos caught, cross-validated by source (AUROC 0.991)") in text
