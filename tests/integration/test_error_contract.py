@@ -12,6 +12,7 @@ lead removes the mark when merging it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -174,7 +175,8 @@ def assert_one_error_line(code: int, stderr: str, names: str, make: bool = False
     """Exactly one ``Error:`` line, the last one (make may add its ``make: ***`` trailer), no
     traceback, exit code 2; the line names ``names``."""
     lines = [line for line in stderr.splitlines() if line.strip()]
-    if make and lines and lines[-1].startswith("make: ***"):
+    # make's trailer is "make: ***", or "make[1]: ***" under another make (CI runs `make test`)
+    if make and lines and re.match(r"make(\[\d+\])?: \*\*\*", lines[-1]):
         lines = lines[:-1]
     errors = [line for line in lines if line.startswith("Error: ")]
     assert code == 2, f"exit code {code}\n{stderr[-3000:]}"

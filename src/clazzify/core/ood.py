@@ -17,7 +17,7 @@ A photo whose score is below the threshold is ``unknown``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -111,16 +111,21 @@ def rule_of(meta: Any) -> OodRule | None:
     return OodRule.from_dict(getattr(meta, "ood", None))
 
 
-def split_for(meta: Any, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def split_for(meta: Any, raw: np.ndarray, engine: str = "") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A model's raw outputs as ``(class probabilities [N, C], in-distribution scores [N],
     labels [N])`` under the rule its metadata records: what the model server answers, what
     evaluation scores and what the pyfunc returns, computed in this one place.
 
     ``meta`` is a :class:`clazzify.core.bundle.BundleMeta` (anything with ``class_names`` and
     ``ood``). A model without a rule gets the maximum softmax probability as its score and
-    no photo flagged.
+    no photo flagged. An int8 ``engine`` uses the threshold the int8 export set on the int8
+    model's own validation scores (``meta.int8["ood_threshold"]``): quantization moves the
+    scores, so the float32 threshold would flag another share of photos.
     """
     rule = rule_of(meta)
+    int8 = getattr(meta, "int8", None) or {}
+    if rule is not None and "int8" in engine and int8.get("ood_threshold") is not None:
+        rule = replace(rule, threshold=float(int8["ood_threshold"]))
     names = list(meta.class_names)
     probs, scores = split_outputs(raw, len(names), rule.method if rule else "msp")
     return probs, scores, labels_with_unknown(probs, scores, names, rule)

@@ -186,7 +186,7 @@ class ClazzifyKServeModel(Model):
         names = meta.class_names
         raw = np.asarray(result.probs, dtype=np.float32)
         try:
-            probs, scores, labels = split_for(meta, raw)
+            probs, scores, labels = split_for(meta, raw, result.engine.predictor.engine)
         except DataError as e:  # the bundle's clazzify.json does not match its model
             raise ClazzifyError(f"model outputs do not match its metadata: {e}") from e
         probs = check_probabilities(probs, len(raw), names)

@@ -210,7 +210,7 @@ def _train_head(model, spec: ModelSpec, cfg: TrainConfig, train_paths, val_paths
         "accuracy": [float((p_train.argmax(1) == y_train).mean())], "loss": [_nll(p_train, y_train)],
         "val_accuracy": [float((p_val.argmax(1) == y_val).mean())], "val_loss": [_nll(p_val, y_val)],
     }
-    return history, fit
+    return history, fit, (found.images if outliers is not None else None)
 
 
 def _predict_rows(model, paths, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -432,8 +432,9 @@ def train_model(
         try:
             start = time.perf_counter()
             ood_rule = None
+            outlier_images = None
             if cfg.frozen_backbone:
-                history, fit = _train_head(model, spec, cfg, train_paths, val_paths, num_classes)
+                history, fit, outlier_images = _train_head(model, spec, cfg, train_paths, val_paths, num_classes)
                 temperature = fit.temperature  # already folded into the kernel
                 ood_rule = OodRule(fit.method, fit.threshold, cfg.ood_false_flag_rate, fit.measured)
             else:
@@ -473,7 +474,7 @@ def train_model(
             )
             keras.mixed_precision.set_global_policy("float32")
             bundle_dir = export_bundle(model, meta, out_dir / "bundle", onnx=cfg.onnx,
-                                       int8_data=(train_paths, val_paths))
+                                       int8_data=(train_paths, val_paths), int8_outliers=outlier_images)
             (out_dir / "history.json").write_text(json.dumps(history, indent=2))
             curve = plot_history(history, out_dir / "learning_curve.png")
             result = TrainResult(
