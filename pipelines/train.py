@@ -64,6 +64,8 @@ EVALUATE = {"cpu_request": "2", "cpu_limit": "4", "memory_request": "4Gi", "memo
 # Secret keys -> environment variables (clazzify.core.storage reads these names).
 S3_SECRET_KEYS = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
 S3_CONFIG_KEYS = {k: k for k in ("AWS_ENDPOINT_URL", "MINIO_SECURE")}
+# The pipeline's MLflow login (MLflow runs its basic-auth app): Secret keys -> environment.
+MLFLOW_SECRET_KEYS = {k: k for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
 # Retries of the steps that talk to services: 3 more attempts after 30 s, 60 s, 120 s.
 SERVICE_RETRY = {"num_retries": 3, "backoff_duration": "30s", "backoff_factor": 2.0,
                  "backoff_max_duration": "300s"}
@@ -83,6 +85,13 @@ def use_s3(task: dsl.PipelineTask, secret: str, config: str) -> dsl.PipelineTask
     kubernetes.use_config_map_as_env(
         task, config_map_name=config, config_map_key_to_env=S3_CONFIG_KEYS
     )
+    return task
+
+
+def use_mlflow_login(task: dsl.PipelineTask, secret: str) -> dsl.PipelineTask:
+    """The pipeline's MLflow user (Secret ``secret``) as the task's environment: MLflow's
+    client sends it on every request; without it the tracking server answers 401."""
+    kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=MLFLOW_SECRET_KEYS)
     return task
 
 
@@ -168,6 +177,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
         min_new_labels: int = 0,
         s3_secret: str = "clazzify-minio",
         s3_config: str = "clazzify-s3",
+        mlflow_secret: str = "clazzify-mlflow",
         accelerator_type: str = "nvidia.com/gpu",
         gpu_count: int = 1,
         train_cpu: str = "4",
@@ -193,7 +203,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
                                  mlflow_tracking_uri=mlflow_tracking_uri,
                                  mlflow_experiment=mlflow_experiment)
         outcome.set_caching_options(False)
-        size(outcome, **SMALL)
+        size(use_mlflow_login(outcome, mlflow_secret), **SMALL)
         steps = contextlib.ExitStack()
         steps.enter_context(dsl.ExitHandler(outcome, name="run"))
         if trigger:
@@ -201,7 +211,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
                                   min_new_labels=min_new_labels, mlflow_tracking_uri=mlflow_tracking_uri,
                                   model_name=model_name)
             check.set_caching_options(False)  # new photos and labels arrive under the same parameters
-            size(use_s3(check, s3_secret, s3_config), **SMALL)
+            size(use_mlflow_login(use_s3(check, s3_secret, s3_config), mlflow_secret), **SMALL)
             steps.enter_context(dsl.If(check.output == "retrain", name="enough-new-data"))
         ingest_task = ingest(
             source=source, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, min_side=min_side,
@@ -213,7 +223,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
         # No KFP retry: ingest's failures are the data's (a missing folder, an empty source), and a
         # retry only repeats them minutes later. Transient storage and MLflow failures are retried
         # inside the step, capped, by their clients (minio's urllib3 retries, MLflow's HTTP retries).
-        size(use_s3(ingest_task, s3_secret, s3_config), **SMALL)
+        size(use_mlflow_login(use_s3(ingest_task, s3_secret, s3_config), mlflow_secret), **SMALL)
         # ingest returns the shard numbers; one preprocessing task per shard.
         with dsl.ParallelFor(ingest_task.outputs["Output"], parallelism=parallelism, name="shards") as shard:
             hdf5_task = preprocess(
@@ -251,7 +261,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
             cpu=train_cpu,
             memory=train_memory,
         )
-        size(use_s3(train_task, s3_secret, s3_config),
+        size(use_mlflow_login(use_s3(train_task, s3_secret, s3_config), mlflow_secret),
              train_cpu, train_cpu, train_memory, train_memory)
         train_task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpu_count)
         kubernetes.add_toleration(train_task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
@@ -271,7 +281,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
             mlflow_experiment=mlflow_experiment,
         )
         eval_task.set_caching_options(False)  # the champion it compares with can change
-        size(eval_task, **EVALUATE)
+        size(use_mlflow_login(eval_task, mlflow_secret), **EVALUATE)
         with dsl.If(eval_task.outputs["Output"] == "pass", name="gate-passed"):
             register_task = register(
                 model=train_task.outputs["model"],
@@ -283,7 +293,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
                 mlflow_experiment=mlflow_experiment,
             ).set_caching_options(False)
             register_task.set_retry(**SERVICE_RETRY)  # idempotent: one version per candidate
-            size(register_task, **SMALL)
+            size(use_mlflow_login(register_task, mlflow_secret), **SMALL)
             deploy_task = deploy(
                 model_name=model_name,
                 model_version=register_task.output,
@@ -303,7 +313,7 @@ def make_pipeline(parallelism: int = DEFAULT_PARALLELISM, trigger: bool = False)
             # A rejected canary is final (the version is tagged canary_rejected and a retry
             # stops at once); retries cover API and readiness hiccups.
             deploy_task.set_retry(**SERVICE_RETRY)
-            size(deploy_task, **SMALL)
+            size(use_mlflow_login(deploy_task, mlflow_secret), **SMALL)
         steps.close()
 
     return train_pipeline

@@ -75,25 +75,42 @@ def test_every_task_has_cpu_and_memory_requests_and_limits():
             assert res.get(field), f"{name} has no {field}"
 
 
+MLFLOW_TASKS = {"ingest", "train", "evaluate", "register", "deploy", "record-outcome"}
+
+
+def _secrets(cfg: dict) -> dict[str, set[str]]:
+    """A task's secrets as env: the pipeline parameter naming each -> its env variables."""
+    return {s["secretNameParameter"]["componentInputParameter"].removeprefix("pipelinechannel--"):
+            {m["envVar"] for m in s["keyToEnv"]} for s in cfg.get("secretAsEnv", [])}
+
+
 def test_minio_credentials_come_from_a_secret_on_s3_tasks_only():
     platform = compiled()[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for task in ("ingest", "preprocess", "train", "evaluate", "register", "deploy"):
         cfg = platform.get(f"exec-{task}", {})
+        secrets = _secrets(cfg)
         if task not in S3_TASKS:
-            assert "secretAsEnv" not in cfg, f"{task} needs no S3 keys (MLflow proxies artifacts)"
+            assert "s3_secret" not in secrets, f"{task} needs no S3 keys (MLflow proxies artifacts)"
             continue
-        (secret,) = cfg["secretAsEnv"]
         # inside the ParallelFor the pipeline parameter arrives as a loop input
-        assert secret["secretNameParameter"]["componentInputParameter"] in {"s3_secret", "pipelinechannel--s3_secret"}
-        assert {m["envVar"] for m in secret["keyToEnv"]} == {
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-        }
+        assert secrets["s3_secret"] == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
         (cmap,) = cfg["configMapAsEnv"]
         assert {m["envVar"] for m in cmap["keyToEnv"]} == {"AWS_ENDPOINT_URL", "MINIO_SECURE"}
     for ex in executors().values():
         env = {e["name"] for e in ex["container"].get("env") or []}
         assert not env & {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"}, "no keys as literals"
+
+
+def test_the_mlflow_login_comes_from_a_secret_on_every_task_that_talks_to_mlflow():
+    """MLflow runs its basic-auth app on the cluster: a task without the pipeline's login gets 401."""
+    platform = compiled()[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for task in MLFLOW_TASKS:
+        secrets = _secrets(platform.get(f"exec-{task}", {}))
+        assert secrets.get("mlflow_secret") == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}, task
+    assert "mlflow_secret" not in _secrets(platform.get("exec-preprocess", {}))  # never talks to MLflow
+    for ex in executors().values():
+        env = {e["name"] for e in ex["container"].get("env") or []}
+        assert "MLFLOW_TRACKING_PASSWORD" not in env, "no password as a literal"
 
 
 def body_tasks() -> dict:
