@@ -47,7 +47,10 @@ from clazzify.training.ood import (
     energy_score,
     fit_rejection_head,
     flag_rates,
+    fold_auroc,
+    fold_thresholds,
     msp_score,
+    share_flagged,
     split_rejection,
     synthetic_outliers,
     threshold_at_false_flag_rate,
@@ -74,11 +77,6 @@ def ood_features(folder: Path, fm, cache: FeatureCache) -> tuple[np.ndarray, lis
             cache.put(digests[i], feat.astype(np.float32))
     cache.save()
     return np.stack([cache.get(d) for d in digests]), rows
-
-
-def share(mask: np.ndarray) -> dict:
-    """:func:`flag_rates` of a boolean mask (True = flagged)."""
-    return flag_rates(np.where(mask, 0.0, 1.0), 0.5)
 
 
 def scores_by_method(fitted: dict, feats: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
@@ -112,7 +110,7 @@ def cross_validated(name: str, outliers, folds: list, x: dict, y: dict, k: int, 
                     rows: list[dict], rates: list[float]) -> dict:
     """Outlier exposure scored fold by fold: thresholds per fold (each fold's head has its
     own scale) on that fold's val split, flags pooled over folds."""
-    per_fold, pairs = [], []
+    per_fold = []
     held_score = np.empty(len(rows))
     fold_of = np.empty(len(rows), int)
     for fold, (train_idx, held_idx) in enumerate(folds):
@@ -121,26 +119,21 @@ def cross_validated(name: str, outliers, folds: list, x: dict, y: dict, k: int, 
         probs_test, id_test = split_rejection(x["test"] @ kr + br)
         held_score[held_idx] = split_rejection(xo[held_idx] @ kr + br)[1]
         fold_of[held_idx] = fold
-        pairs.append((id_test, held_score[held_idx]))
         per_fold.append({"val": id_val, "test": id_test, "correct": probs_test.argmax(1) == y["test"]})
-    weights = [len(i) * len(o) for i, o in pairs]
-    out = {"method": name, "auroc": float(np.average([auroc(i, o) for i, o in pairs], weights=weights)),
+    out = {"method": name, "auroc": fold_auroc([f["test"] for f in per_fold], held_score, fold_of),
            "auroc_interval": None, "at": {}}
     cats = sorted({r["category"] for r in rows})
+    correct = np.concatenate([f["correct"] for f in per_fold])
     for rate in rates:
-        caught = np.zeros(len(rows), bool)
-        test_flags, unflagged = [], []
-        for fold, f in enumerate(per_fold):
-            t = threshold_at_false_flag_rate(f["val"], rate)
-            caught[fold_of == fold] = held_score[fold_of == fold] < t
-            test_flags.append(f["test"] < t)
-            unflagged.append(f["correct"][f["test"] >= t])
+        thresholds = fold_thresholds([f["val"] for f in per_fold], rate)
+        caught = held_score < thresholds[fold_of]
+        test_flags = np.concatenate([f["test"] < t for f, t in zip(per_fold, thresholds, strict=True)])
         out["at"][str(rate)] = {
-            "test_flagged": share(np.concatenate(test_flags)),
-            "ood_caught": share(caught),
-            "per_category": {c: share(caught[[r["category"] == c for r in rows]]) for c in cats},
-            "accuracy_unflagged": float(np.concatenate(unflagged).mean()),
-            "accuracy_all": float(np.concatenate([f["correct"] for f in per_fold]).mean()),
+            "test_flagged": share_flagged(test_flags),
+            "ood_caught": share_flagged(caught),
+            "per_category": {c: share_flagged(caught[[r["category"] == c for r in rows]]) for c in cats},
+            "accuracy_unflagged": float(correct[~test_flags].mean()),
+            "accuracy_all": float(correct.mean()),
         }
     return out
 

@@ -212,60 +212,56 @@ def peak_rss_mib(pid: int) -> float:
     raise AssertionError(f"no VmHWM in /proc/{pid}/status")
 
 
-def take_screenshot(out: Path, work: Path) -> None:
-    """The docs' picture of the review page: a seeded SQLite database, a few decisions made."""
-    import tempfile
-
+@contextmanager
+def screenshot_page(db_url: str, work: Path, role: str, next_path: str, *server_args: str) -> Iterator:
+    """A Chromium page logged in as a fresh ``role`` account on a review server over
+    ``db_url``, opened at ``next_path``: what the docs' screenshots are taken of."""
     from playwright.sync_api import sync_playwright
 
     from clazzify.review.users import add_user
     from clazzify.scoring.database import create_db_engine
 
+    engine = create_db_engine(db_url)
+    add_user(engine, "maria", "screenshot-password", role)
+    engine.dispose()
+    with review_server(db_url, work / "thumbs", *server_args) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 860}, device_scale_factor=1)
+            page.goto(f"{base}/login?next={next_path}")
+            page.fill("input[name=username]", "maria")
+            page.fill("input[name=password]", "screenshot-password")
+            page.click("main.login button[type=submit]")
+            yield base, page
+        finally:
+            browser.close()
+
+
+def take_screenshot(out: Path, work: Path) -> None:
+    """The docs' picture of the review page: a seeded SQLite database, a few decisions made."""
+    import tempfile
+
     work.mkdir(parents=True, exist_ok=True)
     db_url = f"sqlite:///{tempfile.mkdtemp(dir=work)}/scores.db"
     seed_review_db(db_url, work / "photos", per_class=8, seed=4)
-    engine = create_db_engine(db_url)
-    add_user(engine, "maria", "screenshot-password", "admin")
-    engine.dispose()
-    with review_server(db_url, work / "thumbs") as base, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1360, "height": 860}, device_scale_factor=1)
-        page.goto(f"{base}/login?next=/queue/low")
-        page.fill("input[name=username]", "maria")
-        page.fill("input[name=password]", "screenshot-password")
-        page.click("main.login button[type=submit]")
+    with screenshot_page(db_url, work, "admin", "/queue/low") as (_, page):
         page.wait_for_selector("#counts .queues")
         for key in ("Enter", "2", "ArrowRight"):
             page.keyboard.press(key)
             page.wait_for_timeout(250)
         page.wait_for_timeout(2000)  # the counts reload after a decision
         page.screenshot(path=str(out))
-        browser.close()
 
 
 def take_stats_screenshots(out_dir: Path, work: Path) -> None:
     """The docs' pictures of the Stats charts and of the queue "Not one of the classes"."""
     import tempfile
 
-    from playwright.sync_api import sync_playwright
-
-    from clazzify.review.users import add_user
-    from clazzify.scoring.database import create_db_engine
-
     work.mkdir(parents=True, exist_ok=True)
     db_url = f"sqlite:///{tempfile.mkdtemp(dir=work)}/scores.db"
     seed_stats_db(db_url, work / "photos")
-    engine = create_db_engine(db_url)
-    add_user(engine, "maria", "screenshot-password", "moderator")
-    engine.dispose()
     mix = ",".join(f"{k}={v}" for k, v in TRAINING_COUNTS.items())
-    with review_server(db_url, work / "thumbs", "--training-mix", mix) as base, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1360, "height": 860}, device_scale_factor=1)
-        page.goto(f"{base}/login?next=/stats")
-        page.fill("input[name=username]", "maria")
-        page.fill("input[name=password]", "screenshot-password")
-        page.click("main.login button[type=submit]")
+    with screenshot_page(db_url, work, "moderator", "/stats", "--training-mix", mix) as (base, page):
         page.wait_for_selector("#chart-agreement svg")
         page.locator("section.charts").screenshot(path=str(out_dir / "review-stats.png"))
         page.goto(f"{base}/queue/unknown")
@@ -273,7 +269,6 @@ def take_stats_screenshots(out_dir: Path, work: Path) -> None:
         page.keyboard.press("x")
         page.wait_for_timeout(2000)  # the toast, then the counts reload
         page.screenshot(path=str(out_dir / "review-unknown-queue.png"))
-        browser.close()
 
 
 if __name__ == "__main__":

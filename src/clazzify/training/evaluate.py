@@ -162,7 +162,13 @@ def ood_summary(meta, probs: np.ndarray, labels: np.ndarray, scores: np.ndarray)
 
 def ood_catch_rate(summary: dict | None) -> float | None:
     """The cross-validated share of "not a class" photos caught, when training measured one."""
-    cv = ((summary or {}).get("trained") or {}).get("cross_validated")
+    return trained_catch_rate((summary or {}).get("trained"))
+
+
+def trained_catch_rate(measured: dict | None) -> float | None:
+    """The same, from what training measured (``OodRule.measured``: a summary's ``trained``,
+    or a champion's rule)."""
+    cv = (measured or {}).get("cross_validated")
     return float(cv["caught"]["rate"]) if cv else None
 
 
@@ -189,7 +195,7 @@ def ood_markdown(summary: dict | None, champion: dict | None = None) -> str:
                      f"(95% interval {c['interval'][0]:.1%}-{c['interval'][1]:.1%}).")
         lines += ["", "| category | caught | photos |", "|---|---:|---:|"]
         lines += [f"| {cat} | {r['rate']:.1%} | {r['n']} |" for cat, r in sorted(cv["per_category"].items())]
-        theirs = ood_catch_rate({"trained": (champion or {}).get("measured") or {}})
+        theirs = trained_catch_rate((champion or {}).get("measured"))
         if theirs is not None:
             lines += ["", f"- The champion's cross-validated catch rate: {theirs:.1%} (this model: {c['rate']:.1%})."]
     elif summary["method"] == "msp":

@@ -16,7 +16,7 @@ import numpy as np
 
 from clazzify.core.bundle import INT8_FILE, KERAS_FILE, ONNX_FILE, BundleMeta
 from clazzify.core.errors import ConfigError, DataError
-from clazzify.core.ood import OodRule, split_for, split_outputs
+from clazzify.core.ood import OodRule, split_for
 from clazzify.training.models import inference_model
 
 
@@ -210,17 +210,13 @@ def _blocks(paths: Sequence[Path], rows: int = 64) -> Iterator[tuple[np.ndarray,
 
 
 def _raw(path: Path, images: Iterator[np.ndarray]) -> np.ndarray:
+    """The ONNX model's outputs at ``path`` (with a "not a class" column when the bundle
+    has one: :func:`clazzify.core.ood.split_for` splits it off, as every consumer does)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: np.ascontiguousarray(x)})[0] for x in images])
-
-
-def _probs(path: Path, images: Iterator[np.ndarray], meta: BundleMeta) -> np.ndarray:
-    """The class probabilities of the ONNX model at ``path`` ("not a class" split off by the
-    bundle's unknown rule, as every consumer does)."""
-    return split_for(meta, _raw(path, images))[0]
 
 
 def compare_int8(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray,
@@ -298,20 +294,22 @@ def quantize_bundle(bundle_dir: Path, train_paths: Sequence[Path], val_paths: Se
             return None if batch is None else {input_name: batch}
 
     val_labels = np.concatenate([y for _, y in _blocks(val_paths)])
-    fp32 = _probs(fp32_path, (x for x, _ in _blocks(val_paths)), meta)
+    # Each model runs once over the validation split: class probabilities and (for the
+    # unknown rule below) in-distribution scores both come from these outputs.
+    fp32, fp32_scores, _ = split_for(meta, _raw(fp32_path, (x for x, _ in _blocks(val_paths))))
     exclude = _input_nodes(model) + _edge_nodes(model)
     quantize_static(
         str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
     )
-    int8 = _probs(int8_path, (x for x, _ in _blocks(val_paths)), meta)
+    int8, int8_scores, _ = split_for(meta, _raw(int8_path, (x for x, _ in _blocks(val_paths))))
     result = compare_int8(fp32, int8, val_labels, meta.class_names)
     result["temperature"] = 1.0
     if result["int8_ece"] > check.max_ece:
         temperature = fit_temperature(int8, val_labels)
         _fold_temperature_into_onnx(int8_path, temperature)
-        int8 = _probs(int8_path, (x for x, _ in _blocks(val_paths)), meta)
+        int8, int8_scores, _ = split_for(meta, _raw(int8_path, (x for x, _ in _blocks(val_paths))))
         result.update(compare_int8(fp32, int8, val_labels, meta.class_names), temperature=temperature)
     result["passed"] = bool(
         result["agreement"] >= check.min_agreement
@@ -332,16 +330,12 @@ def quantize_bundle(bundle_dir: Path, train_paths: Sequence[Path], val_paths: Se
         from clazzify.training.ood import threshold_at_false_flag_rate
 
         rule = OodRule.from_dict(meta.ood)
-        fp32_scores = split_outputs(_raw(fp32_path, (x for x, _ in _blocks(val_paths))), len(meta.class_names),
-                                    rule.method)[1]
-        int8_scores = split_outputs(_raw(int8_path, (x for x, _ in _blocks(val_paths))), len(meta.class_names),
-                                    rule.method)[1]
         result["ood_threshold"] = threshold_at_false_flag_rate(int8_scores, rule.false_flag_rate)
         result["ood_flag_agreement"] = float(
             ((fp32_scores < rule.threshold) == (int8_scores < result["ood_threshold"])).mean())
         if outliers is not None and len(outliers):
-            f32 = split_outputs(_raw(fp32_path, [outliers]), len(meta.class_names), rule.method)[1]
-            i8 = split_outputs(_raw(int8_path, [outliers]), len(meta.class_names), rule.method)[1]
+            f32 = split_for(meta, _raw(fp32_path, [outliers]))[1]
+            i8 = split_for(meta, _raw(int8_path, [outliers]))[1]
             result["ood_outlier_agreement"] = float(((f32 < rule.threshold) == (i8 < result["ood_threshold"])).mean())
             result["passed"] = bool(result["passed"] and result["ood_outlier_agreement"] >= check.min_ood_agreement)
         if rule.method == "outlier_exposure":
@@ -367,7 +361,7 @@ def int8_report(bundle_dir: Path, test_paths: Sequence[Path], fp32_probs: np.nda
     meta = BundleMeta.load(bundle_dir)
     if not meta.int8 or not (bundle_dir / INT8_FILE).is_file():
         return {}, ""
-    int8 = _probs(bundle_dir / INT8_FILE, (x for x, _ in _blocks(test_paths)), meta)
+    int8 = split_for(meta, _raw(bundle_dir / INT8_FILE, (x for x, _ in _blocks(test_paths))))[0]
     test = compare_int8(fp32_probs, int8, labels, meta.class_names)
     val = meta.int8
     lines = [

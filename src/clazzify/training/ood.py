@@ -198,12 +198,31 @@ def auroc_interval(in_distribution: np.ndarray, outliers: np.ndarray, *, rounds:
     return float(lo), float(hi)
 
 
+def share_flagged(flagged: np.ndarray) -> dict:
+    """How many of a boolean mask are flagged (True), with the share's Wilson 95% interval."""
+    flagged = np.asarray(flagged, bool)
+    k = int(flagged.sum())
+    lo, hi = wilson_interval(k, flagged.size)
+    return {"flagged": k, "n": int(flagged.size), "rate": k / flagged.size if flagged.size else float("nan"),
+            "interval": [lo, hi]}
+
+
 def flag_rates(scores: np.ndarray, threshold: float) -> dict:
-    """Share of ``scores`` below ``threshold``, with its Wilson 95% interval."""
-    s = np.asarray(scores)
-    k = int((s < threshold).sum())
-    lo, hi = wilson_interval(k, s.size)
-    return {"flagged": k, "n": int(s.size), "rate": k / s.size if s.size else float("nan"), "interval": [lo, hi]}
+    """:func:`share_flagged` of the ``scores`` below ``threshold``."""
+    return share_flagged(np.asarray(scores) < threshold)
+
+
+def fold_thresholds(val_by_fold: Sequence[np.ndarray], rate: float) -> np.ndarray:
+    """Each cross-validation fold's own threshold, set on that fold's validation scores
+    (every fold's head has its own scale); index it with the folds of held-out photos."""
+    return np.array([threshold_at_false_flag_rate(v, rate) for v in val_by_fold])
+
+
+def fold_auroc(id_by_fold: Sequence[np.ndarray], held: np.ndarray, fold_of: np.ndarray) -> float:
+    """AUROC pooled over cross-validation folds: each fold's in-distribution scores against
+    the outliers it held out, weighted by the pairs each fold compares."""
+    pairs = [(ids, held[fold_of == f]) for f, ids in enumerate(id_by_fold)]
+    return float(np.average([auroc(i, o) for i, o in pairs], weights=[len(i) * len(o) for i, o in pairs]))
 
 
 SYNTHETIC_KINDS = ("flat", "gradient", "noise", "bars", "text", "interface")
@@ -284,9 +303,7 @@ def load_outliers(source: str, image_size: int, *, limit: int = 5000, extra: Seq
     from clazzify.core.manifest import is_manifest, read_manifest_rows, resolve_uri
 
     entries: list[tuple[str, str, str]] = [(uri, MARKED, MARKED) for uri in extra]  # uri, category, group
-    if not source:
-        pass
-    elif is_manifest(source):
+    if source and is_manifest(source):
         rows = read_manifest_rows(source, required=())
         for row in rows:
             uri = row.get("uri") or resolve_uri(source, row.get("file"))
@@ -294,7 +311,7 @@ def load_outliers(source: str, image_size: int, *, limit: int = 5000, extra: Seq
                 raise DataError(f"{source} line {row.line}: no 'uri' (or 'file') column value")
             category = row.get("category") or "other"
             entries.append((uri, category, row.get("repository") or category))
-    else:
+    elif source:
         base = source.rstrip("/")
         meta: dict[str, str] = {}
         manifest_uri = storage.join(base, "manifest.csv")
@@ -375,19 +392,13 @@ def fit_head_with_ood(
                 val_by_fold.append(split_rejection(x_val @ k + b)[1])
                 held[ho] = split_rejection(outliers[ho] @ k + b)[1]
                 fold_of[ho] = fold
-            caught = np.zeros(len(outliers), bool)
-            for fold, val_scores in enumerate(val_by_fold):
-                t = threshold_at_false_flag_rate(val_scores, rate)
-                caught[fold_of == fold] = held[fold_of == fold] < t
+            caught = held < fold_thresholds(val_by_fold, rate)[fold_of]
             cats = np.asarray(categories if len(categories) else ["other"] * len(outliers))
             measured["cross_validated"] = {
                 "folds": len(val_by_fold), "groups": n_groups, "outliers": len(outliers),
-                "auroc": float(np.average(
-                    [auroc(v, held[fold_of == f]) for f, v in enumerate(val_by_fold)],
-                    weights=[len(v) * int((fold_of == f).sum()) for f, v in enumerate(val_by_fold)])),
-                "caught": flag_rates(np.where(caught, 0.0, 1.0), 0.5),
-                "per_category": {c: flag_rates(np.where(caught[cats == c], 0.0, 1.0), 0.5)
-                                 for c in sorted(set(cats))},
+                "auroc": fold_auroc(val_by_fold, held, fold_of),
+                "caught": share_flagged(caught),
+                "per_category": {c: share_flagged(caught[cats == c]) for c in sorted(set(cats))},
             }
         else:
             measured["cross_validated"] = None  # one source: no honest held-out estimate
