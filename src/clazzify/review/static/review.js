@@ -8,15 +8,27 @@
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const query = grid.dataset.query ? "?" + grid.dataset.query : "";
   let pos = 0;
+  let focusedId = null;  // the photo the focus mark belongs to, whichever element shows it
   let refocusChanged = false;  // after an undo, focus the photo it gave back
 
   const cards = () => Array.from(grid.querySelectorAll(".card"));
+
+  // The mark on exactly the focused photo's card; only mismatches are touched, so the
+  // observer below that calls this after every change settles at once.
+  function mark() {
+    cards().forEach((c, j) => {
+      const want = c.dataset.id === focusedId;
+      if (want) pos = j;  // the arrows move from where the mark is, after any swap
+      if (c.classList.contains("focused") !== want) c.classList.toggle("focused", want);
+    });
+  }
 
   function focusCard(i) {
     const all = cards();
     if (!all.length) return;
     pos = Math.max(0, Math.min(i, all.length - 1));
-    all.forEach((c, j) => c.classList.toggle("focused", j === pos));
+    focusedId = all[pos].dataset.id;
+    mark();
     all[pos].scrollIntoView({ block: "nearest" });
   }
 
@@ -83,17 +95,22 @@
     const card = e.target.closest(".card");
     if (card) focusCard(cards().indexOf(card));
   });
-  // Swapped-in cards are new elements: put the focus mark back.
-  function refocus() {
+  // Swapped-in cards are new elements, and htmx settles their class attribute on a timer of
+  // its own: rather than guess when, watch the grid and put the mark back after any change
+  // (after an undo, on the photo it gave back once that card shows up as just changed).
+  function sync() {
     const changed = refocusChanged && grid.querySelector(".card.just-changed");
-    if (changed) refocusChanged = false;
-    focusCard(changed ? cards().indexOf(changed) : pos);
+    if (changed) {
+      refocusChanged = false;
+      focusCard(cards().indexOf(changed));
+    } else if (!cards().some((c) => c.dataset.id === focusedId)) {
+      focusCard(pos);  // the focused photo left the page: the one now in its place
+    } else {
+      mark();
+    }
   }
-  document.body.addEventListener("htmx:afterSettle", () => {
-    refocus();
-    // htmx settles a swapped card's class attribute on a timer of its own, which can land
-    // after this event and wipe the mark: set it again once that timer has run.
-    setTimeout(refocus, htmx.config.defaultSettleDelay + 30);
+  new MutationObserver(sync).observe(grid, {
+    subtree: true, childList: true, attributes: true, attributeFilter: ["class"],
   });
   focusCard(0);
 })();
