@@ -8,6 +8,9 @@ DEMO_DATA ?= $(HOME_DIR)/demo-data
 # it; shards of 150 show the ParallelFor fan-out on the demo's 400 photos.
 DEMO_SET ?= shard_size=150
 PYTEST_ARGS ?=
+# `make test` runs whole test files side by side in pytest-xdist workers, one more than the
+# cores: most of the suite waits on servers, subprocesses and the browser, not on a core.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install demo test test-fast lint compile serve mlflow-ui review bench clean help
@@ -31,8 +34,8 @@ demo: $(BIN)/clazzify ## Draw the synthetic demo set and run the whole pipeline 
 	$(BIN)/python -m pipelines.train run --local --source $(DEMO_DATA) --home $(HOME_DIR) \
 		$(foreach kv,$(DEMO_SET),--set $(kv))
 
-test: $(BIN)/clazzify ## Run every test tier (unit, components, integration)
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: $(BIN)/clazzify ## Run every test tier (unit, components, integration, model, docs) on every core
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(BIN)/clazzify ## The edit-test loop: every test not marked slow (under a minute, no services)
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)

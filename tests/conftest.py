@@ -75,3 +75,20 @@ def tiny_run(hdf5_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def tiny_bundle(tiny_run) -> Path:
     """The model bundle (.keras + ONNX + clazzify.json) of :func:`tiny_run`."""
     return tiny_run[1].bundle_dir
+
+
+# The files that take longest (pytest --durations, summed per file), longest first. `make
+# test` hands whole files to its pytest-xdist workers in collection order (--dist loadfile),
+# so these start first and no worker is left running a long file alone at the end.
+LONGEST_FIRST = (
+    "docs/test_docs_pages.py", "components/test_pipeline.py", "integration/test_worker_e2e.py",
+    "integration/test_review_ui.py", "unit/test_models.py", "unit/test_train.py",
+    "components/test_daily_loop.py", "components/test_retrain.py", "integration/test_mlflow_model.py",
+    "integration/test_mlflow_auth.py", "integration/test_serving_http.py", "model/test_default_recipe.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).resolve().parent
+    rank = {tests / name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path, len(rank)))  # stable: the rest keep their order

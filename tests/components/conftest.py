@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.once import once_per_run
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -32,7 +34,17 @@ class LocalRun:
 
 @pytest.fixture(scope="session")
 def passing_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LocalRun:
-    home = tmp_path_factory.mktemp("pipeline-home")
+    """Made once per test run, also when several xdist workers need it (``once_per_run``)."""
+    made = once_per_run(tmp_path_factory, "passing-run", lambda folder: _run_pipeline(demo_dir, folder))
+    home = made / "home"
+    summary = json.loads((made / "summary.json").read_text())
+    # later tests add runs of their own to home/kfp (a failed gate against this champion)
+    run_dir = home / "kfp" / (made / "run-dir").read_text()
+    return LocalRun(home, run_dir, summary, Path(summary["log"]).read_text())
+
+
+def _run_pipeline(demo_dir: Path, folder: Path) -> None:
+    home = folder / "home"
     sets = {"image_size": 32, "min_accuracy": 0, "min_class_recall": 0, "min_class_precision": 0,
             "shard_size": 40}  # demo_dir's 96 accepted images: three preprocessing tasks
     args = [sys.executable, "-m", "pipelines.train", "run", "--local", "--json", "--source", str(demo_dir),
@@ -42,6 +54,7 @@ def passing_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Loc
     out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900,
                          env={k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KUBERNETES_"))})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    json.loads(out.stdout)  # --json: stdout is the summary alone, progress on stderr
+    (folder / "summary.json").write_text(out.stdout)
     (run_dir,) = (home / "kfp").iterdir()
-    summary = json.loads(out.stdout)  # --json: stdout is the summary alone, progress on stderr
-    return LocalRun(home, run_dir, summary, Path(summary["log"]).read_text())
+    (folder / "run-dir").write_text(run_dir.name)

@@ -381,15 +381,21 @@ def test_a_passing_run_shards_registers_and_logs(passing_run):
 
 
 @pytest.mark.slow
-def test_a_failed_gate_exits_3_after_its_reasons_and_leaves_the_champion(passing_run, demo_dir: Path):
+def test_a_failed_gate_exits_3_after_its_reasons_and_leaves_the_champion(passing_run, demo_dir: Path,
+                                                                         tmp_path: Path):
+    import shutil
+
     import mlflow
 
     from clazzify.registry.tracking import TrackingConfig, activate
 
     before = passing_run.summary["champion_version"]
+    # a copy of the passing run's store: other tests (other xdist workers) read the original
+    home = tmp_path / "home"
+    shutil.copytree(passing_run.home, home, ignore=shutil.ignore_patterns("kfp"))
     sets = [a for k, v in {**TINY, "epochs": 2, "min_accuracy": 1.0}.items() for a in ("--set", f"{k}={v}")]
     done = subprocess.run([sys.executable, "-m", "pipelines.train", "run", "--local", "--source", str(demo_dir),
-                           "--home", str(passing_run.home), *sets], cwd=ROOT, capture_output=True, text=True,
+                           "--home", str(home), *sets], cwd=ROOT, capture_output=True, text=True,
                           timeout=900, env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
     assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
     out = done.stdout
@@ -401,7 +407,7 @@ def test_a_failed_gate_exits_3_after_its_reasons_and_leaves_the_champion(passing
     assert "have no effect in the current local runner" not in done.stdout + done.stderr
     log = Path(out.rsplit("Full log: ", 1)[1].strip()).read_text()
     assert "have no effect in the current local runner" in log
-    activate(TrackingConfig(passing_run.summary["tracking_uri"]))
+    activate(TrackingConfig(passing_run.summary["tracking_uri"].replace(str(passing_run.home), str(home))))
     runs = mlflow.search_runs(experiment_names=["clazzify"], order_by=["start_time DESC"])
     latest = runs.iloc[0]
     assert latest["tags.gate"] == "failed"

@@ -51,7 +51,7 @@ def test_added_labels_trigger_a_run(tmp_path: Path, passing_run, demo_dir: Path)
     ScoreRepository.open(db).close()
 
     quiet, _ = retrain(source, home, db, "--dry-run")
-    assert not quiet["retrain"] and quiet["evidence"]["new_photos"] == 0
+    assert not quiet["retrain"] and quiet["evidence"]["new_photos"] == 0, quiet
     assert quiet["evidence"]["new_labels"] == 0
 
     food = sorted((source / "food").glob("*.png"))[:3]

@@ -101,7 +101,8 @@ def test_a_moderator_reviews_a_queue_with_the_keyboard(site, browser: Browser):
     ids = [cards.nth(i).get_attribute("data-id") for i in range(n)]
     first, second, third = (page.locator(f'.card[data-id="{i}"]') for i in ids[:3])
     expect(page.locator("#counts .queues a.on .n")).to_have_text(str(n))
-    assert page.evaluate("document.querySelector('#grid .card img').naturalWidth") > 0
+    # the thumbnail arrives (it loads after the card shows; under load that takes a while)
+    page.wait_for_function("document.querySelector('#grid .card img').naturalWidth > 0", timeout=15_000)
 
     page.keyboard.press("2")  # digit: the 2nd class, food
     expect(first.locator(".badge")).to_have_text("✓ food")

@@ -37,8 +37,37 @@ def test_retrain_check_reads_label_times_through_the_reader_it_is_given(tmp_path
     from clazzify.training.trigger import RetrainPolicy, retrain_check
 
     asked = []
+
+    def reader(url, not_a_class=False):
+        asked.append((url, not_a_class))
+        return []
+
     decision = retrain_check(str(tmp_path), RetrainPolicy(0, 0), "m", f"sqlite:///{tmp_path / 'm.db'}",
-                             labels_from="sqlite:///s.db", read_manual_labels=lambda url: asked.append(url) or [])
-    assert decision.retrain and asked == ["sqlite:///s.db"]
+                             labels_from="sqlite:///s.db", read_manual_labels=reader)
+    assert decision.retrain and asked == [("sqlite:///s.db", False), ("sqlite:///s.db", True)]
     with pytest.raises(ConfigError, match="needs a manual-label reader"):
         retrain_check(str(tmp_path), RetrainPolicy(0, 0), "m", "sqlite:///x.db", labels_from="sqlite:///s.db")
+
+
+def test_not_a_class_marks_count_as_new_labels_and_apart(tmp_path):
+    """A moderator's "not a class" mark is a label the next run learns from (an OOD
+    example): it counts toward min_new_labels, and the report says how many were marks."""
+    from datetime import UTC, datetime, timedelta
+
+    from clazzify.core.imaging import content_hash
+    from clazzify.training.lineage import DatasetLineage
+    from clazzify.training.trigger import gather_evidence
+
+    photo = tmp_path / "food" / "a.png"
+    photo.parent.mkdir()
+    photo.write_bytes(b"not decoded: the trigger hashes bytes")
+
+    created = datetime(2026, 12, 1, tzinfo=UTC)
+    lineage = DatasetLineage.from_rows([(content_hash(photo.read_bytes()), "train", "food", "folder", "")],
+                                       created.isoformat())
+    before, after = created - timedelta(days=1), created + timedelta(hours=1)
+    evidence = gather_evidence(str(tmp_path), ("7", lineage), [before, after], mark_times=[after, after, before],
+                               progress=False)
+    assert (evidence.new_photos, evidence.new_labels, evidence.new_not_a_class) == (0, 3, 2)
+    decision = should_retrain(evidence, RetrainPolicy(100, 3))
+    assert decision.retrain and "3 new manual labels (2 of them 'not a class') >= min_new_labels 3" in decision.reason

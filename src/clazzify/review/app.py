@@ -29,6 +29,7 @@ import csv
 import hashlib
 import hmac
 import io
+import json
 import logging
 import secrets
 import threading
@@ -564,7 +565,11 @@ async def _form_ids(request: Request) -> list[str]:
     return ids
 
 
-def _cards_response(request: Request, scope: queues.Scope | None, ids: list[str], message: str) -> Response:
+def _cards_response(request: Request, scope: queues.Scope | None, ids: list[str], message: str,
+                    undone: str | None = None) -> Response:
+    """The decided photos' cards and a toast. ``undone``: the photo an undo gave back, named in
+    an ``undone`` event so the page moves its focus mark there (by id, whatever order the
+    browser settles the swapped cards in)."""
     state = _state(request)
     cards: list[queues.Card] = []
     if scope is not None:
@@ -572,7 +577,8 @@ def _cards_response(request: Request, scope: queues.Scope | None, ids: list[str]
             cards = queues.cards(conn, scope, ids)
     state.cache.forget("counts")
     response = _render(request, "_decided.html", {"cards": cards, "message": message, "classes": state.classes()})
-    response.headers["HX-Trigger"] = "decided"  # the queue counts reload (debounced)
+    # "decided": the queue counts reload (debounced)
+    response.headers["HX-Trigger"] = json.dumps({"decided": "", "undone": undone}) if undone else "decided"
     return response
 
 
@@ -654,7 +660,8 @@ async def undo(request: Request) -> Response:
             message = f"Undid {len(changes)} label{'s' if len(changes) != 1 else ''}"
             if skipped:
                 message += f"; {len(skipped)} relabelled by someone else since, kept"
-        return _cards_response(request, state.scope(request), [c.image_id for c in changes] + skipped, message)
+        ids = [c.image_id for c in changes] + skipped
+        return _cards_response(request, state.scope(request), ids, message, undone=ids[0] if ids else None)
 
     return await run_in_threadpool(work)
 

@@ -231,11 +231,12 @@ class LabelStore:
             conn.execute(sa.insert(label_history), rows)
 
 
-def read_manual_labels(url: str, since: datetime | None = None) -> list[dict[str, Any]]:
+def read_manual_labels(url: str, since: datetime | None = None, *, not_a_class: bool = False) -> list[dict[str, Any]]:
     """:meth:`LabelStore.manual_labels` of the database at ``url`` (opened, read, closed;
-    the schema is not migrated: a reader never changes the database). Class labels only:
-    "not a class" marks are :func:`read_not_a_class_marks`."""
-    return _read(url, lambda store: store.manual_labels(since))
+    the schema is not migrated: a reader never changes the database). Class labels only,
+    or with ``not_a_class`` the "not a class" marks only (their photos to train on:
+    :func:`read_not_a_class_marks`)."""
+    return _read(url, lambda store: store.manual_labels(since, not_a_class=not_a_class))
 
 
 def read_not_a_class_marks(url: str, since: datetime | None = None) -> list[tuple[str, str]]:

@@ -42,8 +42,9 @@ class Evidence:
     """What arrived since the champion's data set; None: no champion (nothing to compare)."""
 
     new_photos: int | None
-    new_labels: int | None
+    new_labels: int | None  # class labels and "not a class" marks together
     champion_version: str | None = None
+    new_not_a_class: int | None = None  # of new_labels, the "not a class" marks
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,15 @@ def should_retrain(evidence: Evidence, policy: RetrainPolicy) -> RetrainDecision
         return RetrainDecision(
             True, f"{evidence.new_photos} new photos >= min_new_photos {policy.min_new_photos}", evidence
         )
+    marks = f" ({evidence.new_not_a_class} of them 'not a class')" if evidence.new_not_a_class else ""
     if policy.min_new_labels and labels >= policy.min_new_labels:
         return RetrainDecision(
-            True, f"{labels} new manual labels >= min_new_labels {policy.min_new_labels}", evidence
+            True, f"{labels} new manual labels{marks} >= min_new_labels {policy.min_new_labels}", evidence
         )
     return RetrainDecision(
         False,
-        f"{evidence.new_photos} new photos (< {policy.min_new_photos or 'off'}) and {labels} new manual labels "
-        f"(< {policy.min_new_labels or 'off'}) since champion v{evidence.champion_version}",
+        f"{evidence.new_photos} new photos (< {policy.min_new_photos or 'off'}) and {labels} new manual labels"
+        f"{marks} (< {policy.min_new_labels or 'off'}) since champion v{evidence.champion_version}",
         evidence,
     )
 
@@ -94,6 +96,7 @@ def gather_evidence(
     champion: tuple[str, DatasetLineage | None] | None,
     label_times: Sequence | None = None,
     *,
+    mark_times: Sequence = (),
     progress: bool = True,
 ) -> Evidence:
     """Count what is new since the champion's data set.
@@ -101,19 +104,23 @@ def gather_evidence(
     Args:
         source: what the next run would ingest.
         champion: (version, lineage) of the champion (``lineage.champion_lineage``), or None.
-        label_times: ``labelled_at`` of every current manual label (the caller reads the
-            scores database); those after the champion's data set was read count as new.
+        label_times: ``labelled_at`` of every current manual class label (the caller reads
+            the scores database); those after the champion's data set was read count as new.
+        mark_times: likewise of every current "not a class" mark: new ones count as new
+            labels too (the next run learns them as out-of-distribution examples), and
+            apart, in ``new_not_a_class``.
     """
     if champion is None or champion[1] is None:
         return Evidence(None, None, champion[0] if champion else None)
     version, lineage = champion
     hashes = hash_source(source, progress=progress)
     new_photos = int((~lineage.holds(set(hashes))).sum()) if hashes else 0
-    new_labels = None
+    new_labels = new_marks = None
     if label_times is not None:
         since = datetime.fromisoformat(lineage.created_at) if lineage.created_at else None
-        new_labels = sum(1 for t in label_times if since is None or _aware(t) > since)
-    return Evidence(new_photos, new_labels, version)
+        new_marks = sum(1 for t in mark_times if since is None or _aware(t) > since)
+        new_labels = sum(1 for t in label_times if since is None or _aware(t) > since) + new_marks
+    return Evidence(new_photos, new_labels, version, new_marks)
 
 
 def _aware(t: datetime) -> datetime:
@@ -128,6 +135,7 @@ def check_retrain(
     tracking_uri: str,
     label_times: Sequence[datetime] | None = None,
     *,
+    mark_times: Sequence[datetime] = (),
     progress: bool = True,
 ) -> RetrainDecision:
     """The whole check: find the champion's lineage in MLflow, count what is new, decide.
@@ -141,7 +149,8 @@ def check_retrain(
         return should_retrain(Evidence(0, 0), policy)
     with tempfile.TemporaryDirectory() as tmp:
         champion = champion_lineage(model_name, Path(tmp), tracking_uri)
-        return should_retrain(gather_evidence(source, champion, label_times, progress=progress), policy)
+        evidence = gather_evidence(source, champion, label_times, mark_times=mark_times, progress=progress)
+        return should_retrain(evidence, policy)
 
 
 def retrain_check(
@@ -156,15 +165,17 @@ def retrain_check(
 ) -> RetrainDecision:
     """The retrain check's setup and decision, shared by the pipeline's component and
     ``clazzify retrain``: :func:`check_retrain` with the ``labelled_at`` of the manual labels
-    of the scores database at ``labels_from`` (read by ``read_manual_labels``, which the
-    entry point passes in, so training needs no database code).
+    and of the "not a class" marks of the scores database at ``labels_from`` (read by
+    ``read_manual_labels(url, not_a_class=...)``, which the entry point passes in, so
+    training needs no database code).
 
     Raises:
         ConfigError: ``labels_from`` without a reader.
     """
-    times = None
+    times, marks = None, []
     if labels_from:
         if read_manual_labels is None:
             raise ConfigError(f"labels_from={labels_from!r} needs a manual-label reader (clazzify.scoring)")
         times = [r["labelled_at"] for r in read_manual_labels(labels_from)]
-    return check_retrain(source, policy, model_name, tracking_uri, times, progress=progress)
+        marks = [r["labelled_at"] for r in read_manual_labels(labels_from, not_a_class=True)]
+    return check_retrain(source, policy, model_name, tracking_uri, times, mark_times=marks, progress=progress)

@@ -9,7 +9,6 @@
   const query = grid.dataset.query ? "?" + grid.dataset.query : "";
   let pos = 0;
   let focusedId = null;  // the photo the focus mark belongs to, whichever element shows it
-  let refocusChanged = false;  // after an undo, focus the photo it gave back
 
   const cards = () => Array.from(grid.querySelectorAll(".card"));
 
@@ -75,8 +74,7 @@
     }
     if (e.key === "u") {
       grid.querySelectorAll(".card.just-changed").forEach((c) => c.classList.remove("just-changed"));
-      refocusChanged = true;
-      post("/undo", {});
+      post("/undo", {});  // its answer names the photo it gave back: the "undone" event below
       e.preventDefault();
       return;
     }
@@ -95,15 +93,18 @@
     const card = e.target.closest(".card");
     if (card) focusCard(cards().indexOf(card));
   });
+  // An undo's answer names the photo it gave back (HX-Trigger "undone"): the mark goes to that
+  // photo by id, so a late-settling card from an earlier decision cannot take it.
+  document.body.addEventListener("undone", (e) => {
+    const id = e.detail && e.detail.value;
+    if (!id) return;
+    focusedId = id;
+    sync();
+  });
   // Swapped-in cards are new elements, and htmx settles their class attribute on a timer of
-  // its own: rather than guess when, watch the grid and put the mark back after any change
-  // (after an undo, on the photo it gave back once that card shows up as just changed).
+  // its own: rather than guess when, watch the grid and put the mark back after any change.
   function sync() {
-    const changed = refocusChanged && grid.querySelector(".card.just-changed");
-    if (changed) {
-      refocusChanged = false;
-      focusCard(cards().indexOf(changed));
-    } else if (!cards().some((c) => c.dataset.id === focusedId)) {
+    if (!cards().some((c) => c.dataset.id === focusedId)) {
       focusCard(pos);  // the focused photo left the page: the one now in its place
     } else {
       mark();
