@@ -7,6 +7,8 @@ per session (32 px, 2 epochs, the `compact` network) and reused.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,19 +25,48 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-@pytest.fixture(autouse=True)
-def _mlflow_uris_stay_in_their_test():
+@contextmanager
+def _mlflow_uris_restored() -> Iterator[None]:
     """``mlflow.set_tracking_uri``/``set_registry_uri`` also export ``MLFLOW_TRACKING_URI`` and
     ``MLFLOW_REGISTRY_URI`` (for child processes), and ``default_tracking_uri`` prefers them to
-    ``--home``: a test that activates its store must not hand it to the next test's commands."""
+    ``--home``: a test that activates its store must not hand it to the next test's commands,
+    nor leave MLflow's own process-wide URIs pointing at it."""
+    import sys
+
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     saved = {name: os.environ.get(name) for name in names}
+    uris = None
+    if "mlflow" in sys.modules:
+        import mlflow.tracking._model_registry.utils as registry
+        import mlflow.tracking._tracking_service.utils as tracking
+
+        uris = (tracking._tracking_uri, registry._registry_uri)
     yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(uris[0] if uris else None)
+        mlflow.set_registry_uri(uris[1] if uris else None)
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris_stay_in_their_test():
+    with _mlflow_uris_restored():
+        yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_uris_stay_in_their_module():
+    """A module's own fixtures may activate a store for all its tests (the autouse fixture of
+    each test then keeps it): it goes when the module ends, so the next file a worker runs
+    never reads it (a registry test's champion once reached the retrain test that way)."""
+    with _mlflow_uris_restored():
+        yield
 
 
 @pytest.fixture(scope="session")
