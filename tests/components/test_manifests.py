@@ -98,6 +98,14 @@ def by_kind(objs, kind: str) -> list[dict[str, Any]]:
     return [o for o in objs if o["kind"] == kind]
 
 
+def test_the_drift_alerts_come_only_with_the_monitoring_component():
+    """A PrometheusRule needs prometheus-operator's CRD: the base leaves it out (kubectl
+    would refuse the kind on a cluster without the operator), production opts in."""
+    (rule,) = by_kind(render("production"), "PrometheusRule")
+    assert rule["metadata"]["namespace"] == "clazzify" and rule["metadata"]["labels"]["role"] == "alert-rules"
+    assert by_kind(render("local"), "PrometheusRule") == []
+
+
 @cache
 def kserve_schema(plural: str) -> dict[str, Any]:
     crd = yaml.safe_load((KSERVE_SCHEMAS / f"serving.kserve.io_{plural}.yaml").read_text())

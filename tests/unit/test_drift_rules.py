@@ -1,6 +1,6 @@
 """The drift watch's Prometheus rules fire on a recorded drift and stay quiet on a steady stream.
 
-The rules are the ones in ``manifests/base/prometheus-rules.yaml`` (checked to be what
+The rules are the ones in ``manifests/monitoring/prometheus-rules.yaml`` (checked to be what
 ``clazzify drift-rules`` generates), run by ``promtool test rules`` (Debian/Ubuntu package
 ``prometheus``; the test skips, saying so, where promtool is absent) on two recorded streams
 of the workers' metrics: version 1 steady for 27 hours, version 2 steady for a day and then
@@ -24,7 +24,7 @@ from clazzify.scoring import drift_rules
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFEST = ROOT / "manifests" / "base" / "prometheus-rules.yaml"
+MANIFEST = ROOT / "manifests" / "monitoring" / "prometheus-rules.yaml"
 #: The default dataset's class counts (../shared/datasets/restaurant-photos/manifest.csv).
 COUNTS = {"ambiance": 178, "food": 470, "human": 415, "menu": 216}
 ALERTS = ("ClazzifyClassMixDrift", "ClazzifyUnknownRateSpike", "ClazzifyConfidenceDrop")

@@ -426,7 +426,7 @@ def relabel_import_cmd(file, out, classes, keep_unchanged, record_labels, model_
 @click.option("--class-counts", default="",
               help="Or the counts themselves: food=470,human=415,... (from the model's report).")
 @click.option("-o", "--out", "out", default="-", show_default=True,
-              help="File to write (manifests/base/prometheus-rules.yaml), '-' for stdout.")
+              help="File to write (manifests/monitoring/prometheus-rules.yaml), '-' for stdout.")
 @_model_option
 @click.option("--psi-threshold", default=0.2, show_default=True,
               help="Class-mix alert: population stability index above this.")

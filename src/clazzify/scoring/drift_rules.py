@@ -1,7 +1,7 @@
 """The drift watch's Prometheus rules, generated from the model's training mix.
 
 :func:`prometheus_rule` builds the ``PrometheusRule`` (prometheus-operator) that
-``manifests/base/prometheus-rules.yaml`` holds; ``clazzify drift-rules`` writes it. The
+``manifests/monitoring/prometheus-rules.yaml`` holds; ``clazzify drift-rules`` writes it. The
 training mix lives in the rule file as one recording rule per class
 (``clazzify:training_share{model_name, label}``): Prometheus then needs nothing but the
 workers' own metrics (:mod:`clazzify.scoring.metrics`), and a new champion trained on

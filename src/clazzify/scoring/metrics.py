@@ -3,7 +3,7 @@
 Metrics live in their own registry (nothing is registered at import); the worker
 serves them on ``--metrics-port`` at ``/metrics``.
 
-The drift watch (docs/monitoring.md, manifests/base/prometheus-rules.yaml) reads two of them,
+The drift watch (docs/monitoring.md, manifests/monitoring/prometheus-rules.yaml) reads two of them,
 both labelled by ``model_name`` and ``model_version``:
 
 - ``clazzify_worker_predictions_total{label}``: committed scores by predicted class, or
