@@ -32,7 +32,8 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     client = mlflow.MlflowClient()
     for _ in range(2):
         with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(name="model", python_model=Echo())
+            # requirements given: MLflow would otherwise import the model in a subprocess to infer them
+            info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=["mlflow"])
         mlflow.register_model(info.model_uri, "clazzify-test")
     client.set_registered_model_alias("clazzify-test", "champion", "2")
     client.set_registered_model_alias("clazzify-test", "previous", "1")

@@ -20,7 +20,6 @@ own networks again.
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -29,6 +28,7 @@ import pytest
 
 from clazzify.core.errors import ConfigError
 from clazzify.training.models import ARCHITECTURES, ModelSpec, build_model
+from tests.jax_env import jax_cpu_env
 
 pytestmark = pytest.mark.unit
 
@@ -67,13 +67,8 @@ AUGMENTED_STEP = ("compact",)
 
 
 def _start(architectures: tuple[str, ...]) -> subprocess.Popen:
-    # XLA's quickest CPU code generation: the test needs a correct step, not a fast one, and
-    # this cuts the compile time by a third.
-    xla = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {xla}".strip()}
     args = [sys.executable, "-c", SCRIPT, ",".join(AUGMENTED_STEP), ",".join(STEPPED), *architectures]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=jax_cpu_env())
 
 
 def _results(proc: subprocess.Popen) -> dict[str, list]:

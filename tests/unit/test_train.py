@@ -3,7 +3,6 @@ training function under two backends (JAX: PyDataset loader, ONNX exported throu
 TensorFlow in a child process), and the mixed-precision choice."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from clazzify.training.data import make_dataset
 from clazzify.training.evaluate import evaluate_model, iter_split
 from clazzify.training.models import ARCHITECTURES, ModelSpec, build_model
 from clazzify.training.train import TrainConfig, precision_policy, train_model
+from tests.jax_env import jax_cpu_env
 
 pytestmark = pytest.mark.unit
 
@@ -184,9 +184,8 @@ print(json.dumps({"loss": result.history["loss"], "devices": result.devices,
 @pytest.mark.slow
 def test_train_model_runs_under_jax_and_exports_onnx(hdf5_dir, tmp_path):
     pytest.importorskip("jax")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", JAX_TRAIN_SCRIPT, str(hdf5_dir), str(tmp_path / "out")],
-                          capture_output=True, text=True, env=env, timeout=900)
+                          capture_output=True, text=True, env=jax_cpu_env(), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["devices"] == ["CPU"] and all(v == v for v in out["loss"])
