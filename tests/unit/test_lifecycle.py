@@ -85,3 +85,31 @@ def test_bind_http_returns_a_bound_socket_on_the_host():
         assert sock.getsockname()[0] == "127.0.0.1"
     finally:
         sock.close()
+
+
+def test_connections_on_the_bound_socket_send_without_nagles_delay():
+    """The server listens on this socket (uvicorn ``serve(sockets=...)``): asyncio sets
+    TCP_NODELAY on each accepted connection only when the socket says IPPROTO_TCP. Without
+    it, every answer on a keep-alive connection waited ~40 ms for the client's delayed ACK
+    (c=1 through the server: 52 ms a request instead of 12 ms)."""
+    sock = bind_http("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    seen: list[int] = []
+
+    async def main() -> None:
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conn = writer.get_extra_info("socket")
+            seen.append(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    asyncio.run(main())
+    assert seen and seen[0] != 0, "accepted connections keep Nagle's algorithm on"
