@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     bundle = find_bundle(args.bundle)
     meta = BundleMeta.load(bundle)
-    fp32, int8 = load_predictor(bundle, "onnx"), load_predictor(bundle, "onnx-int8")
+    fp32, int8 = load_predictor(bundle, "onnx"), load_predictor(bundle, "openvino-int8")
     results = {"model": f"{meta.architecture} {meta.image_size} px", "export_check": meta.int8}
     test = split_files(args.data, "test")
     a, labels = predict_split(fp32, test)

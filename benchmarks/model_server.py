@@ -34,6 +34,7 @@ import http.client
 import json
 import os
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -181,26 +182,69 @@ def closed_loop(connect: Callable[[], tuple[Callable[[int], bool], Callable[[], 
 
 def load(port: int, requests: Sequence[Request], concurrency: int, seconds: float,
          warmup: float) -> dict:
-    """``concurrency`` closed-loop clients, each on its own keep-alive connection."""
+    """``concurrency`` closed-loop clients, each on its own keep-alive connection.
+
+    The load generator shares the machine's cores with the server it measures, so it spends
+    as little CPU as it can: each request is encoded once, up front, and sent as bytes; an
+    answer is read up to its ``Content-Length`` with a minimal HTTP/1.1 reader. (With
+    ``http.client`` the clients cost about 0.45 ms of CPU per request, measured: 5% of a
+    2-core machine at 220 requests/s, all of it taken from the server.)
+    """
+    encoded = [
+        b"".join([f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode(),
+                  *(f"{k}: {v}\r\n".encode() for k, v in headers.items()),
+                  f"Content-Length: {len(body)}\r\n\r\n".encode(), body])
+        for path, body, headers in requests
+    ]
 
     def connect() -> tuple[Callable[[int], bool], Callable[[], None]]:
-        conn = [http.client.HTTPConnection("127.0.0.1", port, timeout=120)]
+        conn = [_open_connection(port)]
 
         def send(k: int) -> bool:
-            path, body, headers = requests[k]
             try:
-                conn[0].request("POST", path, body=body, headers=headers)
-                resp = conn[0].getresponse()
-                resp.read()
-                return resp.status == 200
-            except (OSError, http.client.HTTPException):
+                return _exchange(conn[0], encoded[k]) == 200
+            except (OSError, ValueError):
                 conn[0].close()  # a broken keep-alive connection: open a new one
-                conn[0] = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                conn[0] = _open_connection(port)
                 return False
 
         return send, lambda: conn[0].close()
 
     return closed_loop(connect, len(requests), concurrency, seconds, warmup)
+
+
+def _open_connection(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _exchange(sock: socket.socket, request: bytes) -> int:
+    """Send one encoded request and read its whole answer; returns the status code.
+
+    Raises:
+        ValueError: an answer without a Content-Length (this reader handles no other kind).
+        OSError: the connection broke.
+    """
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise OSError("connection closed mid-answer")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in lines[1:]
+                   if line[:15].lower() == b"content-length:"), None)
+    if length is None:
+        raise ValueError(f"an answer without Content-Length: {lines[0]!r}")
+    while len(rest) < length:
+        chunk = sock.recv(max(65536, length - len(rest)))
+        if not chunk:
+            raise OSError("connection closed mid-answer")
+        rest += chunk
+    return int(lines[0].split()[1])
 
 
 def summarize(latencies: list[float], seconds: float, errors: int = 0) -> dict:

@@ -258,6 +258,9 @@ def markdown(summary: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="A trained bundle (the default recipe's, with its int8 model) to "
+                             "serve; default: an untrained --architecture exported here.")
     parser.add_argument("--architecture", default="mobilenet_v2")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--photos", type=Path, default=PHOTOS)
@@ -273,8 +276,15 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="clazzify-worker-bench-"))
-    log(f"building a {args.architecture} bundle at {args.image_size} px in {work}")
-    bundle = build_bundle(work, args.architecture, args.image_size)
+    if args.bundle:
+        from clazzify.core.bundle import BundleMeta, find_bundle
+
+        bundle = find_bundle(args.bundle)
+        args.architecture = f"{BundleMeta.load(bundle).architecture} (trained)"
+        args.image_size = BundleMeta.load(bundle).image_size
+    else:
+        log(f"building a {args.architecture} bundle at {args.image_size} px in {work}")
+        bundle = build_bundle(work, args.architecture, args.image_size)
     paths = pick_photos(args.photos, args.n_photos, seed=0)
     blobs = [p.read_bytes() for p in paths]
     log(f"{len(paths)} photos from {args.photos}, {sum(map(len, blobs)) / 1e6:.1f} MB")

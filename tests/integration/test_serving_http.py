@@ -136,7 +136,7 @@ def test_a_photo_reaches_the_model_as_the_pixels_training_stored(server: Client,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["onnx-int8", "onnx"])
+@pytest.mark.parametrize("engine", ["openvino-int8", "onnx"])
 def test_each_served_engine_answers_as_it_does_on_the_pixels_training_stored(
     engine: str, photos, tiny_bundle: Path, tmp_path: Path,
 ):
@@ -155,7 +155,7 @@ def test_each_served_engine_answers_as_it_does_on_the_pixels_training_stored(
         client.close()
     want = load_predictor(tiny_bundle, engine).predict(stored)
     np.testing.assert_allclose(np.array(got), want, atol=1e-5)
-    if engine == "onnx-int8":  # and it is the int8 model, not float32 under another name
+    if engine == "openvino-int8":  # and it is the int8 model, not float32 under another name
         fp32 = load_predictor(tiny_bundle, "onnx").predict(stored)
         assert not np.allclose(want, fp32, atol=1e-6)
 

@@ -152,3 +152,37 @@ def test_an_engine_fault_reaches_every_waiter_and_the_batcher_survives():
     assert all(isinstance(r, RuntimeError) for r in first)
     assert second[0, 0] == 7
     batcher.close()
+
+
+def test_the_engine_thread_gathers_the_next_batch_while_the_event_loop_is_busy():
+    """The engine thread takes queued requests itself: a loop stuck in other work for 0.3 s
+    does not hold back the batches behind it."""
+    engine = Engine(delay=0.05)
+    batcher = Batcher(engine, max_batch_size=1, max_latency_s=0.0)
+
+    async def main():
+        tasks = [asyncio.ensure_future(batcher.submit(engine, _images(i))) for i in range(4)]
+        await asyncio.sleep(0)  # every request queued
+        time.sleep(0.3)  # the loop busy elsewhere (a slow callback): no await for 0.3 s
+        calls_meanwhile = len(engine.calls)
+        await asyncio.gather(*tasks)
+        return calls_meanwhile
+
+    assert asyncio.run(main()) >= 3, engine.calls
+    batcher.close()
+
+
+def test_a_closed_batcher_refuses_new_work_and_answers_what_was_queued():
+    engine = Engine(delay=0.1)
+    batcher = Batcher(engine, max_batch_size=1, max_latency_s=0.0)
+
+    async def main():
+        queued = [asyncio.ensure_future(batcher.submit(engine, _images(i))) for i in range(2)]
+        await asyncio.sleep(0)
+        batcher.close()
+        with pytest.raises(RuntimeError, match="unloaded"):
+            await batcher.submit(engine, _images(9))
+        return await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 5)
+
+    results = asyncio.run(main())
+    assert [r[0, 0] for r in results] == [0, 1]

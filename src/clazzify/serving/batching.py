@@ -6,15 +6,22 @@ waits for them up to ``max_latency_s`` or until ``max_batch_size`` images are ga
 With nothing else in flight it runs at once, so a lone request pays no batching delay;
 under load, requests pile up while the engine runs and the next batch is full at once.
 
-The engine runs in one dedicated thread (ONNX Runtime and TensorFlow release the GIL and
-use their own intra-op threads), so the event loop keeps accepting and decoding.
+The engine runs in one dedicated thread (ONNX Runtime, OpenVINO and TensorFlow release
+the GIL and use their own intra-op threads), which gathers its batches from a thread-safe
+queue itself and hands each request its rows through its event loop. The event loop never
+stands between two batches: when the engine thread waited on the loop to be handed the
+next batch, a busy loop left the engine idle a quarter of the time under load (profiled:
+benchmarks/README.md, "int8 and the request path").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
+import threading
+import time
 from collections.abc import Callable, Hashable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -29,6 +36,10 @@ class _Item:
     key: Hashable
     images: np.ndarray
     future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+_STOP = object()
 
 
 def _split_runs(items: list[_Item]) -> Iterator[list[_Item]]:
@@ -40,11 +51,21 @@ def _split_runs(items: list[_Item]) -> Iterator[list[_Item]]:
             start = i
 
 
+def _resolve(future: asyncio.Future, result: np.ndarray | None, error: BaseException | None) -> None:
+    """Runs on the request's event loop: a cancelled request's future is left alone."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
 class Batcher:
     """Gathers submitted image arrays into batches of at most ``max_batch_size`` images.
 
     Args:
-        run: the engine call, made from one worker thread.
+        run: the engine call, made from the one engine thread.
         max_batch_size: most images per engine call (larger requests are split).
         max_latency_s: longest the first request of a batch waits for others.
         on_batch: called with the size of every engine call (metrics).
@@ -61,10 +82,12 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_latency_s = max_latency_s
         self._on_batch = on_batch
-        self._incoming = 0
-        self._queue: asyncio.Queue[_Item] | None = None
-        self._worker: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="clazzify-engine")
+        self._incoming = 0  # written by event loops, read by the engine thread
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._engine_loop, name="clazzify-engine_0",
+                                        daemon=True)
+        self._thread.start()
 
     @contextmanager
     def expecting(self) -> Iterator[None]:
@@ -77,32 +100,33 @@ class Batcher:
 
     async def submit(self, key: Hashable, images: np.ndarray) -> np.ndarray:
         """Run ``images`` through the engine of ``key`` as part of a batch; returns its rows."""
-        if self._worker is None or self._worker.done():
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._loop())
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(key, images, future))
+        if self._closed:
+            raise RuntimeError("the model was unloaded")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put(_Item(key, images, future, loop))
         return await future
 
-    async def _gather(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
-        loop = asyncio.get_running_loop()
-        items = [await queue.get()]
-        count = len(items[0].images)
-        deadline = loop.time() + self.max_latency_s
+    def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
+        """``first`` and what joins it; True when a stop request arrived meanwhile."""
+        items, count = [first], len(first.images)
+        deadline = time.monotonic() + self.max_latency_s
         while count < self.max_batch_size:
             try:
-                item = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if self._incoming == 0 or remaining <= 0:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if self._incoming <= 0 or remaining <= 0:
                     break
                 try:
-                    item = await asyncio.wait_for(queue.get(), remaining)
-                except TimeoutError:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
                     break
+            if item is _STOP:
+                return items, True
             items.append(item)
             count += len(item.images)
-        return items
+        return items, False
 
     def _call(self, key: Hashable, images: np.ndarray) -> np.ndarray:
         outs = []
@@ -113,36 +137,48 @@ class Batcher:
                 self._on_batch(len(chunk))
         return np.concatenate(outs)
 
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        queue = self._queue
+    def _engine_loop(self) -> None:
         while True:
-            items = await self._gather(queue)
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            items, stop = self._gather(first)
             for run in _split_runs(items):
-                live = [it for it in run if not it.future.done()]  # drop cancelled requests
-                if not live:
-                    continue
-                images = live[0].images if len(live) == 1 else np.concatenate(
-                    [it.images for it in live]
-                )
-                try:
-                    outputs = await loop.run_in_executor(
-                        self._executor, self._call, run[0].key, images
-                    )
-                except Exception as e:  # every waiter must hear of an engine fault
-                    for it in live:
-                        if not it.future.done():
-                            it.future.set_exception(e)
-                    continue
-                offset = 0
-                for it in live:
-                    n = len(it.images)
-                    if not it.future.done():
-                        it.future.set_result(outputs[offset : offset + n])
-                    offset += n
+                self._run_batch(run)
+            if stop:
+                break
+        while True:  # whatever raced past close(): answered, never left waiting
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP:
+                self._answer([item], None, RuntimeError("the model was unloaded"))
+
+    def _run_batch(self, run: list[_Item]) -> None:
+        live = [it for it in run if not it.future.cancelled()]  # drop cancelled requests
+        if not live:
+            return
+        images = live[0].images if len(live) == 1 else np.concatenate([it.images for it in live])
+        try:
+            outputs, error = self._call(run[0].key, images), None
+        except Exception as e:  # every waiter must hear of an engine fault
+            outputs, error = None, e
+        self._answer(live, outputs, error)
+
+    @staticmethod
+    def _answer(live: list[_Item], outputs: np.ndarray | None, error: BaseException | None) -> None:
+        offset = 0
+        for it in live:
+            n = len(it.images)
+            rows = None if outputs is None else outputs[offset : offset + n]
+            offset += n
+            # RuntimeError: that request's event loop has closed, so nobody waits.
+            with contextlib.suppress(RuntimeError):
+                it.loop.call_soon_threadsafe(_resolve, it.future, rows, error)
 
     def close(self) -> None:
-        """Stop the worker and the engine thread."""
-        if self._worker is not None:
-            self._worker.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the engine thread once the batches already queued have run; later
+        submissions are refused."""
+        self._closed = True
+        self._queue.put(_STOP)

@@ -103,9 +103,10 @@ class OneLineCommand(click.Command):
                    "default: the registry version (of a models:/ URI, or stamped into the "
                    "bundle's clazzify.json at registration), else a hash of the model file.")
 @click.option("--engine", type=click.Choice(SERVER_ENGINES), default="auto",
-              help="auto = ONNX Runtime on the int8 model if the export's int8 check passed, "
-                   "else on float32 (onnx), else Keras; openvino[-bf16|-int8] = OpenVINO on the "
-                   "ONNX export (pip install 'clazzify[openvino]'; check accuracy before bf16).")
+              help="auto = OpenVINO on the int8 model (openvino-int8) if the export's int8 "
+                   "check passed, else ONNX Runtime on float32 (onnx), else Keras; "
+                   "openvino[-bf16] = OpenVINO on the float32 export (check accuracy before "
+                   "bf16).")
 @click.option("--host", envvar=HOST_ENV, default="127.0.0.1",
               help="Interface to listen on (HTTP and gRPC): 127.0.0.1 is this machine only; "
                    f"0.0.0.0 every interface (the serving image sets ${HOST_ENV}=0.0.0.0: "
@@ -234,7 +235,7 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
         app.setup()
 
     from clazzify.serving.grpc_server import GuardedGRPCServer
-    from clazzify.serving.http import GuardMiddleware, add_v2_infer_route
+    from clazzify.serving.http import GuardMiddleware, InferenceFastPath, add_v2_infer_route
     from clazzify.serving.metrics import ServingMetrics
     from clazzify.serving.model import ClazzifyKServeModel
 
@@ -250,7 +251,8 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
     if host not in ("127.0.0.1", "::1", "localhost"):
         log.info("listening on %s: reachable from other machines", host)
     app.add_middleware(GuardMiddleware, keys=keys or None, admin_keys=admin_keys,
-                       max_body_bytes=cfg.limits.max_body_bytes, metrics=metrics)
+                       max_body_bytes=cfg.limits.max_body_bytes, metrics=metrics,
+                       fast_path=InferenceFastPath(model))
     add_v2_infer_route(app, model)
 
     def grpc_server(server: ClazzifyModelServer) -> GuardedGRPCServer:
