@@ -1,17 +1,17 @@
 """Serving throughput and latency: the server next to the engine limits and decode, in one run.
 
     python benchmarks/model_server.py --bundle BUNDLE_DIR [--photos DIR] [--seconds 3]
-        [--concurrency 1,8,32] [--servers auto:4,auto:8,onnx:4] [--systems clazzify]
+        [--concurrency 1,8,32] [--servers auto:4,onnx:4] [--systems clazzify]
 
 Same model (a trained bundle, or an untrained ``--architecture`` when no ``--bundle``;
 speed does not depend on the weights), same real photos, same machine, one run:
 
-- engines in-process on decoded pixels, per batch size: ``onnx`` float32 with ONNX
-  Runtime's defaults (every core, spinning threads; batch 1 of it is the issue's
-  reference), ``onnx-int8`` (the bundle's int8 model) with the defaults and as the server
-  runs it (one non-spinning intra-op thread per core; and one core fewer), OpenVINO on
-  the same int8 model (``openvino-int8``), and ``openvino-nncf`` (NNCF's own post-training
-  quantization of the float32 model, OpenVINO's int8 path, when nncf is importable);
+- engines in-process on decoded pixels, per batch size, each with its defaults and as the
+  server runs it: ``onnx`` float32 (ONNX Runtime's defaults, every core and spinning
+  threads, at batch 1 is the issue's reference; served: one non-spinning thread per
+  core), ``openvino-int8`` (the bundle's int8 model, NNCF's; served: one single-threaded
+  stream per core, called from as many threads), and on request ``openvino-nncf`` (NNCF's
+  OpenVINO-IR quantization of the float32 model);
 - the request path's pieces, per image: JSON + base64 parsing of a V1 body, decoding
   (``image_to_array``), and a decode + engine pipeline in one process (decode threads
   feeding one engine thread) for each engine thread / spinning setting: where the time
@@ -283,21 +283,15 @@ class OpenVinoInt8:
 
 
 def _predictors(bundle: Path, engine: str, calibration: np.ndarray | None = None):
-    """``(setting, predictor)`` variants of ``engine`` worth measuring in-process:
-    ONNX Runtime's defaults, and the engine as the server runs it."""
-    from clazzify.core.bundle import load_predictor, serving_threads
+    """``(setting, predictor)`` variants of ``engine`` worth measuring in-process: the
+    engine's defaults, and the engine as the server runs it (the last one)."""
+    from clazzify.core.bundle import load_predictor
+    from clazzify.serving.engine import load_engine_predictor
 
     if engine == "openvino-nncf":
-        return [("server threads", OpenVinoInt8(bundle, calibration, serving_threads())),
-                ("default", OpenVinoInt8(bundle, calibration))]
-    variants = [("default", load_predictor(bundle, engine))]
-    if engine == "onnx-int8":
-        variants.append(("a core left to decode, no spinning", load_predictor(
-            bundle, engine, threads=max(1, len(os.sched_getaffinity(0)) - 1), spinning=False)))
-    if engine.startswith("onnx"):
-        variants.append(("server threads", load_predictor(
-            bundle, engine, threads=serving_threads(), spinning=False)))
-    return variants
+        return [("default", OpenVinoInt8(bundle, calibration))]
+    return [("default", load_predictor(bundle, engine)),
+            ("as served", load_engine_predictor(bundle, engine))]
 
 
 def measure_engine(predictors, arrays: np.ndarray, seconds: float,
@@ -307,16 +301,28 @@ def measure_engine(predictors, arrays: np.ndarray, seconds: float,
     out: dict = {k: dict(v) for k, v in (previous or {}).items()}
     for setting, predictor in predictors:
         by_batch = dict(out.get(setting, {}).get("by_batch", {}))
+        callers = getattr(predictor, "concurrency", 1)  # OpenVINO streams: one caller each
         for batch in (1, 4, 8, 16):
             x = np.resize(arrays, (batch, *arrays.shape[1:]))
-            predictor.predict(x)
-            n, times, t_end = 0, [], time.perf_counter() + seconds
-            while time.perf_counter() < t_end:
-                t0 = time.perf_counter()
+            times: list[float] = []
+            t_end = time.perf_counter() + seconds
+
+            def caller(mine: list[float], x=x, t_end=t_end, predictor=predictor) -> None:
                 predictor.predict(x)
-                times.append(time.perf_counter() - t0)
-                n += batch
-            rate = n / sum(times)
+                while time.perf_counter() < t_end:
+                    t0 = time.perf_counter()
+                    predictor.predict(x)
+                    mine.append(time.perf_counter() - t0)
+
+            lists: list[list[float]] = [[] for _ in range(callers)]
+            threads = [threading.Thread(target=caller, args=(m,)) for m in lists]
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            times = [t for m in lists for t in m]
+            rate = len(times) * batch / (time.perf_counter() - start)
             old = by_batch.get(batch, {"images_per_s": 0.0, "p50_ms": float("inf")})
             by_batch[batch] = {"images_per_s": max(rate, old["images_per_s"]),
                                "p50_ms": min(1000 * statistics.median(times), old["p50_ms"])}
@@ -358,13 +364,15 @@ def measure_parsing(photos: Sequence[bytes], image_size: int) -> dict:
 
 def measure_pipeline(predictor, photos: Sequence[bytes], image_size: int, seconds: float,
                      decode_threads: int, max_batch: int) -> dict:
-    """Decode threads feed one engine thread that takes up to ``max_batch`` decoded images
-    at a time, in one process: the server's work without HTTP. Images/s."""
+    """Decode threads feed the engine threads (one per ``predictor.concurrency``), each
+    taking up to ``max_batch`` decoded images at a time, in one process: the server's work
+    without HTTP. Images/s."""
     import queue
 
     from clazzify.core.imaging import image_to_array
 
     ready: queue.Queue = queue.Queue(maxsize=4 * max_batch)
+    lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
     done = [0]
 
@@ -387,11 +395,13 @@ def measure_pipeline(predictor, photos: Sequence[bytes], image_size: int, second
                 except queue.Empty:
                     break
             predictor.predict(np.stack(batch))
-            done[0] += len(batch)
+            with lock:
+                done[0] += len(batch)
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=decoder, args=(i,)) for i in range(decode_threads)]
-    threads.append(threading.Thread(target=engine))
+    threads += [threading.Thread(target=engine)
+                for _ in range(getattr(predictor, "concurrency", 1))]
     for t in threads:
         t.start()
     for t in threads:
@@ -478,7 +488,7 @@ def serving_sizes(results: dict, levels: Sequence[int], model: str, system: str)
     and one replica's best measured throughput (tests/unit/test_isvc.py holds the
     InferenceService's --max-batch-size equal to ``best_batch_size``)."""
     engine = results["served_engine"][system]
-    eng = results["engines"][engine]["server threads"]
+    eng = results["engines"][engine]["as served"]
     return {
         "source": "benchmarks/model_server.py",
         "model": model,
@@ -511,13 +521,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="Measured seconds per cell.")
     parser.add_argument("--rounds", type=int, default=2, help="Interleaved rounds; best counts.")
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--servers", default="auto:4,auto:8,onnx:4",
+    parser.add_argument("--servers", default="auto:4,onnx:4",
                         help="clazzify servers to start, ENGINE:MAX_BATCH each.")
     parser.add_argument("--systems", default="clazzify",
                         help="clazzify, grpc (the first server's gRPC port), flask, mlflow.")
-    parser.add_argument("--engines", default="onnx,onnx-int8,openvino-int8,openvino-nncf",
+    parser.add_argument("--engines", default="onnx,openvino-int8",
                         help="Engines measured in-process: the table's, and openvino-nncf (NNCF's "
-                             "own int8 of the float32 model; needs nncf).")
+                             "OpenVINO-IR int8 of the float32 model, not the bundle's ONNX one).")
     parser.add_argument("--write-sizes", type=Path, default=None,
                         help=f"Write the first server's measured sizes here (e.g. {SIZES}: "
                              "the deploy step's and manifests' one source of serving sizes).")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -98,9 +99,14 @@ def find_bundle(root: Path) -> Path:
 
 
 class Predictor:
-    """Class probabilities for uint8 image batches, from a bundle."""
+    """Class probabilities for uint8 image batches, from a bundle.
+
+    ``concurrency``: how many ``predict`` calls may usefully run at once, from as many
+    threads (OpenVINO with several streams); 1 for engines that parallelise inside a call.
+    """
 
     engine: str
+    concurrency: int = 1
 
     def __init__(self, bundle_dir: Path) -> None:
         self.bundle_dir = find_bundle(Path(bundle_dir))
@@ -166,10 +172,16 @@ class OpenVinoPredictor(Predictor):
     ``precision="bf16"`` runs in bfloat16 on CPUs that have it (AVX-512 BF16, AMX); its
     probabilities differ from float32 in the second or third decimal, so adopt it only
     where the test-split accuracy stays the same (see benchmarks/README.md).
+
+    ``streams`` > 1 compiles for throughput: that many streams share ``threads``, each
+    running one call at a time, and ``predict`` may be called from that many threads at
+    once (each thread has its own infer request). One single-threaded stream per core ran
+    the int8 model 10% faster than one stream over both cores, and a decode thread taking
+    a core then stalls one stream, not both (benchmarks/README.md, "int8").
     """
 
     def __init__(self, bundle_dir: Path, *, precision: str = "f32", threads: int = 0,
-                 file: str = ONNX_FILE, engine: str = "openvino") -> None:
+                 file: str = ONNX_FILE, engine: str = "openvino", streams: int = 1) -> None:
         super().__init__(bundle_dir)
         try:
             import openvino as ov
@@ -182,15 +194,23 @@ class OpenVinoPredictor(Predictor):
         if not path.is_file():
             raise DataError(f"{path} is missing: OpenVINO reads the bundle's ONNX export")
         self.engine = engine
-        # LATENCY: every core on one inference at a time, as the batcher makes one call at
-        # a time (THROUGHPUT streams only pay off with several calls in flight).
-        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        # LATENCY: every core on one inference at a time, for one caller; THROUGHPUT with
+        # ``streams`` for as many callers (the model server's engine threads).
+        config: dict = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if streams > 1:
+            config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=streams)
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self._model = ov.Core().compile_model(str(path), "CPU", config)
+        self.concurrency = max(1, streams)
+        self._local = threading.local()
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self._model(np.ascontiguousarray(images, dtype=np.uint8))[0])
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._model.create_infer_request()
+        request.infer({0: np.ascontiguousarray(images, dtype=np.uint8)})
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- the engine table
@@ -203,34 +223,36 @@ class EngineSpec:
     Attributes:
         name: the ``--engine`` name.
         file: the model file in the bundle.
-        load: ``load(bundle_dir, threads, spinning) -> Predictor``; ``threads=0`` is the
-            engine's default (every core), ``spinning`` whether idle threads busy-wait.
+        load: ``load(bundle_dir, threads, spinning, streams) -> Predictor``; ``threads=0``
+            is the engine's default (every core), ``spinning`` whether idle threads
+            busy-wait, ``streams`` how many callers it should serve at once (OpenVINO's
+            streams; the other engines run one call at a time and ignore it).
         options: the provider options this engine runs with (recorded for the reader).
         threads: whether ``threads``/``spinning`` apply (Keras runs TensorFlow's own pools).
     """
 
     name: str
     file: str
-    load: Callable[[Path, int, bool], Predictor]
+    load: Callable[[Path, int, bool, int], Predictor]
     options: Mapping[str, str] = field(default_factory=dict)
     threads: bool = True
 
 
-def _onnx(file: str, name: str) -> Callable[[Path, int, bool], Predictor]:
-    return lambda bundle, threads, spinning: OnnxPredictor(
+def _onnx(file: str, name: str) -> Callable[[Path, int, bool, int], Predictor]:
+    return lambda bundle, threads, spinning, streams=1: OnnxPredictor(
         bundle, threads=threads, spinning=spinning, file=file, engine=name)
 
 
-def _openvino(precision: str, name: str, file: str = ONNX_FILE) -> Callable[[Path, int, bool], Predictor]:
-    return lambda bundle, threads, spinning: OpenVinoPredictor(
-        bundle, precision=precision, threads=threads, file=file, engine=name)
+def _openvino(precision: str, name: str, file: str = ONNX_FILE) -> Callable[[Path, int, bool, int], Predictor]:
+    return lambda bundle, threads, spinning, streams=1: OpenVinoPredictor(
+        bundle, precision=precision, threads=threads, file=file, engine=name, streams=streams)
 
 
 #: Every engine, by name: the one place that maps an engine name onto a file and a loader.
 ENGINES: Mapping[str, EngineSpec] = MappingProxyType({
     "onnx": EngineSpec("onnx", ONNX_FILE, _onnx(ONNX_FILE, "onnx"),
                        {"provider": "CPUExecutionProvider", "precision": "float32"}),
-    "keras": EngineSpec("keras", KERAS_FILE, lambda bundle, threads, spinning: KerasPredictor(bundle),
+    "keras": EngineSpec("keras", KERAS_FILE, lambda bundle, threads, spinning, streams=1: KerasPredictor(bundle),
                         {"backend": "KERAS_BACKEND"}, threads=False),
     "openvino": EngineSpec("openvino", ONNX_FILE, _openvino("f32", "openvino"),
                            {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}),
@@ -258,7 +280,8 @@ def auto_engines(bundle_dir: Path) -> list[str]:
 
 
 def load_predictor(
-    bundle_dir: Path, engine: str = "onnx", *, threads: int = 0, spinning: bool = True
+    bundle_dir: Path, engine: str = "onnx", *, threads: int = 0, spinning: bool = True,
+    streams: int = 1,
 ) -> Predictor:
     """Load ``bundle_dir`` with ``engine`` (a name of :data:`ENGINES`, or ``auto``).
 
@@ -266,6 +289,8 @@ def load_predictor(
         threads: intra-op threads (0 = the engine's default, every core).
         spinning: let idle intra-op threads busy-wait (best for a lone batch job; a server
             that decodes beside the engine turns it off).
+        streams: callers the engine should serve at once (OpenVINO; see
+            :class:`OpenVinoPredictor`); its ``concurrency`` says what it took.
 
     Raises:
         ConfigError: an unknown engine, or an optional engine's package is missing.
@@ -275,7 +300,7 @@ def load_predictor(
         tried = []
         for name in auto_engines(bundle_dir):
             try:
-                return ENGINES[name].load(Path(bundle_dir), threads, spinning)
+                return ENGINES[name].load(Path(bundle_dir), threads, spinning, streams)
             except (ConfigError, DataError, RuntimeError, OSError) as e:
                 log.warning("the %s engine cannot load %s (%s); trying the next", name, bundle_dir, e)
                 tried.append(f"{name}: {e}")
@@ -283,7 +308,7 @@ def load_predictor(
     spec = ENGINES.get(engine)
     if spec is None:
         raise ConfigError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINE_CHOICES)}")
-    return spec.load(Path(bundle_dir), threads, spinning)
+    return spec.load(Path(bundle_dir), threads, spinning, streams)
 
 
 def serving_threads(cores: int | None = None) -> int:

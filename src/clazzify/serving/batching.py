@@ -6,9 +6,10 @@ waits for them up to ``max_latency_s`` or until ``max_batch_size`` images are ga
 With nothing else in flight it runs at once, so a lone request pays no batching delay;
 under load, requests pile up while the engine runs and the next batch is full at once.
 
-The engine runs in one dedicated thread (ONNX Runtime, OpenVINO and TensorFlow release
-the GIL and use their own intra-op threads), which gathers its batches from a thread-safe
-queue itself and hands each request its rows through its event loop. The event loop never
+The engine runs in dedicated threads (ONNX Runtime, OpenVINO and TensorFlow release the
+GIL): one for an engine that parallelises inside a call, one per stream for OpenVINO with
+several. Each gathers its batches from a thread-safe queue itself and hands each request
+its rows through its event loop. The event loop never
 stands between two batches: when the engine thread waited on the loop to be handed the
 next batch, a busy loop left the engine idle a quarter of the time under load (profiled:
 benchmarks/README.md, "int8 and the request path").
@@ -65,10 +66,12 @@ class Batcher:
     """Gathers submitted image arrays into batches of at most ``max_batch_size`` images.
 
     Args:
-        run: the engine call, made from the one engine thread.
+        run: the engine call, made from the engine threads.
         max_batch_size: most images per engine call (larger requests are split).
         max_latency_s: longest the first request of a batch waits for others.
         on_batch: called with the size of every engine call (metrics).
+        workers: engine threads, each making one call at a time (the engine's
+            ``concurrency``).
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class Batcher:
         max_batch_size: int,
         max_latency_s: float,
         on_batch: Callable[[int], None] | None = None,
+        workers: int = 1,
     ) -> None:
         self._run = run
         self.max_batch_size = max_batch_size
@@ -85,9 +89,10 @@ class Batcher:
         self._incoming = 0  # written by event loops, read by the engine thread
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
-        self._thread = threading.Thread(target=self._engine_loop, name="clazzify-engine_0",
-                                        daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._engine_loop, name=f"clazzify-engine_{i}",
+                                          daemon=True) for i in range(max(1, workers))]
+        for thread in self._threads:
+            thread.start()
 
     @contextmanager
     def expecting(self) -> Iterator[None]:
@@ -147,13 +152,18 @@ class Batcher:
                 self._run_batch(run)
             if stop:
                 break
+        stops = 0
         while True:  # whatever raced past close(): answered, never left waiting
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return
-            if item is not _STOP:
+                break
+            if item is _STOP:
+                stops += 1  # another engine thread's: handed back below
+            else:
                 self._answer([item], None, RuntimeError("the model was unloaded"))
+        for _ in range(stops):
+            self._queue.put(_STOP)
 
     def _run_batch(self, run: list[_Item]) -> None:
         live = [it for it in run if not it.future.cancelled()]  # drop cancelled requests
@@ -178,7 +188,8 @@ class Batcher:
                 it.loop.call_soon_threadsafe(_resolve, it.future, rows, error)
 
     def close(self) -> None:
-        """Stop the engine thread once the batches already queued have run; later
+        """Stop the engine threads once the batches already queued have run; later
         submissions are refused."""
         self._closed = True
-        self._queue.put(_STOP)
+        for _ in self._threads:
+            self._queue.put(_STOP)

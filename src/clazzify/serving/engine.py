@@ -132,8 +132,10 @@ def fetch_bundle(source: ModelSource, version: str | None = None) -> tuple[Path,
 def load_engine_predictor(bundle_dir: Path, engine: str) -> Predictor:
     """``engine`` (a name of :data:`clazzify.core.bundle.ENGINES` or ``auto``) as the server
     runs it: one intra-op thread per core, idle threads sleeping rather than spinning, so
-    decoding gets the cores between engine calls (benchmarks/README.md, "Request path")."""
-    return load_predictor(bundle_dir, engine, threads=serving_threads(), spinning=False)
+    decoding gets the cores between engine calls (benchmarks/README.md, "Request path");
+    OpenVINO as one single-threaded stream per core, one engine thread each."""
+    cores = serving_threads()
+    return load_predictor(bundle_dir, engine, threads=cores, spinning=False, streams=cores)
 
 
 def load_engine(

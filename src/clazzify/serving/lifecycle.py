@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kserve import ModelServer
@@ -184,7 +186,30 @@ class ClazzifyModelServer(ModelServer):
             self.servers.append(self._grpc_server.start(self.max_threads))
         self.setup_event_loop()
         self.register_signal_handler()
-        asyncio.run(self._serve())
+        # KServe configures the loop it finds, then asyncio.run() makes another: its
+        # ``--event_loop auto`` (uvloop) and ``--max_asyncio_workers`` never reach the loop
+        # that serves. Here they do: uvloop's loop cut the event loop's share of a request,
+        # which bounds throughput at 8 concurrent clients (benchmarks/README.md, "int8").
+        with asyncio.Runner(loop_factory=self._loop_factory()) as runner:
+            runner.run(self._serve_on_this_loop())
+
+    def _loop_factory(self) -> Callable[[], asyncio.AbstractEventLoop]:
+        if self.event_loop in ("auto", "uvloop"):
+            try:
+                import uvloop
+            except ImportError:
+                if self.event_loop == "uvloop":
+                    raise ConfigError("--event_loop uvloop needs the uvloop package") from None
+            else:
+                return uvloop.new_event_loop
+        return asyncio.new_event_loop
+
+    async def _serve_on_this_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self.default_exception_handler)
+        loop.set_default_executor(ThreadPoolExecutor(
+            max_workers=self.max_asyncio_workers, thread_name_prefix="clazzify-decode"))
+        await self._serve()
 
     async def _serve_rest(self, rest: RESTServer) -> None:
         rest.create_application()

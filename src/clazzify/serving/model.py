@@ -90,16 +90,17 @@ class ClazzifyKServeModel(Model):
         self.version_override = version_override
         self.engine: Engine | None = None
         self._watcher: AliasWatcher | None = None
-        self._batcher = self._new_batcher()
+        self._batcher: Batcher | None = None  # made by load(), as many threads as the engine takes
         self._stopped = False
         self._decoding = PixelGate(cfg.limits.max_decoding_pixels)
 
-    def _new_batcher(self) -> Batcher:
+    def _new_batcher(self, workers: int) -> Batcher:
         return Batcher(
             lambda engine, images: engine.predict(images),
             self.cfg.max_batch_size,
             self.cfg.max_latency_ms / 1000.0,
             on_batch=self.metrics.batch_size.observe,
+            workers=workers,
         )
 
     # ---------------------------------------------------------------- lifecycle
@@ -107,8 +108,9 @@ class ClazzifyKServeModel(Model):
     def load(self) -> bool:
         """Load the engine (again, after :meth:`stop`: the repository extension's load)."""
         engine = load_engine(self.source, self.cfg.engine, version_override=self.version_override)
-        if self._stopped:
-            self._batcher, self._stopped = self._new_batcher(), False
+        if self._batcher is None or self._stopped:
+            self._batcher = self._new_batcher(engine.predictor.concurrency)
+            self._stopped = False
         self._install(engine)
         if self.cfg.watch_interval_s:
             self._watcher = AliasWatcher(
@@ -141,7 +143,8 @@ class ClazzifyKServeModel(Model):
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
-        self._batcher.close()
+        if self._batcher is not None:
+            self._batcher.close()
         self._stopped = True
 
     # ---------------------------------------------------------------- metadata

@@ -225,7 +225,7 @@ def _raw_int8(bundle_dir: Path, images: Iterator[np.ndarray]) -> np.ndarray:
     numbers the server answers with."""
     from clazzify.core.bundle import ENGINES
 
-    predictor = ENGINES["openvino-int8"].load(bundle_dir, 0, True)
+    predictor = ENGINES["openvino-int8"].load(bundle_dir, 0, True, 1)
     return np.concatenate([predictor.predict(x) for x in images])
 
 
