@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
+import threading
+import time
 
 import pytest
 
@@ -12,32 +13,32 @@ pytestmark = pytest.mark.unit
 
 
 def test_requests_decode_together_only_while_their_pixels_fit():
-    async def run():
-        gate = PixelGate(100)
-        peak, order = 0, []
+    gate = PixelGate(100)
+    peak, order, lock = [0], [], threading.Lock()
 
-        async def request(name: str, pixels: int, hold_s: float) -> None:
-            nonlocal peak
-            async with gate.hold(pixels):
-                peak = max(peak, gate.in_use)
+    def request(name: str, pixels: int, hold_s: float, start_after_s: float) -> None:
+        time.sleep(start_after_s)
+        with gate.hold(pixels):
+            with lock:
+                peak[0] = max(peak[0], gate.in_use)
                 order.append(f"{name}+")
-                await asyncio.sleep(hold_s)
+            time.sleep(hold_s)
+            with lock:
                 order.append(f"{name}-")
 
-        await asyncio.gather(request("a", 60, 0.05), request("b", 60, 0.0),
-                             request("c", 40, 0.0))
-        return peak, order, gate.in_use
-
-    peak, order, left = asyncio.run(run())
-    assert peak <= 100 and left == 0
+    threads = [threading.Thread(target=request, args=args) for args in
+               (("a", 60, 0.2, 0.0), ("b", 60, 0.0, 0.05), ("c", 40, 0.0, 0.1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert peak[0] <= 100 and gate.in_use == 0
     assert order.index("b+") > order.index("a-")  # b (60) waited for a (60) to finish
     assert order.index("c+") < order.index("a-")  # c (40) fitted beside a
 
 
 def test_a_request_never_waits_for_more_than_the_whole_gate():
-    async def run():
-        gate = PixelGate(100)
-        async with gate.hold(1_000):  # clamped: it runs alone instead of forever waiting
-            return gate.in_use
-
-    assert asyncio.run(run()) == 100
+    gate = PixelGate(100)
+    with gate.hold(1_000):  # clamped: it runs alone instead of forever waiting
+        assert gate.in_use == 100
+    assert gate.in_use == 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,6 @@ from clazzify.serving.config import ServerConfig, ServingLimits, parse_model_uri
 from clazzify.serving.engine import AliasWatcher, Engine, load_engine, resolve_alias
 from clazzify.serving.metrics import ServingMetrics
 from clazzify.serving.protocol import (
-    OpenedImages,
     PayloadError,
     check_probabilities,
     decode_batch,
@@ -56,23 +56,28 @@ class PixelGate:
     sum of their pixels stays within ``capacity``, so decode memory has a ceiling whatever
     the number of clients. A request never asks for more than ``capacity``
     (``ServingLimits`` checks ``max_request_pixels <= max_decoding_pixels``).
+
+    Held by the decoding threads themselves, so one worker call reads the headers, waits
+    for room and decodes: a second trip through the event loop cost a request 3 ms of
+    waiting at 8 concurrent clients (benchmarks/README.md, "int8"). A thread waits only
+    for threads that are decoding, which never wait for anything, so it cannot deadlock.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.in_use = 0
-        self._changed = asyncio.Condition()
+        self._changed = threading.Condition()
 
-    @asynccontextmanager
-    async def hold(self, pixels: int) -> AsyncIterator[None]:
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
         pixels = min(pixels, self.capacity)
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.in_use + pixels <= self.capacity)
+        with self._changed:
+            self._changed.wait_for(lambda: self.in_use + pixels <= self.capacity)
             self.in_use += pixels
         try:
             yield
         finally:
-            async with self._changed:
+            with self._changed:
                 self.in_use -= pixels
                 self._changed.notify_all()
 
@@ -167,11 +172,10 @@ class ClazzifyKServeModel(Model):
             try:
                 loop = asyncio.get_running_loop()
                 size = engine.meta.image_size
-                # base64 and the headers in the worker thread too: the event loop only
-                # routes (base64 of a photo cost a sixth of the loop's time, profiled).
-                opened = await loop.run_in_executor(None, _open_payload, payload, size, limits)
-                async with self._decoding.hold(opened.pixels):
-                    pixels = await loop.run_in_executor(None, decode_batch, opened, size)
+                # base64, the headers and the pixels in one worker call: the event loop
+                # only routes (base64 of a photo cost a sixth of its time, profiled).
+                pixels = await loop.run_in_executor(
+                    None, _decode_payload, payload, size, limits, self._decoding)
             except PayloadError as e:
                 raise InvalidInput(str(e)) from e
         return _Prepared(pixels, engine, payload if isinstance(payload, InferRequest) else None)
@@ -205,11 +209,14 @@ class ClazzifyKServeModel(Model):
         )
 
 
-def _open_payload(payload: Any, size: int, limits: ServingLimits) -> OpenedImages:
-    """The request's images, their base64 decoded and their headers checked (no pixels yet)."""
+def _decode_payload(payload: Any, size: int, limits: ServingLimits, gate: PixelGate) -> np.ndarray:
+    """The request's images as the model's uint8 batch: base64 decoded, every header checked
+    against the limits before any pixel is decoded, then decoded within ``gate``."""
     v2 = isinstance(payload, InferRequest)
     blobs = v2_images(_v2_inputs(payload), limits) if v2 else v1_images(payload, limits)
-    return open_images(blobs, size, limits)
+    opened = open_images(blobs, size, limits)
+    with gate.hold(opened.pixels):
+        return decode_batch(opened, size)
 
 
 def _v2_inputs(request: InferRequest) -> list[dict]:
