@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from clazzify.core.bundle import serving_threads
 from clazzify.core.errors import ClazzifyError, ConfigError
 from clazzify.core.imaging import ImageLimits
 from clazzify.serving.auth import load_api_keys
@@ -268,7 +269,11 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
         grpc_server_factory=grpc_server if kserve_args.enable_grpc else None,
         http_port=cfg.http_port, grpc_port=grpc_port, workers=workers,
         max_threads=kserve_args.max_threads,
-        max_asyncio_workers=kserve_args.max_asyncio_workers,
+        # The default executor's threads decode requests: one per core (KServe's default
+        # is cores + 4). At 8 concurrent clients 2 threads did 237-244 img/s against
+        # 227-228 for 6 (benchmarks/README.md, "int8"): fewer decoders take fewer turns
+        # from the engine's streams.
+        max_asyncio_workers=kserve_args.max_asyncio_workers or serving_threads(),
         enable_docs_url=kserve_args.enable_docs_url,
         # KServe's timing middleware logs two trace lines per request; /metrics has the
         # same latencies, and on a small CPU the log writes cost throughput.
