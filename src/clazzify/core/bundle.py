@@ -239,12 +239,12 @@ class EngineSpec:
 
 
 def _onnx(file: str, name: str) -> Callable[[Path, int, bool, int], Predictor]:
-    return lambda bundle, threads, spinning, streams=1: OnnxPredictor(
+    return lambda bundle, threads, spinning, streams: OnnxPredictor(
         bundle, threads=threads, spinning=spinning, file=file, engine=name)
 
 
 def _openvino(precision: str, name: str, file: str = ONNX_FILE) -> Callable[[Path, int, bool, int], Predictor]:
-    return lambda bundle, threads, spinning, streams=1: OpenVinoPredictor(
+    return lambda bundle, threads, spinning, streams: OpenVinoPredictor(
         bundle, precision=precision, threads=threads, file=file, engine=name, streams=streams)
 
 
@@ -252,7 +252,7 @@ def _openvino(precision: str, name: str, file: str = ONNX_FILE) -> Callable[[Pat
 ENGINES: Mapping[str, EngineSpec] = MappingProxyType({
     "onnx": EngineSpec("onnx", ONNX_FILE, _onnx(ONNX_FILE, "onnx"),
                        {"provider": "CPUExecutionProvider", "precision": "float32"}),
-    "keras": EngineSpec("keras", KERAS_FILE, lambda bundle, threads, spinning, streams=1: KerasPredictor(bundle),
+    "keras": EngineSpec("keras", KERAS_FILE, lambda bundle, threads, spinning, streams: KerasPredictor(bundle),
                         {"backend": "KERAS_BACKEND"}, threads=False),
     "openvino": EngineSpec("openvino", ONNX_FILE, _openvino("f32", "openvino"),
                            {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}),

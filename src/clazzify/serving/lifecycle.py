@@ -184,12 +184,11 @@ class ClazzifyModelServer(ModelServer):
         if self._grpc_server_factory is not None:
             self._grpc_server = self._grpc_server_factory(self)
             self.servers.append(self._grpc_server.start(self.max_threads))
-        self.setup_event_loop()
         self.register_signal_handler()
-        # KServe configures the loop it finds, then asyncio.run() makes another: its
-        # ``--event_loop auto`` (uvloop) and ``--max_asyncio_workers`` never reach the loop
-        # that serves. Here they do: uvloop's loop cut the event loop's share of a request,
-        # which bounds throughput at 8 concurrent clients (benchmarks/README.md, "int8").
+        # KServe's own start() configures the loop it finds (setup_event_loop), then
+        # asyncio.run() makes another: its ``--event_loop auto`` (uvloop) and
+        # ``--max_asyncio_workers`` never reach the loop that serves. Here the loop that
+        # serves is configured (:meth:`_serve_on_this_loop`) and no other.
         with asyncio.Runner(loop_factory=self._loop_factory()) as runner:
             runner.run(self._serve_on_this_loop())
 
@@ -207,6 +206,7 @@ class ClazzifyModelServer(ModelServer):
     async def _serve_on_this_loop(self) -> None:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self.default_exception_handler)
+        # max_workers None: Python's min(32, cores + 4), the formula KServe uses too.
         loop.set_default_executor(ThreadPoolExecutor(
             max_workers=self.max_asyncio_workers, thread_name_prefix="clazzify-decode"))
         await self._serve()

@@ -223,17 +223,18 @@ def _raw_int8(bundle_dir: Path, images: Iterator[np.ndarray]) -> np.ndarray:
     """:func:`_raw` of the bundle's int8 model, loaded as the server loads it (the
     ``openvino-int8`` engine, float32 where the model is float), so the check measures the
     numbers the server answers with."""
-    from clazzify.core.bundle import ENGINES
+    from clazzify.core.bundle import load_predictor
 
-    predictor = ENGINES["openvino-int8"].load(bundle_dir, 0, True, 1)
+    predictor = load_predictor(bundle_dir, "openvino-int8")
     return np.concatenate([predictor.predict(x) for x in images])
 
 
-def _nncf_quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray,
+def _nncf_quantize(model, int8_path: Path, calibration: np.ndarray,
                    float_nodes: Sequence[str]) -> None:
-    """NNCF's post-training quantization of the ONNX model at ``fp32_path``: int8 weights
-    per output channel, activation ranges from ``calibration`` (one photo per sample), fast
-    bias correction; ``float_nodes`` stay float. Written as QDQ ONNX to ``int8_path``."""
+    """NNCF's post-training quantization of the ONNX ``model`` (an ``onnx.ModelProto``):
+    int8 weights per output channel, activation ranges from ``calibration`` (one photo per
+    sample), fast bias correction; ``float_nodes`` stay float. Written as QDQ ONNX to
+    ``int8_path``."""
     import os
 
     # NNCF reports usage to Google Analytics unless told it runs in CI; a training job
@@ -242,7 +243,6 @@ def _nncf_quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray,
     import nncf
     import onnx
 
-    model = onnx.load(str(fp32_path))
     input_name = model.graph.input[0].name
     dataset = nncf.Dataset([{input_name: image[np.newaxis]} for image in calibration])
     quantized = nncf.quantize(
@@ -318,7 +318,7 @@ def quantize_bundle(bundle_dir: Path, train_paths: Sequence[Path], val_paths: Se
     # unknown rule below) in-distribution scores both come from these outputs.
     fp32, fp32_scores, _ = split_for(meta, _raw(fp32_path, (x for x, _ in _blocks(val_paths))))
     exclude = _input_nodes(model) + _edge_nodes(model)
-    _nncf_quantize(fp32_path, int8_path, calibration, exclude)
+    _nncf_quantize(model, int8_path, calibration, exclude)
     int8, int8_scores, _ = split_for(meta, _raw_int8(bundle_dir, (x for x, _ in _blocks(val_paths))))
     result = compare_int8(fp32, int8, val_labels, meta.class_names)
     result["temperature"] = 1.0
