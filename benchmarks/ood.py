@@ -29,6 +29,7 @@ import hashlib
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,14 @@ from common import PHOTOS, log
 
 from clazzify.core.imaging import image_to_array
 from clazzify.training.calibration import fit_temperature
-from clazzify.training.head import FeatureCache, extract_features, fit_head, pixel_digests, softmax
+from clazzify.training.head import (
+    ColumnScaling,
+    FeatureCache,
+    extract_features,
+    fit_head,
+    pixel_digests,
+    softmax,
+)
 from clazzify.training.ingest import IngestConfig, ingest_images
 from clazzify.training.ood import (
     TRAINING_FREE,
@@ -150,7 +158,7 @@ def main() -> None:
     import keras
     from sklearn.model_selection import GroupKFold
 
-    from clazzify.training.models import ModelSpec, build_model, feature_model
+    from clazzify.training.models import ModelSpec, build_model, feature_model, tap_start
 
     rates = [float(r) for r in args.rates.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
@@ -160,25 +168,34 @@ def main() -> None:
     if not (h5 / "test.h5").is_file():
         build_hdf5(manifest, h5, PreprocessConfig(image_size=SIZE, seed=42), progress=False)
     keras.utils.set_random_seed(0)
-    fm = feature_model(build_model(ModelSpec("efficientnet_lite0", 4, SIZE, init_weights="packaged", augment=False)))
-    cache = FeatureCache(args.work / "features", f"efficientnet_lite0-packaged-{SIZE}")
+    spec = ModelSpec("efficientnet_lite0", 4, SIZE, init_weights="packaged", augment=False, taps=True)
+    fm = feature_model(build_model(spec))
+    cache = FeatureCache(args.work / "features", f"efficientnet_lite0-taps-packaged-{SIZE}")
     t = time.perf_counter()
     x, y = {}, {}
     for split in ("train", "val", "test"):
         x[split], y[split] = extract_features(fm, [h5 / f"{split}.h5"], cache=cache, progress=False)
     xo, rows = ood_features(args.ood, fm, cache)
+    # The pipeline's head reads the taps' columns standardised on the train split
+    # (clazzify.training.head.ColumnScaling); every score here sees the same numbers.
+    scaling = ColumnScaling.fit(x["train"], tap_start(spec))
+    x, xo = {s: scaling.apply(v) for s, v in x.items()}, scaling.apply(xo)
+    # A run without an OOD source trains a model without taps: its first columns alone.
+    pooled = tap_start(spec)
+    x_pooled, xo_pooled = {s: v[:, :pooled] for s, v in x.items()}, xo[:, :pooled]
     log(f"features: {sum(len(v) for v in y.values())} photos + {len(rows)} OOD in {time.perf_counter() - t:.0f}s")
     k = int(max(y["train"].max(), y["val"].max(), y["test"].max())) + 1
 
-    kernel, bias = fit_head(x["train"], y["train"], k, l2=L2)
-    temperature = fit_temperature(softmax(x["val"] @ kernel + bias), y["val"])
-    logits = {s: (x[s] @ kernel + bias) / temperature for s in ("train", "val", "test")}
-    logits_ood = (xo @ kernel + bias) / temperature
+    kernel, bias = fit_head(x_pooled["train"], y["train"], k, l2=L2)
+    temperature = fit_temperature(softmax(x_pooled["val"] @ kernel + bias), y["val"])
+    logits = {s: (x_pooled[s] @ kernel + bias) / temperature for s in ("train", "val", "test")}
+    logits_ood = (xo_pooled @ kernel + bias) / temperature
     correct = logits["test"].argmax(1) == y["test"]
-    fitted = {"mahalanobis": Mahalanobis.fit(x["train"], y["train"]), "knn": NearestNeighbours.fit(x["train"], k=10)}
-    s_val = scores_by_method(fitted, x["val"], logits["val"])
-    s_test = scores_by_method(fitted, x["test"], logits["test"])
-    s_ood = scores_by_method(fitted, xo, logits_ood)
+    fitted = {"mahalanobis": Mahalanobis.fit(x_pooled["train"], y["train"]),
+              "knn": NearestNeighbours.fit(x_pooled["train"], k=10)}
+    s_val = scores_by_method(fitted, x_pooled["val"], logits["val"])
+    s_test = scores_by_method(fitted, x_pooled["test"], logits["test"])
+    s_ood = scores_by_method(fitted, xo_pooled, logits_ood)
     results = [summarise(m, s_val[m], s_test[m], correct, s_ood[m], rows, rates) for m in TRAINING_FREE]
 
     # Outlier exposure, cross-validated by repository: each OOD photo is scored by a head
@@ -187,26 +204,40 @@ def main() -> None:
     # graphics (flat colours, gradients, charts, text, interfaces), and the synthetic ones
     # alone (what a run without an OOD source can have).
     synthetic = synthetic_outliers(240, SIZE, seed=1)
-    xs = np.concatenate([np.asarray(fm.predict_on_batch(synthetic[i : i + 32].astype(np.float32)))
-                         for i in range(0, len(synthetic), 32)])
+    xs = scaling.apply(np.concatenate([np.asarray(fm.predict_on_batch(synthetic[i : i + 32].astype(np.float32)))
+                                       for i in range(0, len(synthetic), 32)]))
     repos = np.array([r["repository"] for r in rows])
     folds = list(GroupKFold(n_splits=min(args.folds, len(set(repos)))).split(xo, groups=repos))
-    for name, outliers in {"outlier_exposure": lambda tr: xo[tr],
-                           "outlier_exposure+synthetic": lambda tr: np.concatenate([xo[tr], xs]),
-                           "synthetic_only": lambda tr: xs}.items():
-        results.append(cross_validated(name, outliers, folds, x, y, k, xo, rows, rates))
+    # Each with the taps (the model a run with an OOD source trains) and without (before
+    # the taps; synthetic graphics alone are what a run without an OOD source could have).
+    for name, outliers, taps in (
+            ("outlier_exposure", lambda tr: xo[tr], True),
+            ("outlier_exposure+synthetic", lambda tr: np.concatenate([xo[tr], xs]), True),
+            ("outlier_exposure, no taps", lambda tr: xo[tr, :pooled], False),
+            ("synthetic_only, no taps", lambda tr: xs[:, :pooled], False)):
+        results.append(cross_validated(name, outliers, folds, x if taps else x_pooled, y, k,
+                                       xo if taps else xo_pooled, rows, rates))
         log(f"{name}: done")
     # Serving cost of each score beside the model's own forward pass (per photo, one core).
     cost = {}
     probe = xo[:64]
-    t0 = time.perf_counter()
+    # The taps' cost: the same backbone with and without them, interleaved, best of 5.
+    fm_plain = feature_model(build_model(replace(spec, taps=False)))
+    batch = np.zeros((8, SIZE, SIZE, 3), np.float32)
+    best = {"forward_ms": [], "forward_no_taps_ms": []}
     for _ in range(5):
-        fm.predict_on_batch(np.zeros((8, SIZE, SIZE, 3), np.float32))
-    cost["forward_ms"] = (time.perf_counter() - t0) / 40 * 1000
+        for key, model in (("forward_ms", fm), ("forward_no_taps_ms", fm_plain)):
+            model.predict_on_batch(batch)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                model.predict_on_batch(batch)
+            best[key].append((time.perf_counter() - t0) / 24 * 1000)
+    cost.update({key: min(v) for key, v in best.items()})
+    cost["taps_overhead"] = cost["forward_ms"] / cost["forward_no_taps_ms"] - 1
     for name, fn in {"mahalanobis": fitted["mahalanobis"].score, "knn": fitted["knn"].score}.items():
         t0 = time.perf_counter()
         for _ in range(10):
-            fn(probe)
+            fn(probe[:, :pooled])
         cost[f"{name}_ms"] = (time.perf_counter() - t0) / 640 * 1000
     out = {"train": len(y["train"]), "val": len(y["val"]), "test": len(y["test"]), "ood": len(rows),
            "test_accuracy": float(correct.mean()), "rates": rates, "methods": results, "cost_ms_per_photo": cost}

@@ -32,7 +32,7 @@ from ood import L2, OOD, RESULTS, SIZE, SOURCE, ood_features
 from PIL import Image
 
 from clazzify.core.imaging import image_to_array
-from clazzify.training.head import FeatureCache, extract_features
+from clazzify.training.head import ColumnScaling, FeatureCache, extract_features
 from clazzify.training.ingest import IngestConfig, ingest_images
 from clazzify.training.ood import (
     Mahalanobis,
@@ -70,7 +70,7 @@ def main() -> None:
     import keras
     from sklearn.model_selection import GroupKFold
 
-    from clazzify.training.models import ModelSpec, build_model, feature_model
+    from clazzify.training.models import ModelSpec, build_model, feature_model, tap_start
 
     args.work.mkdir(parents=True, exist_ok=True)
     manifest = args.work / "manifest.csv"
@@ -79,31 +79,37 @@ def main() -> None:
     if not (h5 / "test.h5").is_file():
         build_hdf5(manifest, h5, PreprocessConfig(image_size=SIZE, seed=42), progress=False)
     keras.utils.set_random_seed(0)
-    fm = feature_model(build_model(ModelSpec("efficientnet_lite0", 4, SIZE, init_weights="packaged", augment=False)))
-    cache = FeatureCache(args.work / "features", f"efficientnet_lite0-packaged-{SIZE}")
+    spec = ModelSpec("efficientnet_lite0", 4, SIZE, init_weights="packaged", augment=False, taps=True)
+    fm = feature_model(build_model(spec))
+    cache = FeatureCache(args.work / "features", f"efficientnet_lite0-taps-packaged-{SIZE}")
     x, y = {}, {}
     for split in ("train", "val", "test"):
         x[split], y[split] = extract_features(fm, [h5 / f"{split}.h5"], cache=cache, progress=False)
     xo, rows = ood_features(OOD, fm, cache)
     xv = views(OOD, fm)
+    scaling = ColumnScaling.fit(x["train"], tap_start(spec))  # as the pipeline's head reads them
+    x, xo, xv = {s: scaling.apply(v) for s, v in x.items()}, scaling.apply(xo), scaling.apply(xv)
+    pooled = tap_start(spec)
     k = int(y["train"].max()) + 1
     cats = np.array([r["category"] for r in rows])
     folds = list(GroupKFold(n_splits=5).split(xo, groups=[r["repository"] for r in rows]))
-    knn, maha = NearestNeighbours.fit(x["train"], k=10), Mahalanobis.fit(x["train"], y["train"])
-    extra = {name: {part: fit.score(feats) for part, feats in (("val", x["val"]), ("test", x["test"]), ("ood", xo))}
+    knn, maha = NearestNeighbours.fit(x["train"][:, :pooled], k=10), Mahalanobis.fit(x["train"][:, :pooled], y["train"])
+    extra = {name: {part: fit.score(feats[:, :pooled])
+                    for part, feats in (("val", x["val"]), ("test", x["test"]), ("ood", xo))}
              for name, fit in (("knn", knn), ("mahalanobis", maha))}
 
     def variant(name: str, with_views: bool = False, weight: float = 1.0, l2: float = L2,
-                add: tuple[str, ...] = ()) -> dict:
+                add: tuple[str, ...] = (), taps: bool = True) -> dict:
         held, fold_of = np.empty(len(rows)), np.empty(len(rows), int)
         vals, tests = [], []
+        cols = slice(None) if taps else slice(0, pooled)
         for fold, (tr, ho) in enumerate(folds):
-            outliers = np.concatenate([xo[tr], xv[tr].reshape(-1, xo.shape[1])]) if with_views else xo[tr]
-            kr, br = fit_rejection_head(x["train"], y["train"], k, outliers, l2=l2,
+            outliers = (np.concatenate([xo[tr], xv[tr].reshape(-1, xo.shape[1])]) if with_views else xo[tr])[:, cols]
+            kr, br = fit_rejection_head(x["train"][:, cols], y["train"], k, outliers, l2=l2,
                                         outlier_weight=weight * len(y["train"]) / k / len(outliers))
 
             def margin(feats, kr=kr, br=br):  # log p(classes) - log p(not a class): high is in-distribution
-                logits = feats @ kr + br
+                logits = feats[:, cols] @ kr + br
                 return _logsumexp(logits[:, :-1]) - logits[:, -1]
 
             parts = {"val": margin(x["val"]), "test": margin(x["test"]), "ood": margin(xo)}
@@ -125,7 +131,8 @@ def main() -> None:
         log(f"{name}: AUROC {out['auroc']:.3f}, caught at 2% {out['0.02']['caught']:.3f}")
         return out
 
-    results = [variant("default (real OOD photos)"), variant("outlier_weight 2x", weight=2.0),
+    results = [variant("default (real OOD photos, taps)"), variant("no taps", taps=False),
+               variant("outlier_weight 2x", weight=2.0),
                variant("outlier_weight 4x", weight=4.0), variant("+views", with_views=True),
                variant("+views, outlier_weight 4x", with_views=True, weight=4.0),
                variant("+views, l2 3", with_views=True, l2=3.0), variant("+views, l2 30", with_views=True, l2=30.0),

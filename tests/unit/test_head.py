@@ -47,6 +47,23 @@ class _Counting:
         return images.reshape(len(images), -1)[:, :5].astype(np.float32)
 
 
+def test_column_scaling_standardises_the_tail_and_folds_back_into_the_raw_weights():
+    from clazzify.training.head import ColumnScaling
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (50, 3)), rng.normal(40, 9, (50, 2)), np.full((50, 1), 7.0)], 1)
+    scaling = ColumnScaling.fit(x, 3)
+    z = scaling.apply(x)
+    np.testing.assert_allclose(z[:, :3], x[:, :3], rtol=1e-6)  # the head's own columns untouched
+    np.testing.assert_allclose(z[:, 3:5].mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(z[:, 3:5].std(0), 1, atol=1e-5)
+    assert (z[:, 5] == 0).all()  # a constant column carries nothing, and is not blown up
+    kernel, bias = rng.normal(0, 1, (6, 4)).astype(np.float32), rng.normal(0, 1, 4).astype(np.float32)
+    raw_kernel, raw_bias = scaling.fold(kernel, bias)
+    np.testing.assert_allclose(x @ raw_kernel + raw_bias, z @ kernel + bias, rtol=1e-4, atol=1e-3)
+    assert (ColumnScaling.fit(x, None).apply(x) == x.astype(np.float32)).all()
+
+
 def test_feature_cache_computes_each_image_once(hdf5_dir, tmp_path):
     paths = [hdf5_dir / "train.h5"]
     first = _Counting()

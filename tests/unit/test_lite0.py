@@ -132,3 +132,32 @@ def test_stem_and_first_depthwise_match_a_numpy_reference_of_the_state_dict():
     w = sd["_blocks.0._depthwise_conv.weight"]
     ref_dw = np.clip(bn(_conv_reference(ref_stem, w, 1, groups=w.shape[0]), "_blocks.0._bn1"), 0, 6)
     np.testing.assert_allclose(dw, ref_dw, atol=1e-3)
+
+
+def test_taps_append_each_blocks_mean_and_variance_to_the_same_pooled_features():
+    import keras
+
+    from clazzify.training.lite0 import FEATURES, TAP_FEATURES, TAPS
+
+    plain, tapped = build_lite0((64, 64, 3)), build_lite0((64, 64, 3), taps=True)
+    load_lite0_weights(plain)
+    load_lite0_weights(tapped)
+    x = np.random.default_rng(0).normal(0, 1, (3, 64, 64, 3)).astype(np.float32)
+    out = np.asarray(tapped.predict(x, verbose=0))
+    assert out.shape == (3, FEATURES + TAP_FEATURES)
+    np.testing.assert_allclose(out[:, :FEATURES], plain.predict(x, verbose=0), atol=1e-5)
+    col = FEATURES
+    for name, channels in TAPS:  # mean then variance over the image, per channel, block by block
+        block = np.asarray(keras.Model(tapped.input, tapped.get_layer(name).output).predict(x, verbose=0))
+        np.testing.assert_allclose(out[:, col : col + channels], block.mean((1, 2)), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(out[:, col + channels : col + 2 * channels], block.var((1, 2)),
+                                   rtol=1e-3, atol=1e-3)
+        col += 2 * channels
+
+
+def test_only_lite0_has_taps_and_only_when_asked():
+    from clazzify.training.models import tap_start
+
+    assert tap_start(ModelSpec("efficientnet_lite0", 4, 64, taps=True)) == 1280
+    assert tap_start(ModelSpec("efficientnet_lite0", 4, 64)) is None  # off unless asked for
+    assert tap_start(ModelSpec("compact", 4, 64, taps=True)) is None

@@ -208,6 +208,11 @@ def test_frozen_lite0_with_an_ood_source_exports_a_not_a_class_output(hdf5_dir, 
     assert raw.shape[1] == len(meta.class_names) + 1  # the classes and "not a class"
     probs, scores = split_outputs(raw, len(meta.class_names), rule.method)
     assert (scores < rule.threshold).mean() <= 0.02 + 1e-9  # the threshold's promise on val
+    # the rejection head reads the taps too, standardised in training and folded into the
+    # exported weights: the threshold above holds on the exported model only if the fold is right
+    import onnx
+
+    assert any("/tap_" in n.name for n in onnx.load(str(result.bundle_dir / "model.onnx")).graph.node)
 
 
 def test_ood_source_needs_a_frozen_backbone():

@@ -179,6 +179,13 @@ def _edge_nodes(model) -> list[str]:
     return [nodes[convs[0]].name] + [n.name for n in nodes[convs[-1]:]]
 
 
+def _tap_nodes(model) -> list[str]:
+    """The taps' statistics (``clazzify.training.lite0.TAPS``: squares, means, variances of
+    inner blocks), left in float: their inputs are already int8's, and a variance of
+    quantized numbers squared again would lose what the unknown rule reads."""
+    return [n.name for n in model.graph.node if "/tap_" in n.name]
+
+
 def _fold_temperature_into_onnx(path: Path, temperature: float) -> None:
     """Divide the logits that feed the graph's final Softmax by ``temperature``."""
     import onnx
@@ -317,7 +324,7 @@ def quantize_bundle(bundle_dir: Path, train_paths: Sequence[Path], val_paths: Se
     # Each model runs once over the validation split: class probabilities and (for the
     # unknown rule below) in-distribution scores both come from these outputs.
     fp32, fp32_scores, _ = split_for(meta, _raw(fp32_path, (x for x, _ in _blocks(val_paths))))
-    exclude = _input_nodes(model) + _edge_nodes(model)
+    exclude = _input_nodes(model) + _edge_nodes(model) + _tap_nodes(model)
     _nncf_quantize(model, int8_path, calibration, exclude)
     int8, int8_scores, _ = split_for(meta, _raw_int8(bundle_dir, (x for x, _ in _blocks(val_paths))))
     result = compare_int8(fp32, int8, val_labels, meta.class_names)

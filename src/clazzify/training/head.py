@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,38 @@ def class_weights(counts: Sequence[int], mode: str) -> dict[int, float]:
 def pixel_digests(images: np.ndarray) -> list[str]:
     """One short digest per image row (the cache key)."""
     return [hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=16).hexdigest() for row in images]
+
+
+@dataclass(frozen=True)
+class ColumnScaling:
+    """Standardisation of the feature columns from ``start`` on, fitted on the training
+    features and folded into the classifier's weights afterwards, so the exported model
+    reads its raw features. The taps' means and variances (``ModelSpec.taps``) live on
+    scales far from the pooled features'; standardised, one L2 penalty suits them all.
+    Columns that do not vary in training (a 1 px block at a tiny input) are ignored."""
+
+    offset: np.ndarray  # [D]
+    scale: np.ndarray  # [D]
+
+    @classmethod
+    def fit(cls, x: np.ndarray, start: int | None) -> ColumnScaling:
+        d = x.shape[1]
+        offset, scale = np.zeros(d, np.float64), np.ones(d, np.float64)
+        if start is not None and start < d:
+            tail = x[:, start:].astype(np.float64)
+            sd = tail.std(0)
+            offset[start:] = tail.mean(0)
+            scale[start:] = np.where(sd > 1e-6, 1.0 / np.maximum(sd, 1e-6), 0.0)
+        return cls(offset, scale)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.offset) * self.scale).astype(np.float32)
+
+    def fold(self, kernel: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ``(kernel, bias)`` that give on raw features what ``kernel, bias`` give on
+        :meth:`apply`'s."""
+        folded = kernel.astype(np.float64) * self.scale[:, None]
+        return folded.astype(np.float32), (bias - self.offset @ folded).astype(np.float32)
 
 
 class FeatureCache:

@@ -43,6 +43,10 @@ class ModelSpec:
         dropout: dropout before the classifier.
         num_outputs: width of the softmax when it is not ``num_classes``: one more for a
             model trained with a "not a class" output (:mod:`clazzify.core.ood`).
+        taps: efficientnet_lite0 also hands the classifier the mean and variance per
+            channel of three inner blocks (:data:`clazzify.training.lite0.TAPS`). With a
+            "not a class" output they tell such photos apart better; without one they do not
+            help (benchmarks/README.md, "Unknown uploads"). Other architectures ignore it.
     """
 
     architecture: str = "alexnet"
@@ -52,6 +56,7 @@ class ModelSpec:
     augment: bool = True
     dropout: float = 0.3
     num_outputs: int | None = None
+    taps: bool = False
 
     def __post_init__(self) -> None:
         if self.num_outputs is not None and self.num_outputs < self.num_classes:
@@ -140,7 +145,7 @@ def _application(keras, name: str, spec: ModelSpec, x):
 def _lite0(keras, spec: ModelSpec, x):
     from clazzify.training.lite0 import build_lite0, load_lite0_weights
 
-    base = build_lite0((spec.image_size, spec.image_size, 3))
+    base = build_lite0((spec.image_size, spec.image_size, 3), taps=spec.taps)
     if spec.init_weights == "packaged":
         load_lite0_weights(base)
     else:
@@ -202,6 +207,16 @@ def build_model(spec: ModelSpec):  # -> keras.Model
     if spec.init_weights and spec.init_weights not in ("imagenet", "packaged"):
         load_init_weights(model, spec.init_weights)
     return model
+
+
+def tap_start(spec: ModelSpec) -> int | None:
+    """The first column of the classifier's input that comes from the taps (see
+    :class:`ModelSpec`), or None when the model has none."""
+    if spec.architecture == "efficientnet_lite0" and spec.taps:
+        from clazzify.training.lite0 import FEATURES
+
+        return FEATURES
+    return None
 
 
 def feature_model(model):  # -> keras.Model
