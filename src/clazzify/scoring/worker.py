@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -189,6 +190,21 @@ def default_fetch(cfg: ScoringConfig) -> Fetch:
     return functools.partial(storage.read_bounded, limit=cfg.max_image_bytes)
 
 
+_pools = threading.local()
+
+
+def _thread_pool(kind: str, size: int) -> ThreadPoolExecutor:
+    """A pool of ``size`` threads kept for the calling thread (a batch in flight): each batch
+    uses its own, as it did when every batch started a pool, but the threads start once.
+    Starting them per batch took 8% of a worker's CPU (py-spy, benchmarks/worker.py)."""
+    pools = _pools.__dict__.setdefault("pools", {})
+    pool = pools.get((kind, size))
+    if pool is None:
+        pool = pools[(kind, size)] = ThreadPoolExecutor(max_workers=size,
+                                                        thread_name_prefix=f"clazzify-{kind}")
+    return pool
+
+
 def _fetch_all(
     events: Sequence[UploadEvent], fetch: Fetch, cfg: ScoringConfig
 ) -> list[bytes | Failure]:
@@ -213,8 +229,7 @@ def _fetch_all(
 
     if len(events) <= 1 or cfg.fetch_threads == 1:
         return [one(e) for e in events]
-    with ThreadPoolExecutor(max_workers=min(cfg.fetch_threads, len(events))) as pool:
-        return list(pool.map(one, events))
+    return list(_thread_pool("fetch", cfg.fetch_threads).map(one, events))
 
 
 def _infer_isolating(
@@ -290,8 +305,7 @@ def score_events(
 
     if len(chunks) > 1 and cfg.request_concurrency > 1:
         # Requests in flight together let the server decode one while it infers another.
-        with ThreadPoolExecutor(max_workers=min(cfg.request_concurrency, len(chunks))) as pool:
-            replies = list(pool.map(infer, chunks))
+        replies = list(_thread_pool("request", cfg.request_concurrency).map(infer, chunks))
     else:
         replies = [infer(chunk) for chunk in chunks]
     for chunk, answers in zip(chunks, replies, strict=True):
