@@ -17,7 +17,8 @@ speed does not depend on the weights), same real photos, same machine, one run:
   feeding one engine thread) for each engine thread / spinning setting: where the time
   between the engine limit and the server goes;
 - servers: ``python -m serving`` (KServe V1, base64 JPEG, API key, adaptive batching), one
-  per ``--servers`` entry ``ENGINE:MAX_BATCH``; optionally its gRPC port, the original
+  per ``--servers`` entry ``ENGINE:MAX_BATCH``; optionally the first one over V2 REST with
+  the binary extension (raw JPEG bytes, no base64) and over its gRPC port, the original
   Flask design and ``mlflow models serve`` (``--systems``).
 
 The machine is shared, so every cell is measured once per round, the rounds interleaved,
@@ -524,7 +525,8 @@ def main() -> None:
     parser.add_argument("--servers", default="auto:4,onnx:4",
                         help="clazzify servers to start, ENGINE:MAX_BATCH each.")
     parser.add_argument("--systems", default="clazzify",
-                        help="clazzify, grpc (the first server's gRPC port), flask, mlflow.")
+                        help="clazzify, v2 (the first server's V2 REST with the binary extension), "
+                             "grpc (its gRPC port), flask, mlflow.")
     parser.add_argument("--engines", default="onnx,openvino-int8",
                         help="Engines measured in-process: the table's, and openvino-nncf (NNCF's "
                              "OpenVINO-IR int8 of the float32 model, not the bundle's ONNX one).")
@@ -558,6 +560,7 @@ def main() -> None:
     log(f"registered as models:/clazzify/{version}; {source}")
 
     from clazzify.core.imaging import image_to_array
+    from clazzify.scoring.endpoint_client import INFERENCE_HEADER, encode_infer_request
 
     arrays = np.stack([image_to_array(p, image_size) for p in photos])
     calibration = np.stack([image_to_array(p, image_size) for p in calibration_photos])
@@ -571,6 +574,10 @@ def main() -> None:
            json.dumps({"instances": [{"b64": base64.b64encode(p).decode()}]}).encode(),
            {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
           for p in photos]
+    v2 = [("/v2/models/clazzify/infer", body,
+           {"Content-Type": "application/octet-stream", "Authorization": f"Bearer {KEY}",
+            INFERENCE_HEADER: str(json_length)})
+          for body, json_length in (encode_infer_request([p], request_id="b") for p in photos)]
     raw = [("/predict", p, {"Content-Type": "application/octet-stream"}) for p in photos]
     # The registered pyfunc takes the model server's V1 body (base64 images) as well.
     b64 = [("/invocations",
@@ -608,6 +615,10 @@ def main() -> None:
     grpc_name = f"{grpc_server} gRPC"
     if grpc_server:
         results["systems"][grpc_name] = {}
+    v2_server = next(iter(grpc_ports), None) if "v2" in wanted else None
+    v2_name = f"{v2_server} V2 binary"
+    if v2_server:
+        results["systems"][v2_name] = {}
     log("loading the engines in-process")
     predictors = {e: _predictors(bundle, e, calibration) for e in engines}
     if "openvino-nncf" in predictors:
@@ -644,6 +655,13 @@ def main() -> None:
                         f"p50 {r['p50_ms'] or 0:.0f} ms p99 {r['p99_ms'] or 0:.0f} ms "
                         f"errors {r['errors']}")
                     results["systems"][name][c] = best_of(results["systems"][name].get(c), r)
+                if v2_server:
+                    port = next(port for name, _, port, _ in running if name == v2_server)
+                    r = load(port, v2, c, args.seconds, warmup=1.0)
+                    log(f"round {rnd}: {v2_name} c={c}: {r['images_per_s']:.1f} img/s "
+                        f"p50 {r['p50_ms'] or 0:.0f} ms p99 {r['p99_ms'] or 0:.0f} ms "
+                        f"errors {r['errors']}")
+                    results["systems"][v2_name][c] = best_of(results["systems"][v2_name].get(c), r)
                 if grpc_server:
                     r = load_grpc(grpc_ports[grpc_server], photos, c, args.seconds, warmup=1.0)
                     log(f"round {rnd}: {grpc_name} c={c}: {r['images_per_s']:.1f} img/s "

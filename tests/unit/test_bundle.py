@@ -90,15 +90,20 @@ def test_quantization_keeps_the_input_exact(tiny_bundle: Path):
     assert [n.op_type for n in graph.node if image in n.input] != ["QuantizeLinear"]
     assert all(n.op_type != "QuantizeLinear" for n in graph.node if image in n.input)
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)  # but it is quantized
-    # The first convolution and the head stay float: no dequantized weights feed them.
+    # The first convolution and what follows the last one (pooling, classifier) stay float:
+    # no dequantized weights feed them. The last convolution itself is int8.
     float_nodes = set(BundleMeta.load(tiny_bundle).int8["float_nodes"])
     convs = [n for n in graph.node if n.op_type == "Conv"]
     produced = {o: n for n in graph.node for o in n.output}
-    for conv in (convs[0], convs[-1]):
-        assert conv.name in float_nodes
-        weight = produced.get(conv.input[1])
-        assert weight is None or weight.op_type != "DequantizeLinear"
-    assert any(produced.get(c.input[1]) is not None for c in convs[1:-1])  # the rest is int8
+
+    def int8_weights(node) -> bool:
+        weight = produced.get(node.input[1])
+        return weight is not None and weight.op_type == "DequantizeLinear"
+
+    assert convs[0].name in float_nodes and not int8_weights(convs[0])
+    head = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert head and all(n.name in float_nodes and not int8_weights(n) for n in head)
+    assert all(int8_weights(c) for c in convs[1:])  # the rest is int8, the last conv included
 
 
 def test_a_failed_check_refits_the_temperature_and_leaves_float32_the_default(

