@@ -12,7 +12,10 @@ both trained on and scored); thresholds are set per fold on the validation split
   side), i.e. four more rows per photo;
 - ``l2``: the head's L2 penalty (10 is the default recipe's);
 - ``+kNN`` / ``+Mahalanobis``: the rejection score plus a training-free score, each
-  standardised on the fold's validation photos.
+  standardised on the fold's validation photos;
+- ``+synthetic``: the training outliers plus the 240 drawn graphics of
+  :func:`clazzify.training.ood.synthetic_outliers` (flat colours, gradients, noise, bar
+  charts, text, interface boxes; ``ood.py``'s "synthetic only" row), never scored.
 
 Writes ``benchmarks/results/ood_ablation.json``.
 """
@@ -41,6 +44,7 @@ from clazzify.training.ood import (
     fit_rejection_head,
     fold_auroc,
     fold_thresholds,
+    synthetic_outliers,
 )
 from clazzify.training.preprocess import PreprocessConfig, build_hdf5
 
@@ -87,8 +91,12 @@ def main() -> None:
         x[split], y[split] = extract_features(fm, [h5 / f"{split}.h5"], cache=cache, progress=False)
     xo, rows = ood_features(OOD, fm, cache)
     xv = views(OOD, fm)
+    drawn = synthetic_outliers(240, SIZE, seed=1)
+    xs = np.concatenate([np.asarray(fm.predict_on_batch(drawn[i:i + 32].astype(np.float32)))
+                         for i in range(0, len(drawn), 32)])
     scaling = ColumnScaling.fit(x["train"], tap_start(spec))  # as the pipeline's head reads them
-    x, xo, xv = {s: scaling.apply(v) for s, v in x.items()}, scaling.apply(xo), scaling.apply(xv)
+    x, xo, xv, xs = ({s: scaling.apply(v) for s, v in x.items()}, scaling.apply(xo), scaling.apply(xv),
+                     scaling.apply(xs))
     pooled = tap_start(spec)
     k = int(y["train"].max()) + 1
     cats = np.array([r["category"] for r in rows])
@@ -99,12 +107,13 @@ def main() -> None:
              for name, fit in (("knn", knn), ("mahalanobis", maha))}
 
     def variant(name: str, with_views: bool = False, weight: float = 1.0, l2: float = L2,
-                add: tuple[str, ...] = (), taps: bool = True) -> dict:
+                add: tuple[str, ...] = (), taps: bool = True, synthetic: bool = False) -> dict:
         held, fold_of = np.empty(len(rows)), np.empty(len(rows), int)
         vals, tests = [], []
         cols = slice(None) if taps else slice(0, pooled)
         for fold, (tr, ho) in enumerate(folds):
-            outliers = (np.concatenate([xo[tr], xv[tr].reshape(-1, xo.shape[1])]) if with_views else xo[tr])[:, cols]
+            outliers = np.concatenate([xo[tr], *([xv[tr].reshape(-1, xo.shape[1])] if with_views else []),
+                                       *([xs] if synthetic else [])])[:, cols]
             kr, br = fit_rejection_head(x["train"][:, cols], y["train"], k, outliers, l2=l2,
                                         outlier_weight=weight * len(y["train"]) / k / len(outliers))
 
@@ -137,7 +146,8 @@ def main() -> None:
                variant("+views, outlier_weight 4x", with_views=True, weight=4.0),
                variant("+views, l2 3", with_views=True, l2=3.0), variant("+views, l2 30", with_views=True, l2=30.0),
                variant("+kNN", add=("knn",)), variant("+Mahalanobis", add=("mahalanobis",)),
-               variant("+kNN +Mahalanobis", add=("knn", "mahalanobis"))]
+               variant("+kNN +Mahalanobis", add=("knn", "mahalanobis")),
+               variant("+synthetic", synthetic=True)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     cat_names = sorted(results[0]["0.02"]["per_category"])
