@@ -626,6 +626,12 @@ def main() -> None:
     results["agreement"] = agreement(predictors, arrays)
     results["parsing"] = measure_parsing(photos, image_size)
     running: list[tuple[str, subprocess.Popen, int, list]] = []
+
+    def record(rnd: int, name: str, c: int, r: dict) -> None:
+        """Log one server cell and keep its best round."""
+        log(f"round {rnd}: {name} c={c}: {r['images_per_s']:.1f} img/s "
+            f"p50 {r['p50_ms'] or 0:.0f} ms p99 {r['p99_ms'] or 0:.0f} ms errors {r['errors']}")
+        results["systems"][name][c] = best_of(results["systems"][name].get(c), r)
     try:
         for name, cmd, health, requests in plans:
             port = free_port()
@@ -650,25 +656,13 @@ def main() -> None:
                         results["pipeline"][key] = best_of(results["pipeline"].get(key), r)
             for c in levels:
                 for name, _, port, requests in running:
-                    r = load(port, requests, c, args.seconds, warmup=1.0)
-                    log(f"round {rnd}: {name} c={c}: {r['images_per_s']:.1f} img/s "
-                        f"p50 {r['p50_ms'] or 0:.0f} ms p99 {r['p99_ms'] or 0:.0f} ms "
-                        f"errors {r['errors']}")
-                    results["systems"][name][c] = best_of(results["systems"][name].get(c), r)
+                    record(rnd, name, c, load(port, requests, c, args.seconds, warmup=1.0))
                 if v2_server:
-                    port = next(port for name, _, port, _ in running if name == v2_server)
-                    r = load(port, v2, c, args.seconds, warmup=1.0)
-                    log(f"round {rnd}: {v2_name} c={c}: {r['images_per_s']:.1f} img/s "
-                        f"p50 {r['p50_ms'] or 0:.0f} ms p99 {r['p99_ms'] or 0:.0f} ms "
-                        f"errors {r['errors']}")
-                    results["systems"][v2_name][c] = best_of(results["systems"][v2_name].get(c), r)
+                    v2_port = next(port for name, _, port, _ in running if name == v2_server)
+                    record(rnd, v2_name, c, load(v2_port, v2, c, args.seconds, warmup=1.0))
                 if grpc_server:
-                    r = load_grpc(grpc_ports[grpc_server], photos, c, args.seconds, warmup=1.0)
-                    log(f"round {rnd}: {grpc_name} c={c}: {r['images_per_s']:.1f} img/s "
-                        f"p50 {r['p50_ms'] or 0:.0f} ms p99 {r['p99_ms'] or 0:.0f} ms "
-                        f"errors {r['errors']}")
-                    results["systems"][grpc_name][c] = best_of(
-                        results["systems"][grpc_name].get(c), r)
+                    record(rnd, grpc_name, c,
+                           load_grpc(grpc_ports[grpc_server], photos, c, args.seconds, warmup=1.0))
     finally:
         for _, proc, _, _ in running:
             stop(proc)

@@ -42,6 +42,7 @@ from clazzify.training.head import (
     FeatureCache,
     extract_features,
     fit_head,
+    image_features,
     pixel_digests,
     softmax,
 )
@@ -178,10 +179,10 @@ def main() -> None:
     xo, rows = ood_features(args.ood, fm, cache)
     # The pipeline's head reads the taps' columns standardised on the train split
     # (clazzify.training.head.ColumnScaling); every score here sees the same numbers.
-    scaling = ColumnScaling.fit(x["train"], tap_start(spec))
+    pooled = tap_start(spec)
+    scaling = ColumnScaling.fit(x["train"], pooled)
     x, xo = {s: scaling.apply(v) for s, v in x.items()}, scaling.apply(xo)
     # A run without an OOD source trains a model without taps: its first columns alone.
-    pooled = tap_start(spec)
     x_pooled, xo_pooled = {s: v[:, :pooled] for s, v in x.items()}, xo[:, :pooled]
     log(f"features: {sum(len(v) for v in y.values())} photos + {len(rows)} OOD in {time.perf_counter() - t:.0f}s")
     k = int(max(y["train"].max(), y["val"].max(), y["test"].max())) + 1
@@ -204,8 +205,7 @@ def main() -> None:
     # graphics (flat colours, gradients, charts, text, interfaces), and the synthetic ones
     # alone (what a run without an OOD source can have).
     synthetic = synthetic_outliers(240, SIZE, seed=1)
-    xs = scaling.apply(np.concatenate([np.asarray(fm.predict_on_batch(synthetic[i : i + 32].astype(np.float32)))
-                                       for i in range(0, len(synthetic), 32)]))
+    xs = scaling.apply(image_features(fm, synthetic, 32))
     repos = np.array([r["repository"] for r in rows])
     folds = list(GroupKFold(n_splits=min(args.folds, len(set(repos)))).split(xo, groups=repos))
     # Each with the taps (the model a run with an OOD source trains) and without (before

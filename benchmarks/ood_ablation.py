@@ -35,7 +35,7 @@ from ood import L2, OOD, RESULTS, SIZE, SOURCE, ood_features
 from PIL import Image
 
 from clazzify.core.imaging import image_to_array
-from clazzify.training.head import ColumnScaling, FeatureCache, extract_features
+from clazzify.training.head import ColumnScaling, FeatureCache, extract_features, image_features
 from clazzify.training.ingest import IngestConfig, ingest_images
 from clazzify.training.ood import (
     Mahalanobis,
@@ -92,12 +92,11 @@ def main() -> None:
     xo, rows = ood_features(OOD, fm, cache)
     xv = views(OOD, fm)
     drawn = synthetic_outliers(240, SIZE, seed=1)
-    xs = np.concatenate([np.asarray(fm.predict_on_batch(drawn[i:i + 32].astype(np.float32)))
-                         for i in range(0, len(drawn), 32)])
-    scaling = ColumnScaling.fit(x["train"], tap_start(spec))  # as the pipeline's head reads them
+    xs = image_features(fm, drawn, 32)
+    pooled = tap_start(spec)
+    scaling = ColumnScaling.fit(x["train"], pooled)  # as the pipeline's head reads them
     x, xo, xv, xs = ({s: scaling.apply(v) for s, v in x.items()}, scaling.apply(xo), scaling.apply(xv),
                      scaling.apply(xs))
-    pooled = tap_start(spec)
     k = int(y["train"].max()) + 1
     cats = np.array([r["category"] for r in rows])
     folds = list(GroupKFold(n_splits=5).split(xo, groups=[r["repository"] for r in rows]))

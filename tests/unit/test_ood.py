@@ -212,7 +212,9 @@ def test_frozen_lite0_with_an_ood_source_exports_a_not_a_class_output(hdf5_dir, 
     # exported weights: the threshold above holds on the exported model only if the fold is right
     import onnx
 
-    assert any("/tap_" in n.name for n in onnx.load(str(result.bundle_dir / "model.onnx")).graph.node)
+    from clazzify.training.lite0 import TAP_PREFIX
+
+    assert any(f"/{TAP_PREFIX}" in n.name for n in onnx.load(str(result.bundle_dir / "model.onnx")).graph.node)
 
 
 def test_ood_source_needs_a_frozen_backbone():

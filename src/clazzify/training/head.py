@@ -117,6 +117,14 @@ class FeatureCache:
         os.replace(tmp, self.path)
 
 
+def image_features(features_model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """``features [N, D]`` float32 of uint8 ``images`` already in memory (outlier photos,
+    drawn graphics), ``batch_size`` at a time through the compiled graph."""
+    return np.concatenate([
+        np.asarray(features_model.predict_on_batch(images[i : i + batch_size].astype(np.float32)))
+        for i in range(0, len(images), batch_size)]).astype(np.float32)
+
+
 def extract_features(
     features_model,
     paths: Sequence[Path],

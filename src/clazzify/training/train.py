@@ -39,6 +39,7 @@ from clazzify.training.head import (
     class_weights,
     extract_features,
     fit_head,
+    image_features,
     softmax,
 )
 from clazzify.training.models import ModelSpec, build_model, feature_model, tap_start
@@ -205,9 +206,7 @@ def _train_head(model, spec: ModelSpec, cfg: TrainConfig, train_paths, val_paths
     groups: list[str] = []
     if cfg.outlier_exposure:
         found = load_outliers(cfg.ood_source, spec.image_size, limit=cfg.ood_limit, extra=cfg.ood_marked)
-        outliers = scaling.apply(np.concatenate([
-            np.asarray(fm.predict_on_batch(found.images[i : i + cfg.batch_size].astype(np.float32)))
-            for i in range(0, len(found.images), cfg.batch_size)]))
+        outliers = scaling.apply(image_features(fm, found.images, cfg.batch_size))
         categories, groups = found.categories, found.groups
     fit = fit_head_with_ood(
         x_train, y_train, x_val, y_val, num_classes, l2=cfg.head_l2, rate=cfg.ood_false_flag_rate,
