@@ -21,9 +21,11 @@ help: ## List the targets
 # Every third-party package comes from requirements.lock (exact versions, hashes checked;
 # Python 3.11 on linux x86_64, cpu+test extras); the project itself goes on top with no
 # dependencies of its own, built with the lock's setuptools. Refresh: docs/security.md.
+# --no-compile: pip byte-compiling all of site-packages (TensorFlow, JAX, ...) was 5 of the
+# install's 8 minutes on a 2-core machine; Python compiles what is imported, once, instead.
 $(BIN)/clazzify: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-compile --require-hashes -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 

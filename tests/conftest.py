@@ -108,6 +108,42 @@ def tiny_bundle(tiny_run) -> Path:
     return tiny_run[1].bundle_dir
 
 
+@pytest.fixture(scope="session")
+def ood_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A frozen EfficientNet-Lite0 trained at 64 px on :func:`demo_dir` with an ``ood_source``
+    of 96 drawn graphics, 16 of each of ``SYNTHETIC_KINDS`` (a folder, so a source group, per
+    kind). Made once per test run (``once_per_run``): the unit test of the exported rejection
+    output and the server's ``unknown`` answers read the same model. Holds ``data/`` (the
+    HDF5 splits) and ``out/bundle``."""
+    from tests.once import once_per_run
+
+    def build(work: Path) -> None:
+        from PIL import Image
+
+        from clazzify.training.ingest import IngestConfig, ingest_images
+        from clazzify.training.ood import SYNTHETIC_KINDS, synthetic_outliers
+        from clazzify.training.preprocess import PreprocessConfig, build_hdf5
+        from clazzify.training.train import TrainConfig, train_model
+
+        ingest_images(str(demo_dir), work / "manifest.csv", work / "report", IngestConfig(seed=3), progress=False)
+        build_hdf5(work / "manifest.csv", work / "data", PreprocessConfig(image_size=64, workers=1), progress=False)
+        for i, image in enumerate(synthetic_outliers(96, 64, seed=11)):
+            folder = work / "ood" / SYNTHETIC_KINDS[i % len(SYNTHETIC_KINDS)]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i}.png")
+        cfg = TrainConfig(architecture="efficientnet_lite0", init_weights="packaged", frozen_backbone=True,
+                          class_weighting="none", head_l2=10.0, ood_source=str(work / "ood"))
+        train_model(work / "data", work / "out", cfg, verbose=0)
+
+    return once_per_run(tmp_path_factory, "ood-run", build)
+
+
+@pytest.fixture(scope="session")
+def ood_bundle(ood_run: Path) -> Path:
+    """The bundle of :func:`ood_run`."""
+    return ood_run / "out" / "bundle"
+
+
 # The files that take longest (pytest --durations, summed per file), longest first. `make
 # test` hands whole files to its pytest-xdist workers in collection order (--dist loadfile),
 # so these start first and no worker is left running a long file alone at the end.

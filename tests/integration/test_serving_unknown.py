@@ -1,7 +1,8 @@
 """Uploads that are none of the classes: the model server answers ``unknown`` for them.
 
 A frozen EfficientNet-Lite0 is trained on the synthetic demo classes with an ``ood_source``
-of graphics drawn by :func:`clazzify.training.ood.synthetic_outliers`; then the real server
+of graphics drawn by :func:`clazzify.training.ood.synthetic_outliers` (``ood_bundle`` in
+tests/conftest.py); then the real server
 (``python -m clazzify.serving``) is asked about four uploads drawn here by other means: a
 UI screenshot, a flower, a flat green square and a matplotlib bar chart.
 """
@@ -9,7 +10,6 @@ UI screenshot, a flower, a flat green square and a matplotlib bar chart.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,25 +69,6 @@ def bar_chart() -> bytes:
 
 
 UPLOADS = {"screenshot": screenshot, "flower": flower, "flat colour": flat_green, "chart": bar_chart}
-
-
-@pytest.fixture(scope="module")
-def ood_bundle(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from clazzify.training.ingest import IngestConfig, ingest_images
-    from clazzify.training.ood import SYNTHETIC_KINDS, synthetic_outliers
-    from clazzify.training.preprocess import PreprocessConfig, build_hdf5
-    from clazzify.training.train import TrainConfig, train_model
-
-    work = tmp_path_factory.mktemp("ood-model")
-    ingest_images(str(demo_dir), work / "manifest.csv", work / "report", IngestConfig(seed=3), progress=False)
-    build_hdf5(work / "manifest.csv", work / "data", PreprocessConfig(image_size=64, workers=1), progress=False)
-    for i, image in enumerate(synthetic_outliers(96, 64, seed=11)):
-        folder = work / "ood" / SYNTHETIC_KINDS[i % len(SYNTHETIC_KINDS)]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{i}.png")
-    cfg = TrainConfig(architecture="efficientnet_lite0", init_weights="packaged", frozen_backbone=True,
-                      class_weighting="none", head_l2=10.0, ood_source=str(work / "ood"))
-    return train_model(work / "data", work / "out", cfg, verbose=0).bundle_dir
 
 
 def test_the_server_answers_unknown_for_uploads_that_are_none_of_the_classes(ood_bundle, demo_dir, tmp_path):

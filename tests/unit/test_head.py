@@ -103,27 +103,6 @@ def test_fold_temperature_divides_the_logits():
     np.testing.assert_allclose(after, apply_temperature(before, 2.5), atol=1e-5)
 
 
-@pytest.mark.slow
-def test_frozen_lite0_trains_calibrates_and_records_the_temperature(hdf5_dir, tmp_path):
-    from clazzify.training.data import read_column, read_rows
-    from clazzify.training.train import TrainConfig, train_model
-
-    cfg = TrainConfig(architecture="efficientnet_lite0", init_weights="packaged", frozen_backbone=True,
-                      class_weighting="none", feature_cache=str(tmp_path / "cache"))
-    result = train_model(hdf5_dir, tmp_path / "out", cfg, verbose=0)
-    meta = BundleMeta.load(result.bundle_dir)
-    assert meta.architecture == "efficientnet_lite0"
-    assert meta.temperature == pytest.approx(result.temperature) and result.temperature != 1.0
-    assert list((tmp_path / "cache").glob("efficientnet_lite0-packaged-32.npz"))
-    # The bundle's probabilities are the calibrated ones: on the validation split their NLL
-    # is what temperature scaling minimised, below the uncalibrated model's.
-    val = [hdf5_dir / "val.h5"]
-    labels = read_column(val, "labels")
-    probs = load_predictor(result.bundle_dir, "onnx").predict(read_rows(val, np.arange(len(labels))))
-    raw = apply_temperature(probs, 1 / result.temperature)
-    assert negative_log_likelihood(probs, labels) <= negative_log_likelihood(raw, labels) + 1e-6
-
-
 def test_frozen_backbone_needs_pretrained_weights():
     from clazzify.training.train import TrainConfig
 
@@ -132,18 +111,34 @@ def test_frozen_backbone_needs_pretrained_weights():
 
 
 @pytest.mark.slow
-def test_cli_trains_the_default_recipe(hdf5_dir, tmp_path):
+def test_cli_trains_calibrates_and_records_the_temperature_of_the_default_recipe(hdf5_dir, tmp_path):
+    """One training of the default recipe, through the CLI: what it prints, and the
+    temperature the bundle records and applies (the one place the suite trains it on
+    ``hdf5_dir``; a second in-process training checked the same bundle)."""
     from click.testing import CliRunner
 
     from clazzify.cli import main
+    from clazzify.training.data import read_column, read_rows
 
     result = CliRunner().invoke(main, [
         "train", str(hdf5_dir), "-o", str(tmp_path / "out"), "--architecture", "efficientnet_lite0",
         "--init-weights", "packaged", "--frozen-backbone", "--class-weighting", "none", "--no-track",
+        "--feature-cache", str(tmp_path / "cache"),
     ])
     assert result.exit_code == 0, result.output
     assert "temperature" in result.output
-    assert BundleMeta.load(tmp_path / "out" / "bundle").architecture == "efficientnet_lite0"
+    bundle = tmp_path / "out" / "bundle"
+    meta = BundleMeta.load(bundle)
+    assert meta.architecture == "efficientnet_lite0"
+    assert meta.temperature != 1.0 and f"{meta.temperature:.3f}" in result.output
+    assert list((tmp_path / "cache").glob("efficientnet_lite0-packaged-32.npz"))
+    # The bundle's probabilities are the calibrated ones: on the validation split their NLL
+    # is what temperature scaling minimised, below the uncalibrated model's.
+    val = [hdf5_dir / "val.h5"]
+    labels = read_column(val, "labels")
+    probs = load_predictor(bundle, "onnx").predict(read_rows(val, np.arange(len(labels))))
+    raw = apply_temperature(probs, 1 / meta.temperature)
+    assert negative_log_likelihood(probs, labels) <= negative_log_likelihood(raw, labels) + 1e-6
     refused = CliRunner().invoke(main, ["train", str(hdf5_dir), "-o", str(tmp_path / "x"), "--frozen-backbone",
                                         "--no-track"])
     assert refused.exit_code != 0 and "frozen_backbone needs pretrained weights" in refused.output

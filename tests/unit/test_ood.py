@@ -182,29 +182,20 @@ def test_fit_head_with_ood_exports_a_rejection_head_and_measures_it_by_source():
 
 
 @pytest.mark.slow
-def test_frozen_lite0_with_an_ood_source_exports_a_not_a_class_output(hdf5_dir, tmp_path):
-    from PIL import Image
-
+def test_frozen_lite0_with_an_ood_source_exports_a_not_a_class_output(ood_run):
     from clazzify.core.bundle import BundleMeta, load_predictor
     from clazzify.core.ood import OodRule, split_outputs
     from clazzify.training.data import read_column, read_rows
-    from clazzify.training.ood import synthetic_outliers
-    from clazzify.training.train import TrainConfig, train_model
+    from clazzify.training.ood import SYNTHETIC_KINDS
 
-    for i, image in enumerate(synthetic_outliers(24, 48, seed=3)):
-        folder = tmp_path / "ood" / ("graphics" if i % 2 else "flat")
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{i}.png")
-    cfg = TrainConfig(architecture="efficientnet_lite0", init_weights="packaged", frozen_backbone=True,
-                      class_weighting="none", ood_source=str(tmp_path / "ood"))
-    result = train_model(hdf5_dir, tmp_path / "out", cfg, verbose=0)
-    meta = BundleMeta.load(result.bundle_dir)
+    bundle = ood_run / "out" / "bundle"  # trained with an ood_source: tests/conftest.py
+    meta = BundleMeta.load(bundle)
     rule = OodRule.from_dict(meta.ood)
     assert rule.method == "outlier_exposure" and rule.false_flag_rate == 0.02
-    cv = rule.measured["cross_validated"]  # two category folders: two groups, two folds
-    assert cv["folds"] == 2 and cv["outliers"] == 24
-    val = [hdf5_dir / "val.h5"]
-    raw = load_predictor(result.bundle_dir, "onnx").predict(read_rows(val, np.arange(len(read_column(val, "labels")))))
+    cv = rule.measured["cross_validated"]  # a folder per kind: six groups, five folds
+    assert cv["groups"] == len(SYNTHETIC_KINDS) and cv["folds"] == 5 and cv["outliers"] == 96
+    val = [ood_run / "data" / "val.h5"]
+    raw = load_predictor(bundle, "onnx").predict(read_rows(val, np.arange(len(read_column(val, "labels")))))
     assert raw.shape[1] == len(meta.class_names) + 1  # the classes and "not a class"
     probs, scores = split_outputs(raw, len(meta.class_names), rule.method)
     assert (scores < rule.threshold).mean() <= 0.02 + 1e-9  # the threshold's promise on val
@@ -214,7 +205,7 @@ def test_frozen_lite0_with_an_ood_source_exports_a_not_a_class_output(hdf5_dir, 
 
     from clazzify.training.lite0 import TAP_PREFIX
 
-    assert any(f"/{TAP_PREFIX}" in n.name for n in onnx.load(str(result.bundle_dir / "model.onnx")).graph.node)
+    assert any(f"/{TAP_PREFIX}" in n.name for n in onnx.load(str(bundle / "model.onnx")).graph.node)
 
 
 def test_ood_source_needs_a_frozen_backbone():
