@@ -113,8 +113,8 @@ def test_frozen_backbone_needs_pretrained_weights():
 @pytest.mark.slow
 def test_cli_trains_calibrates_and_records_the_temperature_of_the_default_recipe(hdf5_dir, tmp_path):
     """One training of the default recipe, through the CLI: what it prints, and the
-    temperature the bundle records and applies (the one place the suite trains it on
-    ``hdf5_dir``; a second in-process training checked the same bundle)."""
+    temperature the bundle records and applies. The one place the suite trains this recipe
+    on ``hdf5_dir``: the CLI's bundle carries every check."""
     from click.testing import CliRunner
 
     from clazzify.cli import main

@@ -182,13 +182,13 @@ def test_fit_head_with_ood_exports_a_rejection_head_and_measures_it_by_source():
 
 
 @pytest.mark.slow
-def test_frozen_lite0_with_an_ood_source_exports_a_not_a_class_output(ood_run):
+def test_frozen_lite0_with_an_ood_source_exports_a_not_a_class_output(ood_run, ood_bundle):
     from clazzify.core.bundle import BundleMeta, load_predictor
     from clazzify.core.ood import OodRule, split_outputs
     from clazzify.training.data import read_column, read_rows
     from clazzify.training.ood import SYNTHETIC_KINDS
 
-    bundle = ood_run / "out" / "bundle"  # trained with an ood_source: tests/conftest.py
+    bundle = ood_bundle  # trained with an ood_source: tests/conftest.py
     meta = BundleMeta.load(bundle)
     rule = OodRule.from_dict(meta.ood)
     assert rule.method == "outlier_exposure" and rule.false_flag_rate == 0.02
