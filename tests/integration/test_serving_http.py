@@ -48,6 +48,7 @@ def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     with running_server(["--model-uri", str(tiny_bundle), *SERVER_ARGS], log) as port:
         client = Client(port)
+        client.log_path = log
         yield client
         client.close()
 
@@ -65,6 +66,28 @@ def _png(size: tuple[int, int], color=(200, 30, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- the access log
+
+
+def test_access_log_keeps_refused_and_failed_requests_and_drops_answered_ones(server: Client,
+                                                                             photos):
+    """The default ``--access-log errors``: uvicorn's line for a 401 and a 400, none for a 200
+    (every request is still counted in /metrics)."""
+    status, _ = server.json("POST", f"{V1}?probe=answered", v1_body([photos[0][0]]))
+    assert status == 200
+    status, _ = server.json("POST", f"{V1}?probe=refused", v1_body([photos[0][0]]), key="wrong")
+    assert status == 401
+    status, _ = server.json("POST", f"{V1}?probe=bad", {"instances": []})
+    assert status == 400
+    status, metrics = server.request("GET", "/metrics")
+    assert status == 200 and b"clazzify_requests_total" in metrics
+    log = server.log_path.read_text(errors="replace")
+    assert 'probe=refused HTTP/1.1" 401' in log
+    assert 'probe=bad HTTP/1.1" 400' in log
+    assert "probe=answered" not in log
+    assert '"GET /metrics HTTP/1.1" 200' not in log
 
 
 # --------------------------------------------------------------------------- round trips

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pybase64
 from PIL import Image
 
 from clazzify.core.errors import ClazzifyError, ImageError
@@ -50,9 +51,16 @@ def decode_b64(value: object, where: str) -> bytes:
     if not isinstance(value, str):
         raise PayloadError(f"{where}: expected a base64 string, got {type(value).__name__}")
     try:
-        return binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
+        # pybase64's SIMD decoder: 5 us for an 80 KB photo against 190 us for binascii
+        # (benchmarks/README.md, "Fourth pass"); it accepts exactly what strict binascii does.
+        return pybase64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    try:  # only to name the problem: binascii's messages say what is wrong and where
+        binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
     except (binascii.Error, UnicodeEncodeError, ValueError) as e:
         raise PayloadError(f"{where}: invalid base64 ({e})") from e
+    raise PayloadError(f"{where}: invalid base64")
 
 
 def load_json(body: bytes | str) -> object:

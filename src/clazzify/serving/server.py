@@ -70,6 +70,40 @@ class ServeError(click.ClickException):
     exit_code = BAD_INPUT
 
 
+#: ``--access-log`` values: uvicorn's line for every request, for status >= 400 only, none.
+ACCESS_LOG_CHOICES = ("all", "errors", "off")
+
+
+class _ErrorResponsesOnly(logging.Filter):
+    """Pass uvicorn's access records of responses with status >= 400, and any record whose
+    arguments are not uvicorn's ``(client, method, path, http_version, status)``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[4], int):
+            return args[4] >= 400
+        return True
+
+
+def configure_access_log(mode: str) -> None:
+    """Apply ``--access-log`` to the ``uvicorn.access`` logger, after KServe configured logging
+    and before uvicorn's connections read it (each checks for handlers when it opens).
+
+    Raises:
+        ValueError: ``mode`` is not one of :data:`ACCESS_LOG_CHOICES`.
+    """
+    if mode not in ACCESS_LOG_CHOICES:
+        raise ValueError(f"access log mode must be one of {ACCESS_LOG_CHOICES}, got {mode!r}")
+    access = logging.getLogger("uvicorn.access")
+    for old in [f for f in access.filters if isinstance(f, _ErrorResponsesOnly)]:
+        access.removeFilter(old)
+    if mode == "off":
+        access.handlers = []
+        access.propagate = False
+    elif mode == "errors":
+        access.addFilter(_ErrorResponsesOnly())
+
+
 def one_line(e: BaseException) -> str:
     """``e``'s message on one line."""
     return " ".join(str(e).split()) or repr(e)
@@ -150,6 +184,12 @@ class OneLineCommand(click.Command):
                    "--max-request-pixels if larger]")
 @click.option("--min-side", default=ImageLimits.min_side,
               help="Smallest accepted image side (as ingest).")
+@click.option("--access-log", type=click.Choice(ACCESS_LOG_CHOICES), default="errors",
+              show_default=True,
+              help="uvicorn's line per HTTP request: all, errors (status 400 and above: "
+                   "refused keys, bad bodies, failures) or off. Every request is counted in "
+                   "/metrics either way; at hundreds of requests a second the log writes cost "
+                   "throughput.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
               help="MLflow tracking URI for models:/ and runs:/ URIs "
                    "(default: the local store under .clazzify/).")
@@ -159,7 +199,7 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
          api_keys_file: Path | None, admin_keys_file: Path | None, insecure: bool,
          max_body_mb: float, max_images: int,
          max_pixels: int, max_request_pixels: int, max_decoding_pixels: int | None,
-         min_side: int,
+         min_side: int, access_log: str,
          tracking_uri: str | None) -> None:
     """Serve a clazzify model over KServe's V1 and V2 (Open Inference) REST and V2 gRPC.
 
@@ -282,6 +322,7 @@ def main(ctx: click.Context, model_uri: str, model_name: str, model_version: str
         ssl_certfile=kserve_args.ssl_certfile, ssl_keyfile=kserve_args.ssl_keyfile,
     )
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    configure_access_log(access_log)
     server.start([model])
 
 
